@@ -1,0 +1,55 @@
+"""The `boltkit` command: one group, errors turned into one clear line and an exit code."""
+from __future__ import annotations
+
+import contextlib
+
+import click
+
+from .. import __version__
+from ..errors import BoltkitError, CorruptionError, NotFound, OpenError
+from ..storage import Database
+from .output import warn
+
+
+class BoltkitGroup(click.Group):
+    """Library errors become `Error: ...` and exit 1 (non-check commands), never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (OpenError, NotFound, CorruptionError, BoltkitError) as e:
+            raise click.ClickException(str(e)) from None
+        except BrokenPipeError:
+            ctx.exit(0)
+
+
+@click.group(cls=BoltkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="boltkit")
+def main():
+    """Inspect, check and repair bbolt database files (BuildKit's cache.db, metadata_v2.db, ...).
+
+    Every reading command opens the file read-only and never writes to it. Damaged files are
+    read as far as they are intact; what is broken is reported on stderr.
+
+    \b
+    Examples:
+      boltkit info cache.db              both meta pages and which one is current
+      boltkit tree cache.db              nested buckets with key counts
+      boltkit keys cache.db _links       keys of a bucket
+      boltkit export cache.db | jq .     every bucket and pair as JSON lines
+    """
+
+
+@contextlib.contextmanager
+def opened(path: str, meta: int | None = None, snapshot: bool = False):
+    db = Database(path, meta=meta, snapshot=snapshot)
+    try:
+        for w in db.warnings:
+            warn(w)
+        if meta is None and db.meta.index is not None:
+            other = db.metas[1 - db.meta.index]
+            if other is None or not other.usable:
+                warn(f"{path}: reading through {db.choice.reason}")
+        yield db
+    finally:
+        db.close()

@@ -1,0 +1,430 @@
+"""Reading commands: info, pages, page, buckets, keys, get, tree, stats, export."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import CorruptionError
+from ..schemas import BUCKET_HEADER, BUCKET_HEADER_SIZE, PAGE_HEADER_SIZE, PageFlag
+from ..storage import Node
+from ..storage.pagemap import page_map
+from ..storage.stats import gather_stats
+from .app import main, opened
+from .output import (ENCODINGS, emit_json, emit_table, encode_bytes, hex_option, json_option,
+                     output_options, parse_name, read_options, show_bytes, show_path)
+
+file_argument = click.argument("file", type=click.Path(dir_okay=False))
+encoding_option = click.option("--encoding", "-e", type=click.Choice(ENCODINGS), default="auto", show_default=True,
+                               help="How keys, values and bucket names appear in JSON: auto = text when printable "
+                                    "UTF-8, else {\"hex\": ...}.")
+
+
+def report_damage(errors: list, what: str = "output") -> None:
+    """Damage met by a tolerant read: one line each on stderr, then fail so scripts notice."""
+    if not errors:
+        return
+    for e in errors[:50]:
+        click.echo(f"damage: {e}", err=True)
+    if len(errors) > 50:
+        click.echo(f"damage: ... and {len(errors) - 50} more", err=True)
+    raise click.ClickException(f"{len(errors)} damaged part(s) skipped; the {what} holds everything intact. "
+                               "Run `boltkit check` for a full diagnosis.")
+
+
+@main.command()
+@file_argument
+@read_options
+@output_options
+def info(file, meta, snapshot, as_json, table_fmt):
+    """Both meta pages, which one is current and why, sizes and the freelist.
+
+    The current meta is the valid one with the higher txid, as bbolt chooses; boltkit also refuses
+    a meta whose root or freelist lies beyond its high-water mark or the end of the file.
+    """
+    with opened(file, meta, snapshot) as db:
+        fl_info, fl_error = None, None
+        try:
+            fl = db.freelist()
+            if fl is not None:
+                fl_info = {"page": fl.pgid, "overflow": fl.overflow, "ids": int(len(fl.ids))}
+        except CorruptionError as e:
+            fl_error = str(e)
+        used = db.hwm * db.page_size
+        result = {
+            "file": file, "file_size": db.file_size, "page_size": db.page_size, "hwm": db.hwm,
+            "used_size": used, "txid": db.meta.txid, "current_meta": db.meta.index, "reason": db.choice.reason,
+            "root": db.meta.root, "freelist": fl_info if db.meta.has_freelist else "not stored (NoFreelistSync)",
+            "freelist_error": fl_error,
+            "metas": [m.as_dict() if m else None for m in db.metas],
+        }
+        if as_json:
+            emit_json(result)
+            return
+        click.echo(f"file:         {file}")
+        click.echo(f"file size:    {db.file_size} bytes ({db.file_size // db.page_size} pages)")
+        click.echo(f"page size:    {db.page_size}")
+        click.echo(f"high-water:   {db.hwm} pages = {used} bytes used "
+                   f"({100.0 * used / db.file_size:.1f}% of the file)")
+        click.echo(f"current meta: {db.meta.index}: {db.choice.reason}")
+        click.echo(f"txid:         {db.meta.txid}")
+        click.echo(f"root page:    {db.meta.root}")
+        if not db.meta.has_freelist:
+            click.echo("freelist:     not stored (rebuilt by bbolt at open)")
+        elif fl_info:
+            click.echo(f"freelist:     page {fl_info['page']} (+{fl_info['overflow']} overflow), "
+                       f"{fl_info['ids']} free or pending pages")
+        else:
+            click.echo(f"freelist:     unreadable: {fl_error}")
+        rows = []
+        for i, m in enumerate(db.metas):
+            if m is None:
+                rows.append([i, "missing", "", "", "", "", "", ""])
+                continue
+            state = "ok" if m.usable else "; ".join(m.errors + m.faults)
+            rows.append([i, m.txid, m.root, "-" if not m.has_freelist else m.freelist, m.pgid,
+                         m.page_size, f"{m.checksum:016x}", state])
+        click.echo()
+        emit_table(rows, ["meta", "txid", "root", "freelist", "hwm", "page size", "checksum", "state"], table_fmt)
+
+
+@main.command()
+@file_argument
+@read_options
+@output_options
+def pages(file, meta, snapshot, as_json, table_fmt):
+    """Every page below the high-water mark: type, items, overflow, owning bucket, free or pending.
+
+    Types: meta, freelist, branch, leaf, overflow (continuation of the page in OF), free, pending
+    (free, but the previous meta's tree still uses it), leaked (neither reachable nor free).
+    """
+    with opened(file, meta, snapshot) as db:
+        infos, errors = page_map(db)
+        rows = []
+        for p in infos:
+            if as_json:
+                emit_json({"id": p.pgid, "type": p.kind, "items": p.items, "overflow": p.overflow,
+                           "bucket": None if p.bucket is None else [encode_bytes(b, "auto") for b in p.bucket],
+                           "of": p.of})
+            else:
+                rows.append([p.pgid, p.kind, "" if p.items is None else p.items, p.overflow or "",
+                             "" if p.bucket is None else show_path(p.bucket), "" if p.of is None else p.of])
+        if not as_json:
+            emit_table(rows, ["id", "type", "items", "overflow", "bucket", "of"], table_fmt)
+        report_damage(errors, "listing")
+
+
+@main.command()
+@file_argument
+@click.argument("page_ids", nargs=-1, type=int, required=True)
+@read_options
+@click.option("--hex", "hexdump", is_flag=True, help="Hex dump of the page's bytes (with its overflow span).")
+@json_option
+def page(file, page_ids, meta, snapshot, hexdump, as_json):
+    """Decode pages by id: header, then elements (meta fields, branch children, leaf pairs, freelist ids).
+
+    Works on damaged pages too: the header is shown as stored and elements are decoded as far as
+    their bounds allow.
+    """
+    with opened(file, meta, snapshot) as db:
+        for n, pgid in enumerate(page_ids):
+            try:
+                rec = describe_page(db, pgid)
+            except CorruptionError as e:
+                rec = {"id": pgid, "error": str(e)}
+            if as_json:
+                if hexdump and "error" not in rec:
+                    rec["hex"] = bytes(db.data[rec["offset"]:rec["offset"] + rec["size"]]).hex()
+                emit_json(rec)
+                continue
+            if n:
+                click.echo("=" * 60)
+            if "error" in rec:
+                click.echo(f"page {pgid}: {rec['error']}")
+                continue
+            click.echo(f"page {pgid}: {rec['type']}, {rec['count']} item(s), overflow {rec['overflow']}, "
+                       f"header id {rec['header_id']}, offset {rec['offset']}, {rec['size']} bytes")
+            for line in rec.get("lines", []):
+                click.echo("  " + line)
+            if rec.get("element_error"):
+                click.echo(f"  damage: {rec['element_error']}")
+            if hexdump:
+                _hexdump(db.data[rec["offset"]:rec["offset"] + rec["size"]], rec["offset"])
+
+
+def describe_page(db, pgid: int) -> dict:
+    hid, flags, count, overflow = db.page_header(pgid)
+    off = pgid * db.page_size
+    span = min((overflow + 1) * db.page_size, db.file_size - off)
+    if flags in (PageFlag.META, PageFlag.FREELIST) or flags not in (PageFlag.BRANCH, PageFlag.LEAF):
+        span = min(db.page_size * (1 if flags == PageFlag.META else overflow + 1), db.file_size - off)
+    rec = {"id": pgid, "header_id": hid, "type": PageFlag.name_of(flags), "flags": flags, "count": count,
+           "overflow": overflow, "offset": off, "size": span}
+    lines: list[str] = []
+    node = Node(pgid, flags, count, overflow, off, off + span, pgid)
+    try:
+        if flags == PageFlag.META:
+            m = db.metas[pgid] if pgid in (0, 1) and db.metas[pgid] is not None else None
+            if m is not None:
+                rec["meta"] = m.as_dict()
+                lines += [f"{k}: {v}" for k, v in m.as_dict().items()]
+        elif flags == PageFlag.FREELIST:
+            from ..storage.freelist import read_freelist
+            fl = read_freelist(db.pager, pgid)
+            rec["ids"] = fl.ids.tolist()
+            lines.append(f"{len(fl.ids)} ids: " + " ".join(map(str, rec["ids"][:200])) + (" ..." if len(fl.ids) > 200 else ""))
+        elif flags == PageFlag.BRANCH:
+            rec["elements"] = []
+            for i, (ks, ke, child) in enumerate(db.pager.branch_elements(node)):
+                key = db.data[ks:ke]
+                rec["elements"].append({"index": i, "key": encode_bytes(key, "auto"), "child": child})
+                lines.append(f"[{i}] {show_bytes(key, 80)} -> page {child}")
+        elif flags == PageFlag.LEAF:
+            rec["elements"] = []
+            for i, (eflags, ks, ke, ve) in enumerate(db.pager.leaf_elements(node)):
+                key, value = db.data[ks:ke], db.data[ke:ve]
+                el = {"index": i, "flags": eflags, "key": encode_bytes(key, "auto")}
+                if eflags & 1 and len(value) >= BUCKET_HEADER_SIZE:
+                    root, seq = BUCKET_HEADER.unpack_from(value)
+                    el.update(bucket={"root": root, "sequence": seq, "inline": root == 0,
+                                      "inline_items": PAGE_HEADER_SIZE <= len(value) - 16 and
+                                      value[BUCKET_HEADER_SIZE + 10] | value[BUCKET_HEADER_SIZE + 11] << 8 or 0})
+                    desc = f"bucket root={root} seq={seq}" + (" (inline)" if root == 0 else "")
+                else:
+                    el["value"] = encode_bytes(value, "auto")
+                    desc = show_bytes(value, 60)
+                rec["elements"].append(el)
+                lines.append(f"[{i}] {show_bytes(key, 60)} = {desc}")
+    except CorruptionError as e:
+        rec["element_error"] = str(e)
+    rec["lines"] = lines
+    return rec
+
+
+def _hexdump(buf, base: int) -> None:
+    prev = None
+    starred = False
+    for i in range(0, len(buf), 16):
+        chunk = bytes(buf[i:i + 16])
+        if chunk == prev and i + 16 < len(buf):
+            if not starred:
+                click.echo("*")
+                starred = True
+            continue
+        starred = False
+        prev = chunk
+        text = "".join(chr(c) if 32 <= c < 127 else "." for c in chunk)
+        click.echo(f"{base + i:08x}  {chunk[:8].hex(' '):<23}  {chunk[8:].hex(' '):<23}  |{text}|")
+
+
+def bucket_path_argument(f):
+    return click.argument("path", nargs=-1)(f)
+
+
+@main.command()
+@file_argument
+@bucket_path_argument
+@read_options
+@hex_option
+@output_options
+def buckets(file, path, meta, snapshot, as_hex, as_json, table_fmt):
+    """Buckets directly under PATH (top-level buckets when no PATH is given), with their key counts."""
+    with opened(file, meta, snapshot) as db:
+        parent = db.bucket([parse_name(p, as_hex) for p in path])
+        rows = []
+        for item in db.tree.items(parent):
+            if not item.is_bucket:
+                continue
+            child = db.tree.child(parent, item)
+            keys = subs = 0
+            for it in db.tree.items(child):
+                subs += it.is_bucket
+                keys += not it.is_bucket
+            rec = {"name": encode_bytes(item.key, "auto"), "keys": keys, "buckets": subs,
+                   "inline": child.inline, "root": child.root, "sequence": child.sequence}
+            if as_json:
+                emit_json(rec)
+            else:
+                rows.append([show_bytes(item.key), keys, subs, "inline" if child.inline else f"page {child.root}",
+                             child.sequence])
+        if not as_json:
+            emit_table(rows, ["bucket", "keys", "buckets", "root", "sequence"], table_fmt)
+
+
+@main.command()
+@file_argument
+@click.argument("path", nargs=-1, required=True)
+@read_options
+@hex_option
+@encoding_option
+@json_option
+def keys(file, path, meta, snapshot, as_hex, encoding, as_json):
+    """Keys of the bucket at PATH, one per line (sub-bucket names end with /)."""
+    with opened(file, meta, snapshot) as db:
+        b = db.bucket([parse_name(p, as_hex) for p in path])
+        for item in db.tree.items(b):
+            if as_json:
+                emit_json({"key": encode_bytes(item.key, encoding), "bucket": item.is_bucket})
+            else:
+                text = item.key.hex() if encoding == "hex" else show_bytes(item.key)
+                click.echo(text + ("/" if item.is_bucket else ""))
+
+
+@main.command()
+@file_argument
+@click.argument("path_and_key", nargs=-1, required=True, metavar="PATH... KEY")
+@read_options
+@hex_option
+@click.option("--encoding", "-e", type=click.Choice(ENCODINGS + ("raw",)), default="auto", show_default=True,
+              help="raw writes the value's bytes unchanged to stdout.")
+@json_option
+def get(file, path_and_key, meta, snapshot, as_hex, encoding, as_json):
+    """The value of KEY in the bucket at PATH."""
+    if len(path_and_key) < 2:
+        raise click.UsageError("give a bucket path and a key: boltkit get FILE BUCKET [SUBBUCKET...] KEY")
+    names = [parse_name(p, as_hex) for p in path_and_key]
+    with opened(file, meta, snapshot) as db:
+        value = db.get(names[:-1], names[-1])
+        if as_json:
+            emit_json({"key": encode_bytes(names[-1], "auto"),
+                       "value": encode_bytes(value, "hex" if encoding == "raw" else encoding)})
+        elif encoding == "raw":
+            sys.stdout.buffer.write(value)
+            sys.stdout.flush()
+        elif encoding == "auto":
+            click.echo(show_bytes(value))
+        else:
+            click.echo(encode_bytes(value, encoding))
+
+
+@main.command()
+@file_argument
+@read_options
+@click.option("--max-depth", type=int, default=None, help="Show buckets down to this nesting level only.")
+@output_options
+def tree(file, meta, snapshot, max_depth, as_json, table_fmt):
+    """Nested buckets with their key counts, inline or paged."""
+    with opened(file, meta, snapshot) as db:
+        order: list = []
+        counts: dict = {}
+        errors: list = []
+        for parent, child, item in db.tree.walk(db.root(), on_error=errors.append):
+            if child is not None:
+                counts[child.path] = [0, 0, child]
+                order.append(child.path)
+                if parent.path:
+                    counts[parent.path][1] += 1
+            elif parent.path:
+                counts[parent.path][0] += 1
+        rows = []
+        for p in order:
+            if max_depth is not None and len(p) > max_depth:
+                continue
+            k, sub, b = counts[p]
+            if as_json:
+                emit_json({"path": [encode_bytes(x, "auto") for x in p], "keys": k, "buckets": sub,
+                           "inline": b.inline, "root": b.root, "sequence": b.sequence})
+            else:
+                rows.append(["  " * (len(p) - 1) + show_bytes(p[-1], 72), k, sub,
+                             "inline" if b.inline else f"page {b.root}"])
+        if not as_json:
+            emit_table(rows, ["bucket", "keys", "buckets", "root"], table_fmt)
+        report_damage(errors, "tree")
+
+
+@main.command()
+@file_argument
+@read_options
+@output_options
+def stats(file, meta, snapshot, as_json, table_fmt):
+    """Page counts, fill ratios, depth, inline vs paged buckets (like `bbolt stats`), per top-level bucket."""
+    with opened(file, meta, snapshot) as db:
+        st = gather_stats(db)
+        if as_json:
+            emit_json({"total": st.total.as_dict(),
+                       "buckets": {show_bytes(k): v.as_dict() for k, v in st.by_top_bucket.items()}})
+        else:
+            t = st.total
+
+            def pct(a, b):
+                return f"{100.0 * a / b:.0f}%" if b else "-"
+            click.echo("Page count statistics")
+            click.echo(f"\tNumber of logical branch pages: {t.branch_pages}")
+            click.echo(f"\tNumber of physical branch overflow pages: {t.branch_overflow}")
+            click.echo(f"\tNumber of logical leaf pages: {t.leaf_pages}")
+            click.echo(f"\tNumber of physical leaf overflow pages: {t.leaf_overflow}")
+            click.echo("Tree statistics")
+            click.echo(f"\tNumber of keys/value pairs: {t.keys}")
+            click.echo(f"\tNumber of levels in B+tree: {t.depth}")
+            click.echo("Page size utilization")
+            click.echo(f"\tBytes allocated for physical branch pages: {t.branch_alloc}")
+            click.echo(f"\tBytes actually used for branch data: {t.branch_inuse} ({pct(t.branch_inuse, t.branch_alloc)})")
+            click.echo(f"\tBytes allocated for physical leaf pages: {t.leaf_alloc}")
+            click.echo(f"\tBytes actually used for leaf data: {t.leaf_inuse} ({pct(t.leaf_inuse, t.leaf_alloc)})")
+            click.echo("Bucket statistics")
+            click.echo(f"\tTotal number of buckets: {t.buckets}")
+            click.echo(f"\tTotal number on inlined buckets: {t.inline_buckets} ({pct(t.inline_buckets, t.buckets)})")
+            click.echo(f"\tBytes used for inlined buckets: {t.inline_inuse} ({pct(t.inline_inuse, t.leaf_inuse)})")
+            click.echo()
+            rows = [[show_bytes(k, 40), s.keys, s.buckets, s.inline_buckets, s.branch_pages, s.leaf_pages,
+                     s.leaf_overflow, s.depth, pct(s.leaf_inuse, s.leaf_alloc)]
+                    for k, s in st.by_top_bucket.items()]
+            emit_table(rows, ["bucket", "keys", "buckets", "inline", "branch", "leaf", "overflow", "depth",
+                              "leaf fill"], table_fmt)
+        report_damage(st.errors, "statistics")
+
+
+@main.command()
+@file_argument
+@bucket_path_argument
+@read_options
+@hex_option
+@encoding_option
+@click.option("--count", "count_only", is_flag=True, help="Only count buckets, pairs and bytes (a full traversal).")
+def export(file, path, meta, snapshot, as_hex, encoding, count_only):
+    """Every bucket and pair under PATH (everything by default) as JSON lines, in bbolt cursor order.
+
+    \b
+    {"kind":"bucket","path":[...],"sequence":N}      a bucket, before its contents
+    {"kind":"pair","path":[...],"key":K,"value":V}    a key/value pair of the bucket at path
+
+    On a damaged file every intact part is exported; damaged subtrees are listed on stderr and the
+    exit status is 1.
+    """
+    with opened(file, meta, snapshot) as db:
+        start = db.bucket([parse_name(p, as_hex) for p in path])
+        errors: list = []
+        if count_only:
+            buckets_n = pairs = nbytes = 0
+            for parent, child, item in db.tree.walk(start, on_error=errors.append):
+                if child is None:
+                    pairs += 1
+                    nbytes += len(item.key) + item.value_end - item.value_start
+                else:
+                    buckets_n += 1
+            emit_json({"buckets": buckets_n, "pairs": pairs, "bytes": nbytes})
+        else:
+            write = sys.stdout.write
+            enc = _encoder(encoding)
+            data = db.data
+            paths: dict = {}
+            for parent, child, item in db.tree.walk(start, on_error=errors.append):
+                if child is None:
+                    p = paths.get(parent.path)
+                    if p is None:
+                        p = paths[parent.path] = ",".join(enc(x) for x in parent.path)
+                    write('{"kind":"pair","path":[%s],"key":%s,"value":%s}\n'
+                          % (p, enc(item.key), enc(data[item.value_start:item.value_end])))
+                else:
+                    write('{"kind":"bucket","path":[%s],"sequence":%d}\n'
+                          % (",".join(enc(x) for x in child.path), child.sequence))
+            sys.stdout.flush()
+        report_damage(errors, "export")
+
+
+def _encoder(encoding: str):
+    import json
+    if encoding == "hex":
+        return lambda b: '"' + b.hex() + '"'
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    return lambda b: dumps(encode_bytes(b, encoding))

@@ -1,0 +1,103 @@
+"""Every on-disk layout fact of bbolt, written once.
+
+Each structure is a field table; the construct schema (declarative, checked decoding for
+diagnostics and the writer), the numpy dtype (bulk reads straight off the mapped file) and the
+``struct`` format (single hot-path reads) are all derived from the same table, so an offset or a
+size can never disagree between the readers and the writer.
+
+bbolt casts Go structs over the file, so integers are in the writer's byte order; every machine
+that runs BuildKit in practice is little-endian and we read little-endian only (big-endian files
+are recognised by their magic and refused with a clear message).
+"""
+from __future__ import annotations
+
+import struct
+
+import construct as cs
+import numpy as np
+
+_KINDS = {
+    "u16": (cs.Int16ul, "<u2", "H"),
+    "u32": (cs.Int32ul, "<u4", "I"),
+    "u64": (cs.Int64ul, "<u8", "Q"),
+}
+
+
+class Layout:
+    """One fixed-size on-disk structure, with its three derived views."""
+
+    def __init__(self, name: str, fields: tuple[tuple[str, str], ...]):
+        self.name = name
+        self.fields = fields
+        self.names = tuple(n for n, _ in fields)
+        self.schema = cs.Struct(*[(n / _KINDS[k][0]) for n, k in fields])
+        self.dtype = np.dtype([(n, _KINDS[k][1]) for n, k in fields])
+        self.struct = struct.Struct("<" + "".join(_KINDS[k][2] for _, k in fields))
+        self.size = self.struct.size
+        assert self.size == self.dtype.itemsize == self.schema.sizeof()
+
+    def offset_of(self, field: str) -> int:
+        return self.dtype.fields[field][1]
+
+    def parse(self, data, offset: int = 0) -> cs.Container:
+        """Checked decoding through construct (diagnostics, single structures)."""
+        return self.schema.parse(bytes(data[offset:offset + self.size]))
+
+    def build(self, **values) -> bytes:
+        return self.schema.build(values)
+
+    def unpack_from(self, data, offset: int = 0) -> tuple:
+        return self.struct.unpack_from(data, offset)
+
+
+# Every page starts with this header (page.go: type page struct).
+PAGE_HEADER = Layout("page header", (
+    ("id", "u64"),        # the page's own id; 0 inside inline buckets
+    ("flags", "u16"),     # page type, see PageFlag
+    ("count", "u16"),     # elements, or freelist ids (0xFFFF = count stored in the first id slot)
+    ("overflow", "u32"),  # additional contiguous pages covered by this page
+))
+
+# The meta struct that follows the page header on pages 0 and 1 (db.go: type meta struct).
+META = Layout("meta", (
+    ("magic", "u32"),
+    ("version", "u32"),
+    ("page_size", "u32"),
+    ("flags", "u32"),
+    ("root", "u64"),       # root bucket's root page (the root bucket is never inline)
+    ("sequence", "u64"),   # root bucket's sequence
+    ("freelist", "u64"),   # freelist page, or PGID_NO_FREELIST
+    ("pgid", "u64"),       # high-water mark: pages [0, pgid) are in use
+    ("txid", "u64"),
+    ("checksum", "u64"),   # FNV-1a 64 of the meta bytes before this field
+))
+
+# Branch page element: pos is relative to the element's own offset.
+BRANCH_ELEMENT = Layout("branch element", (
+    ("pos", "u32"),
+    ("ksize", "u32"),
+    ("pgid", "u64"),
+))
+
+# Leaf page element: pos is relative to the element's own offset; the value follows the key.
+LEAF_ELEMENT = Layout("leaf element", (
+    ("flags", "u32"),     # BUCKET_LEAF_FLAG when the value is a bucket header
+    ("pos", "u32"),
+    ("ksize", "u32"),
+    ("vsize", "u32"),
+))
+
+# The value of a bucket entry starts with this header; root 0 means an inline page follows.
+BUCKET_HEADER = Layout("bucket header", (
+    ("root", "u64"),
+    ("sequence", "u64"),
+))
+
+PAGE_HEADER_SIZE = PAGE_HEADER.size
+ELEMENT_SIZE = LEAF_ELEMENT.size
+assert ELEMENT_SIZE == BRANCH_ELEMENT.size
+META_OFFSET = PAGE_HEADER_SIZE                     # meta struct inside pages 0 and 1
+META_CHECKSUMMED = META.offset_of("checksum")      # bytes of the meta struct the checksum covers
+BUCKET_HEADER_SIZE = BUCKET_HEADER.size
+INLINE_PAGE_OFFSET = BUCKET_HEADER_SIZE            # inline page inside a bucket value
+FREELIST_U64 = np.dtype("<u8")                     # freelist ids

@@ -1,0 +1,7 @@
+"""Layer 2: reading a file read-only: metas, pages, freelist, the bucket tree."""
+from .database import Database
+from .freelist import Freelist, read_freelist
+from .meta import Meta, MetaChoice, decode_meta, discover
+from .pages import Node, Pager
+from .source import Source
+from .tree import Bucket, Item, Tree

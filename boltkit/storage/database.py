@@ -1,0 +1,91 @@
+"""One opened bbolt file under one chosen meta: the entry point of every reader."""
+from __future__ import annotations
+
+from ..errors import CorruptionError, NotFound
+from .freelist import Freelist, read_freelist
+from .meta import discover
+from .pages import Pager
+from .source import Source
+from .tree import Bucket, Item, Tree
+
+
+class Database:
+    """Read-only view of a bbolt file.
+
+    ``meta`` forces meta page 0 or 1 (the revert candidate); by default the current meta is chosen
+    like bbolt does, falling back to the other one when the newest is damaged.
+    """
+
+    def __init__(self, path: str, *, meta: int | None = None, snapshot: bool = False, lock: bool = True):
+        self.path = str(path)
+        self.source = Source(self.path, snapshot=snapshot, lock=lock)
+        try:
+            self.choice = discover(self.source.data, self.source.size, force=meta)
+        except Exception:
+            self.source.close()
+            raise
+        self.metas = self.choice.metas
+        self.meta = self.choice.current
+        self.page_size = self.choice.page_size
+        self.hwm = self.meta.pgid
+        self.file_size = self.source.size
+        self.data = self.source.data
+        self.pager = Pager(self.data, self.file_size, self.page_size, self.hwm)
+        self.tree = Tree(self.pager)
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.source.warnings
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        self.source.close()
+
+    # -- the tree -------------------------------------------------------------------------------
+
+    def root(self) -> Bucket:
+        return self.tree.bucket_at((), self.meta.root, self.meta.sequence)
+
+    def bucket(self, path) -> Bucket:
+        """The bucket at ``path`` (a sequence of names); NotFound when a step is missing or not a bucket."""
+        b = self.root()
+        for i, name in enumerate(path):
+            item = self.tree.get(b, name)
+            if item is None:
+                raise NotFound(f"bucket not found: {_show_path(path[:i + 1])}")
+            if not item.is_bucket:
+                raise NotFound(f"not a bucket: {_show_path(path[:i + 1])} is a key")
+            b = self.tree.child(b, item)
+        return b
+
+    def get(self, path, key: bytes) -> bytes:
+        item = self.tree.get(self.bucket(path), key)
+        if item is None:
+            raise NotFound(f"key not found: {key!r} in {_show_path(path)}")
+        if item.is_bucket:
+            raise NotFound(f"{key!r} in {_show_path(path)} is a bucket, not a key")
+        return self.value(item)
+
+    def value(self, item: Item) -> bytes:
+        return self.data[item.value_start:item.value_end]
+
+    def freelist(self) -> Freelist | None:
+        """The stored freelist of the current meta, None when the file stores none (NoFreelistSync)."""
+        if not self.meta.has_freelist:
+            return None
+        return read_freelist(self.pager, self.meta.freelist)
+
+    def page_header(self, pgid: int):
+        return self.pager.header(pgid)
+
+
+def _show_path(path) -> str:
+    return "/".join(p.decode("utf-8", "backslashreplace") for p in path) or "/"
+
+
+__all__ = ["Database", "CorruptionError", "NotFound"]

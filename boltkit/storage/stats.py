@@ -1,0 +1,94 @@
+"""Bucket statistics with the meaning of bbolt's BucketStats (`bbolt stats`), gathered in one walk."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from ..schemas import ELEMENT_SIZE, PAGE_HEADER_SIZE
+from .database import Database
+from .pages import Node
+from .tree import Bucket
+
+
+@dataclass
+class BucketStats:
+    branch_pages: int = 0
+    branch_overflow: int = 0
+    leaf_pages: int = 0
+    leaf_overflow: int = 0
+    keys: int = 0              # leaf elements, sub-bucket entries included (bbolt's KeyN)
+    depth: int = 0             # B+tree levels
+    branch_alloc: int = 0
+    branch_inuse: int = 0
+    leaf_alloc: int = 0
+    leaf_inuse: int = 0
+    buckets: int = 0
+    inline_buckets: int = 0
+    inline_inuse: int = 0
+
+    def add(self, other: "BucketStats") -> None:
+        for f in fields(self):
+            if f.name == "depth":
+                self.depth = max(self.depth, other.depth)
+            else:
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DatabaseStats:
+    total: BucketStats
+    by_top_bucket: dict[bytes, BucketStats]
+    errors: list
+
+
+def gather_stats(db: Database) -> DatabaseStats:
+    """Aggregate over every top-level bucket and its descendants, like `bbolt stats` with no prefix."""
+    per_top: dict[bytes, BucketStats] = {}
+    errors: list = []
+    ps = db.page_size
+
+    def on_page(bucket: Bucket, node: Node, depth: int, elems: list) -> None:
+        if not bucket.path:
+            return
+        s = per_top.setdefault(bucket.path[0], BucketStats())
+        s.depth = max(s.depth, depth + 1)
+        used = _used(node, elems)
+        if node.inline:
+            s.inline_inuse += used
+            return
+        if node.is_leaf:
+            s.leaf_pages += 1
+            s.leaf_overflow += node.overflow
+            s.leaf_alloc += (node.overflow + 1) * ps
+            s.leaf_inuse += used
+        else:
+            s.branch_pages += 1
+            s.branch_overflow += node.overflow
+            s.branch_alloc += (node.overflow + 1) * ps
+            s.branch_inuse += used
+
+    root = db.root()
+    for parent, child, item in db.tree.walk(root, on_error=errors.append, on_page=on_page):
+        if parent.path:
+            per_top[parent.path[0]].keys += 1
+        if child is not None:
+            s = per_top.setdefault(child.path[0], BucketStats())
+            s.buckets += 1
+            if child.inline:
+                s.inline_buckets += 1
+    total = BucketStats()
+    for s in per_top.values():
+        total.add(s)
+    return DatabaseStats(total, per_top, errors)
+
+
+def _used(node: Node, elems: list) -> int:
+    """Bytes in use: header, element table, and the packed keys and values up to the last one."""
+    used = PAGE_HEADER_SIZE + ELEMENT_SIZE * node.count
+    if elems:
+        last_end = elems[-1][-1] if node.is_leaf else elems[-1][1]
+        first_data = node.base + PAGE_HEADER_SIZE + ELEMENT_SIZE * node.count
+        used += max(last_end - first_data, 0)
+    return used
