@@ -14,7 +14,7 @@ from .app import main, opened
 from .output import (ENCODINGS, emit_json, emit_table, encode_bytes, hex_option, json_option,
                      output_options, parse_name, read_options, show_bytes, show_path)
 
-file_argument = click.argument("file", type=click.Path(dir_okay=False))
+file_argument = click.argument("file", type=click.Path())
 encoding_option = click.option("--encoding", "-e", type=click.Choice(ENCODINGS), default="auto", show_default=True,
                                help="How keys, values and bucket names appear in JSON: auto = text when printable "
                                     "UTF-8, else {\"hex\": ...}.")

@@ -66,9 +66,9 @@ class Database:
     def get(self, path, key: bytes) -> bytes:
         item = self.tree.get(self.bucket(path), key)
         if item is None:
-            raise NotFound(f"key not found: {key!r} in {_show_path(path)}")
+            raise NotFound(f"key not found: {_show_path([key])} in {_show_path(path)}")
         if item.is_bucket:
-            raise NotFound(f"{key!r} in {_show_path(path)} is a bucket, not a key")
+            raise NotFound(f"{_show_path([key])} in {_show_path(path)} is a bucket, not a key")
         return self.value(item)
 
     def value(self, item: Item) -> bytes:
