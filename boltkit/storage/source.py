@@ -115,5 +115,6 @@ def _open_readonly(path: str) -> int:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise OpenError(f"{path}: not a regular file")
+        what = "is a directory" if stat.S_ISDIR(st.st_mode) else "is not a regular file"
+        raise OpenError(f"{path}: {what}, not a bbolt file")
     return fd
