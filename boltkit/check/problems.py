@@ -1,0 +1,103 @@
+"""The problem model: one catalogue of stable codes, and a Problem record every checker emits.
+
+A problem found in a file is data, not an exception: checkers collect and go on. Codes are stable
+(users grep for them and suppress them); structural codes start with B.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Severity(str, enum.Enum):
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+# code -> (severity, what it means). bbolt's own `tx.Check` wording is noted where it has one.
+CATALOGUE: dict[str, tuple[Severity, str]] = {
+    "B001": (Severity.ERROR, "meta page invalid (magic, version or checksum)"),
+    "B002": (Severity.ERROR, "meta page points outside the file (root, freelist, high-water mark, page size)"),
+    "B003": (Severity.WARNING, "the two meta pages disagree (page size, txid sequence)"),
+    "B004": (Severity.ERROR, "the current meta is not the newest: bbolt falls back and the last transaction is lost"),
+    "B010": (Severity.ERROR, "freelist page unreadable"),
+    "B011": (Severity.ERROR, "page listed twice in the freelist (bbolt: already freed)"),
+    "B012": (Severity.ERROR, "freelist lists a meta page"),
+    "B013": (Severity.ERROR, "freelist lists a page at or beyond the high-water mark"),
+    "B014": (Severity.ERROR, "freelist lists its own page"),
+    "B015": (Severity.WARNING, "freelist ids are not sorted"),
+    "B016": (Severity.ERROR, "page is both reachable and free (bbolt: reachable freed)"),
+    "B020": (Severity.ERROR, "page id out of bounds (bbolt: out of bounds)"),
+    "B021": (Severity.ERROR, "page header id differs from its position"),
+    "B022": (Severity.ERROR, "tree page is neither branch nor leaf (bbolt: invalid type)"),
+    "B023": (Severity.ERROR, "page overflow runs past the high-water mark or the end of the file"),
+    "B024": (Severity.ERROR, "page referenced more than once (bbolt: multiple references)"),
+    "B025": (Severity.ERROR, "page cycle: a page points back to one of its ancestors"),
+    "B026": (Severity.ERROR, "branch page with no elements"),
+    "B027": (Severity.ERROR, "element count does not fit in the page"),
+    "B030": (Severity.ERROR, "element key or value extends past the end of its page"),
+    "B031": (Severity.ERROR, "keys out of order within a page"),
+    "B032": (Severity.ERROR, "duplicate key within a page"),
+    "B033": (Severity.ERROR, "key outside the range its parent branch assigns"),
+    "B034": (Severity.ERROR, "empty key"),
+    "B035": (Severity.ERROR, "bucket value has the wrong size for its header"),
+    "B036": (Severity.ERROR, "inline bucket page malformed (type, id, overflow, size)"),
+    "B037": (Severity.ERROR, "the root bucket holds a plain key (only buckets are allowed there)"),
+    "B038": (Severity.WARNING, "leaf element flags carry unknown bits"),
+    "B039": (Severity.WARNING, "inline bucket holds a sub-bucket (bbolt never writes this)"),
+    "B040": (Severity.WARNING, "page neither reachable nor free (bbolt: unreachable unfreed)"),
+    "B050": (Severity.INFO, "revert candidate: what the other meta's tree looks like"),
+}
+
+
+@dataclass
+class Problem:
+    code: str
+    message: str
+    file: str | None = None
+    pgid: int | None = None
+    offset: int | None = None
+    path: tuple[bytes, ...] | None = None
+    key: bytes | None = None
+    details: dict = field(default_factory=dict)
+    severity: Severity | None = None
+
+    def __post_init__(self):
+        if self.severity is None:
+            self.severity = CATALOGUE[self.code][0]
+
+    def location(self) -> str:
+        parts = []
+        if self.pgid is not None:
+            parts.append(f"page {self.pgid}")
+        if self.offset is not None:
+            parts.append(f"offset {self.offset}")
+        if self.path:
+            parts.append("bucket " + "/".join(_show(p) for p in self.path))
+        if self.key is not None:
+            parts.append("key " + _show(self.key))
+        return ", ".join(parts)
+
+    def line(self) -> str:
+        loc = self.location()
+        return f"{self.code} {self.severity.value}: " + (f"{loc}: " if loc else "") + self.message
+
+    def as_dict(self) -> dict:
+        return {
+            "code": self.code, "severity": self.severity.value, "file": self.file, "page": self.pgid,
+            "offset": self.offset,
+            "path": None if self.path is None else [_show(p) for p in self.path],
+            "key": None if self.key is None else _show(self.key),
+            "message": self.message, "details": self.details,
+        }
+
+
+def _show(b: bytes) -> str:
+    try:
+        s = b.decode("utf-8")
+        if s.isprintable():
+            return s
+    except UnicodeDecodeError:
+        pass
+    return "0x" + b.hex()
