@@ -13,18 +13,9 @@ EXIT_CLEAN, EXIT_REPAIRED, EXIT_PROBLEMS, EXIT_UNREADABLE, EXIT_USAGE = 0, 1, 4,
 class FsckCommand(click.Command):
     """Usage errors exit 16, as fsck(8) does, instead of click's 2."""
 
-    def main(self, *args, **kwargs):
+    def parse_args(self, ctx, args):
         try:
-            return super().main(*args, standalone_mode=False, **kwargs)
-        except click.UsageError as e:
-            e.show()
-            raise SystemExit(EXIT_USAGE)
-        except click.exceptions.Abort:
-            raise SystemExit(EXIT_UNREADABLE)
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
+            return super().parse_args(ctx, args)
         except click.UsageError as e:
             e.show()
             ctx.exit(EXIT_USAGE)

@@ -1,0 +1,96 @@
+"""`boltkit check` through the CLI: fsck exit codes, one line per problem, JSON, caps."""
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from boltkit.cli import main
+from testdata import damage
+
+from .conftest import CORPUS
+
+TORN = CORPUS / "torn-copies"
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_clean_file_prints_ok_and_exits_0(example_db):
+    r = run("check", example_db)
+    assert r.exit_code == 0
+    assert r.output == f"{example_db}: OK (83 pages, 720 buckets (710 inline), 1586 keys, meta 1, txid 439)\n"
+
+
+def test_problems_exit_4_with_one_line_each_and_a_summary():
+    path = TORN / "daemon4-cache-cp-during-build-73.db"
+    r = run("check", path)
+    assert r.exit_code == 4
+    lines = r.output.splitlines()
+    assert lines[0] == f"{path}: B040 warning: page 2: unreachable unfreed"
+    assert lines[-1] == f"{path}: 0 error(s), 53 warning(s) [B040 x53, B050 x1]"
+    assert f"{path}: B050 info: reading through meta 0 (txid 866) would still have 0 error(s)" not in r.output
+
+
+def test_max_errors_caps_the_listing_not_the_counts():
+    path = TORN / "daemon1-cache-slowcopy-during-build-376.db"
+    r = run("check", "--max-errors", "2", path)
+    lines = r.output.splitlines()
+    assert len(lines) == 4
+    assert lines[2] == f"{path}: ... 216 more problem(s) not listed (--max-errors 2)"
+    assert "29 error(s), 188 warning(s)" in lines[3]
+
+
+def test_json_records_then_summary():
+    path = TORN / "daemon1-overlayfs-metadata_v2-slowcopy-during-build-308.db"
+    r = run("check", "--json", path)
+    assert r.exit_code == 4
+    recs = [json.loads(line) for line in r.output.splitlines()]
+    summary = recs[-1]
+    assert summary["summary"] and not summary["clean"] and summary["problems"]["error"] == 26
+    problems = recs[:-1]
+    assert {"code", "severity", "page", "offset", "path", "key", "message", "details"} <= set(problems[0])
+    assert any(p["code"] == "B021" and p["page"] == 8 and "516" in p["message"] for p in problems)
+
+
+def test_revert_candidate_is_named(tmp_path, example_db):
+    db = damage.copy(example_db, tmp_path / "c.db")
+    damage.zero_page(db, 45)     # the _links root page of the current tree (meta 1)
+    r = run("check", "--json", db)
+    summary = json.loads(r.output.splitlines()[-1])
+    assert summary["revert"]["meta"] == 0
+    assert any(json.loads(line).get("code") == "B021" for line in r.output.splitlines()[:-1])
+
+
+def test_forced_meta_checks_that_tree(example_db):
+    r = run("check", "--meta", "0", example_db)
+    assert r.exit_code == 0 and "meta 0, txid 438" in r.output
+
+
+def test_unreadable_exits_8(tmp_path, example_db):
+    both = damage.copy(example_db, tmp_path / "both.db")
+    damage.damage_meta(both, 0)
+    damage.damage_meta(both, 1)
+    r = run("check", both)
+    assert r.exit_code == 8
+    assert "cannot be read" in r.output and "B001" in r.output
+    assert run("check", tmp_path / "nope.db").exit_code == 8
+
+
+def test_worst_status_wins_across_files(tmp_path, example_db):
+    r = run("check", example_db, TORN / "daemon4-cache-cp-during-build-73.db", tmp_path / "nope.db")
+    assert r.exit_code == 8
+
+
+def test_usage_error_exits_16():
+    assert run("check").exit_code == 16
+    assert run("check", "--max-errors", "x", "f").exit_code == 16
+
+
+def test_quick_skips_element_checks():
+    path = TORN / "daemon4-cache-cp-during-build-136.db"
+    full = json.loads(run("check", "--json", path).output.splitlines()[-1])
+    quick = json.loads(run("check", "--json", "--quick", path).output.splitlines()[-1])
+    assert "B033" in full["codes"] and "B033" not in quick["codes"]
+    assert quick["codes"]["B025"] == full["codes"]["B025"]
