@@ -1,0 +1,2 @@
+"""Layer 4: building a valid bbolt file from a logical tree. Knows nothing of reading."""
+from .writer import BoltWriter
