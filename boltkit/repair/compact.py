@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
+from ..errors import CorruptionError
 from ..storage import Database
 from ..write import BoltWriter
 
@@ -57,7 +58,10 @@ def compact(src: str, dst: str, *, page_size: int | None = None, fill_percent: f
         writer = BoltWriter(dst, page_size=page_size or db.page_size, fill_percent=fill_percent, freelist=freelist)
         try:
             buckets, pairs = copy_tree(db, writer, progress=progress)
-            info = writer.close()
+            writer.close()
+        except ValueError as e:     # the writer refuses what the source's damage would put in the new file
+            writer.abort()
+            raise CorruptionError(f"{src} is damaged ({e}); run `boltkit check` on it") from None
         except BaseException:
             writer.abort()
             raise

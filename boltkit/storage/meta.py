@@ -86,8 +86,6 @@ def _judge(m: Meta, data, file_size: int) -> None:
         return
     if m.offset != m.index * ps:
         m.faults.append(f"meta {m.index} found at offset {m.offset}, but its page size {ps} puts it at {m.index * ps}")
-    if m.pgid < 4 and m.pgid != 0:
-        m.faults.append(f"high-water mark {m.pgid} is below the 4 pages of an empty file")
     if not 2 <= m.root < m.pgid:
         m.faults.append(f"root page {m.root} outside [2, hwm {m.pgid})")
     if m.has_freelist and not 2 <= m.freelist < m.pgid:

@@ -1,0 +1,91 @@
+"""The writer: files it produces read back exactly, check clean, and (with the oracle) satisfy real bbolt,
+which can then open them read-write, change them and still pass tx.Check."""
+from __future__ import annotations
+
+import os
+
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+
+from boltkit.check import check_file
+from boltkit.cli import main
+from boltkit.storage import Database
+from boltkit.write import BoltWriter
+from testdata.trees import Bucket, dump_lines, page_sizes, trees, write_tree
+
+from .conftest import corpus_files, corpus_id
+
+import pytest
+
+
+def export_lines(path) -> list[str]:
+    r = CliRunner().invoke(main, ["export", "-e", "hex", str(path)])
+    assert r.exit_code == 0, r.output
+    return r.output.splitlines()
+
+
+def write(path, tree, page_size=4096, **kw):
+    with BoltWriter(path, page_size=page_size, **kw) as w:
+        write_tree(w, tree)
+    return path
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(tree=trees, page_size=page_sizes)
+def test_round_trip_through_our_reader(tmp_path_factory, tree, page_size):
+    path = write(tmp_path_factory.mktemp("w") / "t.db", tree, page_size)
+    assert export_lines(path) == dump_lines(tree)
+    report = check_file(path)
+    assert report.clean, [p.line() for p in report.problems[:5]]
+
+
+def test_inline_exactly_when_bbolt_would(tmp_path):
+    # 16 + (16 + 1 + 1000) = 1033 > 1024: paged; 16 + (16 + 1 + 991) = 1024: inline (quarter of 4096)
+    tree = {b"a": Bucket({b"k": b"x" * 991}), b"b": Bucket({b"k": b"x" * 992}),
+            b"c": Bucket({b"sub": Bucket()}), b"d": Bucket()}
+    path = write(tmp_path / "t.db", tree)
+    with Database(path) as db:
+        root = db.root()
+        inline = {it.key: db.tree.child(root, it).inline for it in db.tree.items(root)}
+    assert inline == {b"a": True, b"b": False, b"c": False, b"d": True}
+
+
+def test_no_freelist_variant(tmp_path):
+    path = write(tmp_path / "t.db", {b"a": Bucket({b"k": b"v"})}, freelist=False)
+    with Database(path) as db:
+        assert not db.meta.has_freelist and db.freelist() is None
+    assert check_file(path).clean
+
+
+def test_refuses_to_overwrite_and_unordered_input(tmp_path):
+    path = write(tmp_path / "t.db", {b"a": Bucket()})
+    with pytest.raises(FileExistsError):
+        BoltWriter(path)
+    w = BoltWriter(tmp_path / "u.db")
+    w.begin_bucket(b"a")
+    w.put(b"b", b"")
+    with pytest.raises(ValueError):
+        w.put(b"a", b"")
+    w.abort()
+    assert not os.path.exists(tmp_path / "u.db")
+
+
+@pytest.mark.parametrize("path", corpus_files("sound"), ids=corpus_id)
+def test_compact_corpus_store_identical_dump_and_clean(tmp_path, path):
+    out = tmp_path / "c.db"
+    r = CliRunner().invoke(main, ["compact", str(path), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith(f"{path.stat().st_size} -> {out.stat().st_size} bytes (gain=")
+    assert export_lines(out) == export_lines(path)
+    assert check_file(out).clean
+
+
+def test_compact_refuses_existing_output_and_damaged_source(tmp_path, example_db):
+    out = tmp_path / "c.db"
+    out.write_bytes(b"keep me")
+    r = CliRunner().invoke(main, ["compact", str(example_db), "-o", str(out)])
+    assert r.exit_code == 1 and "already exists" in r.output and out.read_bytes() == b"keep me"
+    torn = [p for p in corpus_files("torn") if p.name == "daemon4-cache-cp-during-build-136.db"][0]
+    r = CliRunner().invoke(main, ["compact", str(torn), "-o", str(tmp_path / "d.db")])
+    assert r.exit_code == 1 and r.output.startswith("Error: ") and not (tmp_path / "d.db").exists()
