@@ -63,7 +63,7 @@ def build_oracle(dest: Path) -> Path | None:
     binary = dest / "oracle"
     env = dict(os.environ, GO111MODULE="off", GOPATH="/usr/share/gocode", GOCACHE=str(dest / "gocache"),
                GOFLAGS="")
-    subprocess.run([go, "build", "-o", str(binary), str(ORACLE_SRC)], check=True, env=env, cwd=ORACLE_SRC)
+    subprocess.run([go, "build", "-o", str(binary), "."], check=True, env=env, cwd=ORACLE_SRC)
     return binary
 
 
