@@ -75,6 +75,23 @@ def oracle(tmp_path_factory) -> Oracle:
     return Oracle(binary)
 
 
+@pytest.fixture(scope="session")
+def oracle_files(oracle, tmp_path_factory):
+    """Oracle-generated files, made once per session. bbolt's page placement is not deterministic (it
+    spills child buckets in Go map order), so a seed fixes the content, not the layout; caching keeps
+    one layout per seed for the whole run, which hypothesis needs to replay its examples."""
+    cache: dict = {}
+    base = tmp_path_factory.mktemp("oracle-files")
+
+    def get(profile: str, seed: int, page_size: int = 4096) -> Path:
+        key = (profile, seed, page_size)
+        if key not in cache:
+            cache[key] = oracle.gen(base / f"{profile}-{seed}-{page_size}.db", profile=profile, seed=seed,
+                                    page_size=page_size)
+        return cache[key]
+    return get
+
+
 @pytest.fixture
 def example_db() -> Path:
     return EXAMPLE

@@ -10,6 +10,7 @@ The walk is iterative with a per-page reference counter, so cycles are reported,
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -108,7 +109,9 @@ def _check_metas(db: Database, report: CheckReport) -> None:
         for e in m.errors:
             report.problems.append(Problem("B001", f"meta {i}: {e}", file=f, pgid=i, offset=m.offset))
         for e in m.faults:
-            report.problems.append(Problem("B002", f"meta {i}: {e}", file=f, pgid=i, offset=m.offset))
+            details = {"span": [m.root, m.root]} if m.bad_root and "root page" in e else {}
+            report.problems.append(Problem("B002", f"meta {i}: {e}", file=f, pgid=i, offset=m.offset,
+                                           details=details))
     m0, m1 = db.metas
     cur = db.meta
     other = db.metas[1 - cur.index]
@@ -142,6 +145,7 @@ class _Walker:
         self.limit = min(self.hwm, db.file_size // self.ps)
         self.pager = Pager(db.data, db.file_size, self.ps, self.hwm)
         self.refs = np.zeros(self.hwm, dtype=np.uint8)
+        self.hidden: Problem | None = None   # set while walking a subtree bbolt cannot find by key
         self.freed = np.zeros(self.hwm, dtype=bool)
 
     def problem(self, code: str, message: str, **kw) -> None:
@@ -190,11 +194,12 @@ class _Walker:
     # -- the tree ---------------------------------------------------------------------------------
 
     def _walk(self) -> None:
-        # frame: (pgid, lower bound, upper bound, bucket path, ancestor pages)
-        stack: list[tuple] = [(self.meta.root, None, None, (), ())]
+        # frame: (pgid, lower bound, upper bound, bucket path, ancestor pages, hidden-subtree problem)
+        stack: list[tuple] = [(self.meta.root, None, None, (), (), None)]
         done = 0
         while stack:
-            pgid, lo, hi, path, anc = stack.pop()
+            pgid, lo, hi, path, anc, hidden = stack.pop()
+            self.hidden = hidden
             self._visit(pgid, lo, hi, path, anc, stack)
             done += 1
             if self.progress is not None and done % 1024 == 0:
@@ -226,23 +231,26 @@ class _Walker:
             where = "high-water mark" if span_last >= self.hwm else "end of the file"
             self.problem("B023", f"overflow {overflow} runs past the {where}", pgid=pgid,
                          offset=off + 12, path=path)
-            span_last = pgid
+            span_last = self.limit - 1
         span = self.refs[pgid:span_last + 1]
         if span_last > pgid:
             again = np.flatnonzero(span[1:])
-            for i in again[:10].tolist():
+            for i in again.tolist():
                 self.problem("B024", f"multiple references (overflow of page {pgid})",
                              pgid=pgid + 1 + i, path=path)
         span[:] = 1
+        if self.hidden is not None:
+            self.hidden.details["pages"].extend(range(pgid, span_last + 1))
         if self.freed[pgid]:
             self.problem("B016", "reachable freed", pgid=pgid, path=path)
+        span_ids = [pgid, span_last]
         if hid != pgid:
             self.problem("B021", f"header says id {hid} (stack: {stack_text})", pgid=pgid, offset=off,
-                         path=path)
+                         path=path, details={"stack": stack_text, "span": span_ids})
             return
         if flags not in (PageFlag.BRANCH, PageFlag.LEAF):
             self.problem("B022", f"invalid type: {PageFlag.name_of(flags)} (stack: {stack_text})",
-                         pgid=pgid, offset=off + 8, path=path)
+                         pgid=pgid, offset=off + 8, path=path, details={"stack": stack_text, "span": span_ids})
             return
         node = Node(pgid, flags, count, overflow, off, off + (span_last - pgid + 1) * self.ps, pgid)
         if off + PAGE_HEADER_SIZE + count * ELEMENT_SIZE > node.end:
@@ -270,7 +278,7 @@ class _Walker:
         anc2 = anc + (node.pgid,)
         n = len(elems)
         for i in range(n - 1, -1, -1):
-            stack.append((elems[i][2], keys[i], keys[i + 1] if i + 1 < n else hi, path, anc2))
+            stack.append((elems[i][2], keys[i], keys[i + 1] if i + 1 < n else hi, path, anc2, self.hidden))
 
     def _leaf(self, node: Node, lo, hi, path, anc, stack) -> list | None:
         try:
@@ -279,9 +287,10 @@ class _Walker:
             self.problem("B030", e.message, pgid=node.owner, offset=e.offset, path=path)
             return None
         self.report.keys += len(elems)
+        disordered = False
         if not self.quick:
             keys = [self.data[s:e] for _, s, e, _ in elems]
-            self._keys(node, keys, lo, hi, path)
+            disordered = self._keys(node, keys, lo, hi, path)
         anc2 = anc + (node.pgid or node.owner,)
         children = []
         for i, (flags, ks, ke, ve) in enumerate(elems):
@@ -310,10 +319,16 @@ class _Walker:
                 self.report.inline_buckets += 1
                 self._inline(ke, ve, node.owner, child_path, anc2, stack)
             else:
+                hidden = self.hidden
+                if disordered and bisect_left(keys, key) != i:
+                    self.problem("B031", f"sub-bucket in element {i} cannot be found by a key lookup (keys out of "
+                                 f"order): bbolt does not see its pages", pgid=root, path=path, key=key,
+                                 details={"leaf": node.owner, "pages": []})
+                    hidden = self.report.problems[-1]
                 if vlen != BUCKET_HEADER_SIZE:
                     self.problem("B035", f"paged bucket value is {vlen} bytes, expected {BUCKET_HEADER_SIZE}",
                                  pgid=node.owner, offset=ke, path=path, key=key)
-                children.append((root, None, None, child_path, anc2))
+                children.append((root, None, None, child_path, anc2, hidden))
         stack.extend(reversed(children))
         return elems
 
@@ -345,13 +360,15 @@ class _Walker:
                 self.problem("B036", f"inline bucket value is {vlen} bytes, its page uses {BUCKET_HEADER_SIZE + used}",
                              pgid=owner, offset=vs, path=path)
 
-    def _keys(self, node: Node, keys: list, lo, hi, path) -> None:
-        """Strictly increasing, non-empty, and inside [lo, hi) given by the parent branch."""
+    def _keys(self, node: Node, keys: list, lo, hi, path) -> bool:
+        """Strictly increasing, non-empty, and inside [lo, hi) given by the parent branch.
+        Returns whether the page's own keys are out of order."""
         if not keys:
-            return
+            return False
         kind = "branch" if node.is_branch else "leaf"
         where = dict(pgid=node.owner, path=path)
-        if keys != sorted(set(keys)):
+        disordered = keys != sorted(set(keys))
+        if disordered:
             reported = 0
             for i in range(1, len(keys)):
                 if keys[i] <= keys[i - 1]:
@@ -370,6 +387,7 @@ class _Walker:
         if hi is not None and keys[-1] >= hi:
             self.problem("B033", f"the last key on {kind} page {node.pgid} needs to be < the key of the next element "
                          "in the ancestor", key=keys[-1], **where)
+        return disordered
 
     # -- leaks ----------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ class Meta:
     computed_checksum: int
     errors: list[str] = field(default_factory=list)    # why bbolt itself would reject it
     faults: list[str] = field(default_factory=list)    # why we would not read through it
+    bad_root: bool = False                               # its root page is not a tree page
 
     @property
     def valid(self) -> bool:
@@ -96,6 +97,7 @@ def _judge(m: Meta, data, file_size: int) -> None:
     elif m.root * ps + PAGE_HEADER.size <= file_size:
         rid, rflags, _, _ = PAGE_HEADER.unpack_from(data, m.root * ps)
         if rid != m.root or rflags not in (PageFlag.BRANCH, PageFlag.LEAF):
+            m.bad_root = True
             m.faults.append(f"root page {m.root} is not a tree page (header id {rid}, "
                             f"type {PageFlag.name_of(rflags)})")
     if m.page_flags != PageFlag.META:

@@ -28,6 +28,8 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
+	"os/exec"
+	"runtime"
 	"runtime/debug"
 	"sort"
 	"strconv"
@@ -48,10 +50,16 @@ const usage = `usage: oracle <subcommand> [flags] args
   check-freelist FILE
 `
 
+// childEnv marks the re-executed child of check, check-freelist and mutate.
+const childEnv = "BOLTKIT_ORACLE_CHILD"
+
 func main() {
 	// Turn faults on the memory map (truncated files) into recoverable
 	// panics in the main goroutine instead of fatal runtime errors.
 	debug.SetPanicOnFault(true)
+	// Legitimate recursion here is shallow; a page cycle in a damaged file
+	// should overflow quickly rather than after 1 GB of stack.
+	debug.SetMaxStack(64 << 20)
 
 	if len(os.Args) < 2 {
 		fmt.Fprint(os.Stderr, usage)
@@ -63,17 +71,31 @@ func main() {
 	case "gen":
 		code = cmdGen(args)
 	case "dump":
+		startWatchdog(os.Stderr)
 		code = cmdDump(args)
-	case "check":
-		code = cmdCheck(args)
+	case "check", "check-freelist", "mutate":
+		// These run tx.Check, which runs in a goroutine of bbolt's own: a
+		// panic there cannot be recovered and kills the process. Run the
+		// work in a child process and turn such a crash into
+		// "panic: <msg>" on stdout and exit status 3.
+		if os.Getenv(childEnv) == "" {
+			code = supervise()
+			break
+		}
+		startWatchdog(os.Stdout)
+		switch os.Args[1] {
+		case "check":
+			code = cmdCheck(args)
+		case "check-freelist":
+			code = cmdCheckFreelist(args)
+		default:
+			code = cmdMutate(args)
+		}
 	case "walk":
+		startWatchdog(os.Stderr)
 		code = cmdWalk(args)
 	case "compact":
 		code = cmdCompact(args)
-	case "mutate":
-		code = cmdMutate(args)
-	case "check-freelist":
-		code = cmdCheckFreelist(args)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(os.Stdout, usage)
 	default:
@@ -81,6 +103,105 @@ func main() {
 		code = 2
 	}
 	os.Exit(code)
+}
+
+// supervise re-runs this command line in a child process (stdout passed
+// through) and reports a Go runtime crash of the child (exit status 2, or
+// death by a signal) as "panic: <msg>" on stdout with exit status 3.
+func supervise() int {
+	exe, err := os.Executable()
+	if err != nil {
+		fmt.Printf("error: cannot find own executable: %v\n", err)
+		return 4
+	}
+	cmd := exec.Command(exe, os.Args[1:]...)
+	cmd.Env = append(os.Environ(), childEnv+"=1")
+	cmd.Stdin = os.Stdin
+	cmd.Stdout = os.Stdout
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	if err == nil {
+		os.Stderr.Write(stderr.Bytes())
+		return 0
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		fmt.Printf("error: %v\n", err)
+		return 4
+	}
+	code := ee.ExitCode()
+	msg := crashMessage(stderr.Bytes())
+	if code != -1 && (code != 2 || msg == "") {
+		// An ordinary result, or a usage error (also status 2).
+		os.Stderr.Write(stderr.Bytes())
+		return code
+	}
+	if msg == "" {
+		msg = ee.String()
+	}
+	fmt.Printf("panic: %s\n", msg)
+	tail := stderr.Bytes()
+	if len(tail) > 8192 {
+		tail = tail[:8192]
+	}
+	os.Stderr.Write(tail)
+	return 3
+}
+
+// crashMessage extracts the first "panic: ..." or "fatal error: ..." line
+// (plus a following "[signal ...]" line) of a Go crash report.
+func crashMessage(report []byte) string {
+	lines := bytes.Split(report, []byte("\n"))
+	for i, l := range lines {
+		l = bytes.TrimSpace(l)
+		var msg string
+		switch {
+		case bytes.HasPrefix(l, []byte("panic: ")):
+			msg = string(l[len("panic: "):])
+		case bytes.HasPrefix(l, []byte("fatal error: ")):
+			msg = string(l)
+		default:
+			continue
+		}
+		if i+1 < len(lines) && bytes.HasPrefix(lines[i+1], []byte("[signal ")) {
+			msg += " " + string(bytes.TrimSpace(lines[i+1]))
+		}
+		return msg
+	}
+	return ""
+}
+
+// startWatchdog ends the process with "panic: heap limit exceeded" (exit
+// status 3) on out when the Go heap grows past BOLTKIT_ORACLE_MAX_HEAP_MB
+// (default 1024, 0 disables): bbolt's cursor descends forever into a page
+// cycle of a damaged file, growing its stack slice until the OOM killer
+// strikes.
+func startWatchdog(out *os.File) {
+	limitMB := 1024
+	if v := os.Getenv("BOLTKIT_ORACLE_MAX_HEAP_MB"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			fmt.Fprintf(os.Stderr, "error: bad BOLTKIT_ORACLE_MAX_HEAP_MB %q\n", v)
+			os.Exit(2)
+		}
+		limitMB = n
+	}
+	if limitMB == 0 {
+		return
+	}
+	limit := uint64(limitMB) << 20
+	go func() {
+		var ms runtime.MemStats
+		for range time.Tick(50 * time.Millisecond) {
+			runtime.ReadMemStats(&ms)
+			if ms.HeapAlloc > limit {
+				fmt.Fprintf(out, "panic: heap limit exceeded (%d MiB > %d MiB): runaway traversal of a damaged file?\n",
+					ms.HeapAlloc>>20, limitMB)
+				os.Exit(3)
+			}
+		}
+	}()
 }
 
 // newFlags returns a FlagSet that exits with status 2 on a usage error.
@@ -263,8 +384,8 @@ func cmdCheck(args []string) (code int) {
 	fs.Parse(args)
 	path := positional(fs, 1)[0]
 
-	w := bufio.NewWriter(os.Stdout)
-	defer w.Flush()
+	// Unbuffered, so that the lines printed before a crash survive it.
+	w := os.Stdout
 	defer func() {
 		if r := recover(); r != nil {
 			fmt.Fprintf(w, "panic: %s\n", panicMessage(r))
@@ -503,7 +624,8 @@ const (
 type bucketInfo struct {
 	path  [][]byte
 	class int
-	n     int // approximate number of keys put
+	n     int  // approximate number of keys put
+	keep  bool // never deleted by randomTx (the deep profile's depth-5 chain)
 }
 
 type generator struct {
@@ -512,6 +634,7 @@ type generator struct {
 	buckets  []*bucketInfo
 	keys     int
 	txs      int
+	note     string // for the -v summary
 }
 
 func (g *generator) bytes(n int) []byte {
@@ -853,7 +976,7 @@ func (g *generator) randomTx(tx *bolt.Tx, nops int, w opWeights, allowBucketDele
 				continue
 			}
 			top := g.topLevelCount()
-			bi := g.pick(func(bi *bucketInfo) bool { return len(bi.path) > 1 || top > 2 })
+			bi := g.pick(func(bi *bucketInfo) bool { return !bi.keep && (len(bi.path) > 1 || top > 2) })
 			if bi != nil {
 				if err := g.deleteBucket(tx, bi); err != nil {
 					return err
@@ -912,7 +1035,7 @@ func genDeep(g *generator, db *bolt.DB) error {
 			if err != nil {
 				return err
 			}
-			if err := g.chain(tx, root, 1); err != nil {
+			if err := g.chain(tx, root, 1, r == 0); err != nil {
 				return err
 			}
 		}
@@ -934,8 +1057,10 @@ func genDeep(g *generator, db *bolt.DB) error {
 }
 
 // chain grows a nesting chain below bi (at depth) down to depth 5, with a
-// few keys per level, branching now and then, and big sibling buckets.
-func (g *generator) chain(tx *bolt.Tx, bi *bucketInfo, depth int) error {
+// few keys per level, branching now and then, and big sibling buckets. With
+// full set, the first child always continues, so the chain reaches depth 5.
+func (g *generator) chain(tx *bolt.Tx, bi *bucketInfo, depth int, full bool) error {
+	bi.keep = bi.keep || full
 	b := getBucket(tx, bi.path)
 	if g.rng.Intn(3) == 0 {
 		if err := b.SetSequence(g.sequence()); err != nil {
@@ -966,8 +1091,8 @@ func (g *generator) chain(tx *bolt.Tx, bi *bucketInfo, depth int) error {
 		if child == nil {
 			continue
 		}
-		if g.rng.Intn(4) != 0 {
-			if err := g.chain(tx, child, depth+1); err != nil {
+		if (full && c == 0) || g.rng.Intn(4) != 0 {
+			if err := g.chain(tx, child, depth+1, full && c == 0); err != nil {
 				return err
 			}
 		}
@@ -1121,6 +1246,11 @@ func genLargeValues(g *generator, db *bolt.DB) error {
 func genFlat(g *generator, db *bolt.DB, scale int) error {
 	n := 2000 * scale
 	sequential := g.rng.Intn(2) == 0
+	if sequential {
+		g.note = "keys=8-byte-counters"
+	} else {
+		g.note = "keys=random-16-byte"
+	}
 	var keys [][16]byte
 	if !sequential {
 		// Random 16-byte keys, inserted in sorted order so that every
@@ -1214,7 +1344,14 @@ func genBuildkit(g *generator, db *bolt.DB, scale int) error {
 	}); err != nil {
 		return err
 	}
-	const perTx = 500
+	// 500 ids per transaction; small files still get several transactions.
+	perTx := 500
+	if n < 2000 {
+		perTx = n / 4
+		if perTx < 20 {
+			perTx = 20
+		}
+	}
 	for done := 0; done < n; {
 		m := perTx
 		if n-done < m {
@@ -1231,7 +1368,8 @@ func genBuildkit(g *generator, db *bolt.DB, scale int) error {
 				if err != nil {
 					return err
 				}
-				nl := 1 + g.rng.Intn(3)
+				// 1-4 links per id: brings -scale 2000 to about 390 MB.
+				nl := 1 + g.rng.Intn(4)
 				for j := 0; j < nl; j++ {
 					var target string
 					if len(all) > 0 && g.rng.Intn(5) != 0 {
@@ -1282,9 +1420,13 @@ func genBuildkit(g *generator, db *bolt.DB, scale int) error {
 				live = append(live, rec)
 				all = append(all, id)
 			}
-			// Release ~5% of the ids after the first few transactions.
-			if g.txs > 3 {
-				for i, nd := 0, m/20; i < nd && len(live) > 0; i++ {
+			// From the second batch on, release ~5% of the ids.
+			if g.txs > 2 {
+				nd := m / 20
+				if nd < 1 {
+					nd = 1
+				}
+				for i := 0; i < nd && len(live) > 0; i++ {
 					j := g.rng.Intn(len(live))
 					rec := live[j]
 					live[j] = live[len(live)-1]
@@ -1519,8 +1661,8 @@ func cmdGen(args []string) (code int) {
 		if fi, err := os.Stat(out); err == nil {
 			size = fi.Size()
 		}
-		fmt.Fprintf(os.Stderr, "gen: profile=%s seed=%d page-size=%d txs=%d keys~%d file=%d bytes seconds=%.3f\n",
-			*profile, *seed, ps, g.txs, g.keys, size, time.Since(start).Seconds())
+		fmt.Fprintf(os.Stderr, "gen: profile=%s seed=%d page-size=%d txs=%d keys~%d file=%d bytes seconds=%.3f %s\n",
+			*profile, *seed, ps, g.txs, g.keys, size, time.Since(start).Seconds(), g.note)
 	}
 	return 0
 }
@@ -1538,8 +1680,7 @@ func cmdMutate(args []string) (code int) {
 	seed := fs.Int64("seed", 1, "random seed")
 	fs.Parse(args)
 	path := positional(fs, 1)[0]
-	w := bufio.NewWriter(os.Stdout)
-	defer w.Flush()
+	w := os.Stdout
 	defer func() {
 		if r := recover(); r != nil {
 			fmt.Fprintf(w, "panic: %s\n", panicMessage(r))
