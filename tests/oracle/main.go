@@ -733,17 +733,16 @@ func appendPath(parent [][]byte, name []byte) [][]byte {
 // createBucket creates a bucket under parent (nil: top level). It returns
 // nil, nil when the name is taken.
 func (g *generator) createBucket(tx *bolt.Tx, parent *bucketInfo, name []byte, class int) (*bucketInfo, error) {
-	var b *bolt.Bucket
 	var err error
 	var ppath [][]byte
 	if parent == nil {
-		b, err = tx.CreateBucket(name)
+		_, err = tx.CreateBucket(name)
 	} else {
 		pb := getBucket(tx, parent.path)
 		if pb == nil {
 			return nil, fmt.Errorf("bucket %x vanished", parent.path)
 		}
-		b, err = pb.CreateBucket(name)
+		_, err = pb.CreateBucket(name)
 		ppath = parent.path
 	}
 	if err == bolt.ErrBucketExists || err == bolt.ErrIncompatibleValue {
@@ -752,7 +751,6 @@ func (g *generator) createBucket(tx *bolt.Tx, parent *bucketInfo, name []byte, c
 	if err != nil {
 		return nil, err
 	}
-	_ = b
 	bi := &bucketInfo{path: appendPath(ppath, name), class: class}
 	g.buckets = append(g.buckets, bi)
 	return bi, nil
@@ -1801,6 +1799,7 @@ func cmdMutate(args []string) (code int) {
 					return err
 				}
 			}
+			existing := append([]*bucketInfo(nil), g.buckets...)
 			var created []*bucketInfo
 			for i := 0; i < 2; i++ {
 				for try := 0; try < 10; try++ {
@@ -1814,8 +1813,17 @@ func cmdMutate(args []string) (code int) {
 					}
 				}
 			}
-			parent := g.pick(func(bi *bucketInfo) bool { return len(bi.path) < 5 })
-			if parent == nil && len(created) > 0 {
+			// The nested one goes under a bucket that existed before.
+			var parent *bucketInfo
+			var shallow []*bucketInfo
+			for _, bi := range existing {
+				if len(bi.path) < 5 {
+					shallow = append(shallow, bi)
+				}
+			}
+			if len(shallow) > 0 {
+				parent = shallow[g.rng.Intn(len(shallow))]
+			} else if len(created) > 0 {
 				parent = created[0]
 			}
 			for try := 0; try < 10; try++ {
