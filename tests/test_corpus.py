@@ -10,7 +10,6 @@ from click.testing import CliRunner
 
 from boltkit.check import check_file
 from boltkit.cli import main
-from boltkit.storage import Database
 
 from .conftest import CORPUS, corpus_files, corpus_id
 

@@ -10,18 +10,16 @@ The walk is iterative with a per-page reference counter, so cycles are reported,
 """
 from __future__ import annotations
 
-from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
 from ..errors import CorruptionError, OpenError
-from ..schemas import (BUCKET_HEADER, BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, ELEMENT_SIZE, PAGE_HEADER,
-                       PAGE_HEADER_SIZE, PageFlag)
-from ..storage import Database, Node, Pager, decode_meta, read_freelist
+from ..storage import Database, Pager, decode_meta, read_freelist
 from ..storage.meta import Meta
 from .problems import Problem, Severity
+from .scan import TreeScan
 
 Progress = Callable[[int, int], None]
 
@@ -145,7 +143,6 @@ class _Walker:
         self.limit = min(self.hwm, db.file_size // self.ps)
         self.pager = Pager(db.data, db.file_size, self.ps, self.hwm)
         self.refs = np.zeros(self.hwm, dtype=np.uint8)
-        self.hidden: Problem | None = None   # set while walking a subtree bbolt cannot find by key
         self.freed = np.zeros(self.hwm, dtype=bool)
 
     def problem(self, code: str, message: str, **kw) -> None:
@@ -194,200 +191,13 @@ class _Walker:
     # -- the tree ---------------------------------------------------------------------------------
 
     def _walk(self) -> None:
-        # frame: (pgid, lower bound, upper bound, bucket path, ancestor pages, hidden-subtree problem)
-        stack: list[tuple] = [(self.meta.root, None, None, (), (), None)]
-        done = 0
-        while stack:
-            pgid, lo, hi, path, anc, hidden = stack.pop()
-            self.hidden = hidden
-            self._visit(pgid, lo, hi, path, anc, stack)
-            done += 1
-            if self.progress is not None and done % 1024 == 0:
-                self.progress(done, self.hwm)
+        scan = TreeScan(self.db, self.meta, self.report.problems.append, quick=self.quick, refs=self.refs,
+                        freed=self.freed, progress=self.progress)
+        scan.run()
+        self.report.buckets += scan.buckets
+        self.report.inline_buckets += scan.inline_buckets
+        self.report.keys += scan.keys
         self.report.pages_reachable = int(np.count_nonzero(self.refs))
-
-    def _visit(self, pgid: int, lo, hi, path, anc, stack) -> None:
-        stack_text = list(anc) + [pgid]
-        if pgid < 2 or pgid >= self.hwm:
-            self.problem("B020", f"out of bounds: high-water mark is {self.hwm} (stack: {stack_text})",
-                         pgid=pgid, path=path, details={"stack": stack_text})
-            return
-        if pgid >= self.limit:
-            self.problem("B023", f"beyond the end of the file ({self.db.file_size} bytes)",
-                         pgid=pgid, path=path, details={"stack": stack_text})
-            return
-        if self.refs[pgid]:
-            if pgid in anc:
-                self.problem("B025", f"cycle: the page is its own ancestor (stack: {stack_text})",
-                             pgid=pgid, path=path, details={"stack": stack_text})
-            else:
-                self.problem("B024", f"multiple references (stack: {stack_text})",
-                             pgid=pgid, path=path, details={"stack": stack_text})
-            return
-        off = pgid * self.ps
-        hid, flags, count, overflow = PAGE_HEADER.unpack_from(self.data, off)
-        span_last = pgid + overflow
-        if span_last >= self.limit:
-            where = "high-water mark" if span_last >= self.hwm else "end of the file"
-            self.problem("B023", f"overflow {overflow} runs past the {where}", pgid=pgid,
-                         offset=off + 12, path=path)
-            span_last = self.limit - 1
-        span = self.refs[pgid:span_last + 1]
-        if span_last > pgid:
-            again = np.flatnonzero(span[1:])
-            for i in again.tolist():
-                self.problem("B024", f"multiple references (overflow of page {pgid})",
-                             pgid=pgid + 1 + i, path=path)
-        span[:] = 1
-        if self.hidden is not None:
-            self.hidden.details["pages"].extend(range(pgid, span_last + 1))
-        if self.freed[pgid]:
-            self.problem("B016", "reachable freed", pgid=pgid, path=path)
-        span_ids = [pgid, span_last]
-        if hid != pgid:
-            self.problem("B021", f"header says id {hid} (stack: {stack_text})", pgid=pgid, offset=off,
-                         path=path, details={"stack": stack_text, "span": span_ids})
-            return
-        if flags not in (PageFlag.BRANCH, PageFlag.LEAF):
-            self.problem("B022", f"invalid type: {PageFlag.name_of(flags)} (stack: {stack_text})",
-                         pgid=pgid, offset=off + 8, path=path, details={"stack": stack_text, "span": span_ids})
-            return
-        node = Node(pgid, flags, count, overflow, off, off + (span_last - pgid + 1) * self.ps, pgid)
-        if off + PAGE_HEADER_SIZE + count * ELEMENT_SIZE > node.end:
-            self.problem("B027", f"{count} elements do not fit in {span_last - pgid + 1} page(s)",
-                         pgid=pgid, offset=off + 10, path=path)
-            return
-        if flags == PageFlag.BRANCH:
-            self._branch(node, lo, hi, path, anc, stack)
-        else:
-            self._leaf(node, lo, hi, path, anc, stack)
-
-    def _branch(self, node: Node, lo, hi, path, anc, stack) -> None:
-        if node.count == 0:
-            self.problem("B026", "branch page with no elements", pgid=node.pgid,
-                         offset=node.base + 10, path=path)
-            return
-        try:
-            elems = self.pager.branch_elements(node)
-        except CorruptionError as e:
-            self.problem("B030", e.message, pgid=node.pgid, offset=e.offset, path=path)
-            return
-        keys = [self.data[s:e] for s, e, _ in elems]
-        if not self.quick:
-            self._keys(node, keys, lo, hi, path)
-        anc2 = anc + (node.pgid,)
-        n = len(elems)
-        for i in range(n - 1, -1, -1):
-            stack.append((elems[i][2], keys[i], keys[i + 1] if i + 1 < n else hi, path, anc2, self.hidden))
-
-    def _leaf(self, node: Node, lo, hi, path, anc, stack) -> list | None:
-        try:
-            elems = self.pager.leaf_elements(node)
-        except CorruptionError as e:
-            self.problem("B030", e.message, pgid=node.owner, offset=e.offset, path=path)
-            return None
-        self.report.keys += len(elems)
-        disordered = False
-        if not self.quick:
-            keys = [self.data[s:e] for _, s, e, _ in elems]
-            disordered = self._keys(node, keys, lo, hi, path)
-        anc2 = anc + (node.pgid or node.owner,)
-        children = []
-        for i, (flags, ks, ke, ve) in enumerate(elems):
-            if flags & ~BUCKET_LEAF_FLAG:
-                self.problem("B038", f"element {i} flags 0x{flags:x}", pgid=node.owner, path=path,
-                             key=self.data[ks:ke])
-            if not flags & BUCKET_LEAF_FLAG:
-                if not path:
-                    self.problem("B037", f"element {i} of the root bucket is a plain key", pgid=node.owner,
-                                 path=path, key=self.data[ks:ke])
-                continue
-            key = self.data[ks:ke]
-            child_path = path + (key,)
-            vlen = ve - ke
-            if node.inline:
-                self.problem("B039", "inline bucket holds a sub-bucket entry (not followed)", pgid=node.owner,
-                             path=path, key=key)
-                continue
-            if vlen < BUCKET_HEADER_SIZE:
-                self.problem("B035", f"bucket value of {vlen} bytes is shorter than a bucket header",
-                             pgid=node.owner, offset=ke, path=path, key=key)
-                continue
-            root, _seq = BUCKET_HEADER.unpack_from(self.data, ke)
-            self.report.buckets += 1
-            if root == 0:
-                self.report.inline_buckets += 1
-                self._inline(ke, ve, node.owner, child_path, anc2, stack)
-            else:
-                hidden = self.hidden
-                if disordered and bisect_left(keys, key) != i:
-                    self.problem("B031", f"sub-bucket in element {i} cannot be found by a key lookup (keys out of "
-                                 f"order): bbolt does not see its pages", pgid=root, path=path, key=key,
-                                 details={"leaf": node.owner, "pages": []})
-                    hidden = self.report.problems[-1]
-                if vlen != BUCKET_HEADER_SIZE:
-                    self.problem("B035", f"paged bucket value is {vlen} bytes, expected {BUCKET_HEADER_SIZE}",
-                                 pgid=node.owner, offset=ke, path=path, key=key)
-                children.append((root, None, None, child_path, anc2, hidden))
-        stack.extend(reversed(children))
-        return elems
-
-    def _inline(self, vs: int, ve: int, owner: int, path, anc, stack) -> None:
-        start = vs + BUCKET_HEADER_SIZE
-        vlen = ve - vs
-        if vlen < BUCKET_HEADER_SIZE + PAGE_HEADER_SIZE:
-            self.problem("B035", f"inline bucket value of {vlen} bytes has no room for its page header",
-                         pgid=owner, offset=vs, path=path)
-            return
-        hid, flags, count, overflow = PAGE_HEADER.unpack_from(self.data, start)
-        if flags != PageFlag.LEAF:
-            self.problem("B036", f"inline bucket page has type {PageFlag.name_of(flags)}, expected leaf",
-                         pgid=owner, offset=start + 8, path=path)
-            return
-        if hid != 0 or overflow != 0:
-            self.problem("B036", f"inline bucket page header id {hid}, overflow {overflow} (expected 0, 0)",
-                         pgid=owner, offset=start, path=path)
-        node = Node(0, flags, count, overflow, start, ve, owner)
-        if start + PAGE_HEADER_SIZE + count * ELEMENT_SIZE > ve:
-            self.problem("B027", f"inline bucket claims {count} elements in a {vlen}-byte value", pgid=owner,
-                         offset=start + 10, path=path)
-            return
-        before = len(self.report.problems)
-        elems = self._leaf(node, None, None, path, anc, stack)
-        if elems is not None and len(self.report.problems) == before and not self.quick:
-            used = PAGE_HEADER_SIZE + count * ELEMENT_SIZE + sum(v - k for _, k, _, v in elems)
-            if BUCKET_HEADER_SIZE + used != vlen:
-                self.problem("B036", f"inline bucket value is {vlen} bytes, its page uses {BUCKET_HEADER_SIZE + used}",
-                             pgid=owner, offset=vs, path=path)
-
-    def _keys(self, node: Node, keys: list, lo, hi, path) -> bool:
-        """Strictly increasing, non-empty, and inside [lo, hi) given by the parent branch.
-        Returns whether the page's own keys are out of order."""
-        if not keys:
-            return False
-        kind = "branch" if node.is_branch else "leaf"
-        where = dict(pgid=node.owner, path=path)
-        disordered = keys != sorted(set(keys))
-        if disordered:
-            reported = 0
-            for i in range(1, len(keys)):
-                if keys[i] <= keys[i - 1]:
-                    code = "B032" if keys[i] == keys[i - 1] else "B031"
-                    rel = "=" if code == "B032" else "<"
-                    self.problem(code, f"key[{i}] on {kind} page {node.pgid or node.owner} needs to be > (found {rel}) "
-                                 "than the previous element", key=keys[i], **where)
-                    reported += 1
-                    if reported >= self.MAX_PER_PAGE:
-                        break
-        if not keys[0]:
-            self.problem("B034", f"empty key on {kind} page", **where)
-        if lo is not None and keys[0] < lo:
-            self.problem("B033", f"the first key on {kind} page {node.pgid} needs to be >= the key in the ancestor",
-                         key=keys[0], **where)
-        if hi is not None and keys[-1] >= hi:
-            self.problem("B033", f"the last key on {kind} page {node.pgid} needs to be < the key of the next element "
-                         "in the ancestor", key=keys[-1], **where)
-        return disordered
 
     # -- leaks ----------------------------------------------------------------------------------
 

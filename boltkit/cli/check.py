@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..check import Severity, check_file
+from ..check import check_file
 from .app import main
 from .output import emit_json, warn
 

@@ -1,0 +1,532 @@
+"""The whole-tree pass, level by level, in bulk.
+
+Instead of visiting pages one at a time, each step takes the whole frontier — every page (or
+inline bucket page) at the next depth — and reads headers, element tables, keys and bucket headers
+for all of it with a handful of numpy gathers. Python runs per level and per *problem*, never per
+key, which is what lets a pure-Python checker keep pace with bbolt's `tx.Check` while also checking
+element bounds, inline buckets and key order. Breadth-first order cannot loop: a page is entered
+once (a per-page reference map), and a second reference is reported as a cycle when the page is an
+ancestor of the referrer, else as a multiple reference.
+"""
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..schemas import (BRANCH_ELEMENT, BUCKET_HEADER, BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, ELEMENT_SIZE,
+                       LEAF_ELEMENT, PAGE_HEADER, PAGE_HEADER_SIZE, PageFlag)
+from .gather import Gather, compare_keys
+from .problems import Problem
+
+I64 = np.int64
+NONE = -1
+
+
+def _a(x) -> np.ndarray:
+    return np.asarray(x, dtype=I64)
+
+
+@dataclass
+class Frontier:
+    """Pages to enter at the next level (paged nodes), one entry per reference."""
+    pg: np.ndarray
+    parent: np.ndarray      # the referring page (-1 for the meta's root)
+    bucket: np.ndarray      # index into the bucket table
+    lo_off: np.ndarray      # key range the parent assigns: [lo, hi), -1 = unbounded
+    lo_len: np.ndarray
+    hi_off: np.ndarray
+    hi_len: np.ndarray
+    hidden: np.ndarray      # index of a "bucket not findable by key" problem covering this subtree, or -1
+
+    @classmethod
+    def empty(cls) -> "Frontier":
+        z = np.zeros(0, I64)
+        return cls(z, z, z, z, z, z, z, z)
+
+    def take(self, m) -> "Frontier":
+        return Frontier(*(getattr(self, f)[m] for f in self.__dataclass_fields__))
+
+    @classmethod
+    def concat(cls, parts: list["Frontier"]) -> "Frontier":
+        parts = [p for p in parts if p.pg.size]
+        if not parts:
+            return cls.empty()
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in cls.__dataclass_fields__))
+
+
+@dataclass
+class Inline:
+    """Inline bucket values to open at the next level."""
+    vs: np.ndarray          # value start (bucket header); the page follows 16 bytes later
+    ve: np.ndarray
+    owner: np.ndarray       # the leaf page holding the value
+    bucket: np.ndarray
+    hidden: np.ndarray
+
+
+@dataclass
+class Nodes:
+    """Valid branch/leaf nodes of one level (real pages and inline pages together)."""
+    pgid: np.ndarray        # 0 for inline pages
+    owner: np.ndarray
+    base: np.ndarray
+    end: np.ndarray
+    flags: np.ndarray
+    count: np.ndarray
+    bucket: np.ndarray
+    lo_off: np.ndarray
+    lo_len: np.ndarray
+    hi_off: np.ndarray
+    hi_len: np.ndarray
+    hidden: np.ndarray
+    vs: np.ndarray          # inline: value start; real pages: -1
+
+    def take(self, m) -> "Nodes":
+        return Nodes(*(getattr(self, f)[m] for f in self.__dataclass_fields__))
+
+    @classmethod
+    def concat(cls, a: "Nodes", b: "Nodes") -> "Nodes":
+        return cls(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in cls.__dataclass_fields__))
+
+
+class TreeScan:
+    """One whole-tree pass under one meta; problems go to ``emit``; counts are kept on the object."""
+
+    MAX_KEY_PROBLEMS_PER_PAGE = 5
+
+    def __init__(self, db, meta, emit, *, quick: bool = False, refs: np.ndarray, freed: np.ndarray,
+                 progress=None):
+        self.db = db
+        self.data = db.data
+        self.meta = meta
+        self.emit = emit
+        self.quick = quick
+        self.progress = progress
+        self.ps = db.page_size
+        self.hwm = meta.pgid
+        self.limit = min(self.hwm, db.file_size // self.ps)
+        self.g = Gather(db.data, db.file_size)
+        self.refs = refs
+        self.freed = freed
+        self.parent_of = np.full(self.hwm, NONE, I64)
+        # bucket table: parent bucket, name offset, name length (bucket 0 = the root bucket)
+        self._b_parent = [_a([NONE])]
+        self._b_koff = [_a([0])]
+        self._b_klen = [_a([0])]
+        self._b_cache = None
+        self.nbuckets = 1
+        self.hidden: list[Problem] = []
+        # what the pass found
+        self.buckets = 0
+        self.inline_buckets = 0
+        self.keys = 0          # leaf elements (sub-bucket entries included), as bbolt's KeyN
+        self.pairs = 0         # plain key/value pairs
+        self.pair_bytes = 0
+        self.pages = 0
+
+    # -- reporting helpers ------------------------------------------------------------------------
+
+    def path(self, b: int) -> tuple[bytes, ...]:
+        if self._b_cache is None or len(self._b_cache[0]) < self.nbuckets:
+            self._b_cache = (np.concatenate(self._b_parent), np.concatenate(self._b_koff),
+                             np.concatenate(self._b_klen))
+        parent, koff, klen = self._b_cache
+        out = []
+        b = int(b)
+        while b > 0:
+            o = int(koff[b])
+            out.append(self.data[o:o + int(klen[b])])
+            b = int(parent[b])
+        return tuple(reversed(out))
+
+    def stack(self, pg: int, parent: int) -> list[int]:
+        chain = [int(pg)]
+        p = int(parent)
+        seen = 0
+        while p != NONE and seen <= self.hwm:
+            chain.append(p)
+            p = int(self.parent_of[p]) if 0 <= p < self.hwm else NONE
+            seen += 1
+        return list(reversed(chain))
+
+    def problem(self, code, message, *, bucket=None, pgid=None, **kw) -> Problem:
+        p = Problem(code, message, file=self.db.path, pgid=None if pgid is None else int(pgid),
+                    path=None if bucket is None else self.path(bucket), **kw)
+        self.emit(p)
+        return p
+
+    def key(self, off, length) -> bytes:
+        return self.data[int(off):int(off) + int(length)]
+
+    # -- the pass ---------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        f = Frontier(_a([self.meta.root]), _a([NONE]), _a([0]), _a([NONE]), _a([0]), _a([NONE]), _a([0]),
+                     _a([NONE]))
+        inl = None
+        while f.pg.size or (inl is not None and inl.vs.size):
+            nodes = self._enter_pages(f)
+            if inl is not None and inl.vs.size:
+                nodes = Nodes.concat(nodes, self._enter_inline(inl))
+            f, inl = self._elements(nodes)
+            if self.progress is not None:
+                self.progress(self.pages, self.hwm)
+
+    # -- entering pages ---------------------------------------------------------------------------
+
+    def _enter_pages(self, f: Frontier) -> Nodes:
+        hwm, ps = self.hwm, self.ps
+        bad = (f.pg < 2) | (f.pg >= hwm)
+        for i in np.flatnonzero(bad).tolist():
+            st = self.stack(f.pg[i], f.parent[i])
+            self.problem("B020", f"out of bounds: high-water mark is {hwm} (stack: {st})", pgid=f.pg[i],
+                         bucket=f.bucket[i], details={"stack": st})
+        f = f.take(~bad)
+        eof = f.pg >= self.limit
+        for i in np.flatnonzero(eof).tolist():
+            st = self.stack(f.pg[i], f.parent[i])
+            self.problem("B023", f"beyond the end of the file ({self.db.file_size} bytes)", pgid=f.pg[i],
+                         bucket=f.bucket[i], details={"stack": st})
+        f = f.take(~eof)
+        first = np.zeros(f.pg.size, bool)
+        first[np.unique(f.pg, return_index=True)[1]] = True
+        dup = ~first | (self.refs[f.pg] != 0)
+        for i in np.flatnonzero(dup).tolist():
+            pg, parent = int(f.pg[i]), int(f.parent[i])
+            st = self.stack(pg, parent)
+            if pg in st[:-1]:
+                self.problem("B025", f"cycle: the page is its own ancestor (stack: {st})", pgid=pg,
+                             bucket=f.bucket[i], details={"stack": st})
+            else:
+                self.problem("B024", f"multiple references (stack: {st})", pgid=pg, bucket=f.bucket[i],
+                             details={"stack": st})
+        f = f.take(~dup)
+        pg = f.pg
+        self.refs[pg] = 1
+        self.parent_of[pg] = f.parent
+        self.pages += int(pg.size)
+        base = pg * ps
+        h = self.g.records(PAGE_HEADER.dtype, base)
+        hid = h["id"].astype(I64)
+        flags = h["flags"].astype(I64)
+        count = h["count"].astype(I64)
+        overflow = h["overflow"].astype(I64)
+        last = pg + overflow
+        over = last >= self.limit
+        for i in np.flatnonzero(over).tolist():
+            where = "high-water mark" if last[i] >= hwm else "end of the file"
+            self.problem("B023", f"overflow {int(overflow[i])} runs past the {where}", pgid=pg[i],
+                         offset=int(base[i]) + 12, bucket=f.bucket[i])
+        last = np.where(over, self.limit - 1, last)
+        for i in np.flatnonzero(last > pg).tolist():
+            p, q = int(pg[i]), int(last[i])
+            span = self.refs[p + 1:q + 1]
+            for j in np.flatnonzero(span).tolist():
+                self.problem("B024", f"multiple references (overflow of page {p})", pgid=p + 1 + j,
+                             bucket=f.bucket[i])
+            span[:] = 1
+            self.pages += q - p
+        for i in np.flatnonzero(f.hidden >= 0).tolist():
+            self.hidden[int(f.hidden[i])].details["pages"].extend(range(int(pg[i]), int(last[i]) + 1))
+        for i in np.flatnonzero(self.freed[pg]).tolist():
+            self.problem("B016", "reachable freed", pgid=pg[i], bucket=f.bucket[i])
+        idbad = hid != pg
+        tbad = ~idbad & (flags != PageFlag.BRANCH) & (flags != PageFlag.LEAF)
+        for i in np.flatnonzero(idbad | tbad).tolist():
+            st = self.stack(pg[i], f.parent[i])
+            details = {"stack": st, "span": [int(pg[i]), int(last[i])]}
+            if idbad[i]:
+                details["id"] = int(hid[i])
+                self.problem("B021", f"header says id {int(hid[i])} (stack: {st})", pgid=pg[i], offset=int(base[i]),
+                             bucket=f.bucket[i], details=details)
+            else:
+                self.problem("B022", f"invalid type: {PageFlag.name_of(int(flags[i]))} (stack: {st})", pgid=pg[i],
+                             offset=int(base[i]) + 8, bucket=f.bucket[i], details=details)
+        end = (last + 1) * ps
+        cbad = ~(idbad | tbad) & (base + PAGE_HEADER_SIZE + count * ELEMENT_SIZE > end)
+        for i in np.flatnonzero(cbad).tolist():
+            self.problem("B027", f"{int(count[i])} elements do not fit in {int(last[i] - pg[i]) + 1} page(s)",
+                         pgid=pg[i], offset=int(base[i]) + 10, bucket=f.bucket[i])
+        ok = ~(idbad | tbad | cbad)
+        neg = np.full(int(ok.sum()), NONE, I64)
+        return Nodes(pg[ok], pg[ok], base[ok], end[ok], flags[ok], count[ok], f.bucket[ok], f.lo_off[ok],
+                     f.lo_len[ok], f.hi_off[ok], f.hi_len[ok], f.hidden[ok], neg)
+
+    def _enter_inline(self, inl: Inline) -> Nodes:
+        vs, ve = inl.vs, inl.ve
+        vlen = ve - vs
+        short = vlen < BUCKET_HEADER_SIZE + PAGE_HEADER_SIZE
+        for i in np.flatnonzero(short).tolist():
+            self.problem("B035", f"inline bucket value of {int(vlen[i])} bytes has no room for its page header",
+                         pgid=inl.owner[i], offset=int(vs[i]), bucket=inl.bucket[i])
+        keep = ~short
+        vs, ve, vlen, owner, bucket, hidden = vs[keep], ve[keep], vlen[keep], inl.owner[keep], inl.bucket[keep], \
+            inl.hidden[keep]
+        base = vs + BUCKET_HEADER_SIZE
+        h = self.g.records(PAGE_HEADER.dtype, base)
+        flags = h["flags"].astype(I64)
+        count = h["count"].astype(I64)
+        tbad = flags != PageFlag.LEAF
+        for i in np.flatnonzero(tbad).tolist():
+            self.problem("B036", f"inline bucket page has type {PageFlag.name_of(int(flags[i]))}, expected leaf",
+                         pgid=owner[i], offset=int(base[i]) + 8, bucket=bucket[i])
+        odd = ~tbad & ((h["id"] != 0) | (h["overflow"] != 0))
+        for i in np.flatnonzero(odd).tolist():
+            self.problem("B036", f"inline bucket page header id {int(h['id'][i])}, overflow {int(h['overflow'][i])} "
+                         "(expected 0, 0)", pgid=owner[i], offset=int(base[i]), bucket=bucket[i])
+        cbad = ~tbad & (base + PAGE_HEADER_SIZE + count * ELEMENT_SIZE > ve)
+        for i in np.flatnonzero(cbad).tolist():
+            self.problem("B027", f"inline bucket claims {int(count[i])} elements in a {int(vlen[i])}-byte value",
+                         pgid=owner[i], offset=int(base[i]) + 10, bucket=bucket[i])
+        ok = ~(tbad | cbad)
+        n = int(ok.sum())
+        neg = np.full(n, NONE, I64)
+        zero = np.zeros(n, I64)
+        return Nodes(zero, owner[ok], base[ok], ve[ok], flags[ok], count[ok], bucket[ok], neg, zero, neg, zero,
+                     hidden[ok], vs[ok])
+
+    # -- elements ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _expand(nodes: Nodes):
+        """Per element: its node index, its index within the node, and its absolute offset."""
+        counts = nodes.count
+        total = int(counts.sum())
+        node = np.repeat(np.arange(counts.size, dtype=I64), counts)
+        starts = np.cumsum(counts) - counts
+        local = np.arange(total, dtype=I64) - np.repeat(starts, counts)
+        off = nodes.base[node] + PAGE_HEADER_SIZE + local * ELEMENT_SIZE
+        return node, local, off
+
+    def _drop_bad_nodes(self, nodes: Nodes, node, local, off, end_of_key, inline_msg: bool):
+        """Elements whose data runs past their node's end: report the first per node, drop those nodes."""
+        bad = end_of_key > nodes.end[node]
+        if not bad.any():
+            return None
+        bad_nodes, first = np.unique(node[bad], return_index=True)
+        idx = np.flatnonzero(bad)[first]
+        for n_, e in zip(bad_nodes.tolist(), idx.tolist()):
+            what = "inline bucket element" if nodes.pgid[n_] == 0 and inline_msg else "element"
+            self.problem("B030", f"{what} {int(local[e])}: key/value extends past the end of its page",
+                         pgid=nodes.owner[n_], offset=int(off[e]), bucket=nodes.bucket[n_])
+        keep_node = np.ones(nodes.pgid.size, bool)
+        keep_node[bad_nodes] = False
+        return keep_node
+
+    def _elements(self, nodes: Nodes):
+        is_branch = nodes.flags == PageFlag.BRANCH
+        b_nodes = nodes.take(is_branch)
+        l_nodes = nodes.take(~is_branch)
+        frontier = [self._branches(b_nodes)]
+        f2, inl = self._leaves(l_nodes)
+        frontier.append(f2)
+        return Frontier.concat(frontier), inl
+
+    def _branches(self, nodes: Nodes) -> Frontier:
+        empty = nodes.count == 0
+        for i in np.flatnonzero(empty).tolist():
+            self.problem("B026", "branch page with no elements", pgid=nodes.pgid[i], offset=int(nodes.base[i]) + 10,
+                         bucket=nodes.bucket[i])
+        nodes = nodes.take(~empty)
+        node, local, off = self._expand(nodes)
+        r = self.g.records(BRANCH_ELEMENT.dtype, off)
+        ks = off + r["pos"].astype(I64)
+        klen = r["ksize"].astype(I64)
+        keep_node = self._drop_bad_nodes(nodes, node, local, off, ks + klen, inline_msg=False)
+        if keep_node is not None:
+            keep = keep_node[node]
+            remap = np.cumsum(keep_node) - 1
+            nodes = nodes.take(keep_node)
+            node, local, off, ks, klen, r = remap[node[keep]], local[keep], off[keep], ks[keep], klen[keep], r[keep]
+        if not self.quick:
+            self._check_keys(nodes, node, local, ks, klen)
+        # child i gets [key i, key i+1); the last child inherits the node's upper bound
+        n = node.size
+        last_of_node = np.ones(n, bool)
+        last_of_node[:-1] = node[1:] != node[:-1]
+        nxt = np.minimum(np.arange(n) + 1, max(n - 1, 0))
+        hi_off = np.where(last_of_node, nodes.hi_off[node], ks[nxt] if n else ks)
+        hi_len = np.where(last_of_node, nodes.hi_len[node], klen[nxt] if n else klen)
+        return Frontier(r["pgid"].astype(I64), nodes.pgid[node], nodes.bucket[node], ks, klen, hi_off, hi_len,
+                        nodes.hidden[node])
+
+    def _leaves(self, nodes: Nodes):
+        node, local, off = self._expand(nodes)
+        r = self.g.records(LEAF_ELEMENT.dtype, off)
+        ks = off + r["pos"].astype(I64)
+        klen = r["ksize"].astype(I64)
+        ke = ks + klen
+        ve = ke + r["vsize"].astype(I64)
+        keep_node = self._drop_bad_nodes(nodes, node, local, off, ve, inline_msg=True)
+        if keep_node is not None:
+            keep = keep_node[node]
+            remap = np.cumsum(keep_node) - 1
+            nodes = nodes.take(keep_node)
+            node, local, off, ks, klen, ke, ve, r = (remap[node[keep]], local[keep], off[keep], ks[keep],
+                                                     klen[keep], ke[keep], ve[keep], r[keep])
+        flags = r["flags"].astype(I64)
+        self.keys += int(node.size)
+        flagged = np.zeros(nodes.pgid.size, bool)    # nodes that got an element-level problem
+        disordered = np.zeros(nodes.pgid.size, bool)
+        if not self.quick:
+            disordered = self._check_keys(nodes, node, local, ks, klen, flagged)
+        for e in np.flatnonzero(flags & ~BUCKET_LEAF_FLAG).tolist():
+            n_ = node[e]
+            flagged[n_] = True
+            self.problem("B038", f"element {int(local[e])} flags 0x{int(flags[e]):x}", pgid=nodes.owner[n_],
+                         bucket=nodes.bucket[n_], key=self.key(ks[e], klen[e]))
+        is_bucket = (flags & BUCKET_LEAF_FLAG) != 0
+        plain = ~is_bucket
+        root_plain = plain & (nodes.bucket[node] == 0)
+        for e in np.flatnonzero(root_plain).tolist():
+            n_ = node[e]
+            flagged[n_] = True
+            self.problem("B037", f"element {int(local[e])} of the root bucket is a plain key", pgid=nodes.owner[n_],
+                         bucket=0, key=self.key(ks[e], klen[e]))
+        self.pairs += int(plain.sum())
+        self.pair_bytes += int((ve[plain] - ks[plain]).sum())
+        in_inline = nodes.pgid[node] == 0
+        nested = is_bucket & in_inline
+        for e in np.flatnonzero(nested).tolist():
+            n_ = node[e]
+            flagged[n_] = True
+            self.problem("B039", "inline bucket holds a sub-bucket entry (not followed)", pgid=nodes.owner[n_],
+                         bucket=nodes.bucket[n_], key=self.key(ks[e], klen[e]))
+        vlen = ve - ke
+        short = is_bucket & ~in_inline & (vlen < BUCKET_HEADER_SIZE)
+        for e in np.flatnonzero(short).tolist():
+            n_ = node[e]
+            flagged[n_] = True
+            self.problem("B035", f"bucket value of {int(vlen[e])} bytes is shorter than a bucket header",
+                         pgid=nodes.owner[n_], offset=int(ke[e]), bucket=nodes.bucket[n_], key=self.key(ks[e], klen[e]))
+        sub = np.flatnonzero(is_bucket & ~in_inline & ~short)
+        f_out = Frontier.empty()
+        inl = None
+        if sub.size:
+            hdr = self.g.records(BUCKET_HEADER.dtype, ke[sub])
+            root = hdr["root"].astype(np.uint64)
+            ids = self.nbuckets + np.arange(sub.size, dtype=I64)
+            self._b_parent.append(nodes.bucket[node[sub]])
+            self._b_koff.append(ks[sub])
+            self._b_klen.append(klen[sub])
+            self.nbuckets += int(sub.size)
+            self.buckets += int(sub.size)
+            hidden = nodes.hidden[node[sub]].copy()
+            inline = root == 0
+            self.inline_buckets += int(inline.sum())
+            wrong = ~inline & (vlen[sub] != BUCKET_HEADER_SIZE)
+            for j in np.flatnonzero(wrong).tolist():
+                e = sub[j]
+                self.problem("B035", f"paged bucket value is {int(vlen[e])} bytes, expected {BUCKET_HEADER_SIZE}",
+                             pgid=nodes.owner[node[e]], offset=int(ke[e]), bucket=nodes.bucket[node[e]],
+                             key=self.key(ks[e], klen[e]))
+            if disordered.any():
+                self._unfindable(nodes, node, local, ks, klen, sub, root, inline, hidden, disordered)
+            paged = ~inline
+            roots = root[paged].astype(I64) if root.size else root.astype(I64)
+            roots = np.where(root[paged] > np.uint64(2 ** 62), I64(2 ** 62), roots)   # absurd ids stay out of range
+            neg = np.full(int(paged.sum()), NONE, I64)
+            zero = np.zeros(int(paged.sum()), I64)
+            f_out = Frontier(roots, nodes.owner[node[sub[paged]]], ids[paged], neg, zero, neg, zero, hidden[paged])
+            ii = sub[inline]
+            inl = Inline(ke[ii], ve[ii], nodes.owner[node[ii]], ids[inline], hidden[inline])
+        if not self.quick:
+            self._inline_sizes(nodes, node, ks, ve, flagged)
+        return f_out, inl
+
+    def _unfindable(self, nodes, node, local, ks, klen, sub, root, inline, hidden, disordered) -> None:
+        """Sub-buckets in disordered leaves that a key lookup cannot reach: bbolt never sees their pages."""
+        for j in np.flatnonzero(~inline & disordered[node[sub]]).tolist():
+            e = sub[j]
+            n_ = node[e]
+            sel = np.flatnonzero(node == n_)
+            keys = [self.key(ks[x], klen[x]) for x in sel.tolist()]
+            i = int(local[e])
+            key = keys[i]
+            if bisect_left(keys, key) != i:
+                p = self.problem("B031", f"sub-bucket in element {i} cannot be found by a key lookup (keys out of "
+                                 "order): bbolt does not see its pages", pgid=int(root[j]), bucket=nodes.bucket[n_],
+                                 key=key, details={"leaf": int(nodes.owner[n_]), "pages": []})
+                self.hidden.append(p)
+                hidden[j] = len(self.hidden) - 1
+
+    def _inline_sizes(self, nodes: Nodes, node, ks, ve, flagged) -> None:
+        """bbolt sizes an inline value exactly: header + page header + elements + keys and values."""
+        inline_nodes = np.flatnonzero((nodes.pgid == 0) & ~flagged)
+        if not inline_nodes.size:
+            return
+        data_bytes = np.bincount(node, weights=(ve - ks), minlength=nodes.pgid.size).astype(I64)
+        used = PAGE_HEADER_SIZE + nodes.count * ELEMENT_SIZE + data_bytes
+        vlen = nodes.end - nodes.vs
+        bad = inline_nodes[BUCKET_HEADER_SIZE + used[inline_nodes] != vlen[inline_nodes]]
+        for n_ in bad.tolist():
+            self.problem("B036", f"inline bucket value is {int(vlen[n_])} bytes, its page uses "
+                         f"{BUCKET_HEADER_SIZE + int(used[n_])}", pgid=nodes.owner[n_], offset=int(nodes.vs[n_]),
+                         bucket=nodes.bucket[n_])
+
+    def _check_keys(self, nodes: Nodes, node, local, ks, klen, flagged=None) -> np.ndarray:
+        """Keys strictly increasing within each node, non-empty, and inside the parent's [lo, hi).
+        Returns the per-node "out of order" flags."""
+        nn = nodes.pgid.size
+        disordered = np.zeros(nn, bool)
+        if node.size == 0:
+            return disordered
+        same = node[1:] == node[:-1]
+        pairs = np.flatnonzero(same)
+        if pairs.size:
+            c = compare_keys(self.g, ks[pairs], klen[pairs], ks[pairs + 1], klen[pairs + 1])
+            disordered[np.unique(node[pairs[c >= 0]])] = True
+        firsts = np.flatnonzero(local == 0)
+        lasts = np.ones(node.size, bool)
+        lasts[:-1] = ~same
+        lasts = np.flatnonzero(lasts)
+        for n_ in np.flatnonzero(disordered).tolist():
+            self._report_disorder(nodes, n_, np.flatnonzero(node == n_), ks, klen)
+        empty = firsts[klen[firsts] == 0]
+        for e in empty.tolist():
+            n_ = node[e]
+            self.problem("B034", f"empty key on {self._kind(nodes, n_)} page", pgid=nodes.owner[n_],
+                         bucket=nodes.bucket[n_])
+        lo_set = firsts[nodes.lo_off[node[firsts]] >= 0]
+        if lo_set.size:
+            n_ = node[lo_set]
+            c = compare_keys(self.g, ks[lo_set], klen[lo_set], nodes.lo_off[n_], nodes.lo_len[n_])
+            for e in lo_set[c < 0].tolist():
+                m = node[e]
+                self.problem("B033", f"the first key on {self._kind(nodes, m)} page {int(nodes.pgid[m])} needs to be "
+                             ">= the key in the ancestor", pgid=nodes.owner[m], bucket=nodes.bucket[m],
+                             key=self.key(ks[e], klen[e]))
+        hi_set = lasts[nodes.hi_off[node[lasts]] >= 0]
+        if hi_set.size:
+            n_ = node[hi_set]
+            c = compare_keys(self.g, ks[hi_set], klen[hi_set], nodes.hi_off[n_], nodes.hi_len[n_])
+            for e in hi_set[c >= 0].tolist():
+                m = node[e]
+                self.problem("B033", f"the last key on {self._kind(nodes, m)} page {int(nodes.pgid[m])} needs to be < "
+                             "the key of the next element in the ancestor", pgid=nodes.owner[m],
+                             bucket=nodes.bucket[m], key=self.key(ks[e], klen[e]))
+        if flagged is not None:
+            flagged |= disordered
+            flagged[node[empty]] = True
+        return disordered
+
+    @staticmethod
+    def _kind(nodes: Nodes, n_: int) -> str:
+        return "branch" if nodes.flags[n_] == PageFlag.BRANCH else "leaf"
+
+    def _report_disorder(self, nodes: Nodes, n_: int, sel: np.ndarray, ks, klen) -> None:
+        keys = [self.key(ks[x], klen[x]) for x in sel.tolist()]
+        kind = self._kind(nodes, n_)
+        reported = 0
+        for i in range(1, len(keys)):
+            if keys[i] <= keys[i - 1]:
+                code = "B032" if keys[i] == keys[i - 1] else "B031"
+                rel = "=" if code == "B032" else "<"
+                self.problem(code, f"key[{i}] on {kind} page {int(nodes.pgid[n_] or nodes.owner[n_])} needs to be > "
+                             f"(found {rel}) than the previous element", pgid=nodes.owner[n_],
+                             bucket=nodes.bucket[n_], key=keys[i])
+                reported += 1
+                if reported >= self.MAX_KEY_PROBLEMS_PER_PAGE:
+                    break
