@@ -42,38 +42,42 @@ class Gather:
         if not residue.any():
             return self._view(dtype, 0)[off >> 4]
         out = np.empty(off.size, dtype)
-        for k in np.unique(residue).tolist():
-            m = residue == k
-            out[m] = self._view(dtype, k)[(off[m] - k) >> 4]
+        order = np.argsort(residue, kind="stable")          # a counting sort: one pass, not 16 masks
+        ends = np.cumsum(np.bincount(residue, minlength=RECORD))
+        start = 0
+        for k in range(RECORD):
+            if ends[k] > start:
+                idx = order[start:ends[k]]
+                out[idx] = self._view(dtype, k)[(off[idx] - k) >> 4]
+            start = ends[k]
         return out
 
     def prefix8(self, off: np.ndarray, length: np.ndarray) -> np.ndarray:
-        """The first 8 bytes at ``off`` as a big-endian u64, bytes at or past ``length`` read as zero."""
+        """The first 8 bytes at ``off`` as a big-endian u64, bytes at or past ``length`` read as zero.
+
+        Two aligned big-endian words around each offset, shifted together: no per-byte gather."""
         if off.size == 0:
             return np.zeros(0, np.uint64)
-        length = np.clip(length, 0, 8)
-        safe = np.minimum(off, self.size - 8)          # never read past the end; those bytes get masked
-        length = np.minimum(length, self.size - off).clip(0, 8)
-        residue = safe & 7
-        out = np.empty(off.size, np.uint64)
-        for k in np.unique(residue).tolist():
-            m = residue == k
-            out[m] = self._view(_BE64, k)[(safe[m] - k) >> 3]
-        lost = (off - safe).astype(np.uint64) * np.uint64(8)          # bytes we had to start early
-        out <<= lost
-        drop = (np.uint64(8) - length.astype(np.uint64)) * np.uint64(8)
-        keep = drop < 64
-        out[~keep] = 0
-        out[keep] = (out[keep] >> drop[keep]) << drop[keep]
+        words = self._view(_BE64, 0)
+        top = words.size - 1
+        length = np.minimum(np.minimum(length, self.size - off), 8).clip(0)
+        w = off >> 3
+        hi = words[np.minimum(w, top)]
+        lo = words[np.minimum(w + 1, top)]
+        shift = ((off & 7) * 8).astype(np.uint64)
+        # lo >> (64 - shift), written so that shift 0 gives 0 instead of an undefined 64-bit shift
+        out = (hi << shift) | ((lo >> np.uint64(1)) >> (np.uint64(63) - shift))
+        out &= _KEEP[length]
         return out
 
 
 _BE64 = np.dtype(">u8")
+_KEEP = np.array([((1 << (8 * n)) - 1) << (64 - 8 * n) for n in range(9)], dtype=np.uint64)  # first n bytes
 
 
-def compare_keys(g: Gather, a_off, a_len, b_off, b_len) -> np.ndarray:
+def compare_keys(g: Gather, a_off, a_len, b_off, b_len, a_first=None, b_first=None) -> np.ndarray:
     """Byte-wise comparison of key pairs (like bytes.Compare): -1, 0 or 1 per pair, 8 bytes a round,
-    each round only on the pairs still tied."""
+    each round only on the pairs still tied. ``a_first``/``b_first``: first-round prefixes, if known."""
     n = len(a_off)
     res = np.zeros(n, dtype=np.int8)
     todo = np.arange(n)
@@ -81,8 +85,11 @@ def compare_keys(g: Gather, a_off, a_len, b_off, b_len) -> np.ndarray:
     while todo.size:
         al = a_len[todo] - shift
         bl = b_len[todo] - shift
-        ca = g.prefix8(a_off[todo] + shift, al)
-        cb = g.prefix8(b_off[todo] + shift, bl)
+        if shift == 0 and a_first is not None:
+            ca, cb = a_first, b_first
+        else:
+            ca = g.prefix8(a_off[todo] + shift, al)
+            cb = g.prefix8(b_off[todo] + shift, bl)
         lt = ca < cb
         gt = ca > cb
         res[todo[lt]] = -1

@@ -22,6 +22,7 @@ from .problems import Problem
 
 I64 = np.int64
 NONE = -1
+ENTERED, SPANNED = 1, 2     # page reference map: entered as a node / covered by another page's overflow
 
 
 def _a(x) -> np.ndarray:
@@ -167,12 +168,45 @@ class TreeScan:
                      _a([NONE]))
         inl = None
         while f.pg.size or (inl is not None and inl.vs.size):
-            nodes = self._enter_pages(f)
-            if inl is not None and inl.vs.size:
-                nodes = Nodes.concat(nodes, self._enter_inline(inl))
-            f, inl = self._elements(nodes)
+            fronts: list[Frontier] = []
+            inls: list[Inline] = []
+            f = f.take(np.argsort(f.pg, kind="stable"))    # file order: sequential reads
+            for a in range(0, f.pg.size, self.CHUNK_PAGES):
+                self._process(self._enter_pages(f.take(slice(a, a + self.CHUNK_PAGES))), fronts, inls)
+            if inl is not None:
+                for a in range(0, inl.vs.size, self.CHUNK_ELEMENTS):
+                    part = Inline(*(getattr(inl, k)[a:a + self.CHUNK_ELEMENTS] for k in Inline.__dataclass_fields__))
+                    self._process(self._enter_inline(part), fronts, inls)
+            f = Frontier.concat(fronts)
+            inl = Inline(*(np.concatenate([getattr(x, k) for x in inls]) for k in Inline.__dataclass_fields__)) \
+                if inls else None
             if self.progress is not None:
                 self.progress(self.pages, self.hwm)
+
+    def _process(self, nodes: "Nodes", fronts: list, inls: list) -> None:
+        for chunk in self._chunks(nodes):
+            fc, ic = self._elements(chunk)
+            fronts.append(fc)
+            if ic is not None:
+                inls.append(ic)
+        real = nodes.pgid > 0
+        if real.any():   # nodes are in file order, and these pages are done with
+            self.db.source.release(int(nodes.base[real].min()), int(nodes.end[real].max()))
+
+    CHUNK_PAGES = 1 << 13
+    CHUNK_ELEMENTS = 1 << 16
+
+    def _chunks(self, nodes: Nodes):
+        """Element work in slices of about CHUNK_ELEMENTS, so memory stays flat on huge levels."""
+        csum = np.cumsum(nodes.count)
+        if not csum.size or csum[-1] <= self.CHUNK_ELEMENTS:
+            yield nodes
+            return
+        cuts = np.searchsorted(csum, np.arange(self.CHUNK_ELEMENTS, int(csum[-1]), self.CHUNK_ELEMENTS))
+        bounds = [0] + sorted(set(int(c) + 1 for c in cuts)) + [nodes.pgid.size]
+        for a, b in zip(bounds, bounds[1:]):
+            if b > a:
+                yield nodes.take(slice(a, b))
 
     # -- entering pages ---------------------------------------------------------------------------
 
@@ -192,7 +226,14 @@ class TreeScan:
         f = f.take(~eof)
         first = np.zeros(f.pg.size, bool)
         first[np.unique(f.pg, return_index=True)[1]] = True
-        dup = ~first | (self.refs[f.pg] != 0)
+        state = self.refs[f.pg]
+        dup = ~first | (state == ENTERED)
+        # a page some other page's overflow span already covers: name the clash, but still enter the page,
+        # since a damaged overflow count is the likelier liar than a page reached from its parent
+        for i in np.flatnonzero(~dup & (state == SPANNED)).tolist():
+            st = self.stack(f.pg[i], f.parent[i])
+            self.problem("B024", f"multiple references: also inside another page's overflow (stack: {st})",
+                         pgid=f.pg[i], bucket=f.bucket[i], details={"stack": st})
         for i in np.flatnonzero(dup).tolist():
             pg, parent = int(f.pg[i]), int(f.parent[i])
             st = self.stack(pg, parent)
@@ -204,7 +245,7 @@ class TreeScan:
                              details={"stack": st})
         f = f.take(~dup)
         pg = f.pg
-        self.refs[pg] = 1
+        self.refs[pg] = ENTERED
         self.parent_of[pg] = f.parent
         self.pages += int(pg.size)
         base = pg * ps
@@ -226,7 +267,7 @@ class TreeScan:
             for j in np.flatnonzero(span).tolist():
                 self.problem("B024", f"multiple references (overflow of page {p})", pgid=p + 1 + j,
                              bucket=f.bucket[i])
-            span[:] = 1
+            span[span == 0] = SPANNED
             self.pages += q - p
         for i in np.flatnonzero(f.hidden >= 0).tolist():
             self.hidden[int(f.hidden[i])].details["pages"].extend(range(int(pg[i]), int(last[i]) + 1))
@@ -476,7 +517,9 @@ class TreeScan:
         same = node[1:] == node[:-1]
         pairs = np.flatnonzero(same)
         if pairs.size:
-            c = compare_keys(self.g, ks[pairs], klen[pairs], ks[pairs + 1], klen[pairs + 1])
+            first = self.g.prefix8(ks, klen)       # each key's first 8 bytes, shared by both of its pairs
+            c = compare_keys(self.g, ks[pairs], klen[pairs], ks[pairs + 1], klen[pairs + 1],
+                             first[pairs], first[pairs + 1])
             disordered[np.unique(node[pairs[c >= 0]])] = True
         firsts = np.flatnonzero(local == 0)
         lasts = np.ones(node.size, bool)

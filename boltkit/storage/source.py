@@ -81,6 +81,19 @@ class Source:
             except OSError:
                 pass
 
+    def release(self, start: int, end: int) -> None:
+        """Drop our mapping of [start, end) from memory after a pass is done with it: the pages stay in
+        the page cache (a later read refaults them cheaply) but stop counting against our RSS."""
+        if self._mm is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        a = (start + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+        b = min(end, self.size) // mmap.PAGESIZE * mmap.PAGESIZE
+        if b > a:
+            try:
+                self._mm.madvise(mmap.MADV_DONTNEED, a, b - a)
+            except (OSError, ValueError):
+                pass
+
     def close(self) -> None:
         self.array = None
         self.data = None
