@@ -209,6 +209,23 @@ class _Walker:
             self.problem("B040", "unreachable unfreed", pgid=p)
 
 
+@dataclass
+class TreeCounts:
+    buckets: int
+    pairs: int
+    bytes: int
+    damage: list[Problem]
+
+
+def count_tree(db: Database) -> TreeCounts:
+    """A full traversal that only counts (buckets, pairs, key+value bytes): the bulk walk without key checks."""
+    problems: list[Problem] = []
+    scan = TreeScan(db, db.meta, problems.append, quick=True, refs=np.zeros(db.hwm, np.uint8),
+                    freed=np.zeros(db.hwm, bool))
+    scan.run()
+    return TreeCounts(scan.buckets, scan.pairs, scan.pair_bytes, problems)
+
+
 def _revert_candidate(db: Database, quick: bool) -> dict | None:
     """Check the tree of the other meta: would `revert-meta-page` give a clean file?"""
     other = db.metas[1 - db.meta.index]

@@ -5,6 +5,7 @@ import sys
 
 import click
 
+from ..check import count_tree
 from ..errors import CorruptionError
 from ..schemas import BUCKET_HEADER, BUCKET_HEADER_SIZE, PAGE_HEADER_SIZE, PageFlag
 from ..storage import Node
@@ -380,7 +381,8 @@ def stats(file, meta, snapshot, as_json, table_fmt):
 @read_options
 @hex_option
 @encoding_option
-@click.option("--count", "count_only", is_flag=True, help="Only count buckets, pairs and bytes (a full traversal).")
+@click.option("--count", "count_only", is_flag=True,
+              help="Only count buckets, pairs and key+value bytes of the whole file (a fast bulk traversal).")
 def export(file, path, meta, snapshot, as_hex, encoding, count_only):
     """Every bucket and pair under PATH (everything by default) as JSON lines, in bbolt cursor order.
 
@@ -395,14 +397,11 @@ def export(file, path, meta, snapshot, as_hex, encoding, count_only):
         start = db.bucket([parse_name(p, as_hex) for p in path])
         errors: list = []
         if count_only:
-            buckets_n = pairs = nbytes = 0
-            for parent, child, item in db.tree.walk(start, on_error=errors.append):
-                if child is None:
-                    pairs += 1
-                    nbytes += len(item.key) + item.value_end - item.value_start
-                else:
-                    buckets_n += 1
-            emit_json({"buckets": buckets_n, "pairs": pairs, "bytes": nbytes})
+            if path:
+                raise click.UsageError("--count counts the whole file; drop the bucket path")
+            counts = count_tree(db)
+            errors.extend(p.line() for p in counts.damage)
+            emit_json({"buckets": counts.buckets, "pairs": counts.pairs, "bytes": counts.bytes})
         else:
             write = sys.stdout.write
             enc = _encoder(encoding)
