@@ -14,6 +14,9 @@ from ..schemas import (BUCKET_HEADER, BUCKET_LEAF_FLAG, MAGIC, MAX_PAGE_SIZE, ME
 from .builder import BucketBuilder, PageSink
 
 
+MIN_OPEN_SIZE = 4096
+
+
 class BoltWriter:
     """Stream a tree into a new file::
 
@@ -89,6 +92,9 @@ class BoltWriter:
             self.f.seek(index * self.page_size)
             self.f.write(self._meta_page(index, root, freelist, hwm, txid))
         self.f.flush()
+        if hwm * self.page_size < MIN_OPEN_SIZE:
+            # bbolt reads 4 KiB at offset 0 when it opens a file and refuses a shorter one
+            self.f.truncate(MIN_OPEN_SIZE)
         if self.sync:
             os.fsync(self.f.fileno())
         self.f.close()
