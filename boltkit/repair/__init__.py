@@ -1,2 +1,2 @@
 """Layer 5: repairs that write a new file and never touch the original."""
-from .compact import CompactResult, compact, copy_tree
+from .compact import CompactResult, compact

@@ -1,13 +1,28 @@
-"""Compaction: copy every bucket, key, value and sequence into a fresh, dense file (like `bbolt compact`)."""
+"""Compaction: copy every bucket, key, value and sequence into a fresh, dense file (like `bbolt compact`).
+
+The source is checked first and refused when damaged (salvage is for that). Being sound, its leaf
+pages are copied as runs of elements — whole slices of packed keys and values — and its inline
+buckets, which bbolt wrote canonically and which hold all their contents in their value, are copied
+verbatim: Python works per page and per paged bucket, never per key.
+"""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
+from ..check import Severity, check_file
+from ..check.gather import Gather
 from ..errors import CorruptionError
-from ..storage import Database
-from ..write import BoltWriter
+from ..schemas import BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, LEAF_ELEMENT, PAGE_HEADER
+from ..storage import Database, Item
+from ..write import BoltWriter, Run
+
+# problems that do not change what the tree holds: leaked pages, meta txid gaps, revert information
+HARMLESS = {"B040", "B003", "B050"}
+_COUNT = PAGE_HEADER.offset_of("count")
 
 
 @dataclass
@@ -16,53 +31,127 @@ class CompactResult:
     dst_size: int
     buckets: int
     pairs: int
-    damage: list
 
     @property
     def gain(self) -> float:
         return self.src_size / self.dst_size if self.dst_size else 0.0
 
 
-def copy_tree(db: Database, writer: BoltWriter, on_error=None,
-              progress: Callable[[int], None] | None = None) -> tuple[int, int]:
-    """Stream ``db``'s tree into ``writer``; returns (buckets, pairs)."""
-    data = db.data
-    buckets = pairs = 0
-    open_path: tuple = ()
-    for parent, child, item in db.tree.walk(db.root(), on_error=on_error):
-        # close the buckets the walk has left (it yields depth-first, so parent.path is a prefix of open_path)
-        while open_path != parent.path:
-            writer.end_bucket()
-            open_path = open_path[:-1]
-        if child is None:
-            writer.put(item.key, data[item.value_start:item.value_end])
-            pairs += 1
-        else:
-            writer.begin_bucket(item.key, child.sequence)
-            open_path = child.path
-            buckets += 1
-        if progress is not None and (pairs + buckets) % 65536 == 0:
-            progress(item.node.owner)
-    while open_path:
-        writer.end_bucket()
-        open_path = open_path[:-1]
-    return buckets, pairs
+def _skip(node):
+    return None
+
+
+def _u64_at(u8: np.ndarray, off: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(u8[off[:, None] + np.arange(8)]).view("<u8").ravel()
+
+
+def _u16_at(u8: np.ndarray, off: np.ndarray) -> np.ndarray:
+    return u8[off].astype(np.int64) | (u8[off + 1].astype(np.int64) << 8)
+
+
+class _Copier:
+    def __init__(self, db: Database, writer: BoltWriter, progress):
+        self.db = db
+        self.writer = writer
+        self.progress = progress
+        self.u8 = np.frombuffer(db.data, np.uint8)
+        self.gather = Gather(db.data, db.file_size)
+        self.inline_max = writer.page_size // 4        # largest inline page the destination keeps inline
+        self.buckets = 0
+        self.pairs = 0
+
+    BATCH = 256   # leaf pages decoded together
+
+    def events(self, bucket):
+        """Runs to copy as they are, and the sub-buckets that need a new root of their own."""
+        batch: list = []
+        for node, _ in self.db.tree.leaves(bucket, decode=_skip):
+            batch.append(node)
+            if len(batch) >= self.BATCH:
+                yield from self._batch(batch)
+                batch = []
+        if batch:
+            yield from self._batch(batch)
+
+    def _elements(self, nodes: list):
+        counts = np.array([n.count for n in nodes], np.int64)
+        bases = np.array([n.base for n in nodes], np.int64)
+        ends = np.array([n.end for n in nodes], np.int64)
+        node = np.repeat(np.arange(len(nodes)), counts)
+        local = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+        off = bases[node] + PAGE_HEADER.size + local * LEAF_ELEMENT.size
+        r = self.gather.records(LEAF_ELEMENT.dtype, off)
+        ks = off + r["pos"].astype(np.int64)
+        ke = ks + r["ksize"].astype(np.int64)
+        ve = ke + r["vsize"].astype(np.int64)
+        bad = np.flatnonzero(ve > ends[node])
+        if bad.size:
+            n_ = nodes[int(node[bad[0]])]
+            raise CorruptionError("element extends past the end of its page", pgid=n_.owner, offset=int(off[bad[0]]))
+        return r["flags"].astype(np.int64), ks, ke, ve, node
+
+    def _batch(self, nodes: list):
+        data, u8 = self.db.data, self.u8
+        if self.progress is not None:
+            self.progress(nodes[-1].owner)
+        flags, ks, ke, ve, node = self._elements(nodes)
+        isb = np.flatnonzero(flags & BUCKET_LEAF_FLAG)
+        special = isb[:0]
+        if isb.size:
+            roots = _u64_at(u8, ke[isb])
+            page_bytes = ve[isb] - ke[isb] - BUCKET_HEADER_SIZE
+            verbatim = (roots == 0) & (page_bytes <= self.inline_max)
+            special = isb[~verbatim]
+            self.buckets += int(isb.size)
+            self.pairs += int(_u16_at(u8, ke[isb[verbatim]] + BUCKET_HEADER_SIZE + _COUNT).sum())
+        self.pairs += int(flags.size - isb.size)
+        start = 0
+        for i in special.tolist() + [flags.size]:
+            if i > start:
+                yield Run(data, flags[start:i], ks[start:i], ke[start:i], ve[start:i])
+            if i < flags.size:
+                yield Item(data[int(ks[i]):int(ke[i])], int(flags[i]), int(ke[i]), int(ve[i]), nodes[int(node[i])])
+            start = i + 1
+
+    def run(self) -> None:
+        tree, writer = self.db.tree, self.writer
+        root = self.db.root()
+        stack = [(root, self.events(root))]
+        while stack:
+            bucket, events = stack[-1]
+            ev = next(events, None)
+            if ev is None:
+                stack.pop()
+                if stack:
+                    writer.end_bucket()
+            elif isinstance(ev, Run):
+                writer.put_run(ev)
+            else:
+                child = tree.child(bucket, ev)
+                writer.begin_bucket(ev.key, child.sequence)
+                stack.append((child, self.events(child)))
 
 
 def compact(src: str, dst: str, *, page_size: int | None = None, fill_percent: float = 1.0,
-            freelist: bool = True, meta: int | None = None, progress=None) -> CompactResult:
-    """Compact ``src`` into the new file ``dst`` (which must not exist). Damage aborts: salvage is for that."""
+            freelist: bool = True, meta: int | None = None,
+            progress: Callable[[int], None] | None = None) -> CompactResult:
+    """Compact ``src`` into the new file ``dst`` (which must not exist)."""
     if os.path.exists(dst):
         raise FileExistsError(f"{dst} already exists; refusing to overwrite it")
+    report = check_file(src, meta=meta, revert=False)
+    if not report.readable:
+        raise CorruptionError(report.problems[0].message if report.problems else f"{src} cannot be read")
+    damage = sorted({p.code for p in report.problems if p.code not in HARMLESS and p.severity != Severity.INFO})
+    if damage:
+        raise CorruptionError(f"{src} is damaged ({', '.join(damage)}); run `boltkit check` on it. "
+                              "Compaction copies sound files only.")
     with Database(src, meta=meta) as db:
         writer = BoltWriter(dst, page_size=page_size or db.page_size, fill_percent=fill_percent, freelist=freelist)
         try:
-            buckets, pairs = copy_tree(db, writer, progress=progress)
+            copier = _Copier(db, writer, progress)
+            copier.run()
             writer.close()
-        except ValueError as e:     # the writer refuses what the source's damage would put in the new file
-            writer.abort()
-            raise CorruptionError(f"{src} is damaged ({e}); run `boltkit check` on it") from None
         except BaseException:
             writer.abort()
             raise
-        return CompactResult(db.file_size, os.path.getsize(dst), buckets, pairs, [])
+        return CompactResult(db.file_size, os.path.getsize(dst), copier.buckets, copier.pairs)

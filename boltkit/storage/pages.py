@@ -121,6 +121,12 @@ class Pager:
                     raise self._out_of_bounds(node, i, e)
                 out.append((flags, ks, ks + ksize, vend))
             return out
+        return list(zip(*(a.tolist() for a in self.leaf_arrays(node))))
+
+    def leaf_arrays(self, node: Node) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The leaf element table as numpy arrays (flags, key_start, key_end, value_end), bounds-checked."""
+        n = node.count
+        first = node.base + PAGE_HEADER_SIZE
         arr = np.frombuffer(self.data, dtype=LEAF_ELEMENT.dtype, count=n, offset=first)
         e = first + np.arange(n, dtype=np.int64) * ELEMENT_SIZE
         ks = e + arr["pos"]
@@ -130,7 +136,7 @@ class Pager:
         if bad.size:
             i = int(bad[0])
             raise self._out_of_bounds(node, i, first + i * ELEMENT_SIZE)
-        return list(zip(arr["flags"].tolist(), ks.tolist(), ke.tolist(), ve.tolist()))
+        return arr["flags"].astype(np.int64), ks, ke, ve
 
     def branch_elements(self, node: Node) -> list[tuple[int, int, int]]:
         """[(key_start, key_end, child_pgid)] with absolute offsets."""

@@ -75,10 +75,12 @@ class Tree:
     # -- ordered iteration ----------------------------------------------------------------------
 
     def leaves(self, bucket: Bucket, start_key: bytes | None = None, on_error: OnError | None = None,
-               visited: set[int] | None = None, on_page: OnPage | None = None) -> Iterator[tuple[Node, list]]:
+               visited: set[int] | None = None, on_page: OnPage | None = None,
+               decode: Callable[[Node], object] | None = None) -> Iterator[tuple[Node, list]]:
         """Leaf nodes of ``bucket`` in key order with their element tables, from ``start_key`` on.
 
-        ``on_page(node, depth, elements)`` sees every node entered, branches included.
+        ``on_page(node, depth, elements)`` sees every node entered, branches included. ``decode`` replaces
+        Pager.leaf_elements for the leaves (bulk readers decode many leaves at once themselves).
         """
         pager, data = self.pager, self.data
         if visited is None:
@@ -103,7 +105,7 @@ class Tree:
                 if node.pgid:
                     visited.add(node.pgid)
                 if node.is_leaf:
-                    elems = pager.leaf_elements(node)
+                    elems = pager.leaf_elements(node) if decode is None else decode(node)
                     if on_page is not None:
                         on_page(node, len(trail), elems)
                     seeking = False

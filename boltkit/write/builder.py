@@ -8,7 +8,9 @@ a leaf, it has no sub-buckets, and header + elements + data fit in a quarter pag
 from __future__ import annotations
 
 from ..schemas import BUCKET_LEAF_FLAG, ELEMENT_SIZE, PAGE_HEADER_SIZE
-from .encode import bucket_value, encode_branch, encode_leaf, pages_for
+import numpy as np
+
+from .encode import Run, bucket_value, encode_branch, encode_leaf, encode_leaves, pages_for
 
 
 class PageSink:
@@ -36,7 +38,8 @@ class BucketBuilder:
         ps = sink.page_size
         self.threshold = max(int(ps * fill_percent), PAGE_HEADER_SIZE + ELEMENT_SIZE)
         self.inline_limit = ps // 4 if inline_allowed else -1
-        self.levels: list[list] = [[]]       # level 0: (key, value, flags); above: (first key, child pgid)
+        self.runs: list[Run] = []            # level 0: leaf elements not yet written
+        self.levels: list[list] = [[]]       # level 0 unused; above: (first key, child pgid)
         self.level_sizes: list[int] = [PAGE_HEADER_SIZE]
         self.written: list[int] = [0]        # pages written per level
         self.last_written: list[int] = [0]
@@ -48,40 +51,105 @@ class BucketBuilder:
             raise ValueError("empty key (bbolt requires a key)")
         if self.last_key is not None and key <= self.last_key:
             raise ValueError(f"keys must be added in strictly increasing order: {key!r} after {self.last_key!r}")
-        self.last_key = key
-        if flags & BUCKET_LEAF_FLAG:
+        self._append(Run.single(key, value, flags), key)
+
+    def add_run(self, run: Run) -> None:
+        """Elements already in strictly increasing key order (a run copied from a sound page)."""
+        if not len(run):
+            return
+        first = run.key(0)
+        if not first or (self.last_key is not None and first <= self.last_key):
+            raise ValueError(f"run starts with {first!r}, not after {self.last_key!r}")
+        self._append(run, run.key(len(run) - 1))
+
+    def _append(self, run: Run, last_key: bytes) -> None:
+        self.last_key = last_key
+        if (run.flags & BUCKET_LEAF_FLAG).any():
             self.has_subbucket = True
-        self.levels[0].append((key, value, flags))
-        self.level_sizes[0] += ELEMENT_SIZE + len(key) + len(value)
+        self.runs.append(run)
+        self.level_sizes[0] += int(run.sizes().sum())
         # keep everything while the bucket could still be inlined; after that, write full pages
         if self.has_subbucket or self.level_sizes[0] > max(self.inline_limit, self.threshold):
-            self._flush(0, final=False)
+            self._flush_leaves(final=False)
 
-    def _entry_size(self, level: int, e) -> int:
-        return ELEMENT_SIZE + len(e[0]) + (len(e[1]) if level == 0 else 0)
+    def _flush_leaves(self, final: bool) -> None:
+        if self.level_sizes[0] <= self.threshold and not final:
+            return
+        if not self.runs:
+            return
+        run = Run.concat(self.runs) if len(self.runs) > 1 else self.runs[0]
+        if len(self.runs) > 1 and any(r.buf is not run.buf for r in self.runs):
+            return self._flush_leaves_one_by_one(final)
+        # greedy cuts: as many elements per page as fit under the fill threshold (at least one)
+        cum = np.concatenate([[0], np.cumsum(run.sizes())])
+        room = self.threshold - PAGE_HEADER_SIZE
+        cuts = []
+        a = 0
+        n_el = len(run)
+        while a < n_el:
+            b = max(int(np.searchsorted(cum, cum[a] + room, side="right")) - 1, a + 1)
+            if b >= n_el and not final:
+                break   # the last page is not full yet: wait for more keys
+            b = min(b, n_el)
+            cuts.append((a, b))
+            a = b
+        if not cuts:
+            return
+        pgids = [self.sink.allocate(PAGE_HEADER_SIZE + int(cum[b] - cum[a])) for a, b in cuts]
+        self.sink.write(pgids[0], encode_leaves(run, cuts, pgids, self.sink.page_size))
+        used = int(cum[cuts[-1][1]])
+        self.level_sizes[0] -= used
+        rest = run.slice(cuts[-1][1], n_el)
+        self.runs = [rest] if len(rest) else []
+        self.written[0] += len(cuts)
+        self.last_written[0] = pgids[-1]
+        for (a, _), pgid in zip(cuts, pgids):
+            self._push(1, (run.key(a), pgid))
 
-    def _flush(self, level: int, final: bool) -> None:
-        """Write pages of ``level`` from the front of its buffer: all of it when ``final``, else full pages."""
+    def _flush_leaves_one_by_one(self, final: bool) -> None:
+        """Runs over different buffers (single puts mixed with copied runs): one page at a time."""
+        while self.runs and (final or self.level_sizes[0] > self.threshold):
+            cum = np.cumsum(np.concatenate([r.sizes() for r in self.runs]))
+            n = max(int(np.searchsorted(cum, self.threshold - PAGE_HEADER_SIZE, side="right")), 1)
+            if not final and n == len(cum):
+                break
+            page: list[Run] = []
+            left = n
+            while left:
+                r = self.runs[0]
+                if len(r) <= left:
+                    page.append(self.runs.pop(0))
+                    left -= len(r)
+                else:
+                    page.append(r.slice(0, left))
+                    self.runs[0] = r.slice(left, len(r))
+                    left = 0
+            size = PAGE_HEADER_SIZE + int(cum[n - 1])
+            self.level_sizes[0] -= int(cum[n - 1])
+            pgid = self.sink.allocate(size)
+            self.sink.write(pgid, encode_leaf(page, pgid, self.sink.page_size))
+            self.written[0] += 1
+            self.last_written[0] = pgid
+            self._push(1, (page[0].key(0), pgid))
+
+    def _flush_branches(self, level: int, final: bool) -> None:
         buf = self.levels[level]
         while buf and (final or self.level_sizes[level] > self.threshold):
             size = PAGE_HEADER_SIZE
             n = 0
             for e in buf:
-                es = self._entry_size(level, e)
+                es = ELEMENT_SIZE + len(e[0])
                 if n and size + es > self.threshold:
                     break
                 size += es
                 n += 1
             if not final and n == len(buf):
-                break   # the page is not full yet: wait for more keys
+                break
             chunk = buf[:n]
             del buf[:n]
             self.level_sizes[level] -= size - PAGE_HEADER_SIZE
             pgid = self.sink.allocate(size)
-            if level == 0:
-                self.sink.write(pgid, encode_leaf(chunk, pgid, self.sink.page_size))
-            else:
-                self.sink.write(pgid, encode_branch(chunk, pgid, self.sink.page_size))
+            self.sink.write(pgid, encode_branch(chunk, pgid, self.sink.page_size))
             self.written[level] += 1
             self.last_written[level] = pgid
             self._push(level + 1, (chunk[0][0], pgid))
@@ -95,7 +163,7 @@ class BucketBuilder:
         self.levels[level].append(entry)
         self.level_sizes[level] += ELEMENT_SIZE + len(entry[0])
         if self.level_sizes[level] > self.threshold:
-            self._flush(level, final=False)
+            self._flush_branches(level, final=False)
 
     def inlineable(self) -> bool:
         return (self.written[0] == 0 and not self.has_subbucket
@@ -104,15 +172,15 @@ class BucketBuilder:
     def finish(self, sequence: int) -> bytes:
         """Write what is left and return the bucket's value (header, plus the page when inline)."""
         if self.inlineable():
-            return bucket_value(0, sequence, encode_leaf(self.levels[0], 0, None))
+            return bucket_value(0, sequence, encode_leaf(self.runs, 0, None))
+        if self.written[0] == 0 and not self.runs:
+            # an empty bucket that cannot be inline (the root bucket): one empty leaf
+            pgid = self.sink.allocate(PAGE_HEADER_SIZE)
+            self.sink.write(pgid, encode_leaf([], pgid, self.sink.page_size))
+            return bucket_value(pgid, sequence)
+        self._flush_leaves(final=True)
         level = 0
-        while True:
-            if self.written[level] == 0 and not self.levels[level]:
-                # an empty bucket that cannot be inline (the root bucket): one empty leaf
-                pgid = self.sink.allocate(PAGE_HEADER_SIZE)
-                self.sink.write(pgid, encode_leaf([], pgid, self.sink.page_size))
-                return bucket_value(pgid, sequence)
-            self._flush(level, final=True)
-            if self.written[level] == 1:
-                return bucket_value(self.last_written[level], sequence)
+        while self.written[level] != 1:
             level += 1
+            self._flush_branches(level, final=True)
+        return bucket_value(self.last_written[level], sequence)

@@ -5,33 +5,116 @@ relative to each element; the tail of the last page is zero.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..schemas import (BRANCH_ELEMENT, BUCKET_HEADER, ELEMENT_SIZE, LEAF_ELEMENT, MAX_ELEMENTS, PAGE_HEADER,
                        PAGE_HEADER_SIZE, PageFlag)
 
-LeafEntry = tuple[bytes, bytes, int]      # key, value, flags
 BranchEntry = tuple[bytes, int]           # first key of the child, child page id
 
 
-def leaf_size(entries: list[LeafEntry]) -> int:
-    return PAGE_HEADER_SIZE + sum(ELEMENT_SIZE + len(k) + len(v) for k, v, _ in entries)
+class Run:
+    """Leaf elements whose key and value bytes lie in ``buf``: element i is key buf[ks:ke], value buf[ke:ve].
+
+    A run copied from a bbolt page keeps that page's packing, so its data is one contiguous slice."""
+
+    __slots__ = ("buf", "flags", "ks", "ke", "ve")
+
+    def __init__(self, buf, flags: np.ndarray, ks: np.ndarray, ke: np.ndarray, ve: np.ndarray):
+        self.buf, self.flags, self.ks, self.ke, self.ve = buf, flags, ks, ke, ve
+
+    @classmethod
+    def single(cls, key: bytes, value: bytes, flags: int) -> "Run":
+        k = len(key)
+        return cls(key + value, np.array([flags], np.int64), np.array([0], np.int64), np.array([k], np.int64),
+                   np.array([k + len(value)], np.int64))
+
+    def __len__(self) -> int:
+        return len(self.ks)
+
+    def sizes(self) -> np.ndarray:
+        """Bytes each element takes in a page: element header, key, value."""
+        return ELEMENT_SIZE + (self.ve - self.ks)
+
+    def key(self, i: int) -> bytes:
+        return bytes(self.buf[int(self.ks[i]):int(self.ke[i])])
+
+    def slice(self, a: int, b: int) -> "Run":
+        return Run(self.buf, self.flags[a:b], self.ks[a:b], self.ke[a:b], self.ve[a:b])
+
+    def data(self) -> bytes:
+        """The packed keys and values: one slice per stretch that is contiguous in ``buf``."""
+        ks, ve = self.ks, self.ve
+        if not len(ks):
+            return b""
+        breaks = (np.flatnonzero(ks[1:] != ve[:-1]) + 1).tolist()
+        starts = [0] + breaks
+        ends = breaks + [len(ks)]
+        buf = self.buf
+        return b"".join(bytes(buf[int(ks[a]):int(ve[b - 1])]) for a, b in zip(starts, ends))
+
+    @classmethod
+    def concat(cls, runs: list["Run"]) -> "Run":
+        """One run from several over the same buffer."""
+        return cls(runs[0].buf, *(np.concatenate([getattr(r, f) for r in runs]) for f in ("flags", "ks", "ke", "ve")))
 
 
-def encode_leaf(entries: list[LeafEntry], pgid: int, page_size: int | None) -> bytes:
-    """A leaf page (``page_size`` given: padded to whole pages with the overflow count set) or,
-    with ``page_size=None``, the exact bytes of an inline bucket's page."""
-    n = len(entries)
+def leaf_size(runs: list[Run]) -> int:
+    return PAGE_HEADER_SIZE + sum(int(r.sizes().sum()) for r in runs)
+
+
+def encode_leaf(runs: list[Run], pgid: int, page_size: int | None) -> bytes:
+    """A leaf page from runs of elements (``page_size`` given: padded to whole pages with the overflow
+    count set) or, with ``page_size=None``, the exact bytes of an inline bucket's page."""
+    runs = [r for r in runs if len(r)]
+    n = sum(len(r) for r in runs)
     if n >= MAX_ELEMENTS:
         raise ValueError(f"{n} elements in one page (bbolt allows fewer than {MAX_ELEMENTS})")
-    elems = bytearray()
-    data = bytearray()
-    data_start = PAGE_HEADER_SIZE + ELEMENT_SIZE * n
-    pack = LEAF_ELEMENT.struct.pack
-    for i, (k, v, flags) in enumerate(entries):
-        pos = data_start + len(data) - (PAGE_HEADER_SIZE + ELEMENT_SIZE * i)
-        elems += pack(flags, pos, len(k), len(v))
-        data += k
-        data += v
-    return _finish(PageFlag.LEAF, pgid, n, bytes(elems), bytes(data), page_size)
+    if n == 0:
+        return _finish(PageFlag.LEAF, pgid, 0, b"", b"", page_size)
+    flags = np.concatenate([r.flags for r in runs])
+    klen = np.concatenate([r.ke - r.ks for r in runs])
+    vlen = np.concatenate([r.ve - r.ke for r in runs])
+    before = np.concatenate([[0], np.cumsum(klen + vlen)[:-1]])       # data bytes ahead of element i
+    pos = ELEMENT_SIZE * (n - np.arange(n)) + before                   # from element i to its key
+    table = np.empty(n, LEAF_ELEMENT.dtype)
+    table["flags"], table["pos"], table["ksize"], table["vsize"] = flags, pos, klen, vlen
+    return _finish(PageFlag.LEAF, pgid, n, table.tobytes(), b"".join(r.data() for r in runs), page_size)
+
+
+def encode_leaves(run: Run, cuts: list[tuple[int, int]], pgids: list[int], page_size: int) -> bytes:
+    """Many leaf pages at once: page k holds elements cuts[k] of ``run`` and has id pgids[k]; pages are
+    laid out back to back, each padded to its whole pages, exactly as encode_leaf would write them."""
+    run = run.slice(0, cuts[-1][1])      # cuts are contiguous from element 0
+    n_el = len(run)
+    klen = run.ke - run.ks
+    vlen = run.ve - run.ke
+    dlen = klen + vlen
+    starts = np.array([a for a, _ in cuts], np.int64)
+    counts = np.array([b - a for a, b in cuts], np.int64)
+    page_of = np.repeat(np.arange(len(cuts)), counts)
+    local = np.arange(n_el, dtype=np.int64) - np.repeat(starts, counts)
+    cum = np.concatenate([[0], np.cumsum(dlen)])
+    before = cum[:-1] - np.repeat(cum[starts], counts)
+    table = np.empty(n_el, LEAF_ELEMENT.dtype)
+    table["flags"] = run.flags
+    table["pos"] = ELEMENT_SIZE * (counts[page_of] - local) + before
+    table["ksize"], table["vsize"] = klen, vlen
+    raw = table.tobytes()
+    sizes = PAGE_HEADER_SIZE + ELEMENT_SIZE * counts + (cum[starts + counts] - cum[starts])
+    npages = -(-sizes // page_size)
+    blob = bytearray(int(npages.sum()) * page_size)
+    off = 0
+    for k, (a, b) in enumerate(cuts):
+        n = b - a
+        blob[off:off + PAGE_HEADER_SIZE] = PAGE_HEADER.struct.pack(pgids[k], PageFlag.LEAF, n, int(npages[k]) - 1)
+        t = off + PAGE_HEADER_SIZE
+        blob[t:t + ELEMENT_SIZE * n] = raw[ELEMENT_SIZE * a:ELEMENT_SIZE * b]
+        d = run.slice(a, b).data()
+        t += ELEMENT_SIZE * n
+        blob[t:t + len(d)] = d
+        off += int(npages[k]) * page_size
+    return bytes(blob)
 
 
 def encode_branch(entries: list[BranchEntry], pgid: int, page_size: int) -> bytes:

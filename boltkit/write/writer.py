@@ -12,6 +12,7 @@ from ..schemas import (BUCKET_HEADER, BUCKET_LEAF_FLAG, MAGIC, MAX_PAGE_SIZE, ME
                        MIN_PAGE_SIZE, PAGE_HEADER, PAGE_HEADER_SIZE, PGID_NO_FREELIST, VERSION, PageFlag,
                        fnv1a64)
 from .builder import BucketBuilder, PageSink
+from .encode import Run
 
 
 MIN_OPEN_SIZE = 4096
@@ -59,6 +60,13 @@ class BoltWriter:
         if len(self.stack) == 1:
             raise ValueError("the root bucket holds only buckets: begin_bucket first")
         self.stack[-1][2].add(key, value, 0)
+
+    def put_run(self, run: Run) -> None:
+        """Many elements at once, already in key order; bucket entries among them (flag set) are copied
+        verbatim, which is right for inline buckets written by bbolt (their value holds all they are)."""
+        if len(self.stack) == 1 and (run.flags & BUCKET_LEAF_FLAG).sum() != len(run):
+            raise ValueError("the root bucket holds only buckets")
+        self.stack[-1][2].add_run(run)
 
     def end_bucket(self) -> None:
         if len(self.stack) == 1:
