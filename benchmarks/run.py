@@ -5,7 +5,8 @@
 Generates (once, cached in benchmarks/data/) a BuildKit-like cache.db of ~400 MB (~200k ids, 99 % inline
 buckets) and a flat file of 3M keys, then times, for each file:
 
-  traversal   `boltkit export --count`          vs oracle `walk` (every bucket, key and value)
+  traversal   `boltkit export --count`          vs oracle `walk` (every bucket, key and value); also timed
+              inside the process (open + walk, no interpreter start), as `walk` reports its own seconds
   check warm  `boltkit check`                   vs oracle `check` (tx.Check), file in the page cache
   check cold  the same, file evicted before every run (posix_fadvise DONTNEED)
   compact     `boltkit compact`                 vs oracle `compact` (bbolt.Compact, 64 KiB transactions)
@@ -17,6 +18,7 @@ RSS of the child process (ru_maxrss). Ratios are boltkit / Go: below 1 means bol
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -46,6 +48,29 @@ def run(cmd: list[str]) -> tuple[float, int]:
     if code not in (0,):
         raise SystemExit(f"{cmd} failed with {code}: {err[-500:]}")
     return wall, usage.ru_maxrss // 1024
+
+
+INPROCESS = """
+import json, sys, time
+from boltkit.check import count_tree
+from boltkit.storage import Database
+t = time.perf_counter()
+with Database(sys.argv[1]) as db:
+    count_tree(db)
+print(json.dumps({"seconds": time.perf_counter() - t}))
+"""
+
+
+def inprocess(oracle: Path, path: Path, repeat: int) -> tuple[float, float]:
+    """Open + full traversal timed inside each process (no interpreter start), like the oracle's `walk`."""
+    ours, theirs = [], []
+    for _ in range(repeat):
+        warm(path)
+        out = subprocess.run([sys.executable, "-c", INPROCESS, str(path)], capture_output=True, check=True, cwd=ROOT)
+        ours.append(json.loads(out.stdout)["seconds"])
+        out = subprocess.run([str(oracle), "walk", str(path)], capture_output=True, check=True)
+        theirs.append(json.loads(out.stdout)["seconds"])
+    return statistics.median(ours), statistics.median(theirs)
 
 
 def evict(path: Path) -> None:
@@ -117,6 +142,11 @@ def main() -> None:
             "compact": (lambda i: (BOLTKIT + ["compact", str(path), "-o", str(tmp)], rm_tmp),
                         lambda i: ([str(oracle), "compact", str(path), str(tmp)], rm_tmp), lambda: warm(path)),
         }
+        if not only or "traversal" in only:
+            bw, gw = inprocess(oracle, path, args.repeat)
+            rows.append((label, f"{size / 1e6:.0f} MB", "traversal, in-process", bw, gw, bw / gw, 0, 0, 0))
+            print(f"{label:24} in-process traversal boltkit {bw:6.3f}s | go {gw:6.3f}s | time x{bw / gw:.2f}",
+                  file=sys.stderr)
         for name, (ours, theirs, before) in cases.items():
             if only and name not in only:
                 continue
@@ -128,7 +158,8 @@ def main() -> None:
     print("| file | size | operation | boltkit s | Go s | time ratio | boltkit RSS MiB | Go RSS MiB | RSS ratio |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.2f} | {r[5]:.2f} | {r[6]} | {r[7]} | {r[8]:.2f} |")
+        rss = f"{r[6]} | {r[7]} | {r[8]:.2f}" if r[6] else "- | - | -"
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]:.2f} | {r[5]:.2f} | {rss} |")
     shutil.rmtree(data / "gocache", ignore_errors=True)
 
 

@@ -129,19 +129,14 @@ def _check_metas(db: Database, report: CheckReport) -> None:
 class _Walker:
     """One whole-file pass under one meta."""
 
-    MAX_PER_PAGE = 5   # element-level problems reported per page before summarising
-
     def __init__(self, db: Database, meta: Meta, report: CheckReport, quick: bool, progress: Progress | None):
         self.db = db
         self.meta = meta
         self.report = report
         self.quick = quick
         self.progress = progress
-        self.data = db.data
-        self.ps = db.page_size
         self.hwm = meta.pgid
-        self.limit = min(self.hwm, db.file_size // self.ps)
-        self.pager = Pager(db.data, db.file_size, self.ps, self.hwm)
+        self.pager = Pager(db.data, db.file_size, db.page_size, self.hwm)
         self.refs = np.zeros(self.hwm, dtype=np.uint8)
         self.freed = np.zeros(self.hwm, dtype=bool)
 

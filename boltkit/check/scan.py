@@ -189,9 +189,8 @@ class TreeScan:
             fronts.append(fc)
             if ic is not None:
                 inls.append(ic)
-        real = nodes.pgid > 0
-        if real.any():   # nodes are in file order, and these pages are done with
-            self.db.source.release(int(nodes.base[real].min()), int(nodes.end[real].max()))
+        if nodes.pgid.size:   # nodes are in file order, and the pages holding them are done with
+            self.db.source.release(int(nodes.base.min()) - BUCKET_HEADER_SIZE, int(nodes.end.max()))
 
     CHUNK_PAGES = 1 << 13
     CHUNK_ELEMENTS = 1 << 16

@@ -4,7 +4,6 @@ from __future__ import annotations
 import enum
 
 MAGIC = 0xED0CDAED
-MAGIC_LE = MAGIC.to_bytes(4, "little")
 MAGIC_BE = MAGIC.to_bytes(4, "big")
 VERSION = 2
 

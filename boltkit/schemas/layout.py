@@ -99,5 +99,4 @@ assert ELEMENT_SIZE == BRANCH_ELEMENT.size
 META_OFFSET = PAGE_HEADER_SIZE                     # meta struct inside pages 0 and 1
 META_CHECKSUMMED = META.offset_of("checksum")      # bytes of the meta struct the checksum covers
 BUCKET_HEADER_SIZE = BUCKET_HEADER.size
-INLINE_PAGE_OFFSET = BUCKET_HEADER_SIZE            # inline page inside a bucket value
 FREELIST_U64 = np.dtype("<u8")                     # freelist ids

@@ -59,10 +59,6 @@ class Run:
         return cls(runs[0].buf, *(np.concatenate([getattr(r, f) for r in runs]) for f in ("flags", "ks", "ke", "ve")))
 
 
-def leaf_size(runs: list[Run]) -> int:
-    return PAGE_HEADER_SIZE + sum(int(r.sizes().sum()) for r in runs)
-
-
 def encode_leaf(runs: list[Run], pgid: int, page_size: int | None) -> bytes:
     """A leaf page from runs of elements (``page_size`` given: padded to whole pages with the overflow
     count set) or, with ``page_size=None``, the exact bytes of an inline bucket's page."""
