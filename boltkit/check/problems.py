@@ -48,6 +48,26 @@ CATALOGUE: dict[str, tuple[Severity, str]] = {
     "B039": (Severity.WARNING, "inline bucket holds a sub-bucket (bbolt never writes this)"),
     "B040": (Severity.WARNING, "page neither reachable nor free (bbolt: unreachable unfreed)"),
     "B050": (Severity.INFO, "revert candidate: what the other meta's tree looks like"),
+    # BuildKit cache.db (reference/buildkit-stores.md §1.5, §1.6)
+    "C1": (Severity.INFO, "top-level buckets: one missing, or one BuildKit does not use"),
+    "C2": (Severity.ERROR, "a level-2 entry is a plain value where BuildKit expects a bucket"),
+    "C3": (Severity.ERROR, "a level-3 entry is a bucket where BuildKit expects a value"),
+    "C4": (Severity.ERROR, "a result does not decode as CacheResult, or its ID differs from its key"),
+    "C5": (Severity.WARNING, "_result and _byresult disagree"),
+    "C6": (Severity.INFO, "empty _byresult bucket"),
+    "C7": (Severity.INFO, "non-empty value where BuildKit writes an empty one"),
+    "C9": (Severity.ERROR, "poison link key: not exactly one '@', or non-canonical link JSON"),
+    "C12": (Severity.WARNING, "link into a dead chain: nothing below the target has a result"),
+    "C13": (Severity.WARNING, "empty branch: a key with no results and no links still has buckets"),
+    "C14": (Severity.WARNING, "id class misuse: root-form key as a link target, or an unreachable derived key"),
+    "C15": (Severity.WARNING, "cycle or self-loop in the link graph"),
+    "C16": (Severity.INFO, "result id is not <workerID>::<refID>"),
+    "C17": (Severity.ERROR, "link fields out of range (negative Input/Output, Digest/Selector not a digest)"),
+    "D1": (Severity.WARNING, "hard-dangling link: the target key does not exist at all"),
+    "D2": (Severity.WARNING, "ghost target: no results and no outgoing links, still linked from parents"),
+    "D3": (Severity.WARNING, "missing backlink for a link (C10)"),
+    "D4": (Severity.INFO, "stale backlink without a link (C11)"),
+    "D5": (Severity.WARNING, "orphan results: results without a _links bucket (C8)"),
 }
 
 

@@ -44,6 +44,12 @@ def check(files, meta, quick, max_errors, snapshot, as_json):
     \b
     Exit status (fsck): 0 clean, 4 problems found, 8 a file could not be read, 16 usage error.
     """
+    run_checks(files, as_json, max_errors,
+               lambda path, progress: check_file(path, meta=meta, quick=quick, snapshot=snapshot, progress=progress))
+
+
+def run_checks(files, as_json: bool, max_errors: int, make_report) -> None:
+    """Check each file with ``make_report(path, progress)``; print its problems and summary; exit like fsck."""
     status = EXIT_CLEAN
     for path in files:
         progress = None
@@ -54,7 +60,7 @@ def check(files, meta, quick, max_errors, snapshot, as_json):
             def progress(done, total, bar=bar):
                 bar.length = max(total, 1)
                 bar.update(done - bar.pos)
-        report = check_file(path, meta=meta, quick=quick, snapshot=snapshot, progress=progress)
+        report = make_report(path, progress)
         if bar is not None:
             bar.render_finish()
         for w in report.warnings:

@@ -1,0 +1,230 @@
+"""cache.db semantics: decoders, the graph, and one test per problem code on a store that carries
+exactly that defect (the clean store reports nothing)."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from click.testing import CliRunner
+
+from boltkit.buildkit import check_cache_store, decode_link_key, load_cache_store
+from boltkit.buildkit.cachedb import CacheInfoLink, id_class, split_result_id
+from boltkit.buildkit.graph import cycles, live_keys
+from boltkit.cli import main
+from boltkit.storage import Database
+from testdata.buildkit import S, WORKER, clean_tree, link_key, result_value, write_store
+from testdata.trees import Bucket
+
+from .conftest import corpus_files, corpus_id
+
+CHILD, GRAND = "child0000000000000000000aa", "grand0000000000000000000bb"
+ROOT1 = "sha256:" + "11" * 32
+
+
+def codes_of(tmp_path, tree) -> dict[str, int]:
+    path = write_store(tmp_path / "cache.db", tree)
+    with Database(path) as db:
+        problems = check_cache_store(load_cache_store(db), str(path))
+    out: dict[str, int] = {}
+    for p in problems:
+        out[p.code] = out.get(p.code, 0) + 1
+    return out
+
+
+def test_clean_store_reports_nothing(tmp_path):
+    assert codes_of(tmp_path, clean_tree()) == {}
+
+
+def lb(t, top, name):
+    return t[top].children[name.encode()]
+
+
+DEFECTS = {
+    "C1": lambda t: t.update({b"_extra": Bucket()}),
+    "C2": lambda t: t[b"_links"].children.update({b"plainvalue0000000000000000": b"x"}),
+    "C3": lambda t: lb(t, b"_backlinks", CHILD).children.update({b"nested": Bucket()}),
+    "C4": lambda t: lb(t, b"_result", GRAND).children.update({f"{WORKER}::ref3".encode(): b"{not json"}),
+    "C5": lambda t: t[b"_byresult"].children.pop(f"{WORKER}::ref3".encode()),
+    "C6": lambda t: t[b"_byresult"].children.update({f"{WORKER}::gone".encode(): Bucket()}),
+    "C7": lambda t: lb(t, b"_backlinks", CHILD).children.update({ROOT1.encode(): b"junk"}),
+    "C9": lambda t: lb(t, b"_links", GRAND).children.update({b'{"Digest":"x"}@a@b': b""}),
+    "C16": lambda t: (lb(t, b"_result", GRAND).children.update({b"noseparator": result_value("noseparator")}),
+                      t[b"_byresult"].children.update({b"noseparator": Bucket({GRAND.encode(): b""})})),
+    "C17": lambda t: (lb(t, b"_links", GRAND).children.update({link_key(CHILD, digest="md5:1"): b""}),
+                      lb(t, b"_backlinks", CHILD).children.update({GRAND.encode(): b""})),
+}
+
+
+def plant_dead_chain(t):
+    # a new derived key between GRAND and a ghost: GRAND -> dead -> ghost, neither with results
+    dead, ghost = "dead00000000000000000000cc", "ghost0000000000000000000dd"
+    lb(t, b"_links", GRAND).children[link_key(dead)] = b""
+    t[b"_links"].children[dead.encode()] = Bucket({link_key(ghost): b""})
+    t[b"_backlinks"].children[dead.encode()] = Bucket({GRAND.encode(): b""})
+    t[b"_backlinks"].children[ghost.encode()] = Bucket({dead.encode(): b""})
+
+
+def plant_hard_dangling(t):
+    lb(t, b"_links", GRAND).children[link_key("nowhere00000000000000000ee")] = b""
+
+
+def plant_ghost(t):
+    ghost = "ghost0000000000000000000dd"
+    lb(t, b"_links", GRAND).children[link_key(ghost)] = b""
+    t[b"_backlinks"].children[ghost.encode()] = Bucket({GRAND.encode(): b""})
+
+
+def plant_missing_backlink(t):
+    del lb(t, b"_backlinks", GRAND).children[CHILD.encode()]
+
+
+def plant_stale_backlink(t):
+    lb(t, b"_backlinks", GRAND).children[("sha256:" + "99" * 32).encode()] = b""
+
+
+def plant_orphan_results(t):
+    del t[b"_links"].children[GRAND.encode()]
+
+
+def plant_empty_branch(t):
+    t[b"_links"].children[b"lonely000000000000000000ff"] = Bucket()
+
+
+def plant_root_target(t):
+    lb(t, b"_links", CHILD).children[link_key(ROOT1)] = b""
+    t[b"_backlinks"].children[ROOT1.encode()] = Bucket({CHILD.encode(): b""})
+
+
+def plant_self_loop(t):
+    lb(t, b"_links", GRAND).children[link_key(GRAND)] = b""
+    t[b"_backlinks"].children.setdefault(GRAND.encode(), Bucket()).children[GRAND.encode()] = b""
+
+
+def plant_cycle(t):
+    lb(t, b"_links", GRAND).children[link_key(CHILD, input=2)] = b""
+    lb(t, b"_backlinks", CHILD).children[GRAND.encode()] = b""
+
+
+def plant_non_canonical(t):
+    lb(t, b"_links", GRAND).children[b'{"Digest": "%s"}@%s' % (S.encode(), CHILD.encode())] = b""
+    lb(t, b"_backlinks", CHILD).children[GRAND.encode()] = b""
+
+
+PLANTED = {
+    "C12": plant_dead_chain, "D1": plant_hard_dangling, "D2": plant_ghost, "D3": plant_missing_backlink,
+    "D4": plant_stale_backlink, "D5": plant_orphan_results, "C13": plant_empty_branch, "C14": plant_root_target,
+    "C15": plant_self_loop,
+}
+
+
+@pytest.mark.parametrize("code", sorted(DEFECTS) + sorted(PLANTED))
+def test_each_code_is_reported_for_its_defect(tmp_path, code):
+    t = clean_tree()
+    (DEFECTS.get(code) or PLANTED[code])(t)
+    found = codes_of(tmp_path, t)
+    assert code in found, found
+
+
+def test_cycle_between_two_keys(tmp_path):
+    t = clean_tree()
+    plant_cycle(t)
+    assert codes_of(tmp_path, t) == {"C15": 1}
+
+
+def test_non_canonical_link_json_is_a_poison_key(tmp_path):
+    t = clean_tree()
+    plant_non_canonical(t)
+    assert codes_of(tmp_path, t)["C9"] == 1
+
+
+def test_link_keys_round_trip_like_go():
+    info = CacheInfoLink(1, 2, "sha256:" + "0" * 64, "sha256:" + "f" * 64)
+    key = info.encode() + b"@k3m"
+    assert key == ('{"Input":1,"Output":2,"Digest":"sha256:%s","Selector":"sha256:%s"}@k3m'
+                   % ("0" * 64, "f" * 64)).encode()
+    link = decode_link_key("src", key)
+    assert link.error is None and link.info == info and link.target == "k3m"
+    assert CacheInfoLink(digest="a<b").encode() == b'{"Digest":"a\\u003cb"}'
+
+
+def test_id_classes_and_result_ids():
+    assert id_class("sha256:" + "1" * 64) == "root"
+    assert id_class("random:" + "1" * 64) == "random-root"
+    assert id_class("07kqnj6no2r1s1p9ndwpo1qr8") == "derived"
+    assert split_result_id("w::r") == ("w", "r") and split_result_id("w::") == ("w", "")
+    assert split_result_id("a::b::c") is None
+
+
+@pytest.mark.parametrize("path", [p for p in corpus_files("sound") if p.name == "cache.db"], ids=corpus_id)
+def test_corpus_cache_db_decodes_completely(path):
+    """Every entry of the real stores is decoded (none left over), and every link and result re-encodes
+    byte for byte."""
+    from boltkit.check import count_tree
+    with Database(path) as db:
+        store = load_cache_store(db)
+        pairs = count_tree(db).pairs
+    decoded = sum(len(v) for m in (store.links, store.results, store.byresult, store.backlinks) for v in m.values())
+    assert decoded == pairs > 0
+    assert all(ln.error is None for v in store.links.values() for ln in v)
+    assert all(r.error is None for v in store.results.values() for r in v)
+    assert not store.anomalies
+    problems = check_cache_store(store)
+    # only the garbage BuildKit's own collection leaves behind after prunes (ghost targets and dead chains)
+    assert {p.code for p in problems} <= {"D2", "C12"}
+
+
+def test_ghosts_appear_after_prunes_in_the_corpus():
+    path = [p for p in corpus_files("sound") if "08-after-403" in str(p) and p.name == "cache.db"][0]
+    r = CliRunner().invoke(main, ["buildkit", "check", "--json", str(path)])
+    assert r.exit_code == 4
+    recs = [json.loads(x) for x in r.output.splitlines()]
+    assert recs[-1]["codes"] == {"C12": 6, "D2": 2}
+
+
+def brute_cycles(links):
+    nodes = set(links) | {t for v in links.values() for t in v}
+    reach = {n: set() for n in nodes}
+    for n in nodes:
+        todo = list(links.get(n, ()))
+        while todo:
+            m = todo.pop()
+            if m not in reach[n]:
+                reach[n].add(m)
+                todo.extend(links.get(m, ()))
+    comps = set()
+    for n in nodes:
+        if n in reach[n]:
+            comps.add(frozenset(m for m in nodes if m in reach[n] and n in reach[m]) | {n})
+    return sorted(sorted(c) for c in comps)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_cycles_and_liveness_match_brute_force(seed):
+    rng = random.Random(seed)
+    n = rng.randrange(2, 12)
+    names = [f"k{i}" for i in range(n)]
+    links = {a: sorted({rng.choice(names) for _ in range(rng.randrange(0, 3))}) for a in names}
+    assert sorted(cycles(links)) == brute_cycles(links)
+    with_results = set(rng.sample(names, rng.randrange(0, n)))
+    expect = {a for a in names if a in with_results or any(
+        t in with_results for t in brute_reach(links, a))}
+    assert live_keys(with_results, links) == expect
+
+
+def brute_reach(links, a):
+    seen, todo = set(), list(links.get(a, ()))
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(links.get(m, ()))
+    return seen
+
+
+def test_buildkit_check_cli_clean_and_other_stores(tmp_path, example_db):
+    r = CliRunner().invoke(main, ["buildkit", "check", str(example_db)])
+    assert r.exit_code == 0 and r.output.endswith("txid 439)\n")
+    hist = [p for p in corpus_files("sound") if p.name == "history.db"][0]
+    r = CliRunner().invoke(main, ["buildkit", "check", str(hist)])
+    assert r.exit_code == 0 and "only structural checks so far" in r.stderr
