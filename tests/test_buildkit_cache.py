@@ -228,3 +228,59 @@ def test_buildkit_check_cli_clean_and_other_stores(tmp_path, example_db):
     hist = [p for p in corpus_files("sound") if p.name == "history.db"][0]
     r = CliRunner().invoke(main, ["buildkit", "check", str(hist)])
     assert r.exit_code == 0 and "only structural checks so far" in r.stderr
+
+
+def brute_paths(links, node):
+    """Distinct root-to-node paths by enumeration (acyclic graphs only)."""
+    parents = {}
+    for s, ts in links.items():
+        for t in ts:
+            parents.setdefault(t, []).append(s)
+
+    def count(n):
+        ps = parents.get(n)
+        return sum(count(p) for p in ps) if ps else 1
+    return count(node)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_path_counts_match_enumeration_on_random_dags(seed):
+    from boltkit.buildkit.graph import summarize
+    rng = random.Random(seed)
+    n = rng.randrange(2, 14)
+    names = [f"k{i:02d}" for i in range(n)]
+    links = {a: sorted({names[j] for j in range(i + 1, n) if rng.random() < 0.35}) for i, a in enumerate(names)}
+    s = summarize(links, [], top=n)
+    assert dict(s.paths) == {k: brute_paths(links, k) for k in names}
+    assert s.cycles == [] and s.max_paths == max(brute_paths(links, k) for k in names)
+
+
+def test_planted_cycles_and_self_loops_are_all_found():
+    from boltkit.buildkit.graph import summarize
+    rng = random.Random(7)
+    names = [f"k{i:03d}" for i in range(200)]
+    links = {a: sorted({names[j] for j in range(i + 1, 200) if rng.random() < 0.02}) for i, a in enumerate(names)}
+    planted = [["k010", "k050", "k120"], ["k150"], ["k060", "k061"]]
+    for cyc in planted:
+        for a, b in zip(cyc, cyc[1:] + cyc[:1]):
+            links[a].append(b)
+    found = summarize(links, []).cycles
+    for cyc in planted:
+        assert any(set(cyc) <= set(c) for c in found), (cyc, found)
+    assert all(set(c) & {k for cyc in planted for k in cyc} for c in found)
+
+
+def test_graph_cli_summary_dot_and_json(tmp_path):
+    t = clean_tree()
+    plant_cycle(t)
+    plant_ghost(t)
+    path = write_store(tmp_path / "cache.db", t)
+    dot = tmp_path / "g.dot"
+    r = CliRunner().invoke(main, ["buildkit", "graph", str(path), "--dot", str(dot)])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("keys: 5, links: 5, roots: 2, keys with results: 3, depth: 2, most root-to-key paths: 2")
+    assert "cycles and self-loops: 1" in r.output
+    text = dot.read_text()
+    assert text.startswith("digraph cache {") and "D2" in text and "[color=red]" in text
+    summary = json.loads(CliRunner().invoke(main, ["buildkit", "graph", "--json", str(path)]).output)
+    assert summary["cycles"] == [[CHILD, GRAND]] and summary["problems"]["ghost0000000000000000000dd"] == "D2"

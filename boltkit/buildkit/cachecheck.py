@@ -49,17 +49,15 @@ def check_cache_store(store: CacheStore, file: str | None = None) -> list[Proble
                 add("C5", "stale _byresult entry: no such result", path=(b"_byresult", rid), key=kid)
 
     # links
-    valid: dict[str, list[str]] = {}
+    valid = store.edges()
     targets: dict[str, set[str]] = {}
     for src, links in store.links.items():
-        valid[src] = []
         for ln in links:
             if ln.error:
                 code = "C17" if ("negative" in ln.error or "not a digest" in ln.error) else "C9"
                 add(code, f"poison link key: {ln.error}", path=(b"_links", src), key=ln.raw)
-                if code == "C9" and not ln.target:
-                    continue
-            valid[src].append(ln.target)
+            if not ln.target:
+                continue
             targets.setdefault(ln.target, set()).add(src)
             if src not in store.backlinks.get(ln.target, ()):
                 add("D3", f"link to {ln.target} has no _backlinks entry (export misses this parent)",
@@ -69,8 +67,8 @@ def check_cache_store(store: CacheStore, file: str | None = None) -> list[Proble
             if src not in targets.get(tgt, ()):
                 add("D4", f"stale backlink: {src} has no link to this key", path=(b"_backlinks", tgt), key=src)
 
-    results_of = {k: v for k, v in store.results.items() if v}
-    live = live_keys(results_of.keys(), valid)
+    results_of = store.with_results()
+    live = live_keys(results_of, valid)
     for tgt, srcs in sorted(targets.items()):
         parents = sorted(srcs)
         if tgt not in store.links and tgt not in store.results and tgt not in store.backlinks:

@@ -150,6 +150,13 @@ class CacheStore:
     def ids(self) -> set[str]:
         return set(self.links) | set(self.results) | set(self.backlinks)
 
+    def edges(self) -> dict[str, list[str]]:
+        """src -> targets of every link whose target can be read (poison keys without one are left out)."""
+        return {src: [ln.target for ln in links if ln.target] for src, links in self.links.items()}
+
+    def with_results(self) -> set[str]:
+        return {k for k, v in self.results.items() if v}
+
 
 def load_cache_store(db: Database, on_damage=None) -> CacheStore:
     """Decode every entry of a cache.db. Structural damage is skipped through ``on_damage`` (or raised)."""

@@ -2,6 +2,7 @@
 reach hundreds of thousands of keys and may contain cycles."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 
@@ -23,14 +24,20 @@ def live_keys(with_results: Iterable[str], links: dict[str, list[str]]) -> set[s
 
 
 def cycles(links: dict[str, list[str]]) -> list[list[str]]:
-    """Strongly connected components with more than one key, and self-loops (Tarjan, iterative)."""
+    """Strongly connected components with more than one key, and self-loops."""
+    return [sorted(c) for c in components(links) if len(c) > 1 or c[0] in links.get(c[0], ())]
+
+
+def components(links: dict[str, list[str]]) -> list[list[str]]:
+    """Every strongly connected component (Tarjan, iterative), sinks first: reversed, a topological order."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     on_stack: set[str] = set()
     stack: list[str] = []
     out: list[list[str]] = []
     counter = 0
-    for start in links:
+    nodes = list(links) + [t for ts in links.values() for t in ts if t not in links]
+    for start in nodes:
         if start in index:
             continue
         work = [(start, iter(links.get(start, ())))]
@@ -63,6 +70,78 @@ def cycles(links: dict[str, list[str]]) -> list[list[str]]:
                     comp.append(k)
                     if k == node:
                         break
-                if len(comp) > 1 or node in links.get(node, ()):
-                    out.append(sorted(comp))
+                out.append(comp)
     return out
+
+
+@dataclass
+class GraphSummary:
+    nodes: int
+    edges: int
+    roots: list[str]                       # keys nothing links to
+    with_results: int
+    cycles: list[list[str]]
+    fan_out: list[tuple[str, int]]         # top N by outgoing links
+    fan_in: list[tuple[str, int]]          # top N by distinct parents
+    depth: int                             # longest root-to-key chain (cycles condensed)
+    paths: list[tuple[str, int]]           # top N by distinct root-to-key paths
+    max_paths: int
+
+
+def summarize(links: dict[str, list[str]], with_results: Iterable[str], top: int = 10) -> GraphSummary:
+    """What the cache graph looks like: size, roots, cycles, fan-out/in, depth and root-to-key path counts
+    (the quantity pre-v0.25 cache exporters were exponential in), over the condensation of its cycles."""
+    comps = components(links)
+    comp_of = {k: i for i, c in enumerate(comps) for k in c}
+    parents: dict[str, set[str]] = {}
+    edges = 0
+    for src, ts in links.items():
+        for t in ts:
+            edges += 1
+            parents.setdefault(t, set()).add(src)
+    cpreds: dict[int, set[int]] = {}
+    for t, ps in parents.items():
+        ct = comp_of[t]
+        for p in ps:
+            if comp_of[p] != ct:
+                cpreds.setdefault(ct, set()).add(comp_of[p])
+    paths: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    for ci in reversed(range(len(comps))):          # sources first
+        preds = cpreds.get(ci)
+        paths[ci] = sum(paths[p] for p in preds) if preds else 1
+        depth[ci] = 1 + max((depth[p] for p in preds), default=-1) if preds else 0
+    nodes = [k for c in comps for k in c]
+    per_key_paths = sorted(((k, paths[comp_of[k]]) for k in nodes), key=lambda x: (-x[1], x[0]))
+    fan_out = sorted(((k, len(v)) for k, v in links.items() if v), key=lambda x: (-x[1], x[0]))
+    fan_in = sorted(((k, len(v)) for k, v in parents.items()), key=lambda x: (-x[1], x[0]))
+    return GraphSummary(
+        nodes=len(nodes), edges=edges, roots=sorted(k for k in nodes if k not in parents),
+        with_results=len(set(with_results)), cycles=cycles(links), fan_out=fan_out[:top], fan_in=fan_in[:top],
+        depth=max(depth.values(), default=0), paths=per_key_paths[:top],
+        max_paths=per_key_paths[0][1] if per_key_paths else 0)
+
+
+def to_dot(links: dict[str, list[str]], with_results: set[str], marked: dict[str, str]) -> str:
+    """Graphviz: keys with results filled, cycle members and problem keys in red with the problem code."""
+    in_cycle = {k for c in cycles(links) for k in c}
+
+    def q(s: str) -> str:
+        return '"' + s.replace('"', '\\"') + '"'
+    lines = ["digraph cache {", "  rankdir=LR;", '  node [shape=box, fontname="monospace", fontsize=9];']
+    nodes = set(links) | {t for ts in links.values() for t in ts}
+    for k in sorted(nodes):
+        attrs = []
+        if k in with_results:
+            attrs.append('style=filled, fillcolor="#d8f0d8"')
+        if k in marked or k in in_cycle:
+            attrs.append('color=red, fontcolor=red')
+        label = k[:19] + ("\\n" + marked[k] if k in marked else "")
+        attrs.append(f"label={q(label)}")
+        lines.append(f"  {q(k)} [{', '.join(attrs)}];")
+    for src in sorted(links):
+        for t in links[src]:
+            extra = " [color=red]" if src in in_cycle and t in in_cycle else ""
+            lines.append(f"  {q(src)} -> {q(t)}{extra};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"

@@ -33,3 +33,66 @@ def buildkit_check(files, max_errors, snapshot, as_json):
     """
     run_checks(files, as_json, max_errors, lambda path, progress: check_store(path, snapshot=snapshot,
                                                                                 progress=progress))
+
+
+@buildkit.command()
+@click.argument("file", type=click.Path())
+@click.option("--top", type=click.IntRange(1), default=10, show_default=True, help="How many keys in each top list.")
+@click.option("--dot", "dot_path", type=click.Path(), default=None,
+              help="Write the graph as Graphviz to this file (problem keys and cycles in red).")
+@click.option("--svg", "svg_path", type=click.Path(), default=None,
+              help="Render it to SVG with Graphviz's `dot` program (must be installed).")
+@click.option("--snapshot", is_flag=True, help="Copy the file first (buildkitd running).")
+@click.option("--json", "as_json", is_flag=True, help="The summary as one JSON object.")
+def graph(file, top, dot_path, svg_path, snapshot, as_json):
+    """The cache-key graph of a cache.db: size, roots, cycles, fan-out/fan-in, depth and path counts.
+
+    The number of distinct root-to-key paths is what made cache export before BuildKit v0.25
+    exponential ("preparing build cache for export" hanging); cycles broke exports before v0.9.
+    """
+    import shutil
+    import subprocess
+
+    from ..buildkit.cachecheck import check_cache_store
+    from ..buildkit.cachedb import load_cache_store
+    from ..buildkit.graph import summarize, to_dot
+    from .app import opened
+    from .output import emit_json, emit_table
+    with opened(file, None, snapshot) as db:
+        damage: list = []
+        store = load_cache_store(db, on_damage=damage.append)
+    edges = store.edges()
+    results = store.with_results()
+    s = summarize(edges, results, top)
+    marked = {}
+    for p in check_cache_store(store, file):
+        if p.key is not None and p.code in ("D1", "D2", "C12", "C15"):
+            marked.setdefault(p.key.decode("utf-8", "replace"), p.code)
+    if dot_path or svg_path:
+        text = to_dot(edges, results, marked)
+        if dot_path:
+            with open(dot_path, "w") as f:
+                f.write(text)
+        if svg_path:
+            dot = shutil.which("dot")
+            if dot is None:
+                raise click.ClickException("--svg needs Graphviz's `dot` program (apt-get install graphviz); "
+                                           "use --dot to write the graph and render it elsewhere")
+            subprocess.run([dot, "-Tsvg", "-o", svg_path], input=text.encode(), check=True)
+    if as_json:
+        emit_json({"nodes": s.nodes, "edges": s.edges, "roots": len(s.roots), "with_results": s.with_results,
+                   "depth": s.depth, "max_paths": s.max_paths, "cycles": s.cycles,
+                   "fan_out": s.fan_out, "fan_in": s.fan_in, "paths": s.paths, "problems": marked,
+                   "damage": [str(e) for e in damage]})
+        return
+    click.echo(f"keys: {s.nodes}, links: {s.edges}, roots: {len(s.roots)}, keys with results: {s.with_results}, "
+               f"depth: {s.depth}, most root-to-key paths: {s.max_paths}")
+    click.echo(f"cycles and self-loops: {len(s.cycles)}")
+    for c in s.cycles[:top]:
+        click.echo("  " + " -> ".join(c))
+    for title, rows in (("fan-out (links from the key)", s.fan_out), ("fan-in (parents of the key)", s.fan_in),
+                        ("root-to-key paths", s.paths)):
+        click.echo()
+        emit_table(rows, ["key", title])
+    for e in damage:
+        click.echo(f"damage: {e}", err=True)

@@ -33,6 +33,7 @@ import (
 	"runtime/debug"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -1325,12 +1326,31 @@ func (g *generator) bkName(n int) string {
 	return string(b)
 }
 
+// linkKey is the JSON Go's encoding/json writes for BuildKit's CacheInfoLink: fields in struct order
+// (Input, Output, Digest, Selector), zero values omitted, no spaces. Link keys are matched byte for byte.
+func linkKey(input, output int, dgst, sel string) string {
+	var parts []string
+	if input != 0 {
+		parts = append(parts, fmt.Sprintf(`"Input":%d`, input))
+	}
+	if output != 0 {
+		parts = append(parts, fmt.Sprintf(`"Output":%d`, output))
+	}
+	if dgst != "" {
+		parts = append(parts, fmt.Sprintf(`"Digest":%q`, dgst))
+	}
+	if sel != "" {
+		parts = append(parts, fmt.Sprintf(`"Selector":%q`, sel))
+	}
+	return "{" + strings.Join(parts, ",") + "}"
+}
+
 func genBuildkit(g *generator, db *bolt.DB, scale int) error {
 	n := 100 * scale
 	workers := []string{g.bkName(25), g.bkName(25)}
 	base := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	var live []bkRecord
-	var all []string // every id ever generated: link targets
+	var derived []string // derived ids generated so far: link targets
 	top := [][]byte{[]byte("_result"), []byte("_links"), []byte("_byresult"), []byte("_backlinks")}
 	if err := g.update(db, func(tx *bolt.Tx) error {
 		for _, name := range top {
@@ -1361,7 +1381,11 @@ func genBuildkit(g *generator, db *bolt.DB, scale int) error {
 			byresult := tx.Bucket([]byte("_byresult"))
 			backlinks := tx.Bucket([]byte("_backlinks"))
 			for i := 0; i < m; i++ {
-				id := g.sha()
+				// a quarter root keys (sha256:), the rest derived 25-character ids, as BuildKit makes them
+				id := g.bkName(25)
+				if g.rng.Intn(4) == 0 {
+					id = g.sha()
+				}
 				lb, err := links.CreateBucketIfNotExists([]byte(id))
 				if err != nil {
 					return err
@@ -1370,17 +1394,16 @@ func genBuildkit(g *generator, db *bolt.DB, scale int) error {
 				nl := 1 + g.rng.Intn(4)
 				for j := 0; j < nl; j++ {
 					var target string
-					if len(all) > 0 && g.rng.Intn(5) != 0 {
-						target = all[g.rng.Intn(len(all))]
+					if len(derived) > 0 && g.rng.Intn(5) != 0 {
+						target = derived[g.rng.Intn(len(derived))]
 					} else {
-						target = g.sha()
+						target = g.bkName(25)
 					}
 					sel := ""
 					if g.rng.Intn(8) == 0 {
 						sel = g.sha()
 					}
-					k := fmt.Sprintf(`{"Digest":"%s","Input":%d,"Output":%d,"Selector":"%s"}@%s`,
-						g.sha(), g.rng.Intn(3), g.rng.Intn(2), sel, target)
+					k := linkKey(g.rng.Intn(3), g.rng.Intn(2), g.sha(), sel) + "@" + target
 					if err := lb.Put([]byte(k), []byte{}); err != nil {
 						return err
 					}
@@ -1397,7 +1420,7 @@ func genBuildkit(g *generator, db *bolt.DB, scale int) error {
 				if g.rng.Intn(3) == 0 {
 					res := workers[g.rng.Intn(len(workers))] + "::" + g.bkName(25)
 					created := base.Add(time.Duration(g.rng.Int63n(int64(90 * 24 * time.Hour))))
-					val := fmt.Sprintf(`{"ID":"%s","CreatedAt":"%s"}`, res, created.Format(time.RFC3339Nano))
+					val := fmt.Sprintf(`{"CreatedAt":"%s","ID":"%s"}`, created.Format(time.RFC3339Nano), res)
 					rb, err := results.CreateBucketIfNotExists([]byte(id))
 					if err != nil {
 						return err
@@ -1416,7 +1439,9 @@ func genBuildkit(g *generator, db *bolt.DB, scale int) error {
 					rec.result = res
 				}
 				live = append(live, rec)
-				all = append(all, id)
+				if !strings.HasPrefix(id, "sha256:") {
+					derived = append(derived, id)
+				}
 			}
 			// From the second batch on, release ~5% of the ids.
 			if g.txs > 2 {
