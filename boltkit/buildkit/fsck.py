@@ -1,12 +1,20 @@
-"""Structural plus semantic check of one BuildKit store, as one CheckReport."""
+"""Checking BuildKit stores: one store (structural + semantic), or a whole root with cross-store checks
+and a prediction of what buildkitd will do at its next start."""
 from __future__ import annotations
 
+import fcntl
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
 from ..check import CheckReport, check_file
-from ..check.problems import Problem
+from ..check.problems import Problem, Severity
 from ..errors import BoltkitError
 from ..storage import Database
 from .cachecheck import check_cache_store
-from .cachedb import TOP_BUCKETS, load_cache_store
+from .cachedb import TOP_BUCKETS, load_cache_store, split_result_id
+from .metadata import record_ids
+from .root import Root, discover
 
 
 def store_kind(db: Database) -> str:
@@ -39,3 +47,128 @@ def check_store(path: str, *, snapshot: bool = False, progress=None) -> CheckRep
     except BoltkitError as e:
         report.problems.append(Problem("B001", f"semantic pass stopped: {e}", file=str(path)))
     return report
+
+
+@dataclass
+class FsckResult:
+    root: Root
+    reports: dict[str, CheckReport]          # store path -> its report
+    cross: list[Problem]                     # X codes: disagreements between stores
+    predictions: list[str]                   # what buildkitd will do at its next start
+    daemon_running: bool
+
+    @property
+    def status(self) -> str:
+        if any(not r.readable for r in self.reports.values()):
+            return "unreadable"
+        if any(not r.clean for r in self.reports.values()) or any(p.severity != Severity.INFO for p in self.cross):
+            return "problems"
+        return "clean"
+
+
+def daemon_holds_lock(root: Root) -> bool:
+    if root.lock is None:
+        return False
+    try:
+        fd = os.open(root.lock, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _check_one(args) -> CheckReport:
+    path, snapshot = args
+    return check_store(path, snapshot=snapshot)
+
+
+def fsck_root(path: str, *, jobs: int = 1, snapshot: bool = False) -> FsckResult:
+    root = discover(path)
+    todo = [(str(s.path), snapshot) for s in root.stores]
+    if jobs > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            reports = dict(zip((t[0] for t in todo), pool.map(_check_one, todo)))
+    else:
+        reports = {t[0]: _check_one(t) for t in todo}
+    result = FsckResult(root, reports, [], [], daemon_holds_lock(root))
+    _cross_checks(result, snapshot)
+    _predict(result)
+    return result
+
+
+def _cross_checks(result: FsckResult, snapshot: bool) -> None:
+    """Results in cache.db whose worker or record is gone: buildkitd releases them at its next start (D6)."""
+    root = result.root
+    cache = next((s for s in root.stores if s.kind == "cache.db"), None)
+    if cache is None or not result.reports[str(cache.path)].readable:
+        return
+    workers = {w.worker_id: w for w in root.workers if w.worker_id}
+    records: dict[str, set[str] | None] = {}
+    for wid, w in workers.items():
+        md = w.dir / "metadata_v2.db"
+        try:
+            with Database(str(md), snapshot=snapshot) as db:
+                records[wid] = record_ids(db, on_damage=lambda e: None)
+        except BoltkitError:
+            records[wid] = None      # unreadable: reported on its own line, no guesses here
+    with Database(str(cache.path), snapshot=snapshot) as db:
+        store = load_cache_store(db, on_damage=lambda e: None)
+    f = str(cache.path)
+    for kid, results in sorted(store.results.items()):
+        for r in results:
+            parts = split_result_id(r.result_id)
+            if parts is None:
+                continue      # C16, already reported by the cache.db check
+            wid, ref = parts
+            if wid not in workers:
+                result.cross.append(Problem("X1", f"result of worker {wid}, which this root does not have: released at "
+                                                  "next start", file=f, path=(b"_result", kid.encode()),
+                                            key=r.result_id.encode()))
+            elif ref and records.get(wid) is not None and ref not in records[wid]:
+                result.cross.append(Problem("X2", f"record {ref} is missing from {workers[wid].dir.name}/metadata_v2.db: "
+                                                  "released at next start", file=f, path=(b"_result", kid.encode()),
+                                            key=r.result_id.encode()))
+
+
+_RESET_BY_SAFEOPEN = {"cache.db", "history.db"}
+_OPEN_FAILS = {"B010"}     # what makes bbolt's Open fail: an unreadable freelist page
+
+
+def _predict(result: FsckResult) -> None:
+    out = result.predictions
+    for s in result.root.stores:
+        rep = result.reports[str(s.path)]
+        errors = [p for p in rep.problems if p.severity == Severity.ERROR and p.code.startswith("B")]
+        name = s.path.relative_to(result.root.path)
+        if not rep.readable:
+            if s.kind in _RESET_BY_SAFEOPEN:
+                out.append(f"{name}: bbolt cannot open it; SafeOpen renames it to {s.path.name}.<id>.bak and starts "
+                           "with an empty store")
+            else:
+                out.append(f"{name}: bbolt cannot open it and nothing recovers this store: buildkitd will not start")
+        elif errors:
+            # bbolt's Open reads the metas and loads the freelist; SafeOpen only catches failures there.
+            # Damage deeper in the tree is met later, and crashes the daemon at every start (§8).
+            at_open = any(p.code in _OPEN_FAILS for p in errors)
+            if s.kind in _RESET_BY_SAFEOPEN and at_open:
+                out.append(f"{name}: bbolt fails while opening it (freelist/meta); SafeOpen renames it to "
+                           f"{s.path.name}.<id>.bak and starts with an empty store")
+            elif s.kind in _RESET_BY_SAFEOPEN:
+                out.append(f"{name}: {len(errors)} structural error(s) in the tree: SafeOpen does not catch damage "
+                           "met after open, so buildkitd can crash at every start until the store is repaired")
+            else:
+                out.append(f"{name}: {len(errors)} structural error(s): no recovery exists for this store, "
+                           "buildkitd will likely crash at start")
+        if s.kind == "cache.db" and any(p.code == "C4" for p in rep.problems):
+            out.append(f"{name}: an undecodable result stops ReleaseUnreferenced: results after it are not cleaned")
+    released = sum(1 for p in result.cross if p.code in ("X1", "X2"))
+    if released:
+        out.append(f"cache.db: {released} result(s) whose worker or record is gone will be released")
+    if result.root.backups:
+        out.append(f"{len(result.root.backups)} .bak file(s) from earlier resets take disk space and are never read "
+                   "again: " + ", ".join(str(p.relative_to(result.root.path)) for p in result.root.backups[:5]))

@@ -68,6 +68,9 @@ CATALOGUE: dict[str, tuple[Severity, str]] = {
     "D3": (Severity.WARNING, "missing backlink for a link (C10)"),
     "D4": (Severity.INFO, "stale backlink without a link (C11)"),
     "D5": (Severity.WARNING, "orphan results: results without a _links bucket (C8)"),
+    # across stores of one root
+    "X1": (Severity.INFO, "cache.db result of a worker this root does not have (released at next start)"),
+    "X2": (Severity.INFO, "cache.db result whose metadata_v2.db record is gone (released at next start)"),
 }
 
 

@@ -96,3 +96,125 @@ def graph(file, top, dot_path, svg_path, snapshot, as_json):
         emit_table(rows, ["key", title])
     for e in damage:
         click.echo(f"damage: {e}", err=True)
+
+
+def _root_or_exit(root):
+    from ..buildkit.root import discover
+    try:
+        found = discover(root)
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e))
+    if not found.stores:
+        raise click.ClickException(f"{root}: no BuildKit stores found (expected cache.db, a worker directory with "
+                                   "metadata_v2.db, ...)")
+    return found
+
+
+@buildkit.command("ls")
+@click.argument("root", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per store.")
+def ls(root, as_json):
+    """The bolt stores under a BuildKit root: kind, worker, sizes, txid, last modified.
+
+    ROOT is buildkitd's --root (/var/lib/buildkit, ~/.local/share/buildkit for rootless, a buildx
+    state volume) or Docker's <data-root>/buildkit.
+    """
+    import datetime
+    import os
+
+    from ..errors import BoltkitError
+    from ..storage import Database
+    from .output import emit_json, emit_table
+    found = _root_or_exit(root)
+    rows = []
+    for s in found.stores:
+        st = os.stat(s.path)
+        rec = {"store": str(s.path.relative_to(found.path)), "kind": s.kind, "worker": s.worker,
+               "worker_id": next((w.worker_id for w in found.workers if w.dir.name == s.worker), None),
+               "size": st.st_size,
+               "modified": datetime.datetime.fromtimestamp(st.st_mtime, datetime.timezone.utc).isoformat(
+                   timespec="seconds"),
+               "used": None, "txid": None, "error": None}
+        try:
+            with Database(str(s.path)) as db:
+                rec["used"], rec["txid"] = db.hwm * db.page_size, db.meta.txid
+        except BoltkitError as e:
+            rec["error"] = str(e)
+        if as_json:
+            emit_json(rec)
+        else:
+            used = "unreadable" if rec["error"] else f"{100.0 * rec['used'] / rec['size']:.0f}%"
+            rows.append([rec["store"], s.kind, rec["worker_id"] or "", rec["size"], used,
+                         rec["txid"] if rec["txid"] is not None else "", rec["modified"]])
+    if not as_json:
+        emit_table(rows, ["store", "kind", "worker id", "bytes", "used", "txid", "modified (UTC)"])
+        if found.backups:
+            click.echo(f"\n{len(found.backups)} .bak file(s) left by SafeOpen resets: "
+                       + ", ".join(str(p.relative_to(found.path)) for p in found.backups))
+
+
+@buildkit.command(cls=FsckCommand)
+@click.argument("root", type=click.Path())
+@click.option("--jobs", "-j", type=click.IntRange(1), default=1, show_default=True, help="Check stores in parallel.")
+@click.option("--max-errors", type=click.IntRange(0), default=20, show_default=True,
+              help="List at most this many problems per store (counts are never capped).")
+@click.option("--snapshot", is_flag=True, help="Copy each store first (when buildkitd may be running).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Problems, one summary per store, then one record with the predictions, as JSON lines.")
+def fsck(root, jobs, max_errors, snapshot, as_json):
+    """Before restarting buildkitd: check every store under ROOT and say what the daemon will do.
+
+    Structural check of every bolt file, BuildKit's invariants for cache.db, cross-store checks (results
+    whose worker or metadata record is gone), and a prediction of the next start: stores SafeOpen will
+    reset, stores that will stop the daemon, results it will release.
+
+    \b
+    Exit status (fsck): 0 clean, 4 problems left, 8 a store cannot be read, 16 usage error.
+    For systemd: ExecStartPre=/usr/bin/boltkit buildkit fsck /var/lib/buildkit
+    """
+    from ..buildkit.fsck import fsck_root
+    from ..errors import BoltkitError
+    from .check import EXIT_CLEAN, EXIT_PROBLEMS, EXIT_UNREADABLE
+    from .output import emit_json, emit_table, warn
+    try:
+        found = _root_or_exit(root)
+    except click.ClickException as e:
+        e.show()
+        raise SystemExit(EXIT_UNREADABLE)
+    try:
+        result = fsck_root(str(found.path), jobs=jobs, snapshot=snapshot)
+    except BoltkitError as e:
+        raise click.ClickException(str(e))
+    if result.daemon_running:
+        warn(f"{root}/buildkitd.lock is held: buildkitd is running; stores can change while they are read "
+             "(use --snapshot)")
+    rows = []
+    for path, rep in result.reports.items():
+        rel = str(__import__("pathlib").Path(path).relative_to(found.path))
+        for p in rep.problems[:max_errors]:
+            if as_json:
+                emit_json(p.as_dict())
+            else:
+                click.echo(f"{rel}: {p.line()}")
+        counts = rep.severity_counts()
+        status = "unreadable" if not rep.readable else ("ok" if rep.clean else "problems")
+        codes = ", ".join(f"{c} x{n}" for c, n in sorted(rep.counts().items()))
+        if as_json:
+            emit_json({"store": rel, "summary": True, "status": status, "problems": counts, "codes": rep.counts()})
+        rows.append([rel, status, counts["error"], counts["warning"], codes])
+    for p in result.cross[:max_errors]:
+        if as_json:
+            emit_json(p.as_dict())
+        else:
+            click.echo(f"cross-store: {p.line()}")
+    if as_json:
+        emit_json({"root": str(found.path), "status": result.status, "cross": len(result.cross),
+                   "predictions": result.predictions, "daemon_running": result.daemon_running})
+    else:
+        click.echo()
+        emit_table(rows, ["store", "status", "errors", "warnings", "codes"])
+        click.echo("\nAt its next start buildkitd will:" if result.predictions else
+                   "\nAt its next start buildkitd has nothing to repair or release.")
+        for line in result.predictions:
+            click.echo(f"  - {line}")
+    raise SystemExit({"clean": EXIT_CLEAN, "problems": EXIT_PROBLEMS, "unreadable": EXIT_UNREADABLE}[result.status])

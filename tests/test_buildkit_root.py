@@ -1,0 +1,82 @@
+"""Root discovery, `buildkit ls` and `buildkit fsck` on copies of real state directories."""
+from __future__ import annotations
+
+import json
+import shutil
+
+from click.testing import CliRunner
+
+from boltkit.buildkit.fsck import fsck_root
+from boltkit.buildkit.root import discover
+from boltkit.cli import main
+from testdata import damage
+
+from .conftest import CORPUS
+
+SNAP = CORPUS / "daemon1-overlayfs" / "01-after-30-builds"
+
+
+def copy_root(tmp_path):
+    dst = tmp_path / "buildkit"
+    shutil.copytree(SNAP, dst)
+    return dst
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_discovery_finds_daemon_and_worker_stores(tmp_path):
+    root = discover(copy_root(tmp_path))
+    kinds = sorted((s.kind, s.worker) for s in root.stores)
+    assert kinds == [("cache.db", None), ("containerdmeta.db", "runc-overlayfs"), ("history.db", None),
+                     ("metadata_v2.db", "runc-overlayfs"), ("snapshots", "runc-overlayfs")]
+    assert [w.worker_id for w in root.workers] == [(SNAP / "runc-overlayfs" / "workerid").read_text()]
+
+
+def test_ls_lists_every_store(tmp_path):
+    r = run("buildkit", "ls", "--json", copy_root(tmp_path))
+    recs = [json.loads(x) for x in r.output.splitlines()]
+    assert r.exit_code == 0 and len(recs) == 5
+    cache = next(x for x in recs if x["kind"] == "cache.db")
+    assert (cache["size"], cache["used"], cache["txid"]) == (524288, 83 * 4096, 439)
+
+
+def test_fsck_clean_root_predicts_the_release_of_results_without_records(tmp_path):
+    r = run("buildkit", "fsck", copy_root(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert "cache.db: 87 result(s) whose worker or record is gone will be released" in r.output
+    assert r.output.count("X2 info") == 20      # listing capped by --max-errors, counts are not
+
+
+def test_fsck_freelist_damage_predicts_a_safeopen_reset(tmp_path):
+    root = copy_root(tmp_path)
+    damage.zero_page(root / "cache.db", 17)     # the freelist page of the current meta
+    r = run("buildkit", "fsck", "--json", root)
+    assert r.exit_code == 4
+    final = json.loads(r.output.splitlines()[-1])
+    assert any("SafeOpen renames it to cache.db.<id>.bak" in p for p in final["predictions"])
+
+
+def test_fsck_tree_damage_in_metadata_predicts_no_start(tmp_path):
+    root = copy_root(tmp_path)
+    md = root / "runc-overlayfs" / "metadata_v2.db"
+    damage.damage_meta(md, 0)
+    damage.damage_meta(md, 1)
+    r = run("buildkit", "fsck", "--json", root)
+    assert r.exit_code == 8
+    final = json.loads(r.output.splitlines()[-1])
+    assert any("buildkitd will not start" in p for p in final["predictions"])
+
+
+def test_fsck_parallel_gives_the_same_answer(tmp_path):
+    root = copy_root(tmp_path)
+    a, b = fsck_root(str(root), jobs=1), fsck_root(str(root), jobs=2)
+    assert {k: v.counts() for k, v in a.reports.items()} == {k: v.counts() for k, v in b.reports.items()}
+    assert a.predictions == b.predictions
+
+
+def test_fsck_not_a_root(tmp_path):
+    r = run("buildkit", "fsck", tmp_path)
+    assert r.exit_code == 8 and "no BuildKit stores found" in r.output
+    assert run("buildkit", "ls", tmp_path / "nope").exit_code == 1
