@@ -69,8 +69,28 @@ class Link:
     error: str | None = None       # why the key is a poison key (C9/C17), if it is
 
 
+# Go's canonical CacheInfoLink JSON with digest-valued fields, then '@' and the target: the form every
+# healthy key has. A key that fits it is canonical by construction; anything else takes the slow path.
+_CANONICAL = re.compile(
+    rb'\{(?:"Input":([1-9][0-9]*))?'
+    rb'(?:(?(1),)"Output":([1-9][0-9]*))?'
+    rb'(?:(?(1),|(?(2),))"Digest":"((?:sha256|random):[0-9a-f]{64})")?'
+    rb'(?:(?(1),|(?(2),|(?(3),)))"Selector":"((?:sha256|random):[0-9a-f]{64})")?'
+    rb'\}@([^@]+)')
+
+
 def decode_link_key(src: str, key: bytes) -> Link:
     """Split a `_links/<src>` key at its single '@' and check it re-encodes byte for byte."""
+    m = _CANONICAL.fullmatch(key)
+    if m is not None:
+        i, o, d, sel, target = m.groups()
+        info = CacheInfoLink(int(i) if i else 0, int(o) if o else 0, d.decode() if d else "",
+                             sel.decode() if sel else "")
+        return Link(src, target.decode("utf-8", "replace"), info, key)
+    return _decode_link_key_slowly(src, key)
+
+
+def _decode_link_key_slowly(src: str, key: bytes) -> Link:
     text = key.decode("utf-8", "replace")
     if key.count(b"@") != 1:
         return Link(src, "", None, key, f"link key has {key.count(b'@')} '@' (exactly one expected)")
