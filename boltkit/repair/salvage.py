@@ -1,0 +1,206 @@
+"""Salvage: everything recoverable from a damaged file, into a new file bbolt accepts.
+
+Sources, in order of trust: the tree of the current meta (every intact part of it), then, when that
+tree is damaged, the tree of the other meta (what the last transaction had not yet overwritten), then a linear scan of every leaf
+page that neither tree reaches (orphans, kept under ``lost+found/page-<id>`` with their provenance).
+A pair is only ever copied from an element that is in the file; the first source that has a key wins.
+The input is only read; the output is written beside it, then checked.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from ..check import check_file
+from ..errors import CorruptionError, OpenError
+from ..schemas import BUCKET_LEAF_FLAG, PageFlag
+from ..storage import Database, Item, Pager, Tree
+from ..storage import Bucket as TreeBucket
+from ..write import BoltWriter
+
+LOST_FOUND = b"lost+found"
+
+WARNING = ("Salvaged data deserves review: pairs come from every intact part of the file, including the previous "
+           "transaction and pages no tree reaches (lost+found), so a value may be older than the one that was lost.")
+
+
+@dataclass
+class _Bucket:
+    sequence: int = 0
+    values: dict = field(default_factory=dict)     # key -> bytes | _Bucket
+
+
+@dataclass
+class SalvageResult:
+    src: str
+    dst: str
+    pairs: dict[str, int]           # source -> pairs taken from it
+    buckets: int
+    damage: list[str]
+    orphan_pages: list[int]
+    clean: bool                     # the new file checks clean
+
+    def report(self) -> dict:
+        return {"src": self.src, "dst": self.dst, "pairs": self.pairs, "buckets": self.buckets,
+                "damage": self.damage, "orphan_pages": self.orphan_pages, "output_clean": self.clean,
+                "warning": WARNING}
+
+
+class _Collector:
+    def __init__(self, db: Database):
+        self.db = db
+        self.root = _Bucket()
+        self.pairs: dict[str, int] = {}
+        self.buckets = 0
+        self.damage: list[str] = []
+        self.reached: set[int] = set()
+
+    def bucket(self, path) -> _Bucket | None:
+        b = self.root
+        for name in path:
+            nxt = b.values.get(name)
+            if nxt is None:
+                nxt = b.values[name] = _Bucket()
+                self.buckets += 1
+            if not isinstance(nxt, _Bucket):
+                # a plain key already holds this name in a more trusted source
+                self.damage.append(f"{'/'.join(map(repr, path))}: a bucket and a key share a name; the key was "
+                                   "kept, the bucket's pairs went to lost+found/name-conflicts")
+                return None
+            b = nxt
+        return b
+
+    def put(self, path, key: bytes, value: bytes, source: str) -> None:
+        b = self.bucket(path)
+        if b is None:      # the path runs through a plain key: keep the pair, under lost+found
+            b = self.bucket((LOST_FOUND, b"name-conflicts") + tuple(path))
+        if b is not None and key and key not in b.values:
+            b.values[key] = value
+            self.pairs[source] = self.pairs.get(source, 0) + 1
+
+    def tree(self, tree: Tree, root_page: int, source: str) -> None:
+        def on_page(bucket, node, depth, elems):
+            if node.pgid:
+                self.reached.update(range(node.pgid, node.pgid + node.overflow + 1))
+
+        def on_error(e: CorruptionError):
+            self.damage.append(f"{source}: {e}")
+        try:
+            root = tree.bucket_at((), root_page, 0)
+        except CorruptionError as e:
+            on_error(e)
+            return
+        data = self.db.data
+        for parent, child, item in tree.walk(root, on_error=on_error, on_page=on_page):
+            if child is not None:
+                b = self.bucket(child.path)
+                if b is not None and b.sequence == 0:
+                    b.sequence = child.sequence
+            else:   # a plain key in the root bucket is damage: keep it, but out of the way
+                path = parent.path or (LOST_FOUND, b"root-bucket-keys")
+                self.put(path, item.key, data[item.value_start:item.value_end], source)
+
+    def orphans(self, pager: Pager, free: set[int]) -> list[int]:
+        """Leaf pages no tree reached: their plain pairs (and inline buckets' pairs) go to lost+found."""
+        found = []
+        tree = Tree(pager)
+        data = self.db.data
+        for pgid in range(2, pager.limit_pages):
+            if pgid in self.reached:
+                continue
+            try:
+                pid, flags, count, overflow = pager.header(pgid)
+                if pid != pgid or flags != PageFlag.LEAF or count == 0:
+                    continue
+                node = pager.node(pgid)
+                elems = pager.leaf_elements(node)
+            except CorruptionError:
+                continue
+            label = f"page-{pgid}" + ("-free" if pgid in free else "")
+            base = (LOST_FOUND, label.encode())
+            taken = 0
+            for flags_, ks, ke, ve in elems:
+                key = data[ks:ke]
+                if not flags_ & BUCKET_LEAF_FLAG:
+                    self.put(base, key, data[ke:ve], "lost+found")
+                    taken += 1
+                    continue
+                try:      # an inline bucket carries its own pairs
+                    parent = TreeBucket(base, pgid, 0, node)
+                    child = tree.child(parent, Item(key, flags_, ke, ve, node))
+                    if child.inline:
+                        for it in tree.items(child):
+                            if not it.is_bucket:
+                                self.put(child.path, it.key, data[it.value_start:it.value_end], "lost+found")
+                                taken += 1
+                except CorruptionError:
+                    pass
+            if taken:
+                found.append(pgid)
+            self.reached.update(range(pgid, pgid + overflow + 1))
+        return found
+
+
+def _write(writer: BoltWriter, bucket: _Bucket) -> None:
+    """Depth-first in key order, with an explicit stack (no recursion limit on deep trees)."""
+    stack = [iter(sorted(bucket.values.items()))]
+    while stack:
+        nxt = next(stack[-1], None)
+        if nxt is None:
+            stack.pop()
+            if stack:
+                writer.end_bucket()
+            continue
+        key, value = nxt
+        if isinstance(value, _Bucket):
+            writer.begin_bucket(key, value.sequence)
+            stack.append(iter(sorted(value.values.items())))
+        else:
+            writer.put(key, value)
+
+
+def salvage(src: str, dst: str, *, lost_found: bool = True, page_size: int | None = None) -> SalvageResult:
+    if os.path.exists(dst):
+        raise FileExistsError(f"{dst} already exists; refusing to overwrite it")
+    try:
+        db = Database(src)
+    except OpenError as e:
+        raise OpenError(f"{e}; salvage needs at least one readable meta page") from None
+    with db:
+        col = _Collector(db)
+        col.tree(db.tree, db.meta.root, f"meta {db.meta.index} (txid {db.meta.txid})")
+        other = db.metas[1 - db.meta.index]
+        # the previous transaction fills gaps only where the current tree is damaged: on an intact tree it
+        # would bring back keys the last transaction deleted
+        if col.damage and other is not None and other.valid and other.root * db.page_size < db.file_size:
+            pager = Pager(db.data, db.file_size, db.page_size, max(other.pgid, db.hwm))
+            col.tree(Tree(pager), other.root, f"meta {other.index} (txid {other.txid})")
+        orphan_pages: list[int] = []
+        if lost_found:
+            free: set[int] = set()
+            try:
+                fl = db.freelist()
+                if fl is not None:
+                    free = set(fl.ids.tolist())
+            except CorruptionError:
+                pass
+            hwm = max([m.pgid for m in db.metas if m is not None and m.valid] + [db.hwm])
+            pager = Pager(db.data, db.file_size, db.page_size, hwm)
+            orphan_pages = col.orphans(pager, free)
+        root = col.root
+        writer = BoltWriter(dst, page_size=page_size or db.page_size)
+        try:
+            _write(writer, root)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+    report = check_file(dst, revert=False)
+    return SalvageResult(src, dst, col.pairs, col.buckets, col.damage, orphan_pages, report.clean)
+
+
+def write_report(result: SalvageResult, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(result.report(), f, indent=2)
+        f.write("\n")
