@@ -59,3 +59,38 @@ def write_store(path, tree: dict):
 
 def clean_tree() -> dict:
     return copy.deepcopy(tree_of(clean_model()))
+
+
+def env(value, index: str | None = None) -> bytes:
+    """A metadata_v2.db value as Go writes it: {"value":<json>[,"index":"..."]}."""
+    import json
+    out = {"value": value}
+    if index:
+        out["index"] = index
+    return json.dumps(out, separators=(",", ":")).encode()
+
+
+BASE, LAYER, MERGE, OTHER = "base00000000000000000000aa", "layer0000000000000000000bb", \
+    "merge0000000000000000000cc", "other0000000000000000000dd"
+CHAIN = "sha256:" + "ee" * 32
+
+
+def clean_metadata_tree() -> dict:
+    """Four records: a base layer with a blob and a chain index, a layer on it, an unrelated record and a merge
+    of the two; one external."""
+    def record(**kv):
+        return Bucket({k.encode(): v for k, v in kv.items()})
+    main = Bucket({
+        BASE.encode(): record(**{"cache.createdAt": env(1733217427444138637), "cache.blob": env(CHAIN),
+                                 "cache.diffID": env(CHAIN), "cache.mediatype": env("application/vnd.oci.image.layer.v1.tar"),
+                                 "cache.blobsize": env(10), "snapshot.size": env(-1), "snapshot.committed": env(True),
+                                 "cache.chainID": env(CHAIN, "chainid:" + CHAIN), "cache.recordType": env("regular"),
+                                 "cache.equalMutable": b""}),
+        LAYER.encode(): record(**{"cache.createdAt": env(1733217427444138638), "cache.parent": env(BASE),
+                                  "snapshot.committed": env(True), "cache.description": env("RUN make")}),
+        OTHER.encode(): record(**{"cache.createdAt": env(1733217427444138639), "snapshot.committed": env(True)}),
+        MERGE.encode(): record(**{"cache.createdAt": env(1733217427444138640),
+                                  "cache.mergeParents": env([LAYER, OTHER]), "snapshot.committed": env(True)}),
+    })
+    return {b"_main": main, b"_index": Bucket({f"chainid:{CHAIN}::{BASE}".encode(): b""}),
+            b"_external": Bucket({BASE.encode(): Bucket({b"filelist": b'["a","b"]'})})}

@@ -13,7 +13,7 @@ from ..errors import BoltkitError
 from ..storage import Database
 from .cachecheck import check_cache_store
 from .cachedb import TOP_BUCKETS, load_cache_store, split_result_id
-from .metadata import record_ids
+from .metadata import check_metadata_store, load_metadata_store, record_ids
 from .root import Root, discover
 
 
@@ -37,9 +37,13 @@ def check_store(path: str, *, snapshot: bool = False, progress=None) -> CheckRep
     try:
         with Database(path, snapshot=snapshot) as db:
             kind = store_kind(db)
+            if kind == "metadata_v2.db":
+                report.problems.extend(check_metadata_store(load_metadata_store(db, on_damage=lambda e: None),
+                                                            str(path)))
+                return report
             if kind != "cache.db":
                 report.warnings.append(f"{path}: {kind} store: only structural checks so far "
-                                       "(semantic checks exist for cache.db)")
+                                       "(semantic checks exist for cache.db and metadata_v2.db)")
                 return report
             damage: list = []
             store = load_cache_store(db, on_damage=damage.append)
@@ -164,6 +168,16 @@ def _predict(result: FsckResult) -> None:
             else:
                 out.append(f"{name}: {len(errors)} structural error(s): no recovery exists for this store, "
                            "buildkitd will likely crash at start")
+        codes = {p.code for p in rep.problems}
+        if s.kind == "metadata_v2.db":
+            if "M3" in codes and any(p.code == "M3" and "envelope" in p.message for p in rep.problems):
+                out.append(f"{name}: a value is not valid JSON: buildkitd refuses to start (worker init fails)")
+            if "M5" in codes:
+                out.append(f"{name}: a parent cycle: buildkitd overflows its stack while loading records")
+            n = sum(p.code in ("M4", "M14") for p in rep.problems)
+            if n:
+                out.append(f"{name}: {n} record(s) with a missing parent or marked deleted are cleared (with their "
+                           "descendants, index keys, externals and leases)")
         if s.kind == "cache.db" and any(p.code == "C4" for p in rep.problems):
             out.append(f"{name}: an undecodable result stops ReleaseUnreferenced: results after it are not cleaned")
     released = sum(1 for p in result.cross if p.code in ("X1", "X2"))

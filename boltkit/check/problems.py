@@ -68,6 +68,18 @@ CATALOGUE: dict[str, tuple[Severity, str]] = {
     "D3": (Severity.WARNING, "missing backlink for a link (C10)"),
     "D4": (Severity.INFO, "stale backlink without a link (C11)"),
     "D5": (Severity.WARNING, "orphan results: results without a _links bucket (C8)"),
+    # BuildKit metadata_v2.db (reference/buildkit-stores.md §3.8)
+    "M1": (Severity.INFO, "top-level entry BuildKit does not use"),
+    "M2": (Severity.ERROR, "plain value where a record or external bucket belongs"),
+    "M3": (Severity.ERROR, "value not a {\"value\",\"index\"} envelope (daemon will not start), or payload of the wrong type"),
+    "M4": (Severity.ERROR, "parent record missing: the record and its descendants are cleared at start"),
+    "M5": (Severity.ERROR, "parent (or equalMutable) cycle: buildkitd overflows its stack at start"),
+    "M6": (Severity.WARNING, "parent kinds mixed, or a merge with fewer than two parents"),
+    "M8": (Severity.WARNING, "equalMutable names a record that does not exist"),
+    "M10": (Severity.WARNING, "_index out of step with the records (missing, dangling, or without '::')"),
+    "M11": (Severity.INFO, "externals of a record that does not exist"),
+    "M12": (Severity.WARNING, "field out of range or inconsistent (sizes, policy, createdAt, blob fields, record type)"),
+    "M14": (Severity.INFO, "record marked deleted: removed at next start"),
     # across stores of one root
     "X1": (Severity.INFO, "cache.db result of a worker this root does not have (released at next start)"),
     "X2": (Severity.INFO, "cache.db result whose metadata_v2.db record is gone (released at next start)"),

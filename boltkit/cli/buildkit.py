@@ -20,13 +20,15 @@ def buildkit():
 @click.option("--snapshot", is_flag=True, help="Copy each file first and check the copy (buildkitd running).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per problem, then one summary record per file.")
 def buildkit_check(files, max_errors, snapshot, as_json):
-    """Structural check plus BuildKit's own invariants, for cache.db.
+    """Structural check plus BuildKit's own invariants, for cache.db and metadata_v2.db.
 
     \b
     C1-C17  cache.db invariants (poison link keys, undecodable results, _result/_byresult
             disagreement, dead chains, empty branches, cycles, ...)
     D1-D5   dangling links: hard-dangling targets, ghost targets, missing and stale backlinks,
             orphan results
+    M1-M14  metadata_v2.db records: undecodable values, missing parents, parent cycles, index
+            keys, externals, ranges
 
     Same output and exit status as `boltkit check` (0 clean, 4 problems, 8 unreadable, 16 usage).
     Other stores get the structural check and a note.

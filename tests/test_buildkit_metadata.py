@@ -1,0 +1,98 @@
+"""metadata_v2.db: every record of the real stores decodes; one test per M code on a store carrying
+exactly that defect; fsck predicts what buildkitd does with them."""
+from __future__ import annotations
+
+import pytest
+
+from boltkit.buildkit.metadata import check_metadata_store, load_metadata_store
+from boltkit.storage import Database
+from testdata.buildkit import BASE, LAYER, MERGE, OTHER, clean_metadata_tree, env, write_store
+from testdata.trees import Bucket
+
+from .conftest import corpus_files, corpus_id
+
+
+def codes_of(tmp_path, tree) -> dict[str, int]:
+    path = write_store(tmp_path / "metadata_v2.db", tree)
+    with Database(path) as db:
+        problems = check_metadata_store(load_metadata_store(db), str(path))
+    out: dict[str, int] = {}
+    for p in problems:
+        out[p.code] = out.get(p.code, 0) + 1
+    return out
+
+
+def rec(t, rid):
+    return t[b"_main"].children[rid.encode()].children
+
+
+def test_clean_store_reports_nothing(tmp_path):
+    assert codes_of(tmp_path, clean_metadata_tree()) == {}
+
+
+DEFECTS = {
+    "M1": lambda t: t.update({b"_foreign": Bucket()}),
+    "M2": lambda t: t[b"_main"].children.update({b"plain0000000000000000000ee": b"x"}),
+    "M3": lambda t: rec(t, LAYER).update({b"cache.description": b"not json"}),
+    "M4": lambda t: rec(t, LAYER).update({b"cache.parent": env("gone00000000000000000000ff")}),
+    "M5": lambda t: rec(t, BASE).update({b"cache.parent": env(MERGE)}),
+    "M6": lambda t: rec(t, LAYER).update({b"cache.mergeParents": env([BASE, OTHER])}),
+    "M8": lambda t: rec(t, OTHER).update({b"cache.equalMutable": env("gone00000000000000000000ff")}),
+    "M10": lambda t: t[b"_index"].children.update({b"cache-dir:nocolons": b""}),
+    "M11": lambda t: t[b"_external"].children.update({b"gone00000000000000000000ff": Bucket({b"filelist": b"[]"})}),
+    "M12": lambda t: rec(t, BASE).update({b"snapshot.size": env(-5)}),
+    "M14": lambda t: rec(t, OTHER).update({b"cache.deleted": env(True)}),
+}
+
+
+@pytest.mark.parametrize("code", sorted(DEFECTS))
+def test_each_code_is_reported_for_its_defect(tmp_path, code):
+    t = clean_metadata_tree()
+    DEFECTS[code](t)
+    found = codes_of(tmp_path, t)
+    assert code in found, found
+
+
+def test_payload_type_and_index_variants(tmp_path):
+    t = clean_metadata_tree()
+    rec(t, OTHER)[b"snapshot.committed"] = env(1)            # a number where Go wants a bool
+    rec(t, OTHER)[b"cache.blobsize"] = env(True)              # a bool where Go wants a number
+    del t[b"_index"].children[next(iter(t[b"_index"].children))]   # the chain index entry goes missing
+    t[b"_index"].children[b"chainid:x::gone00000000000000000000ff"] = b""
+    assert codes_of(tmp_path, t) == {"M3": 2, "M10": 2}
+
+
+@pytest.mark.parametrize("path", [p for p in corpus_files() if p.name == "metadata_v2.db" or "metadata_v2" in p.name],
+                         ids=corpus_id)
+def test_corpus_metadata_decodes_completely(path):
+    """Sound stores: every value decodes and nothing is wrong. Torn copies: read as far as they are intact."""
+    with Database(path) as db:
+        store = load_metadata_store(db, on_damage=lambda e: None)
+    problems = check_metadata_store(store)
+    if "torn-copies" not in path.parts:
+        assert all(not r.raw and not r.nested for r in store.records.values())
+        assert problems == []
+        assert all("cache.createdAt" in r.values for r in store.records.values())
+
+
+@pytest.mark.parametrize("code,prediction", [("M3", "refuses to start"), ("M5", "overflows its stack"),
+                                             ("M4", "are cleared")])
+def test_fsck_predicts_what_buildkitd_does_with_the_records(tmp_path, code, prediction):
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from boltkit.cli import main
+    root = tmp_path / "buildkit"
+    worker = root / "runc-overlayfs"
+    worker.mkdir(parents=True)
+    shutil.copyfile(corpus_files("sound")[0].parent / "cache.db", root / "cache.db")
+    (worker / "workerid").write_text("x03o8ykcb5gi9f4j2ygkwwsgx")
+    t = clean_metadata_tree()
+    DEFECTS[code](t)
+    write_store(worker / "metadata_v2.db", t)
+    r = CliRunner().invoke(main, ["buildkit", "fsck", "--json", str(root)])
+    assert r.exit_code == 4, r.output
+    final = json.loads(r.output.splitlines()[-1])
+    assert any(prediction in p for p in final["predictions"]), final["predictions"]
