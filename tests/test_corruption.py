@@ -54,7 +54,11 @@ def compare(oracle, path, what: str) -> None:
     ours = [p for p in report.problems if p.severity != Severity.INFO]
     if status != 0:
         assert ours or not report.readable, f"{what}: bbolt says {out[:300]!r}, boltkit says clean"
-        if report.readable:
+        # a child id whose byte offset overflows 64 bits makes Go read whatever page the wrapped address hits
+        # (often a meta page) and name that page: nothing to compare page for page
+        wrapped = any(p.code == "B020" and p.pgid is not None and p.pgid * max(report.page_size, 1) >= 2 ** 64
+                      for p in report.problems)
+        if report.readable and not wrapped:
             positional = {int(m.group(1)) for m in _POSITIONAL.finditer(out)}
             missing = positional - boltkit_pages(report)
             assert not missing, f"{what}: bbolt names pages {sorted(missing)} that boltkit does not: {out[:300]}"
