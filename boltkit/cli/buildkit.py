@@ -220,3 +220,81 @@ def fsck(root, jobs, max_errors, snapshot, as_json):
         for line in result.predictions:
             click.echo(f"  - {line}")
     raise SystemExit({"clean": EXIT_CLEAN, "problems": EXIT_PROBLEMS, "unreadable": EXIT_UNREADABLE}[result.status])
+
+
+@buildkit.command()
+@click.argument("file", type=click.Path())
+@click.option("--apply", "apply_", is_flag=True,
+              help="Write the pruned store beside FILE, verify it, keep FILE as a .bak and move the new one in.")
+@click.option("--break-cycles", is_flag=True, help="Also drop the links inside every cycle of the key graph.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per change, then a summary.")
+def prune(file, apply_, break_cycles, as_json):
+    """Remove dangling links, ghost keys and stale index entries from a cache.db (dry run by default).
+
+    Mirrors BuildKit's own collection rule: a key with no results and no links to a live key goes,
+    with its parents' links to it, recursively. Backlinks and by-result entries are rebuilt to match
+    (missing ones added, stale ones dropped), orphan results get their _links bucket back, poison link
+    keys and undecodable results are dropped. With --apply, refuses while buildkitd holds the file.
+    """
+    import os
+
+    from ..buildkit.cachecheck import check_cache_store
+    from ..buildkit.cachedb import load_cache_store
+    from ..buildkit.prune import plan_prune, write_pruned
+    from ..check import check_file
+    from ..repair.replace import InUse, holder_check, replace
+    from ..storage import Database
+    from ..write import BoltWriter
+    from .output import emit_json, emit_table
+    report = check_file(file, revert=False)
+    structural = sorted({p.code for p in report.problems if p.code.startswith("B") and p.code not in ("B040", "B050")})
+    if not report.readable or structural:
+        raise click.ClickException(f"{file} is structurally damaged ({', '.join(structural) or 'unreadable'}): "
+                                   "salvage it first (boltkit salvage)")
+    with Database(file) as db:
+        store = load_cache_store(db)
+        page_size = db.page_size
+    if store.foreign_top:
+        raise click.ClickException(f"{file} has top-level buckets BuildKit does not use; not pruning it")
+    pruned, changes = plan_prune(store, break_cycles=break_cycles)
+    if as_json:
+        for c in changes:
+            emit_json(c.as_dict())
+    else:
+        emit_table([[c.code, c.action, c.bucket, c.key[:90]] for c in changes], ["code", "action", "bucket", "key"])
+    counts: dict[str, int] = {}
+    for c in changes:
+        counts[c.action] = counts.get(c.action, 0) + 1
+    summary = {"file": file, "changes": len(changes), "actions": counts, "applied": False, "backup": None}
+    if changes and apply_:
+        new = file + ".boltkit-new"
+        if os.path.exists(new):
+            raise click.ClickException(f"{new} exists (an interrupted run?); remove it first")
+        try:
+            holder_check(file)
+            with BoltWriter(new, page_size=page_size) as w:
+                write_pruned(pruned, w)
+            ok = check_file(new, revert=False)
+            with Database(new) as db:
+                left = check_cache_store(load_cache_store(db))
+            bad = sorted({p.code for p in left if p.code in ("D1", "D2", "D3", "D4", "D5", "C4", "C5", "C9", "C12")})
+            if not ok.clean or bad:
+                raise click.ClickException(f"the pruned store did not verify ({bad or 'structure'}); {file} is "
+                                           f"untouched, the attempt is in {new}")
+            summary["backup"] = replace(file, new)
+            summary["applied"] = True
+        except InUse as e:
+            if os.path.exists(new):
+                os.unlink(new)
+            e.args = (str(e),)
+            raise click.ClickException(str(e)) from None
+    if as_json:
+        emit_json(summary)
+    elif not changes:
+        click.echo(f"{file}: nothing to prune")
+    else:
+        what = ", ".join(f"{n} {a}" for a, n in sorted(counts.items()))
+        if summary["applied"]:
+            click.echo(f"{file}: pruned ({what}); the original is kept as {summary['backup']}")
+        else:
+            click.echo(f"{file}: would change {len(changes)} entries ({what}); run with --apply to write it")

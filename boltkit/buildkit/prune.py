@@ -1,0 +1,135 @@
+"""Offline pruning of cache.db: the plan (what goes and why) and the pruned store it leads to.
+
+The rule is BuildKit's own collection rule (memorycachestorage, emptyBranchWithParents as intended): a
+key with no results and no links to a live key goes, and so do its parents' links to it, recursively —
+so exactly the keys that are live (have a result, or link to a live key) stay. On top of that the
+indexes are made to agree with what stays: backlinks and by-result entries are rebuilt from the links
+and results (adding missing ones, D3/C5, dropping stale ones, D4/C5), results without a `_links`
+bucket get one back (D5), and poison link keys and undecodable results are dropped (C9/C17, C4).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .cachedb import CacheStore
+from .graph import cycles, live_keys
+
+
+@dataclass
+class Change:
+    code: str           # the problem code it repairs
+    action: str         # drop-key, drop-link, drop-result, add-backlink, drop-backlink, add-byresult, ...
+    bucket: str
+    key: str
+
+    def as_dict(self) -> dict:
+        return {"code": self.code, "action": self.action, "bucket": self.bucket, "key": self.key}
+
+
+@dataclass
+class PrunedStore:
+    """The four buckets as they should be: src -> raw link keys, id -> {result id: raw value}, and the two
+    indexes derived from them."""
+    links: dict[str, list[bytes]] = field(default_factory=dict)
+    results: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    backlinks: dict[str, set[str]] = field(default_factory=dict)
+    byresult: dict[str, set[str]] = field(default_factory=dict)
+
+
+def plan_prune(store: CacheStore, break_cycles: bool = False) -> tuple[PrunedStore, list[Change]]:
+    changes: list[Change] = []
+    out = PrunedStore()
+    for a in store.anomalies:   # entries of the wrong shape are not carried over
+        action = {"C7": "empty-value"}.get(a.code, "drop-entry")
+        changes.append(Change(a.code, action, "/".join(b.decode("utf-8", "replace") for b in a.bucket),
+                              (a.key or b"").decode("utf-8", "replace")))
+    # results: keep what decodes and names its own key
+    for kid, results in store.results.items():
+        good = {}
+        for r in results:
+            if r.error:
+                changes.append(Change("C4", "drop-result", f"_result/{kid}", r.result_id))
+            else:
+                good[r.result_id] = r.raw
+        if good:
+            out.results[kid] = good
+    # links: drop poison keys, then (optionally) the links inside cycles
+    edges: dict[str, list[tuple[str, bytes]]] = {}
+    for src, links in store.links.items():
+        edges[src] = []
+        for ln in links:
+            if ln.error or not ln.target:
+                changes.append(Change("C17" if ln.error and ("negative" in ln.error or "digest" in ln.error) else "C9",
+                                      "drop-link", f"_links/{src}", ln.raw.decode("utf-8", "replace")))
+            else:
+                edges[src].append((ln.target, ln.raw))
+    if break_cycles:
+        for cyc in cycles({s: [t for t, _ in v] for s, v in edges.items()}):
+            members = set(cyc)
+            for src in cyc:
+                keep = []
+                for t, raw in edges.get(src, []):
+                    if t in members:
+                        changes.append(Change("C15", "drop-link", f"_links/{src}", raw.decode("utf-8", "replace")))
+                    else:
+                        keep.append((t, raw))
+                edges[src] = keep
+    live = live_keys(out.results.keys(), {s: [t for t, _ in v] for s, v in edges.items()})
+    for src, links in sorted(edges.items()):
+        if src not in live:
+            changes.append(Change("D2" if not links else "C12", "drop-key", "_links", src))
+            continue
+        kept = []
+        for t, raw in links:
+            if t in live:
+                kept.append(raw)
+                out.backlinks.setdefault(t, set()).add(src)
+            else:
+                missing = t not in store.links and t not in store.results and t not in store.backlinks
+                changes.append(Change("D1" if missing else "D2", "drop-link", f"_links/{src}",
+                                      raw.decode("utf-8", "replace")))
+        out.links[src] = kept
+    for kid in sorted(out.results):
+        if kid not in store.links:
+            changes.append(Change("D5", "add-links-bucket", "_links", kid))
+            out.links[kid] = []
+        for rid in out.results[kid]:
+            out.byresult.setdefault(rid, set()).add(kid)
+    # the indexes: report every difference between what is there and what the kept data implies
+    for tgt, srcs in sorted(store.backlinks.items()):
+        for src in sorted(srcs - out.backlinks.get(tgt, set())):
+            changes.append(Change("D4", "drop-backlink", f"_backlinks/{tgt}", src))
+    for tgt, srcs in sorted(out.backlinks.items()):
+        for src in sorted(srcs - store.backlinks.get(tgt, set())):
+            changes.append(Change("D3", "add-backlink", f"_backlinks/{tgt}", src))
+    for rid, kids in sorted(store.byresult.items()):
+        for kid in sorted(kids - out.byresult.get(rid, set())):
+            changes.append(Change("C5", "drop-byresult", f"_byresult/{rid}", kid))
+        if not kids and rid not in out.byresult:
+            changes.append(Change("C6", "drop-empty-bucket", "_byresult", rid))
+    for rid, kids in sorted(out.byresult.items()):
+        for kid in sorted(kids - store.byresult.get(rid, set())):
+            changes.append(Change("C5", "add-byresult", f"_byresult/{rid}", kid))
+    return out, changes
+
+
+def write_pruned(pruned: PrunedStore, writer) -> None:
+    """Stream the pruned store into a BoltWriter, buckets and keys in byte order."""
+    def bucket(name: bytes, children: dict[bytes, dict[bytes, bytes]]) -> None:
+        writer.begin_bucket(name)
+        for sub in sorted(children):
+            writer.begin_bucket(sub)
+            for k, v in sorted(children[sub].items()):
+                writer.put(k, v)
+            writer.end_bucket()
+        writer.end_bucket()
+
+    enc = str.encode
+    tops = {
+        b"_backlinks": {enc(t): {enc(s): b"" for s in srcs} for t, srcs in pruned.backlinks.items()},
+        b"_byresult": {enc(r): {enc(k): b"" for k in kids} for r, kids in pruned.byresult.items()},
+        b"_links": {enc(s): {raw: b"" for raw in links} for s, links in pruned.links.items()},
+        b"_result": {enc(k): {enc(r): v for r, v in res.items()} for k, res in pruned.results.items()},
+    }
+    for name in sorted(tops):
+        bucket(name, tops[name])

@@ -1,0 +1,122 @@
+"""Offline pruning of cache.db: the result equals BuildKit's collection rule (checked against an
+independent implementation), every output verifies, the original is kept, and a second run is a no-op."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+
+from click.testing import CliRunner
+
+from boltkit.buildkit import check_cache_store, load_cache_store
+from boltkit.check import check_file
+from boltkit.cli import main
+from boltkit.storage import Database
+from testdata.buildkit import clean_tree, write_store
+
+from .conftest import corpus_files
+from .test_buildkit_cache import (GRAND, plant_dead_chain, plant_hard_dangling, plant_missing_backlink,
+                                  plant_orphan_results, plant_stale_backlink)
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def reference_rule(store):
+    """BuildKit's rule, written independently: repeatedly delete keys that have no results and no link to an
+    existing key, and every link to a deleted or non-existent key. Returns the surviving (src, target) links."""
+    results = {k for k, v in store.results.items() if any(r.error is None for r in v)}
+    links = {(src, ln.target) for src, lns in store.links.items() for ln in lns if ln.error is None and ln.target}
+    keys = set(store.links) | results
+    while True:
+        links = {(s, t) for s, t in links if s in keys and t in keys}
+        doomed = {k for k in keys if k not in results and not any(s == k for s, _ in links)}
+        if not doomed:
+            return links, keys
+        keys -= doomed
+
+
+def pruned_links(path):
+    with Database(path) as db:
+        store = load_cache_store(db)
+    return {(src, ln.target) for src, lns in store.links.items() for ln in lns}, set(store.links)
+
+
+def planted_store(tmp_path):
+    t = clean_tree()
+    for plant in (plant_dead_chain, plant_hard_dangling, plant_missing_backlink, plant_stale_backlink):
+        plant(t)
+    return write_store(tmp_path / "cache.db", t)
+
+
+def test_dry_run_lists_changes_and_touches_nothing(tmp_path):
+    path = planted_store(tmp_path)
+    before = path.read_bytes()
+    r = run("buildkit", "prune", "--json", path)
+    assert r.exit_code == 0, r.output
+    recs = [json.loads(x) for x in r.output.splitlines()]
+    codes = {c["code"] for c in recs[:-1]}
+    assert codes == {"C12", "D1", "D2", "D3", "D4"} and recs[-1]["applied"] is False
+    assert path.read_bytes() == before and not list(tmp_path.glob("*.bak"))
+
+
+def test_apply_matches_buildkits_rule_verifies_and_keeps_a_backup(tmp_path, oracle):
+    path = planted_store(tmp_path)
+    original = path.read_bytes()
+    with Database(path) as db:
+        expected_links, expected_keys = reference_rule(load_cache_store(db))
+    r = run("buildkit", "prune", "--apply", path)
+    assert r.exit_code == 0, r.output
+    assert "the original is kept as" in r.output
+    backups = list(tmp_path.glob("cache.db.boltkit-*.bak"))
+    assert len(backups) == 1 and backups[0].read_bytes() == original
+    links, keys = pruned_links(path)
+    assert links == expected_links and keys == expected_keys
+    assert check_file(path).clean and oracle.check(path)[0] == 0
+    with Database(path) as db:
+        assert check_cache_store(load_cache_store(db)) == []
+    second = run("buildkit", "prune", "--apply", path)
+    assert second.exit_code == 0 and second.output.strip().endswith("nothing to prune")
+    assert len(list(tmp_path.glob("*.bak"))) == 1
+
+
+def test_orphan_results_get_their_links_bucket_back(tmp_path):
+    t = clean_tree()
+    plant_orphan_results(t)
+    path = write_store(tmp_path / "cache.db", t)
+    assert run("buildkit", "prune", "--apply", path).exit_code == 0
+    _, keys = pruned_links(path)
+    assert GRAND in keys
+
+
+def test_ghosts_of_a_real_store_are_pruned_like_the_rule_says(tmp_path):
+    src = [p for p in corpus_files("sound") if "06-after-303" in str(p) and p.name == "cache.db"][0]
+    path = tmp_path / "cache.db"
+    shutil.copyfile(src, path)
+    with Database(path) as db:
+        expected_links, expected_keys = reference_rule(load_cache_store(db))
+    assert run("buildkit", "prune", "--apply", path).exit_code == 0
+    assert pruned_links(path) == (expected_links, expected_keys)
+    with Database(path) as db:
+        left = {p.code for p in check_cache_store(load_cache_store(db))}
+    assert not left & {"D1", "D2", "D3", "D4", "D5", "C12"}
+
+
+def test_refuses_while_the_file_is_held(tmp_path):
+    path = planted_store(tmp_path)
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    try:
+        r = run("buildkit", "prune", "--apply", path)
+    finally:
+        os.close(fd)
+    assert r.exit_code == 1 and "locked by another process" in r.output
+    assert not list(tmp_path.glob("*.bak")) and not (tmp_path / "cache.db.boltkit-new").exists()
+
+
+def test_refuses_structurally_damaged_input(tmp_path):
+    torn = [p for p in corpus_files("torn") if p.name == "daemon4-cache-cp-during-build-136.db"][0]
+    r = run("buildkit", "prune", "--apply", torn)
+    assert r.exit_code == 1 and "salvage it first" in r.output
