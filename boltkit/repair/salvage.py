@@ -80,9 +80,20 @@ class _Collector:
             self.pairs[source] = self.pairs.get(source, 0) + 1
 
     def tree(self, tree: Tree, root_page: int, source: str) -> None:
+        data = self.db.data
+        disordered: set[int] = set()
+
         def on_page(bucket, node, depth, elems):
             if node.pgid:
                 self.reached.update(range(node.pgid, node.pgid + node.overflow + 1))
+            if node.is_leaf and len(elems) > 1:
+                keys = [data[e[1]:e[2]] for e in elems]
+                if keys != sorted(set(keys)):
+                    # keys out of order: some key was overwritten, so its value may now sit under another
+                    # key. Keep those pairs, but out of the live namespace.
+                    disordered.add(node.owner)
+                    self.damage.append(f"{source}: page {node.owner}: keys out of order, its pairs go to "
+                                       "lost+found")
 
         def on_error(e: CorruptionError):
             self.damage.append(f"{source}: {e}")
@@ -94,11 +105,15 @@ class _Collector:
         data = self.db.data
         for parent, child, item in tree.walk(root, on_error=on_error, on_page=on_page):
             if child is not None:
+                if item.node.owner in disordered:
+                    continue     # its contents still come through the walk, under its own path
                 b = self.bucket(child.path)
                 if b is not None and b.sequence == 0:
                     b.sequence = child.sequence
             else:   # a plain key in the root bucket is damage: keep it, but out of the way
                 path = parent.path or (LOST_FOUND, b"root-bucket-keys")
+                if item.node.owner in disordered:
+                    path = (LOST_FOUND, f"page-{item.node.owner}-disordered".encode()) + parent.path
                 self.put(path, item.key, data[item.value_start:item.value_end], source)
 
     def orphans(self, pager: Pager, free: set[int]) -> list[int]:
@@ -160,13 +175,31 @@ def _write(writer: BoltWriter, bucket: _Bucket) -> None:
             writer.put(key, value)
 
 
+def _open_any(src: str) -> Database:
+    """The current meta if it is usable; else any meta whose checksum holds (a truncated file still has
+    its metas: the tree is read as far as the file goes)."""
+    try:
+        return Database(src)
+    except OpenError as first:
+        opened = []
+        for m in (0, 1):
+            try:
+                opened.append(Database(src, meta=m))
+            except OpenError:
+                pass
+        if opened:
+            best = max(opened, key=lambda d: d.meta.txid)
+            for d in opened:
+                if d is not best:
+                    d.close()
+            return best
+        raise OpenError(f"{first}; salvage needs at least one readable meta page") from None
+
+
 def salvage(src: str, dst: str, *, lost_found: bool = True, page_size: int | None = None) -> SalvageResult:
     if os.path.exists(dst):
         raise FileExistsError(f"{dst} already exists; refusing to overwrite it")
-    try:
-        db = Database(src)
-    except OpenError as e:
-        raise OpenError(f"{e}; salvage needs at least one readable meta page") from None
+    db = _open_any(src)
     with db:
         col = _Collector(db)
         col.tree(db.tree, db.meta.root, f"meta {db.meta.index} (txid {db.meta.txid})")
