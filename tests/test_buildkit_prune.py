@@ -120,3 +120,21 @@ def test_refuses_structurally_damaged_input(tmp_path):
     torn = [p for p in corpus_files("torn") if p.name == "daemon4-cache-cp-during-build-136.db"][0]
     r = run("buildkit", "prune", "--apply", torn)
     assert r.exit_code == 1 and "salvage it first" in r.output
+
+
+def test_release_missing_drops_results_without_records_then_collapses(tmp_path):
+    src = corpus_files("sound")[0].parent
+    path = tmp_path / "cache.db"
+    shutil.copyfile(src / "cache.db", path)
+    md = src / "runc-overlayfs" / "metadata_v2.db"
+    with Database(path) as db:
+        before = sum(len(v) for v in load_cache_store(db).results.values())
+    r = run("buildkit", "prune", "--json", "--release-missing", md, path)
+    recs = [json.loads(x) for x in r.output.splitlines()]
+    released = [c for c in recs[:-1] if c["action"] == "release-result"]
+    assert len(released) == 87       # what `buildkit fsck` predicts buildkitd releases at its next start
+    assert run("buildkit", "prune", "--apply", "--release-missing", md, path).exit_code == 0
+    with Database(path) as db:
+        store = load_cache_store(db)
+    assert sum(len(v) for v in store.results.values()) == before - 87
+    assert check_cache_store(store) == []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .cachedb import CacheStore
+from .cachedb import CacheStore, split_result_id
 from .graph import cycles, live_keys
 
 
@@ -36,7 +36,10 @@ class PrunedStore:
     byresult: dict[str, set[str]] = field(default_factory=dict)
 
 
-def plan_prune(store: CacheStore, break_cycles: bool = False) -> tuple[PrunedStore, list[Change]]:
+def plan_prune(store: CacheStore, break_cycles: bool = False,
+               records: set[str] | None = None) -> tuple[PrunedStore, list[Change]]:
+    """``records``: the record ids of the worker's metadata_v2.db; results whose ref is not among them (or
+    whose id is not `<worker>::<ref>`) are released first, as buildkitd does at its next start."""
     changes: list[Change] = []
     out = PrunedStore()
     for a in store.anomalies:   # entries of the wrong shape are not carried over
@@ -47,8 +50,11 @@ def plan_prune(store: CacheStore, break_cycles: bool = False) -> tuple[PrunedSto
     for kid, results in store.results.items():
         good = {}
         for r in results:
+            parts = split_result_id(r.result_id)
             if r.error:
                 changes.append(Change("C4", "drop-result", f"_result/{kid}", r.result_id))
+            elif records is not None and (parts is None or (parts[1] and parts[1] not in records)):
+                changes.append(Change("X2" if parts else "C16", "release-result", f"_result/{kid}", r.result_id))
             else:
                 good[r.result_id] = r.raw
         if good:

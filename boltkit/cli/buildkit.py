@@ -227,8 +227,10 @@ def fsck(root, jobs, max_errors, snapshot, as_json):
 @click.option("--apply", "apply_", is_flag=True,
               help="Write the pruned store beside FILE, verify it, keep FILE as a .bak and move the new one in.")
 @click.option("--break-cycles", is_flag=True, help="Also drop the links inside every cycle of the key graph.")
+@click.option("--release-missing", "metadata_db", type=click.Path(), default=None,
+              help="The worker's metadata_v2.db: release results whose record is gone, as buildkitd does at start.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per change, then a summary.")
-def prune(file, apply_, break_cycles, as_json):
+def prune(file, apply_, break_cycles, metadata_db, as_json):
     """Remove dangling links, ghost keys and stale index entries from a cache.db (dry run by default).
 
     Mirrors BuildKit's own collection rule: a key with no results and no links to a live key goes,
@@ -256,7 +258,12 @@ def prune(file, apply_, break_cycles, as_json):
         page_size = db.page_size
     if store.foreign_top:
         raise click.ClickException(f"{file} has top-level buckets BuildKit does not use; not pruning it")
-    pruned, changes = plan_prune(store, break_cycles=break_cycles)
+    records = None
+    if metadata_db is not None:
+        from ..buildkit.metadata import record_ids
+        with Database(metadata_db) as mdb:
+            records = record_ids(mdb)
+    pruned, changes = plan_prune(store, break_cycles=break_cycles, records=records)
     if as_json:
         for c in changes:
             emit_json(c.as_dict())
