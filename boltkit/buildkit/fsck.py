@@ -13,6 +13,7 @@ from ..errors import BoltkitError
 from ..storage import Database
 from .cachecheck import check_cache_store
 from .cachedb import TOP_BUCKETS, load_cache_store, split_result_id
+from .history import check_history, load_history
 from .metadata import check_metadata_store, load_metadata_store, record_ids
 from .root import Root, discover
 
@@ -41,9 +42,12 @@ def check_store(path: str, *, snapshot: bool = False, progress=None) -> CheckRep
                 report.problems.extend(check_metadata_store(load_metadata_store(db, on_damage=lambda e: None),
                                                             str(path)))
                 return report
+            if kind == "history.db":
+                report.problems.extend(check_history(load_history(db, on_damage=lambda e: None), str(path)))
+                return report
             if kind != "cache.db":
                 report.warnings.append(f"{path}: {kind} store: only structural checks so far "
-                                       "(semantic checks exist for cache.db and metadata_v2.db)")
+                                       "(semantic checks exist for cache.db, metadata_v2.db and history.db)")
                 return report
             damage: list = []
             store = load_cache_store(db, on_damage=damage.append)

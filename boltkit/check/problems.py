@@ -80,6 +80,9 @@ CATALOGUE: dict[str, tuple[Severity, str]] = {
     "M11": (Severity.INFO, "externals of a record that does not exist"),
     "M12": (Severity.WARNING, "field out of range or inconsistent (sizes, policy, createdAt, blob fields, record type)"),
     "M14": (Severity.INFO, "record marked deleted: removed at next start"),
+    # BuildKit history.db (reference/buildkit-stores.md §5.1)
+    "H1": (Severity.ERROR, "build record does not decode as a BuildHistoryRecord"),
+    "H2": (Severity.WARNING, "build record's Ref differs from its key"),
     # across stores of one root
     "X1": (Severity.INFO, "cache.db result of a worker this root does not have (released at next start)"),
     "X2": (Severity.INFO, "cache.db result whose metadata_v2.db record is gone (released at next start)"),

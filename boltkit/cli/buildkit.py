@@ -305,3 +305,38 @@ def prune(file, apply_, break_cycles, metadata_db, as_json):
             click.echo(f"{file}: pruned ({what}); the original is kept as {summary['backup']}")
         else:
             click.echo(f"{file}: would change {len(changes)} entries ({what}); run with --apply to write it")
+
+
+@buildkit.command()
+@click.argument("file", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per build.")
+@click.option("--snapshot", is_flag=True, help="Copy the file first (buildkitd running).")
+def history(file, as_json, snapshot):
+    """Build records of a history.db: ref, created, duration, steps (cached/completed/total), pinned, error."""
+    import datetime
+
+    from ..buildkit.history import load_history
+    from .app import opened
+    from .output import emit_json, emit_table
+    with opened(file, None, snapshot) as db:
+        damage: list = []
+        records = load_history(db, on_damage=damage.append)
+    records.sort(key=lambda r: r.created_at or "")
+    rows = []
+    for r in records:
+        if as_json:
+            emit_json(r.as_dict())
+            continue
+        took = ""
+        if r.created_at and r.completed_at:
+            parse = datetime.datetime.fromisoformat
+            secs = (parse(r.completed_at[:26].rstrip("Z")) - parse(r.created_at[:26].rstrip("Z"))).total_seconds()
+            took = f"{secs:.1f}s"
+        rows.append([r.ref or r.key, (r.created_at or "")[:19], took,
+                     f"{r.num_cached_steps}/{r.num_completed_steps}/{r.num_total_steps}", "yes" if r.pinned else "",
+                     (r.error or r.decode_error or "")[:60]])
+    if not as_json:
+        emit_table(rows, ["ref", "created (UTC)", "took", "cached/done/total", "pinned", "error"])
+        click.echo(f"{len(records)} build record(s)")
+    for e in damage:
+        click.echo(f"damage: {e}", err=True)

@@ -1,0 +1,142 @@
+"""history.db (solver/llbsolver/history): build records, protobuf-encoded BuildHistoryRecord values.
+
+Only the protobuf wire format is decoded (no generated code): the fields a user asks about — ref, frontend,
+created/completed, pinned, step counts, error, generation — and every other field is kept as raw numbered
+bytes, never dropped.
+"""
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+
+from ..errors import CorruptionError
+from ..storage import Database
+
+# BuildHistoryRecord field numbers (api/services/control/control.proto)
+FIELDS = {1: "ref", 2: "frontend", 5: "error", 6: "created_at", 7: "completed_at", 12: "generation", 14: "pinned",
+          15: "num_cached_steps", 16: "num_total_steps", 17: "num_completed_steps", 19: "num_warnings"}
+
+
+class WireError(ValueError):
+    pass
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise WireError("truncated or oversized varint")
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+
+
+def fields(buf: bytes):
+    """(field number, wire type, value) for each field of one message: ints for varints, bytes otherwise."""
+    i = 0
+    while i < len(buf):
+        tag, i = _varint(buf, i)
+        num, wt = tag >> 3, tag & 7
+        if wt == 0:
+            v, i = _varint(buf, i)
+        elif wt == 2:
+            n, i = _varint(buf, i)
+            if i + n > len(buf):
+                raise WireError(f"field {num}: length {n} runs past the message")
+            v, i = buf[i:i + n], i + n
+        elif wt == 1:
+            v, i = buf[i:i + 8], i + 8
+        elif wt == 5:
+            v, i = buf[i:i + 4], i + 4
+        else:
+            raise WireError(f"field {num}: unsupported wire type {wt}")
+        if i > len(buf):
+            raise WireError(f"field {num} runs past the message")
+        yield num, wt, v
+
+
+def _timestamp(buf: bytes) -> str | None:
+    secs = nanos = 0
+    for num, _, v in fields(buf):
+        if num == 1:
+            secs = v
+        elif num == 2:
+            nanos = v
+    t = datetime.datetime.fromtimestamp(secs, datetime.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{nanos:09d}".rstrip("0") if nanos else "") + "Z"
+
+
+@dataclass
+class HistoryRecord:
+    key: str
+    ref: str | None = None
+    frontend: str | None = None
+    created_at: str | None = None
+    completed_at: str | None = None
+    pinned: bool = False
+    generation: int = 0
+    num_cached_steps: int = 0
+    num_total_steps: int = 0
+    num_completed_steps: int = 0
+    num_warnings: int = 0
+    error: str | None = None                         # google.rpc.Status message
+    other: dict[int, list[bytes | int]] = field(default_factory=dict)
+    decode_error: str | None = None
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "other"}
+        d["other_fields"] = sorted(self.other)
+        return d
+
+
+def decode_record(key: bytes, value: bytes) -> HistoryRecord:
+    rec = HistoryRecord(key.decode("utf-8", "replace"))
+    try:
+        for num, wt, v in fields(value):
+            name = FIELDS.get(num)
+            if name in ("ref", "frontend"):
+                setattr(rec, name, v.decode("utf-8", "replace"))
+            elif name in ("created_at", "completed_at"):
+                setattr(rec, name, _timestamp(v))
+            elif name == "pinned":
+                rec.pinned = bool(v)
+            elif name == "error":
+                msg = [x for n, _, x in fields(v) if n == 2]
+                rec.error = msg[0].decode("utf-8", "replace") if msg else "(error without message)"
+            elif name is not None and wt == 0:
+                setattr(rec, name, v)
+            else:
+                rec.other.setdefault(num, []).append(v)
+    except WireError as e:
+        rec.decode_error = str(e)
+    return rec
+
+
+def load_history(db: Database, on_damage=None) -> list[HistoryRecord]:
+    root = db.root()
+    item = db.tree.get(root, b"_records")
+    if item is None or not item.is_bucket:
+        return []
+    try:
+        bucket = db.tree.child(root, item)
+    except CorruptionError as e:
+        if on_damage is None:
+            raise
+        on_damage(e)
+        return []
+    return [decode_record(it.key, db.value(it)) for it in db.tree.items(bucket, on_error=on_damage) if not it.is_bucket]
+
+
+def check_history(records: list[HistoryRecord], file: str | None = None) -> list:
+    from ..check.problems import Problem
+    out = []
+    for r in records:
+        where = dict(file=file, path=(b"_records",), key=r.key.encode())
+        if r.decode_error:
+            out.append(Problem("H1", f"record does not decode as BuildHistoryRecord: {r.decode_error}", **where))
+        elif r.ref != r.key:
+            out.append(Problem("H2", f"record's Ref {r.ref!r} differs from its key", **where))
+    return out
