@@ -96,3 +96,35 @@ def test_fsck_predicts_what_buildkitd_does_with_the_records(tmp_path, code, pred
     assert r.exit_code == 4, r.output
     final = json.loads(r.output.splitlines()[-1])
     assert any(prediction in p for p in final["predictions"]), final["predictions"]
+
+
+def test_fsck_names_orphan_leases_and_unprotected_records(tmp_path):
+    """M16: a lease of no record leaks what it holds; M15: a record without a lease is not GC-protected.
+    Temporary leases and -variants/-view leases of live records are fine."""
+    import json
+
+    from click.testing import CliRunner
+
+    from boltkit.cli import main
+    root = tmp_path / "buildkit"
+    worker = root / "runc-overlayfs"
+    worker.mkdir(parents=True)
+    (worker / "workerid").write_text("x03o8ykcb5gi9f4j2ygkwwsgx")
+    write_store(worker / "metadata_v2.db", clean_metadata_tree())
+
+    def lease(*labels, snaps=1):
+        return Bucket({b"labels": Bucket({lb.encode(): b"" for lb in labels}),
+                       b"snapshots": Bucket({b"overlayfs": Bucket({f"k{i}".encode(): b"" for i in range(snaps)})})})
+    held = {BASE: lease("containerd.io/gc.flat"), BASE + "-variants": lease(), LAYER + "-view": lease(),
+            MERGE: lease(), OTHER: lease(), LAYER: lease(),
+            "tmp0000000000000000000000a": lease("buildkit/lease.temporary"),
+            "gone00000000000000000000ff": lease(snaps=3)}
+    del held[OTHER]
+    tree = {b"v1": Bucket({b"buildkit": Bucket({b"leases": Bucket({k.encode(): v for k, v in held.items()})})})}
+    write_store(worker / "containerdmeta.db", tree)
+    r = CliRunner().invoke(main, ["buildkit", "fsck", "--json", str(root)])
+    recs = [json.loads(x) for x in r.output.splitlines()]
+    cross = {(x["code"], x["key"]) for x in recs if x.get("code") in ("M15", "M16")}
+    assert cross == {("M16", "gone00000000000000000000ff"), ("M15", OTHER)}
+    assert r.exit_code == 4
+    assert any("lease(s) of no record stay" in p for p in recs[-1]["predictions"])

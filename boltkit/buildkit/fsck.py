@@ -13,6 +13,7 @@ from ..errors import BoltkitError
 from ..storage import Database
 from .cachecheck import check_cache_store
 from .cachedb import TOP_BUCKETS, load_cache_store, split_result_id
+from .containerd import leases
 from .history import check_history, load_history
 from .metadata import check_metadata_store, load_metadata_store, record_ids
 from .root import Root, discover
@@ -110,6 +111,34 @@ def fsck_root(path: str, *, jobs: int = 1, snapshot: bool = False) -> FsckResult
 
 
 def _cross_checks(result: FsckResult, snapshot: bool) -> None:
+    _lease_checks(result, snapshot)
+    _result_checks(result, snapshot)
+
+
+def _lease_checks(result: FsckResult, snapshot: bool) -> None:
+    """M15/M16: each worker's records and the leases of its containerdmeta.db `buildkit` namespace."""
+    for w in result.root.workers:
+        md, cm = w.dir / "metadata_v2.db", w.dir / "containerdmeta.db"
+        if not cm.is_file() or not result.reports.get(str(md)) or not result.reports[str(md)].readable \
+                or not result.reports.get(str(cm)) or not result.reports[str(cm)].readable:
+            continue
+        with Database(str(md), snapshot=snapshot) as db:
+            store = load_metadata_store(db, on_damage=lambda e: None)
+        with Database(str(cm), snapshot=snapshot) as db:
+            held = leases(db, on_damage=lambda e: None)
+        f = str(cm)
+        for lid, lease in sorted(held.items()):
+            if not lease.temporary and lease.record not in store.records:
+                result.cross.append(Problem("M16", f"lease {lid} belongs to no record of {w.dir.name}/metadata_v2.db "
+                                                   f"and holds {lease.resources} resource(s): never collected",
+                                            file=f, path=(b"v1", b"buildkit", b"leases"), key=lid.encode()))
+        for rid, rec in sorted(store.records.items()):
+            if rid not in held and not rec.values.get("cache.equalMutable") and not rec.values.get("cache.deleted"):
+                result.cross.append(Problem("M15", "record has no lease: containerd's GC may delete its data",
+                                            file=str(md), path=(b"_main",), key=rid.encode()))
+
+
+def _result_checks(result: FsckResult, snapshot: bool) -> None:
     """Results in cache.db whose worker or record is gone: buildkitd releases them at its next start (D6)."""
     root = result.root
     cache = next((s for s in root.stores if s.kind == "cache.db"), None)
@@ -184,6 +213,10 @@ def _predict(result: FsckResult) -> None:
                            "descendants, index keys, externals and leases)")
         if s.kind == "cache.db" and any(p.code == "C4" for p in rep.problems):
             out.append(f"{name}: an undecodable result stops ReleaseUnreferenced: results after it are not cleaned")
+    orphans = sum(1 for p in result.cross if p.code == "M16")
+    if orphans:
+        out.append(f"{orphans} lease(s) of no record stay: buildkitd never deletes them, so what they hold is never "
+                   "garbage-collected")
     released = sum(1 for p in result.cross if p.code in ("X1", "X2"))
     if released:
         out.append(f"cache.db: {released} result(s) whose worker or record is gone will be released")

@@ -80,6 +80,8 @@ CATALOGUE: dict[str, tuple[Severity, str]] = {
     "M11": (Severity.INFO, "externals of a record that does not exist"),
     "M12": (Severity.WARNING, "field out of range or inconsistent (sizes, policy, createdAt, blob fields, record type)"),
     "M14": (Severity.INFO, "record marked deleted: removed at next start"),
+    "M15": (Severity.WARNING, "record without its lease in containerdmeta.db: its data is not protected from containerd GC"),
+    "M16": (Severity.WARNING, "lease of no record: what it holds leaks disk space forever"),
     # BuildKit history.db (reference/buildkit-stores.md §5.1)
     "H1": (Severity.ERROR, "build record does not decode as a BuildHistoryRecord"),
     "H2": (Severity.WARNING, "build record's Ref differs from its key"),
