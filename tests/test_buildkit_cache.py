@@ -225,8 +225,8 @@ def brute_reach(links, a):
 def test_buildkit_check_cli_clean_and_other_stores(tmp_path, example_db):
     r = CliRunner().invoke(main, ["buildkit", "check", str(example_db)])
     assert r.exit_code == 0 and r.output.endswith("txid 439)\n")
-    hist = [p for p in corpus_files("sound") if p.name == "history.db"][0]
-    r = CliRunner().invoke(main, ["buildkit", "check", str(hist)])
+    other = [p for p in corpus_files("sound") if p.name == "containerdmeta.db"][0]
+    r = CliRunner().invoke(main, ["buildkit", "check", str(other)])
     assert r.exit_code == 0 and "only structural checks so far" in r.stderr
 
 
