@@ -340,3 +340,70 @@ def history(file, as_json, snapshot):
         click.echo(f"{len(records)} build record(s)")
     for e in damage:
         click.echo(f"damage: {e}", err=True)
+
+
+@buildkit.command()
+@click.argument("target", type=click.Path())
+@click.option("--sort", type=click.Choice(["size", "created", "last-used", "usage"]), default="size", show_default=True)
+@click.option("--type", "record_type", multiple=True, help="Only records of this type (regular, internal, "
+                                                         "frontend, source.local, source.git.checkout, exec.cachemount).")
+@click.option("--older-than", default=None, help="Only records last used (or created) longer ago than this: 48h, 7d, 30m.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per cache record, then the totals.")
+def du(target, sort, record_type, older_than, as_json):
+    """Disk usage of cache records, offline (like `buildctl du -v`), from a root or a metadata_v2.db.
+
+    Lists id, kind, type, size, created, last used, usage count, parents and description, then the
+    totals and the reasons space will not be reclaimed that the files show (parents pinned by
+    descendants, types skipped by default prunes, bolt and .bak files du never counts).
+    """
+    import datetime
+    import os
+    import re
+    from pathlib import Path
+
+    from ..buildkit.du import explain, usage
+    from ..buildkit.metadata import load_metadata_store
+    from ..buildkit.root import discover
+    from .app import opened
+    from .output import emit_json, emit_table
+    path = Path(target)
+    dbs, bolt_bytes, bak_bytes = [], 0, 0
+    if path.is_dir():
+        found = _root_or_exit(target)
+        dbs = [s.path for s in found.stores if s.kind == "metadata_v2.db"]
+        bolt_bytes = sum(os.path.getsize(s.path) for s in found.stores)
+        bak_bytes = sum(os.path.getsize(p) for p in found.backups)
+    else:
+        dbs = [path]
+    rows = []
+    for p in dbs:
+        with opened(str(p)) as db:
+            rows += usage(load_metadata_store(db, on_damage=lambda e: None))
+    if record_type:
+        rows = [r for r in rows if r.record_type in record_type]
+    if older_than:
+        m = re.fullmatch(r"(\d+)([smhd])", older_than)
+        if not m:
+            raise click.BadParameter("use a number and s, m, h or d, e.g. 48h", param_hint="--older-than")
+        limit = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(
+            seconds=int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
+        rows = [r for r in rows if (r.last_used or r.created) and (r.last_used or r.created) < limit]
+    key = {"size": lambda r: -(r.size or 0), "created": lambda r: r.created or datetime.datetime.min.replace(
+        tzinfo=datetime.timezone.utc), "last-used": lambda r: r.last_used or r.created or datetime.datetime.min.replace(
+        tzinfo=datetime.timezone.utc), "usage": lambda r: -r.usage_count}[sort]
+    rows.sort(key=key)
+    total = sum(r.size or 0 for r in rows)
+    notes = explain(rows, bolt_bytes, bak_bytes)
+    if as_json:
+        for r in rows:
+            emit_json(r.as_dict())
+        emit_json({"records": len(rows), "total": total, "notes": notes})
+        return
+    emit_table([[r.id, r.kind, r.record_type, "?" if r.size is None else r.size,
+                 r.created.strftime("%Y-%m-%d %H:%M") if r.created else "",
+                 r.last_used.strftime("%Y-%m-%d %H:%M") if r.last_used else "", r.usage_count, len(r.parents),
+                 r.description[:50]] for r in rows],
+               ["id", "kind", "type", "size", "created", "last used", "uses", "parents", "description"])
+    click.echo(f"\n{len(rows)} record(s), {total} bytes")
+    for n in notes:
+        click.echo(f"  - {n}")

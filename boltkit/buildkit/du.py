@@ -1,0 +1,116 @@
+"""An offline `buildctl du -v`: the records of metadata_v2.db with sizes and ages, and the offline reasons
+space will not be reclaimed (reference/buildkit-stores.md §3.9). "In use" lives only in a running daemon
+and is not shown."""
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+from .metadata import MetadataStore, Record
+
+SKIPPED_BY_DEFAULT_PRUNE = {"internal", "frontend"}
+
+
+@dataclass
+class Usage:
+    id: str
+    kind: str
+    record_type: str
+    size: int | None            # None: unknown (snapshot.size -1 or absent)
+    created: datetime.datetime | None
+    last_used: datetime.datetime | None
+    usage_count: int
+    parents: list[str]
+    children: int
+    description: str
+    pinned_by_younger: bool     # a descendant used more recently keeps it (keepDuration pins ancestors)
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        for k in ("created", "last_used"):
+            d[k] = d[k].isoformat() if d[k] else None
+        return d
+
+
+def _nanos(v) -> int | None:
+    """UnixNano as BuildKit stores times; compared as integers (datetime keeps only microseconds)."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+
+def _time(v) -> datetime.datetime | None:
+    n = _nanos(v)
+    return datetime.datetime.fromtimestamp(n / 1e9, datetime.timezone.utc) if n else None
+
+
+def kind_of(rec: Record) -> str:
+    v = rec.values
+    if v.get("cache.mergeParents"):
+        return "merge"
+    if v.get("cache.lowerDiffParent") or v.get("cache.upperDiffParent"):
+        return "diff"
+    return "layer" if v.get("cache.parent") else "base"
+
+
+def usage(store: MetadataStore) -> list[Usage]:
+    recs = store.records
+    children: dict[str, list[str]] = {}
+    for rid, rec in recs.items():
+        for p in rec.parents():
+            children.setdefault(p, []).append(rid)
+    # newest use anywhere below each record (iterative, cycle-safe)
+    newest: dict[str, int | None] = {}
+    for rid in recs:
+        best = None
+        seen, todo = set(), list(children.get(rid, []))
+        while todo:
+            c = todo.pop()
+            if c in seen:
+                continue
+            seen.add(c)
+            t = _nanos(recs[c].values.get("cache.lastUsedAt")) or _nanos(recs[c].values.get("cache.createdAt"))
+            if t and (best is None or t > best):
+                best = t
+            todo.extend(children.get(c, []))
+        newest[rid] = best
+    out = []
+    for rid, rec in recs.items():
+        v = rec.values
+        size = v.get("snapshot.size")
+        last = _time(v.get("cache.lastUsedAt"))
+        own = _nanos(v.get("cache.lastUsedAt")) or _nanos(v.get("cache.createdAt"))
+        out.append(Usage(
+            id=rid, kind=kind_of(rec), record_type=v.get("cache.recordType") or "regular",
+            size=size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None,
+            created=_time(v.get("cache.createdAt")), last_used=last,
+            usage_count=v.get("cache.usageCount") if isinstance(v.get("cache.usageCount"), int) else 0,
+            parents=rec.parents(), children=len(children.get(rid, [])),
+            description=str(v.get("cache.description") or ""),
+            pinned_by_younger=bool(own and newest[rid] and newest[rid] > own)))
+    return out
+
+
+def explain(rows: list[Usage], bolt_bytes: int = 0, bak_bytes: int = 0) -> list[str]:
+    """Why space stays after a prune, as far as the files can tell."""
+    out = []
+    with_children = [r for r in rows if r.children]
+    if with_children:
+        size = sum(r.size or 0 for r in with_children)
+        out.append(f"{len(with_children)} record(s) ({size} bytes) are parents: prune can remove them only after "
+                   "all their descendants")
+    skipped = [r for r in rows if r.record_type in SKIPPED_BY_DEFAULT_PRUNE]
+    if skipped:
+        out.append(f"{len(skipped)} record(s) ({sum(r.size or 0 for r in skipped)} bytes) are of type internal or "
+                   "frontend: `buildctl prune` skips them unless --all")
+    pinned = [r for r in rows if r.pinned_by_younger]
+    if pinned:
+        out.append(f"{len(pinned)} record(s) have a descendant used more recently: a keep-duration prune keeps "
+                   "them as long as that descendant")
+    unknown = [r for r in rows if r.size is None]
+    if unknown:
+        out.append(f"{len(unknown)} record(s) have no recorded size: du shows them as 0 until computed")
+    if bolt_bytes:
+        out.append(f"{bolt_bytes} bytes of bolt files are never counted by du and never shrink after a prune "
+                   "(`boltkit compact` gives the space back)")
+    if bak_bytes:
+        out.append(f"{bak_bytes} bytes of .bak files left by SafeOpen resets are never read or counted again")
+    return out
