@@ -80,20 +80,37 @@ class _Collector:
             self.pairs[source] = self.pairs.get(source, 0) + 1
 
     def tree(self, tree: Tree, root_page: int, source: str) -> None:
+        """Walk one tree. Pairs whose place is doubtful stay, but out of the live namespace: pages whose keys
+        are out of order (a key was overwritten, its value may now sit under another key), pages whose keys
+        fall outside the range their parent branch gives them (a child pointer was redirected), and
+        everything below such pages, sub-buckets included."""
         data = self.db.data
-        disordered: set[int] = set()
+        suspect: dict[int, int] = {}             # page -> the page where the doubt started
+        expected: dict[int, tuple] = {}          # child page -> (lo, hi) from its parent branch
+        suspect_paths: dict[tuple, int] = {}
+
+        def doubt(page: int, origin: int, why: str) -> None:
+            if page not in suspect:
+                suspect[page] = origin
+                if page == origin:
+                    self.damage.append(f"{source}: page {page}: {why}; its pairs go to lost+found")
 
         def on_page(bucket, node, depth, elems):
             if node.pgid:
                 self.reached.update(range(node.pgid, node.pgid + node.overflow + 1))
-            if node.is_leaf and len(elems) > 1:
-                keys = [data[e[1]:e[2]] for e in elems]
-                if keys != sorted(set(keys)):
-                    # keys out of order: some key was overwritten, so its value may now sit under another
-                    # key. Keep those pairs, but out of the live namespace.
-                    disordered.add(node.owner)
-                    self.damage.append(f"{source}: page {node.owner}: keys out of order, its pairs go to "
-                                       "lost+found")
+            key_of = (lambda e: data[e[1]:e[2]]) if node.is_leaf else (lambda e: data[e[0]:e[1]])
+            keys = [key_of(e) for e in elems]
+            page = node.pgid or node.owner
+            if len(keys) > 1 and keys != sorted(set(keys)):
+                doubt(page, page, "keys out of order")
+            lo, hi = expected.get(node.pgid, (None, None))
+            if keys and ((lo is not None and keys[0] < lo) or (hi is not None and keys[-1] >= hi)):
+                doubt(page, page, "keys outside the range of its parent branch")
+            if node.is_branch:
+                for i, (_, _, child) in enumerate(elems):
+                    expected[child] = (keys[i], keys[i + 1] if i + 1 < len(keys) else hi)
+                    if page in suspect:
+                        doubt(child, suspect[page], "")
 
         def on_error(e: CorruptionError):
             self.damage.append(f"{source}: {e}")
@@ -102,19 +119,31 @@ class _Collector:
         except CorruptionError as e:
             on_error(e)
             return
-        data = self.db.data
+
+        def aside(path: tuple, page: int) -> tuple | None:
+            """Where a pair of bucket ``path`` on ``page`` goes: None for its own path."""
+            if page in suspect:
+                return (LOST_FOUND, f"page-{suspect[page]}-doubtful".encode()) + path
+            for i in range(len(path), 0, -1):
+                if path[:i] in suspect_paths:
+                    return (LOST_FOUND, f"page-{suspect_paths[path[:i]]}-doubtful".encode()) + path
+            return None
+
         for parent, child, item in tree.walk(root, on_error=on_error, on_page=on_page):
+            page = item.node.owner
             if child is not None:
-                if item.node.owner in disordered:
-                    continue     # its contents still come through the walk, under its own path
+                where = aside(parent.path, page)
+                if where is not None:
+                    suspect_paths[child.path] = suspect.get(page, suspect_paths.get(parent.path, page))
+                    continue
+                if child.root and page in suspect:
+                    continue
                 b = self.bucket(child.path)
                 if b is not None and b.sequence == 0:
                     b.sequence = child.sequence
-            else:   # a plain key in the root bucket is damage: keep it, but out of the way
-                path = parent.path or (LOST_FOUND, b"root-bucket-keys")
-                if item.node.owner in disordered:
-                    path = (LOST_FOUND, f"page-{item.node.owner}-disordered".encode()) + parent.path
-                self.put(path, item.key, data[item.value_start:item.value_end], source)
+                continue
+            path = aside(parent.path, page) or parent.path or (LOST_FOUND, b"root-bucket-keys")
+            self.put(path, item.key, data[item.value_start:item.value_end], source)
 
     def orphans(self, pager: Pager, free: set[int]) -> list[int]:
         """Leaf pages no tree reached: their plain pairs (and inline buckets' pairs) go to lost+found."""
