@@ -84,3 +84,64 @@ def salvage(src, dst, report_path, no_lost_found, as_json):
         click.echo(f"warning: {WARNING}", err=True)
     if not result.clean:
         raise SystemExit(1)
+
+
+@main.group()
+def surgery():
+    """Exact edits of a copy of a bbolt file (always to -o OUT; the source is only read).
+
+    Each edit is checked afterwards and refused, with the reason, when it would leave a file bbolt
+    cannot open or use.
+    """
+
+
+def _surgery(fn, *args):
+    from ..repair.surgery import Refused
+    try:
+        click.echo(fn(*args))
+    except (Refused, FileExistsError) as e:
+        raise click.ClickException(str(e))
+
+
+_out = click.option("-o", "--output", "dst", required=True, type=click.Path(), help="The edited copy (must not exist).")
+
+
+@surgery.command("revert-meta")
+@click.argument("src", type=click.Path())
+@_out
+def revert_meta(src, dst):
+    """Make the older meta current: the last transaction is undone (its data was not written, say)."""
+    from ..repair.surgery import revert_meta as fn
+    _surgery(fn, src, dst)
+
+
+@surgery.command("freelist")
+@click.argument("action", type=click.Choice(["abandon", "rebuild"]))
+@click.argument("src", type=click.Path())
+@_out
+def freelist(action, src, dst):
+    """abandon: store no freelist (bbolt rebuilds it at the next read-write open); rebuild: write a new one
+    from the pages the tree does not use."""
+    from ..repair.surgery import freelist_abandon, freelist_rebuild
+    _surgery(freelist_abandon if action == "abandon" else freelist_rebuild, src, dst)
+
+
+@surgery.command("drop-element")
+@click.argument("src", type=click.Path())
+@_out
+@click.option("--page", "pgid", type=int, required=True, help="The branch or leaf page.")
+@click.option("--index", type=int, required=True, help="The element to drop (0-based).")
+def drop_element(src, dst, pgid, index):
+    """Drop one element from a page (a broken child pointer, a bad key); orphaned pages are freed."""
+    from ..repair.surgery import drop_element as fn
+    _surgery(fn, src, dst, pgid, index)
+
+
+@surgery.command("clear-page")
+@click.argument("src", type=click.Path())
+@_out
+@click.option("--page", "pgid", type=int, required=True, help="The leaf page to empty.")
+def clear_page(src, dst, pgid):
+    """Empty a leaf page (refused for branches: an empty branch crashes bbolt)."""
+    from ..repair.surgery import clear_page as fn
+    _surgery(fn, src, dst, pgid)
