@@ -139,3 +139,31 @@ def write_pruned(pruned: PrunedStore, writer) -> None:
     }
     for name in sorted(tops):
         bucket(name, tops[name])
+
+
+def apply_prune(path: str, pruned: PrunedStore, page_size: int) -> str:
+    """Write the pruned store beside ``path``, verify it (structure, and no dangling link or index fault
+    left), and swap it in through the safe-replace protocol; returns the backup's path."""
+    import os
+
+    from ..check import check_file
+    from ..errors import BoltkitError
+    from ..repair.replace import holder_check, replace
+    from ..storage import Database
+    from ..write import BoltWriter
+    from .cachecheck import check_cache_store
+    from .cachedb import load_cache_store
+    new = path + ".boltkit-new"
+    if os.path.exists(new):
+        raise BoltkitError(f"{new} exists (an interrupted run?); remove it first")
+    holder_check(path)
+    with BoltWriter(new, page_size=page_size) as w:
+        write_pruned(pruned, w)
+    ok = check_file(new, revert=False)
+    with Database(new) as db:
+        left = check_cache_store(load_cache_store(db))
+    bad = sorted({p.code for p in left if p.code in ("D1", "D2", "D3", "D4", "D5", "C4", "C5", "C9", "C12")})
+    if not ok.clean or bad:
+        raise BoltkitError(f"the pruned store did not verify ({bad or 'structure'}); {path} is untouched, "
+                           f"the attempt is in {new}")
+    return replace(path, new)

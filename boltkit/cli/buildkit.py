@@ -240,13 +240,11 @@ def prune(file, apply_, break_cycles, metadata_db, as_json):
     """
     import os
 
-    from ..buildkit.cachecheck import check_cache_store
     from ..buildkit.cachedb import load_cache_store
-    from ..buildkit.prune import plan_prune, write_pruned
+    from ..buildkit.prune import apply_prune, plan_prune
     from ..check import check_file
-    from ..repair.replace import InUse, holder_check, replace
+    from ..errors import BoltkitError
     from ..storage import Database
-    from ..write import BoltWriter
     from .output import emit_json, emit_table
     report = check_file(file, revert=False)
     structural = sorted({p.code for p in report.problems if p.code.startswith("B") and p.code not in ("B040", "B050")})
@@ -274,27 +272,11 @@ def prune(file, apply_, break_cycles, metadata_db, as_json):
         counts[c.action] = counts.get(c.action, 0) + 1
     summary = {"file": file, "changes": len(changes), "actions": counts, "applied": False, "backup": None}
     if changes and apply_:
-        new = file + ".boltkit-new"
-        if os.path.exists(new):
-            raise click.ClickException(f"{new} exists (an interrupted run?); remove it first")
         try:
-            holder_check(file)
-            with BoltWriter(new, page_size=page_size) as w:
-                write_pruned(pruned, w)
-            ok = check_file(new, revert=False)
-            with Database(new) as db:
-                left = check_cache_store(load_cache_store(db))
-            bad = sorted({p.code for p in left if p.code in ("D1", "D2", "D3", "D4", "D5", "C4", "C5", "C9", "C12")})
-            if not ok.clean or bad:
-                raise click.ClickException(f"the pruned store did not verify ({bad or 'structure'}); {file} is "
-                                           f"untouched, the attempt is in {new}")
-            summary["backup"] = replace(file, new)
-            summary["applied"] = True
-        except InUse as e:
-            if os.path.exists(new):
-                os.unlink(new)
-            e.args = (str(e),)
+            summary["backup"] = apply_prune(file, pruned, page_size)
+        except BoltkitError as e:
             raise click.ClickException(str(e)) from None
+        summary["applied"] = True
     if as_json:
         emit_json(summary)
     elif not changes:
@@ -407,3 +389,78 @@ def du(target, sort, record_type, older_than, as_json):
     click.echo(f"\n{len(rows)} record(s), {total} bytes")
     for n in notes:
         click.echo(f"  - {n}")
+
+
+@buildkit.command()
+@click.argument("root", type=click.Path())
+@click.option("--apply", "apply_", is_flag=True,
+              help="Apply the fixes: each store is rewritten beside itself, verified, kept as .bak and swapped in.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per change, then a summary.")
+def repair(root, apply_, as_json):
+    """The safe fixes for a whole BuildKit root (dry run by default; stop buildkitd before --apply).
+
+    \b
+    metadata_v2.db    values that are not JSON envelopes (buildkitd refuses to start on them), index
+                      keys without '::' or naming missing records, records marked deleted (with their
+                      index keys and externals)
+    containerdmeta.db the leases of those deleted records, so what they held does not leak
+    cache.db          `buildkit prune --release-missing`: dangling links, ghosts, stale indexes, and
+                      results whose metadata record is gone
+    """
+    from ..buildkit.cachedb import load_cache_store
+    from ..buildkit.prune import apply_prune, plan_prune
+    from ..buildkit.repair import apply_plan, plan_leases, plan_metadata
+    from ..check import check_file
+    from ..errors import BoltkitError
+    from ..repair.replace import holder_check
+    from ..storage import Database
+    from .output import emit_json, emit_table
+    found = _root_or_exit(root)
+    for s in found.stores:
+        rep = check_file(str(s.path), revert=False)
+        damaged = sorted({p.code for p in rep.problems if p.code.startswith("B") and p.code not in ("B040", "B050")})
+        if not rep.readable or damaged:
+            raise click.ClickException(f"{s.path} is structurally damaged ({', '.join(damaged) or 'unreadable'}): "
+                                       "salvage it first (boltkit salvage)")
+    plans, live = [], set()
+    for w in found.workers:
+        md_plan, records = plan_metadata(str(w.dir / "metadata_v2.db"))
+        live |= records
+        plans.append(md_plan)
+        gone = {c.key for c in md_plan.changes if c.action == "drop-record"}
+        if gone and (w.dir / "containerdmeta.db").is_file():
+            plans.append(plan_leases(str(w.dir / "containerdmeta.db"), gone))
+    cache = next((s for s in found.stores if s.kind == "cache.db"), None)
+    pruned = None
+    if cache is not None:
+        with Database(str(cache.path)) as db:
+            store, page_size = load_cache_store(db), db.page_size
+        pruned, cache_changes = plan_prune(store, records=live if found.workers else None)
+    changes = [(p.path, c) for p in plans for c in p.changes] + \
+        ([(str(cache.path), c) for c in cache_changes] if cache is not None else [])
+    if as_json:
+        for path, c in changes:
+            emit_json(dict(store=path, **c.as_dict()))
+    else:
+        emit_table([[str(__import__("pathlib").Path(p).relative_to(found.path)), c.code, c.action, c.bucket,
+                     c.key[:70]] for p, c in changes], ["store", "code", "action", "bucket", "key"])
+    backups = []
+    if apply_ and changes:
+        try:
+            if found.lock is not None:
+                holder_check(str(found.lock))
+            for plan in plans:
+                if plan.changes:
+                    backups.append(apply_plan(plan))
+            if cache is not None and cache_changes:
+                backups.append(apply_prune(str(cache.path), pruned, page_size))
+        except BoltkitError as e:
+            raise click.ClickException(str(e)) from None
+    if as_json:
+        emit_json({"root": str(found.path), "changes": len(changes), "applied": bool(backups), "backups": backups})
+    elif not changes:
+        click.echo(f"{root}: nothing to repair")
+    elif backups:
+        click.echo(f"{root}: {len(changes)} change(s) applied; originals kept as: " + ", ".join(backups))
+    else:
+        click.echo(f"{root}: would make {len(changes)} change(s); run with --apply (buildkitd stopped) to make them")

@@ -1,0 +1,83 @@
+"""`buildkit repair ROOT`: metadata fixes with their leases, cache.db pruning, safe-replace, idempotence."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+
+from click.testing import CliRunner
+
+from boltkit.buildkit.containerd import leases
+from boltkit.buildkit.metadata import check_metadata_store, load_metadata_store
+from boltkit.check import check_file
+from boltkit.cli import main
+from boltkit.storage import Database
+from testdata.buildkit import OTHER, clean_metadata_tree, env, write_store
+from testdata.trees import Bucket
+
+from .conftest import CORPUS
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def make_root(tmp_path):
+    root = tmp_path / "buildkit"
+    shutil.copytree(CORPUS / "daemon1-overlayfs" / "01-after-30-builds", root)
+    return root
+
+
+def test_real_root_repair_releases_what_buildkitd_would(tmp_path, oracle):
+    root = make_root(tmp_path)
+    r = run("buildkit", "repair", "--json", root)
+    recs = [json.loads(x) for x in r.output.splitlines()]
+    assert recs[-1]["changes"] == len(recs) - 1 > 0 and not recs[-1]["applied"]
+    assert sum(x["action"] == "release-result" for x in recs[:-1]) == 87
+    r = run("buildkit", "repair", "--apply", root)
+    assert r.exit_code == 0, r.output
+    assert list(root.glob("cache.db.boltkit-*.bak"))
+    assert check_file(root / "cache.db").clean and oracle.check(root / "cache.db")[0] == 0
+    assert run("buildkit", "repair", root).output.strip().endswith("nothing to repair")
+    assert run("buildkit", "fsck", root).exit_code == 0
+
+
+def test_deleted_record_goes_with_its_index_externals_and_leases(tmp_path):
+    root = tmp_path / "buildkit"
+    worker = root / "runc-overlayfs"
+    worker.mkdir(parents=True)
+    (worker / "workerid").write_text("x03o8ykcb5gi9f4j2ygkwwsgx")
+    t = clean_metadata_tree()
+    t[b"_main"].children[OTHER.encode()].children[b"cache.deleted"] = env(True)
+    t[b"_main"].children[OTHER.encode()].children[b"bad"] = b"not json"
+    t[b"_external"].children[OTHER.encode()] = Bucket({b"filelist": b"[]"})
+    t[b"_index"].children[f"local.sharedKey:x::{OTHER}".encode()] = b""
+    t[b"_index"].children[b"cache-dir:nocolons"] = b""
+    write_store(worker / "metadata_v2.db", t)
+    lease = Bucket({b"labels": Bucket({b"containerd.io/gc.flat": b""})})
+    write_store(worker / "containerdmeta.db", {b"v1": Bucket({b"buildkit": Bucket({b"leases": Bucket(
+        {OTHER.encode(): lease, (OTHER + "-variants").encode(): lease, b"keep0000000000000000000000": lease})})})})
+    r = run("buildkit", "repair", "--apply", root)
+    assert r.exit_code == 0, r.output
+    with Database(worker / "metadata_v2.db") as db:
+        store = load_metadata_store(db)
+    assert OTHER not in store.records and OTHER not in store.externals
+    assert b"cache-dir:nocolons" not in store.index_keys and check_metadata_store(store) == []
+    with Database(worker / "containerdmeta.db") as db:
+        assert set(leases(db)) == {"keep0000000000000000000000"}
+    assert len(list(worker.glob("*.boltkit-*.bak"))) == 2
+
+
+def test_refuses_while_buildkitd_holds_its_lock(tmp_path):
+    root = make_root(tmp_path)
+    lock = root / "buildkitd.lock"
+    lock.write_text("")
+    fd = os.open(lock, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        r = run("buildkit", "repair", "--apply", root)
+    finally:
+        os.close(fd)
+    assert r.exit_code == 1 and "locked by another process" in r.output
+    assert not list(root.rglob("*.bak"))
