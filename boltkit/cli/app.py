@@ -33,6 +33,9 @@ def main():
 
     \b
     Examples:
+      boltkit buildkit fsck /var/lib/buildkit   before a restart: every store, and what buildkitd will do
+      boltkit check cache.db             structural check (exit 0 clean, 4 problems, 8 unreadable)
+      boltkit salvage broken.db -o rescued.db   everything recoverable, into a valid file
       boltkit info cache.db              both meta pages and which one is current
       boltkit tree cache.db              nested buckets with key counts
       boltkit keys cache.db _links       keys of a bucket
