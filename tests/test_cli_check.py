@@ -95,3 +95,18 @@ def test_quick_skips_element_checks():
     quick = json.loads(run("check", "--json", "--quick", path).output.splitlines()[-1])
     assert "B033" in full["codes"] and "B033" not in quick["codes"]
     assert quick["codes"]["B025"] == full["codes"]["B025"]
+
+
+def test_map_draws_every_page_with_damage_in_red(tmp_path):
+    import xml.etree.ElementTree as ET
+    path = TORN / "daemon4-cache-cp-during-build-136.db"
+    svg = tmp_path / "map.svg"
+    r = run("check", "--map", svg, path)
+    assert r.exit_code == 4
+    root = ET.parse(svg).getroot()
+    ns = "{http://www.w3.org/2000/svg}"
+    cells = [e for e in root.iter(ns + "rect") if e.find(ns + "title") is not None]
+    assert len(cells) == 266                     # one per page below the high-water mark
+    red = {c.find(ns + "title").text.split(":")[0] for c in cells if c.get("fill") == "#e31a1c"}
+    assert "page 225" in red and "page 122" in red    # the B033 and cycle pages of the MANIFEST
+    assert run("check", "--map", svg, path, path).exit_code == 16

@@ -30,7 +30,9 @@ class FsckCommand(click.Command):
               help="List at most this many problems per file (counts are never capped).")
 @click.option("--snapshot", is_flag=True, help="Copy each file first and check the copy.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per problem, then one summary record per file.")
-def check(files, meta, quick, max_errors, snapshot, as_json):
+@click.option("--map", "map_path", type=click.Path(), default=None,
+              help="Also draw the file as an SVG: one cell per page, damaged pages in red (one file only).")
+def check(files, meta, quick, max_errors, snapshot, as_json, map_path):
     """Check the structure of bbolt files: every fault, not just the first.
 
     Finds what `bbolt check` finds (freelist duplicates, reachable free pages, multiple references,
@@ -44,8 +46,29 @@ def check(files, meta, quick, max_errors, snapshot, as_json):
     \b
     Exit status (fsck): 0 clean, 4 problems found, 8 a file could not be read, 16 usage error.
     """
-    run_checks(files, as_json, max_errors,
-               lambda path, progress: check_file(path, meta=meta, quick=quick, snapshot=snapshot, progress=progress))
+    if map_path and len(files) != 1:
+        raise click.UsageError("--map draws one file; give exactly one")
+
+    def make_report(path, progress):
+        report = check_file(path, meta=meta, quick=quick, snapshot=snapshot, progress=progress)
+        if map_path and report.readable:
+            draw_map(path, meta, report.problems, map_path)
+        return report
+    run_checks(files, as_json, max_errors, make_report)
+
+
+def draw_map(path, meta, problems, map_path) -> None:
+    from ..storage import Database
+    from ..storage.pagemap import page_map
+    from .pagemap_svg import render
+    damaged: dict[int, str] = {}
+    for p in problems:
+        if p.pgid is not None and p.code not in ("B040", "B050"):
+            damaged.setdefault(p.pgid, f"{p.code} {p.message}")
+    with Database(path, meta=meta) as db:
+        infos, _ = page_map(db)
+    with open(map_path, "w") as f:
+        f.write(render(infos, damaged, f"{path}: {len(infos)} pages"))
 
 
 def run_checks(files, as_json: bool, max_errors: int, make_report) -> None:

@@ -92,8 +92,10 @@ def info(file, meta, snapshot, as_json, table_fmt):
 @main.command()
 @file_argument
 @read_options
+@click.option("--map", "map_path", type=click.Path(), default=None,
+              help="Also draw the pages as an SVG, one coloured cell per page (open it in a browser).")
 @output_options
-def pages(file, meta, snapshot, as_json, table_fmt):
+def pages(file, meta, snapshot, map_path, as_json, table_fmt):
     """Every page below the high-water mark: type, items, overflow, owning bucket, free or pending.
 
     Types: meta, freelist, branch, leaf, overflow (continuation of the page in OF), free, pending
@@ -101,6 +103,11 @@ def pages(file, meta, snapshot, as_json, table_fmt):
     """
     with opened(file, meta, snapshot) as db:
         infos, errors = page_map(db)
+        if map_path:
+            from .pagemap_svg import render
+            with open(map_path, "w") as f:
+                f.write(render(infos, {e.pgid: str(e) for e in errors if e.pgid is not None},
+                               f"{file}: {len(infos)} pages"))
         rows = []
         for p in infos:
             if as_json:
