@@ -47,7 +47,8 @@ def check(files, meta, quick, max_errors, snapshot, as_json, map_path):
     Exit status (fsck): 0 clean, 4 problems found, 8 a file could not be read, 16 usage error.
     """
     if map_path and len(files) != 1:
-        raise click.UsageError("--map draws one file; give exactly one")
+        click.echo("Error: --map draws one file; give exactly one", err=True)
+        raise SystemExit(EXIT_USAGE)
 
     def make_report(path, progress):
         report = check_file(path, meta=meta, quick=quick, snapshot=snapshot, progress=progress)
