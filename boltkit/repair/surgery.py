@@ -147,13 +147,7 @@ def drop_element(src: str, dst: str, pgid: int, index: int) -> str:
         if len(page) > (node.overflow + 1) * db.page_size:
             raise Refused("the repacked page does not fit its old span")
         has_freelist, ps = db.meta.has_freelist, db.page_size
-    _copy(src, dst)
-    with open(dst, "r+b") as f:
-        f.seek(pgid * ps)
-        f.write(page)
-    if has_freelist:
-        _rebuild_in_place(dst)
-    _verify(dst, f"dropping element {index} of page {pgid}")
+    _replace_page(src, dst, pgid * ps, page, has_freelist, f"dropping element {index} of page {pgid}")
     return f"element {index} of page {pgid} was dropped"
 
 
@@ -166,14 +160,19 @@ def clear_page(src: str, dst: str, pgid: int) -> str:
                           "drop the parent's element that points at it instead")
         page = encode_leaf([], pgid, db.page_size)
         has_freelist, ps = db.meta.has_freelist, db.page_size
+    _replace_page(src, dst, pgid * ps, page, has_freelist, f"clearing page {pgid}")
+    return f"page {pgid} was cleared"
+
+
+def _replace_page(src: str, dst: str, offset: int, page: bytes, has_freelist: bool, what: str) -> None:
+    """Copy, write the new page, give the pages it orphans back to a rebuilt freelist, verify."""
     _copy(src, dst)
     with open(dst, "r+b") as f:
-        f.seek(pgid * ps)
+        f.seek(offset)
         f.write(page)
     if has_freelist:
         _rebuild_in_place(dst)
-    _verify(dst, f"clearing page {pgid}")
-    return f"page {pgid} was cleared"
+    _verify(dst, what)
 
 
 __all__ = ["Refused", "revert_meta", "freelist_abandon", "freelist_rebuild", "drop_element", "clear_page"]
