@@ -6,7 +6,7 @@ are reported once, under the D code, since that is the name a repair acts on.
 """
 from __future__ import annotations
 
-from ..check.problems import Problem, Severity
+from ..check.problems import Problem, adder
 from .cachedb import TOP_BUCKETS, CacheStore, id_class, is_root_form, split_result_id
 from .graph import cycles, live_keys
 
@@ -14,11 +14,7 @@ from .graph import cycles, live_keys
 def check_cache_store(store: CacheStore, file: str | None = None) -> list[Problem]:
     out: list[Problem] = []
 
-    def add(code, message, path=(), key=None, **details):
-        out.append(Problem(code, message, file=file, path=tuple(p if isinstance(p, bytes) else p.encode()
-                                                                for p in path),
-                           key=None if key is None else (key if isinstance(key, bytes) else key.encode()),
-                           details=details))
+    add = adder(out, file)
 
     for name in TOP_BUCKETS:
         if name not in store.top:
@@ -101,4 +97,4 @@ def check_cache_store(store: CacheStore, file: str | None = None) -> list[Proble
     return out
 
 
-__all__ = ["check_cache_store", "Severity"]
+__all__ = ["check_cache_store"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from ..check.problems import Problem, Severity
+from ..check.problems import Problem, Severity, adder
 from ..storage import Database
 
 TOP = (b"_main", b"_index", b"_external")
@@ -111,10 +111,7 @@ def load_metadata_store(db: Database, on_damage=None) -> MetadataStore:
 def check_metadata_store(store: MetadataStore, file: str | None = None) -> list[Problem]:
     out: list[Problem] = []
 
-    def add(code, message, path=(), key=None, severity=None, **details):
-        out.append(Problem(code, message, file=file, path=tuple(p if isinstance(p, bytes) else p.encode() for p in path),
-                           key=None if key is None else (key if isinstance(key, bytes) else key.encode()),
-                           details=details, severity=severity))
+    add = adder(out, file)
 
     for name in sorted(store.top - set(TOP)):
         add("M1", "top-level entry BuildKit does not use", key=name)

@@ -133,6 +133,18 @@ class Problem:
         }
 
 
+def adder(out: list, file: str | None):
+    """``add(code, message, path=(), key=None, severity=None, **details)`` appending Problems to ``out``;
+    path elements and the key may be str (BuildKit ids) or bytes."""
+    def as_bytes(x):
+        return x if isinstance(x, bytes) else x.encode()
+
+    def add(code, message, path=(), key=None, severity=None, **details):
+        out.append(Problem(code, message, file=file, path=tuple(as_bytes(p) for p in path),
+                           key=None if key is None else as_bytes(key), details=details, severity=severity))
+    return add
+
+
 def _show(b: bytes) -> str:
     try:
         s = b.decode("utf-8")

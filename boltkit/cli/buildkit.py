@@ -238,8 +238,6 @@ def prune(file, apply_, break_cycles, metadata_db, as_json):
     (missing ones added, stale ones dropped), orphan results get their _links bucket back, poison link
     keys and undecodable results are dropped. With --apply, refuses while buildkitd holds the file.
     """
-    import os
-
     from ..buildkit.cachedb import load_cache_store
     from ..buildkit.prune import apply_prune, plan_prune
     from ..check import check_file
@@ -345,7 +343,6 @@ def du(target, sort, record_type, older_than, as_json):
 
     from ..buildkit.du import explain, usage
     from ..buildkit.metadata import load_metadata_store
-    from ..buildkit.root import discover
     from .app import opened
     from .output import emit_json, emit_table
     path = Path(target)
