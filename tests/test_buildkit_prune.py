@@ -138,3 +138,25 @@ def test_release_missing_drops_results_without_records_then_collapses(tmp_path):
         store = load_cache_store(db)
     assert sum(len(v) for v in store.results.values()) == before - 87
     assert check_cache_store(store) == []
+
+
+def test_salvaged_torn_cache_db_prunes_to_a_store_buildkit_can_use(tmp_path, oracle):
+    """salvage then prune: the torn copy becomes a cache.db that bbolt opens and that has no dangling links or
+    index faults; lost+found rides along untouched (BuildKit ignores foreign top-level buckets); a report of
+    every change sits beside the backup."""
+    torn = [p for p in corpus_files("torn") if p.name == "daemon1-cache-slowcopy-during-build-354.db"][0]
+    out = tmp_path / "cache.db"
+    assert run("salvage", torn, "-o", out).exit_code == 0
+    with Database(out) as db:
+        lost = sum(1 for p, c, it in db.tree.walk(db.root()) if c is None and p.path[:1] == (b"lost+found",))
+    r = run("buildkit", "prune", "--apply", "--json", out)
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output.splitlines()[-1])
+    report = json.loads(open(summary["report"]).read())
+    assert len(report["changes"]) == summary["changes"] > 0
+    with Database(out) as db:
+        left = {p.code for p in check_cache_store(load_cache_store(db))}
+        kept = sum(1 for p, c, it in db.tree.walk(db.root()) if c is None and p.path[:1] == (b"lost+found",))
+    assert not left & {"D1", "D2", "D3", "D4", "D5", "C3", "C4", "C5", "C7", "C9", "C12"}
+    assert kept == lost > 0
+    assert check_file(out).clean and oracle.check(out)[0] == 0

@@ -2,6 +2,8 @@
 source is never touched, and edits that would break the file are refused with the reason."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -38,6 +40,7 @@ def test_edit_gives_a_file_bbolt_accepts_and_keeps_using(tmp_path, oracle, examp
     r = run(*cmd)
     assert r.exit_code == 0, r.output
     assert src.read_bytes() == before
+    assert json.loads((tmp_path / "out.db.report.json").read_text())["result"] == r.output.strip()
     assert check_file(out).clean and oracle.check(out)[0] == 0
     assert oracle.run("mutate", "-seed", 3, out, check=False).returncode == 0
 

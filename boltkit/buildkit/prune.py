@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .cachedb import CacheStore, split_result_id
+from .cachedb import TOP_BUCKETS, CacheStore, split_result_id
 from .graph import cycles, live_keys
 
 
@@ -119,8 +119,9 @@ def plan_prune(store: CacheStore, break_cycles: bool = False,
     return out, changes
 
 
-def write_pruned(pruned: PrunedStore, writer) -> None:
-    """Stream the pruned store into a BoltWriter, buckets and keys in byte order."""
+def write_pruned(pruned: PrunedStore, writer, foreign: dict | None = None) -> None:
+    """Stream the pruned store into a BoltWriter, buckets and keys in byte order. ``foreign``: top-level
+    buckets BuildKit does not use (a salvage's lost+found, say), name -> a function writing their contents."""
     def bucket(name: bytes, children: dict[bytes, dict[bytes, bytes]]) -> None:
         writer.begin_bucket(name)
         for sub in sorted(children):
@@ -137,8 +138,14 @@ def write_pruned(pruned: PrunedStore, writer) -> None:
         b"_links": {enc(s): {raw: b"" for raw in links} for s, links in pruned.links.items()},
         b"_result": {enc(k): {enc(r): v for r, v in res.items()} for k, res in pruned.results.items()},
     }
-    for name in sorted(tops):
-        bucket(name, tops[name])
+    foreign = foreign or {}
+    for name in sorted(set(tops) | set(foreign)):
+        if name in tops:
+            bucket(name, tops[name])
+        else:
+            writer.begin_bucket(name)
+            foreign[name](writer)
+            writer.end_bucket()
 
 
 def apply_prune(path: str, pruned: PrunedStore, page_size: int) -> str:
@@ -149,6 +156,7 @@ def apply_prune(path: str, pruned: PrunedStore, page_size: int) -> str:
     from ..check import check_file
     from ..errors import BoltkitError
     from ..repair.replace import holder_check, replace
+    from ..repair.rewrite import stream
     from ..storage import Database
     from ..write import BoltWriter
     from .cachecheck import check_cache_store
@@ -157,8 +165,15 @@ def apply_prune(path: str, pruned: PrunedStore, page_size: int) -> str:
     if os.path.exists(new):
         raise BoltkitError(f"{new} exists (an interrupted run?); remove it first")
     holder_check(path)
-    with BoltWriter(new, page_size=page_size) as w:
-        write_pruned(pruned, w)
+    with Database(path) as src, BoltWriter(new, page_size=page_size) as w:
+        # buckets BuildKit does not use are carried over untouched
+        root = src.root()
+        foreign = {}
+        for item in src.tree.items(root):
+            if item.is_bucket and item.key not in TOP_BUCKETS:
+                child = src.tree.child(root, item)
+                foreign[item.key] = lambda writer, child=child: stream(src, child, writer)
+        write_pruned(pruned, w, foreign)
     ok = check_file(new, revert=False)
     with Database(new) as db:
         left = check_cache_store(load_cache_store(db))

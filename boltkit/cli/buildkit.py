@@ -8,6 +8,16 @@ from .app import main
 from .check import FsckCommand, run_checks
 
 
+def write_report(backup: str, summary: dict, changes: list[dict]) -> str:
+    """Every repair leaves a JSON account of what it changed beside the backup it made."""
+    import json
+    path = backup[:-len(".bak")] + ".report.json" if backup.endswith(".bak") else backup + ".report.json"
+    with open(path, "w") as f:
+        json.dump(dict(summary, changes=changes), f, indent=1)
+        f.write("\n")
+    return path
+
+
 @main.group()
 def buildkit():
     """BuildKit's stores: cache.db (solver cache keys) and friends."""
@@ -252,8 +262,6 @@ def prune(file, apply_, break_cycles, metadata_db, as_json):
     with Database(file) as db:
         store = load_cache_store(db)
         page_size = db.page_size
-    if store.foreign_top:
-        raise click.ClickException(f"{file} has top-level buckets BuildKit does not use; not pruning it")
     records = None
     if metadata_db is not None:
         from ..buildkit.metadata import record_ids
@@ -275,6 +283,7 @@ def prune(file, apply_, break_cycles, metadata_db, as_json):
         except BoltkitError as e:
             raise click.ClickException(str(e)) from None
         summary["applied"] = True
+        summary["report"] = write_report(summary["backup"], summary, [c.as_dict() for c in changes])
     if as_json:
         emit_json(summary)
     elif not changes:
@@ -453,6 +462,8 @@ def repair(root, apply_, as_json):
                 backups.append(apply_prune(str(cache.path), pruned, page_size))
         except BoltkitError as e:
             raise click.ClickException(str(e)) from None
+        write_report(backups[0], {"root": str(found.path), "backups": backups},
+                     [dict(store=p, **c.as_dict()) for p, c in changes])
     if as_json:
         emit_json({"root": str(found.path), "changes": len(changes), "applied": bool(backups), "backups": backups})
     elif not changes:

@@ -95,12 +95,20 @@ def surgery():
     """
 
 
-def _surgery(fn, *args):
+def _surgery(fn, src, dst, *args):
+    """Run one edit; its outcome is printed and recorded in DST.report.json beside the edited copy."""
+    import json
+
     from ..repair.surgery import Refused
     try:
-        click.echo(fn(*args))
+        message = fn(src, dst, *args)
     except (Refused, FileExistsError) as e:
         raise click.ClickException(str(e))
+    with open(dst + ".report.json", "w") as f:
+        json.dump({"operation": fn.__name__, "src": src, "dst": dst, "arguments": list(args), "result": message},
+                  f, indent=1)
+        f.write("\n")
+    click.echo(message)
 
 
 _out = click.option("-o", "--output", "dst", required=True, type=click.Path(), help="The edited copy (must not exist).")
