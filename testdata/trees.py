@@ -70,3 +70,18 @@ def buckets(depth: int):
 
 trees = st.dictionaries(keys, buckets(4), max_size=6)
 page_sizes = st.sampled_from([1024, 2048, 4096, 8192, 16384, 32768, 65536])
+
+
+def tree_from_file(path) -> dict:
+    """The logical tree of a bbolt file (read with boltkit), as ``{name: bytes | Bucket}``."""
+    from boltkit.storage import Database
+    root: dict = {}
+    with Database(path) as db:
+        nodes = {(): root}
+        for parent, child, item in db.tree.walk(db.root()):
+            if child is None:
+                nodes[parent.path][item.key] = db.value(item)
+            else:
+                b = nodes[parent.path][item.key] = Bucket(sequence=child.sequence)
+                nodes[child.path] = b.children
+    return root

@@ -160,3 +160,31 @@ def test_salvaged_torn_cache_db_prunes_to_a_store_buildkit_can_use(tmp_path, ora
     assert not left & {"D1", "D2", "D3", "D4", "D5", "C3", "C4", "C5", "C7", "C9", "C12"}
     assert kept == lost > 0
     assert check_file(out).clean and oracle.check(out)[0] == 0
+
+
+def test_corpus_store_with_planted_defects_prunes_like_the_rule(tmp_path, oracle):
+    """A real cache.db (120 builds) with dangling links, a ghost and a missing backlink planted: the pruned
+    store equals what BuildKit's own rule leaves (independent implementation above)."""
+    from testdata.buildkit import link_key
+    from testdata.trees import Bucket, tree_from_file
+    src = [p for p in corpus_files("sound") if "02-after-120" in str(p) and p.name == "cache.db"][0]
+    t = tree_from_file(src)
+    links, backlinks = t[b"_links"].children, t[b"_backlinks"].children
+    some = [k for k in sorted(links) if links[k].children][:3]
+    links[some[0]].children[link_key("nowhere00000000000000000ee")] = b""             # D1
+    ghost = b"ghost0000000000000000000dd"
+    links[some[1]].children[link_key(ghost.decode())] = b""                          # D2
+    backlinks[ghost] = Bucket({some[1]: b""})
+    target = next(k for k in links[some[2]].children)                                # D3
+    tgt = target.decode().rsplit("@", 1)[1].encode()
+    if tgt in backlinks:
+        backlinks[tgt].children.pop(some[2], None)
+    path = write_store(tmp_path / "cache.db", t)
+    with Database(path) as db:
+        expected = reference_rule(load_cache_store(db))
+    r = run("buildkit", "prune", "--apply", path)
+    assert r.exit_code == 0, r.output
+    assert pruned_links(path) == expected
+    with Database(path) as db:
+        assert not {p.code for p in check_cache_store(load_cache_store(db))} & {"D1", "D2", "D3", "D4", "D5", "C12"}
+    assert oracle.check(path)[0] == 0
