@@ -37,7 +37,9 @@ DEFECTS = {
     "M4": lambda t: rec(t, LAYER).update({b"cache.parent": env("gone00000000000000000000ff")}),
     "M5": lambda t: rec(t, BASE).update({b"cache.parent": env(MERGE)}),
     "M6": lambda t: rec(t, LAYER).update({b"cache.mergeParents": env([BASE, OTHER])}),
+    "M7": lambda t: rec(t, BASE).update({b"snapshot.committed": env(False)}),
     "M8": lambda t: rec(t, OTHER).update({b"cache.equalMutable": env("gone00000000000000000000ff")}),
+    "M13": lambda t: rec(t, BASE).update({b"cache.chainID": env("sha256:" + "12" * 32, "chainid:x")}),
     "M10": lambda t: t[b"_index"].children.update({b"cache-dir:nocolons": b""}),
     "M11": lambda t: t[b"_external"].children.update({b"gone00000000000000000000ff": Bucket({b"filelist": b"[]"})}),
     "M12": lambda t: rec(t, BASE).update({b"snapshot.size": env(-5)}),
@@ -59,7 +61,8 @@ def test_payload_type_and_index_variants(tmp_path):
     rec(t, OTHER)[b"cache.blobsize"] = env(True)              # a bool where Go wants a number
     del t[b"_index"].children[next(iter(t[b"_index"].children))]   # the chain index entry goes missing
     t[b"_index"].children[b"chainid:x::gone00000000000000000000ff"] = b""
-    assert codes_of(tmp_path, t) == {"M3": 2, "M10": 2}
+    # Go reads the mistyped snapshot.committed as false: OTHER counts as mutable, so its child MERGE gets M7
+    assert codes_of(tmp_path, t) == {"M3": 2, "M10": 2, "M7": 1}
 
 
 @pytest.mark.parametrize("path", [p for p in corpus_files() if p.name == "metadata_v2.db" or "metadata_v2" in p.name],

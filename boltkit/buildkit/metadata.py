@@ -1,6 +1,6 @@
 """metadata_v2.db (cache/metadata): records in `_main` with `{"value","index"}` envelopes, tombstones,
 `_index` keys and `_external` blobs — decoded, and checked against M1–M14 of
-reference/buildkit-stores.md §3.8 (M15–M17 need containerdmeta.db and the snapshotter)."""
+reference/buildkit-stores.md §3.8 (M9, M15–M17 need containerdmeta.db and the snapshotter; fsck checks M15/M16)."""
 from __future__ import annotations
 
 import json
@@ -145,6 +145,12 @@ def check_metadata_store(store: MetadataStore, file: str | None = None) -> list[
         mp = rec.values.get("cache.mergeParents")
         if isinstance(mp, list) and mp and len(mp) < 2:
             add("M6", "a merge with fewer than two parents", path=path)
+        for p in rec.parents():
+            pv = recs[p].values if p in recs else None
+            if pv is not None and pv.get("snapshot.committed") is not True and not pv.get("cache.equalMutable"):
+                add("M7", f"parent {p} is mutable: loading this record commits it (or fails while it is held)",
+                    path=path, key=p)
+        _chain_ids(rec, recs, add, path)
         em = rec.values.get("cache.equalMutable")
         if isinstance(em, str) and em and em not in recs:
             add("M8", f"equalMutable target {em} does not exist", path=path)
@@ -185,6 +191,36 @@ def _ranges(rec: Record, add, path) -> None:
         add("M12", "cache.blob set without cache.diffID and cache.mediatype", path=path)
     if isinstance(v.get("cache.recordType"), str) and v["cache.recordType"] not in RECORD_TYPES:
         add("M12", f"unknown cache.recordType {v['cache.recordType']!r}", path=path)
+
+
+def _sha(text: str) -> str:
+    import hashlib
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _chain_ids(rec: Record, recs: dict[str, Record], add, path) -> None:
+    """M13: chainID/blobChainID as cache/blobs.go computes them for base layers and layers (OCI ChainID)."""
+    v = rec.values
+    diff, blob = v.get("cache.diffID"), v.get("cache.blob")
+    if not isinstance(diff, str) or not diff or kind_is_composite(v):
+        return
+    parent = recs.get(v["cache.parent"]) if isinstance(v.get("cache.parent"), str) else None
+    if v.get("cache.parent") and parent is None:
+        return      # M4 already
+    pv = parent.values if parent else {}
+    want_chain = _sha(f"{pv['cache.chainID']} {diff}") if parent and pv.get("cache.chainID") else \
+        (diff if not parent else None)
+    own_blob = _sha(f"{blob} {diff}") if isinstance(blob, str) and blob else None
+    want_blob = (_sha(f"{pv['cache.blobChainID']} {own_blob}") if parent and pv.get("cache.blobChainID") and own_blob
+                 else (own_blob if not parent else None))
+    if want_chain and v.get("cache.chainID") and v["cache.chainID"] != want_chain:
+        add("M13", "cache.chainID does not follow from diffID and the parent's chainID", path=path)
+    if want_blob and v.get("cache.blobChainID") and v["cache.blobChainID"] != want_blob:
+        add("M13", "cache.blobChainID does not follow from blob, diffID and the parent's blobChainID", path=path)
+
+
+def kind_is_composite(v: dict) -> bool:
+    return bool(v.get("cache.mergeParents") or v.get("cache.lowerDiffParent") or v.get("cache.upperDiffParent"))
 
 
 def _parent_cycles(recs: dict[str, Record]) -> list[list[str]]:
