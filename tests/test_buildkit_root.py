@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 from click.testing import CliRunner
@@ -80,3 +81,15 @@ def test_fsck_not_a_root(tmp_path):
     r = run("buildkit", "fsck", tmp_path)
     assert r.exit_code == 8 and "no BuildKit stores found" in r.output
     assert run("buildkit", "ls", tmp_path / "nope").exit_code == 1
+
+
+def test_fsck_results_of_an_unknown_worker_are_released(tmp_path):
+    """X1: a changed workerid (another worker directory, a switched snapshotter) orphans every result."""
+    root = copy_root(tmp_path)
+    wid = root / "runc-overlayfs" / "workerid"
+    os.chmod(wid, 0o644)
+    wid.write_text("zzzzzzzzzzzzzzzzzzzzzzzzz")
+    recs = [json.loads(x) for x in run("buildkit", "fsck", "--json", "--max-errors", "1000", root).output.splitlines()]
+    x1 = [r for r in recs if r.get("code") == "X1"]
+    assert len(x1) == 193 and not [r for r in recs if r.get("code") == "X2"]
+    assert any("193 result(s)" in p for p in recs[-1]["predictions"])
