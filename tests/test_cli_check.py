@@ -110,3 +110,17 @@ def test_map_draws_every_page_with_damage_in_red(tmp_path):
     red = {c.find(ns + "title").text.split(":")[0] for c in cells if c.get("fill") == "#e31a1c"}
     assert "page 225" in red and "page 122" in red    # the B033 and cycle pages of the MANIFEST
     assert run("check", "--map", svg, path, path).exit_code == 16
+
+
+def test_absurd_high_water_mark_is_reported_not_allocated(tmp_path, example_db):
+    """A checksum-valid meta claiming 2**40 pages: reported (B002), and even read through with --meta, nothing
+    sized by that claim is allocated."""
+    db = damage.copy(example_db, tmp_path / "c.db")
+    damage.set_meta_field(db, 1, "pgid", 2 ** 40)
+    r = run("check", db)
+    assert r.exit_code == 4 and "B002" in r.output and "B004" in r.output
+    r = run("check", "--meta", "1", db)
+    assert r.exit_code == 4 and r.exception is None or isinstance(r.exception, SystemExit)
+    assert "B002" in r.output
+    assert run("pages", "--meta", "1", "--json", db).exit_code == 0
+    assert run("export", "--count", "--meta", "1", db).exit_code == 0

@@ -137,14 +137,17 @@ class _Walker:
         self.progress = progress
         self.hwm = meta.pgid
         self.pager = Pager(db.data, db.file_size, db.page_size, self.hwm)
-        self.refs = np.zeros(self.hwm, dtype=np.uint8)
-        self.freed = np.zeros(self.hwm, dtype=bool)
+        # per-page maps cover the pages that exist: a meta may claim a high-water mark far past the end of
+        # the file (reported as B002), and must not make us allocate for pages that are not there
+        self.n = self.pager.limit_pages
+        self.refs = np.zeros(self.n, dtype=np.uint8)
+        self.freed = np.zeros(self.n, dtype=bool)
 
     def problem(self, code: str, message: str, **kw) -> None:
         self.report.problems.append(Problem(code, message, file=self.report.file, **kw))
 
     def run(self) -> None:
-        self.refs[:min(2, self.hwm)] = 1
+        self.refs[:min(2, self.n)] = 1
         self._check_freelist()
         self._walk()
         self._leaked()
@@ -159,10 +162,10 @@ class _Walker:
             fl = read_freelist(self.pager, m.freelist)
         except CorruptionError as e:
             self.problem("B010", e.message, pgid=e.pgid, offset=e.offset)
-            if m.freelist < self.hwm:
+            if m.freelist < self.n:
                 self.refs[m.freelist] = 1
             return
-        own = np.arange(fl.pgid, min(fl.pgid + fl.overflow + 1, self.hwm))
+        own = np.arange(fl.pgid, min(fl.pgid + fl.overflow + 1, self.n))
         self.refs[own] = 1
         ids = fl.ids
         if ids.size == 0:
@@ -180,7 +183,7 @@ class _Walker:
                          pgid=fl.pgid, details={"id": p})
         for p in np.intersect1d(uniq, own.astype(np.uint64)).tolist():
             self.problem("B014", "freelist lists its own page", pgid=p)
-        ok = uniq[(uniq >= 2) & (uniq < self.hwm)].astype(np.int64)
+        ok = uniq[(uniq >= 2) & (uniq < self.n)].astype(np.int64)
         self.freed[ok] = True
 
     # -- the tree ---------------------------------------------------------------------------------
@@ -215,8 +218,8 @@ class TreeCounts:
 def count_tree(db: Database) -> TreeCounts:
     """A full traversal that only counts (buckets, pairs, key+value bytes): the bulk walk without key checks."""
     problems: list[Problem] = []
-    scan = TreeScan(db, db.meta, problems.append, quick=True, refs=np.zeros(db.hwm, np.uint8),
-                    freed=np.zeros(db.hwm, bool))
+    n = db.pager.limit_pages
+    scan = TreeScan(db, db.meta, problems.append, quick=True, refs=np.zeros(n, np.uint8), freed=np.zeros(n, bool))
     scan.run()
     return TreeCounts(scan.buckets, scan.pairs, scan.pair_bytes, problems)
 

@@ -111,7 +111,7 @@ class TreeScan:
         self.g = Gather(db.data, db.file_size)
         self.refs = refs
         self.freed = freed
-        self.parent_of = np.full(self.hwm, NONE, I64)
+        self.parent_of = np.full(self.limit, NONE, I64)
         # bucket table: parent bucket, name offset, name length (bucket 0 = the root bucket)
         self._b_parent = [_a([NONE])]
         self._b_koff = [_a([0])]
@@ -148,7 +148,7 @@ class TreeScan:
         seen = 0
         while p != NONE and seen <= self.hwm:
             chain.append(p)
-            p = int(self.parent_of[p]) if 0 <= p < self.hwm else NONE
+            p = int(self.parent_of[p]) if 0 <= p < self.limit else NONE
             seen += 1
         return list(reversed(chain))
 

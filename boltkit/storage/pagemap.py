@@ -53,7 +53,8 @@ def reachable_pages(db: Database, meta: Meta, errors: list | None = None) -> dic
 def page_map(db: Database) -> tuple[list[PageInfo], list]:
     meta = db.meta
     errors: list = []
-    infos: list[PageInfo | None] = [None] * meta.pgid
+    # pages the file really has, and a bounded run of "beyond-eof" rows for a truncated file
+    infos: list[PageInfo | None] = [None] * min(meta.pgid, db.file_size // db.page_size + 65536)
     for i in (0, 1):
         if i < len(infos):
             infos[i] = PageInfo(i, "meta")
