@@ -11,6 +11,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from ..errors import CorruptionError
+from ..schemas import BUCKET_LEAF_FLAG
 from ..storage import Database
 
 TOP_BUCKETS = (b"_result", b"_links", b"_byresult", b"_backlinks")
@@ -198,13 +200,36 @@ def load_cache_store(db: Database, on_damage=None) -> CacheStore:
                 store.anomalies.append(Anomaly("C2", (top.key,), entry.key, "level-2 entry is a plain value, "
                                                                              "not a bucket"))
                 continue
-            sub = tree.child(bucket, entry)
+            try:
+                sub = tree.child(bucket, entry)
+            except CorruptionError as e:
+                if on_damage is None:
+                    raise
+                on_damage(e)
+                continue
             _load_level3(store, db, top.key, name, sub, on_damage)
     return store
 
 
+def _entries(db: Database, sub, on_damage):
+    """(is_bucket, key, value) of one id's bucket; the ~99 % that are inline are decoded in one step."""
+    data = db.data
+    if sub.inline:
+        try:
+            elems = db.pager.leaf_elements(sub.node)
+        except CorruptionError as e:
+            if on_damage is None:
+                raise
+            on_damage(e)
+            return
+        for flags, ks, ke, ve in elems:
+            yield flags & BUCKET_LEAF_FLAG, data[ks:ke], data[ke:ve]
+        return
+    for item in db.tree.items(sub, on_error=on_damage):
+        yield item.is_bucket, item.key, db.value(item)
+
+
 def _load_level3(store: CacheStore, db: Database, top: bytes, name: str, sub, on_damage) -> None:
-    tree = db.tree
     if top == b"_links":
         store.links.setdefault(name, [])
     elif top == b"_result":
@@ -213,20 +238,19 @@ def _load_level3(store: CacheStore, db: Database, top: bytes, name: str, sub, on
         store.byresult.setdefault(name, set())
     else:
         store.backlinks.setdefault(name, set())
-    for item in tree.items(sub, on_error=on_damage):
-        if item.is_bucket:
-            store.anomalies.append(Anomaly("C3", (top, name.encode()), item.key, "level-3 entry is a bucket"))
+    for is_bucket, key, value in _entries(db, sub, on_damage):
+        if is_bucket:
+            store.anomalies.append(Anomaly("C3", (top, name.encode()), key, "level-3 entry is a bucket"))
             continue
-        value = db.value(item)
-        text = item.key.decode("utf-8", "replace")
+        text = key.decode("utf-8", "replace")
         if top == b"_result":
-            store.results[name].append(decode_result(name, item.key, value))
+            store.results[name].append(decode_result(name, key, value))
             continue
         if value:
-            store.anomalies.append(Anomaly("C7", (top, name.encode()), item.key, f"value of {len(value)} bytes, "
-                                                                                 "expected empty"))
+            store.anomalies.append(Anomaly("C7", (top, name.encode()), key, f"value of {len(value)} bytes, "
+                                                                            "expected empty"))
         if top == b"_links":
-            store.links[name].append(decode_link_key(name, item.key))
+            store.links[name].append(decode_link_key(name, key))
         elif top == b"_byresult":
             store.byresult[name].add(text)
         else:
