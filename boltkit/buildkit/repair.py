@@ -12,10 +12,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from ..repair.preflight import require_sound
 from ..storage import Database
+from .cachedb import load_cache_store
 from .containerd import SUFFIXES
 from .metadata import load_metadata_store
-from .prune import Change
+from .prune import Change, PrunedStore, apply_prune, plan_prune
+from .root import Root
 
 
 @dataclass
@@ -92,3 +95,53 @@ def apply_plan(plan: StorePlan) -> str:
     if not check_file(new, revert=False).clean:
         raise BoltkitError(f"the repaired {plan.path} did not verify; it is untouched, the attempt is in {new}")
     return replace(plan.path, new)
+
+
+@dataclass
+class RootPlan:
+    """Every change `buildkit repair` would make under one root, store by store."""
+    root: Root
+    stores: list[StorePlan]                     # metadata_v2.db and containerdmeta.db rewrites
+    cache_path: str | None = None
+    pruned: PrunedStore | None = None
+    cache_changes: list[Change] = field(default_factory=list)
+    cache_page_size: int = 4096
+
+    @property
+    def changes(self) -> list[tuple[str, Change]]:
+        return [(p.path, c) for p in self.stores for c in p.changes] + \
+            [(self.cache_path, c) for c in self.cache_changes]
+
+
+def plan_root(root: Root) -> RootPlan:
+    """Refuse structurally damaged stores (salvage first), then plan each worker's metadata and lease fixes and
+    the cache.db prune that releases results whose records are gone."""
+    for s in root.stores:
+        require_sound(str(s.path))
+    plan = RootPlan(root, [])
+    live: set[str] = set()
+    for w in root.workers:
+        md_plan, records = plan_metadata(str(w.dir / "metadata_v2.db"))
+        live |= records
+        plan.stores.append(md_plan)
+        gone = {c.key for c in md_plan.changes if c.action == "drop-record"}
+        if gone and (w.dir / "containerdmeta.db").is_file():
+            plan.stores.append(plan_leases(str(w.dir / "containerdmeta.db"), gone))
+    cache = next((s for s in root.stores if s.kind == "cache.db"), None)
+    if cache is not None:
+        with Database(str(cache.path)) as db:
+            store, plan.cache_page_size = load_cache_store(db), db.page_size
+        plan.cache_path = str(cache.path)
+        plan.pruned, plan.cache_changes = plan_prune(store, records=live if root.workers else None)
+    return plan
+
+
+def apply_root(plan: RootPlan) -> list[str]:
+    """Apply a root plan store by store (each verified and swapped in); returns the backups made."""
+    from ..repair.replace import holder_check
+    if plan.root.lock is not None:
+        holder_check(str(plan.root.lock))
+    backups = [apply_plan(p) for p in plan.stores if p.changes]
+    if plan.cache_changes:
+        backups.append(apply_prune(plan.cache_path, plan.pruned, plan.cache_page_size))
+    return backups

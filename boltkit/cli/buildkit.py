@@ -4,18 +4,10 @@ from __future__ import annotations
 import click
 
 from ..buildkit.fsck import check_store
+from ..errors import BoltkitError
+from ..repair.preflight import report_beside, require_sound, write_report
 from .app import main
 from .check import FsckCommand, run_checks
-
-
-def write_report(backup: str, summary: dict, changes: list[dict]) -> str:
-    """Every repair leaves a JSON account of what it changed beside the backup it made."""
-    import json
-    path = backup[:-len(".bak")] + ".report.json" if backup.endswith(".bak") else backup + ".report.json"
-    with open(path, "w") as f:
-        json.dump(dict(summary, changes=changes), f, indent=1)
-        f.write("\n")
-    return path
 
 
 @main.group()
@@ -134,7 +126,6 @@ def ls(root, as_json):
     import datetime
     import os
 
-    from ..errors import BoltkitError
     from ..storage import Database
     from .output import emit_json, emit_table
     found = _root_or_exit(root)
@@ -185,7 +176,6 @@ def fsck(root, jobs, max_errors, snapshot, as_json):
     For systemd: ExecStartPre=/usr/bin/boltkit buildkit fsck /var/lib/buildkit
     """
     from ..buildkit.fsck import fsck_root
-    from ..errors import BoltkitError
     from .check import EXIT_CLEAN, EXIT_PROBLEMS, EXIT_UNREADABLE
     from .output import emit_json, emit_table, warn
     try:
@@ -250,15 +240,12 @@ def prune(file, apply_, break_cycles, metadata_db, as_json):
     """
     from ..buildkit.cachedb import load_cache_store
     from ..buildkit.prune import apply_prune, plan_prune
-    from ..check import check_file
-    from ..errors import BoltkitError
     from ..storage import Database
     from .output import emit_json, emit_table
-    report = check_file(file, revert=False)
-    structural = sorted({p.code for p in report.problems if p.code.startswith("B") and p.code not in ("B040", "B050")})
-    if not report.readable or structural:
-        raise click.ClickException(f"{file} is structurally damaged ({', '.join(structural) or 'unreadable'}): "
-                                   "salvage it first (boltkit salvage)")
+    try:
+        require_sound(file)
+    except BoltkitError as e:
+        raise click.ClickException(str(e)) from None
     with Database(file) as db:
         store = load_cache_store(db)
         page_size = db.page_size
@@ -283,7 +270,8 @@ def prune(file, apply_, break_cycles, metadata_db, as_json):
         except BoltkitError as e:
             raise click.ClickException(str(e)) from None
         summary["applied"] = True
-        summary["report"] = write_report(summary["backup"], summary, [c.as_dict() for c in changes])
+        summary["report"] = write_report(report_beside(summary["backup"]),
+                                         dict(summary, changes=[c.as_dict() for c in changes]))
     if as_json:
         emit_json(summary)
     elif not changes:
@@ -413,37 +401,14 @@ def repair(root, apply_, as_json):
     cache.db          `buildkit prune --release-missing`: dangling links, ghosts, stale indexes, and
                       results whose metadata record is gone
     """
-    from ..buildkit.cachedb import load_cache_store
-    from ..buildkit.prune import apply_prune, plan_prune
-    from ..buildkit.repair import apply_plan, plan_leases, plan_metadata
-    from ..check import check_file
-    from ..errors import BoltkitError
-    from ..repair.replace import holder_check
-    from ..storage import Database
+    from ..buildkit.repair import apply_root, plan_root
     from .output import emit_json, emit_table
     found = _root_or_exit(root)
-    for s in found.stores:
-        rep = check_file(str(s.path), revert=False)
-        damaged = sorted({p.code for p in rep.problems if p.code.startswith("B") and p.code not in ("B040", "B050")})
-        if not rep.readable or damaged:
-            raise click.ClickException(f"{s.path} is structurally damaged ({', '.join(damaged) or 'unreadable'}): "
-                                       "salvage it first (boltkit salvage)")
-    plans, live = [], set()
-    for w in found.workers:
-        md_plan, records = plan_metadata(str(w.dir / "metadata_v2.db"))
-        live |= records
-        plans.append(md_plan)
-        gone = {c.key for c in md_plan.changes if c.action == "drop-record"}
-        if gone and (w.dir / "containerdmeta.db").is_file():
-            plans.append(plan_leases(str(w.dir / "containerdmeta.db"), gone))
-    cache = next((s for s in found.stores if s.kind == "cache.db"), None)
-    pruned = None
-    if cache is not None:
-        with Database(str(cache.path)) as db:
-            store, page_size = load_cache_store(db), db.page_size
-        pruned, cache_changes = plan_prune(store, records=live if found.workers else None)
-    changes = [(p.path, c) for p in plans for c in p.changes] + \
-        ([(str(cache.path), c) for c in cache_changes] if cache is not None else [])
+    try:
+        plan = plan_root(found)
+    except BoltkitError as e:
+        raise click.ClickException(str(e)) from None
+    changes = plan.changes
     if as_json:
         for path, c in changes:
             emit_json(dict(store=path, **c.as_dict()))
@@ -453,17 +418,11 @@ def repair(root, apply_, as_json):
     backups = []
     if apply_ and changes:
         try:
-            if found.lock is not None:
-                holder_check(str(found.lock))
-            for plan in plans:
-                if plan.changes:
-                    backups.append(apply_plan(plan))
-            if cache is not None and cache_changes:
-                backups.append(apply_prune(str(cache.path), pruned, page_size))
+            backups = apply_root(plan)
         except BoltkitError as e:
             raise click.ClickException(str(e)) from None
-        write_report(backups[0], {"root": str(found.path), "backups": backups},
-                     [dict(store=p, **c.as_dict()) for p, c in changes])
+        write_report(report_beside(backups[0]), {"root": str(found.path), "backups": backups,
+                                                 "changes": [dict(store=p, **c.as_dict()) for p, c in changes]})
     if as_json:
         emit_json({"root": str(found.path), "changes": len(changes), "applied": bool(backups), "backups": backups})
     elif not changes:

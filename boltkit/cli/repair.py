@@ -97,17 +97,14 @@ def surgery():
 
 def _surgery(fn, src, dst, *args):
     """Run one edit; its outcome is printed and recorded in DST.report.json beside the edited copy."""
-    import json
-
+    from ..repair.preflight import write_report
     from ..repair.surgery import Refused
     try:
         message = fn(src, dst, *args)
     except (Refused, FileExistsError) as e:
         raise click.ClickException(str(e))
-    with open(dst + ".report.json", "w") as f:
-        json.dump({"operation": fn.__name__, "src": src, "dst": dst, "arguments": list(args), "result": message},
-                  f, indent=1)
-        f.write("\n")
+    write_report(dst + ".report.json",
+                 {"operation": fn.__name__, "src": src, "dst": dst, "arguments": list(args), "result": message})
     click.echo(message)
 
 

@@ -13,15 +13,13 @@ from typing import Callable
 
 import numpy as np
 
-from ..check import Severity, check_file
 from ..check.gather import Gather
 from ..errors import CorruptionError
 from ..schemas import BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, LEAF_ELEMENT, PAGE_HEADER
 from ..storage import Database, Item
 from ..write import BoltWriter, Run
+from .preflight import require_sound
 
-# problems that do not change what the tree holds: leaked pages, meta txid gaps, revert information
-HARMLESS = {"B040", "B003", "B050"}
 _COUNT = PAGE_HEADER.offset_of("count")
 
 
@@ -138,13 +136,7 @@ def compact(src: str, dst: str, *, page_size: int | None = None, fill_percent: f
     """Compact ``src`` into the new file ``dst`` (which must not exist)."""
     if os.path.exists(dst):
         raise FileExistsError(f"{dst} already exists; refusing to overwrite it")
-    report = check_file(src, meta=meta, revert=False)
-    if not report.readable:
-        raise CorruptionError(report.problems[0].message if report.problems else f"{src} cannot be read")
-    damage = sorted({p.code for p in report.problems if p.code not in HARMLESS and p.severity != Severity.INFO})
-    if damage:
-        raise CorruptionError(f"{src} is damaged ({', '.join(damage)}); run `boltkit check` on it. "
-                              "Compaction copies sound files only.")
+    require_sound(src, meta)
     with Database(src, meta=meta) as db:
         writer = BoltWriter(dst, page_size=page_size or db.page_size, fill_percent=fill_percent, freelist=freelist)
         try:

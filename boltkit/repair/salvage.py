@@ -8,7 +8,6 @@ The input is only read; the output is written beside it, then checked.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -18,6 +17,7 @@ from ..schemas import BUCKET_LEAF_FLAG, PageFlag
 from ..storage import Database, Item, Pager, Tree
 from ..storage import Bucket as TreeBucket
 from ..write import BoltWriter
+from . import preflight
 
 LOST_FOUND = b"lost+found"
 
@@ -262,7 +262,5 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, page_size: int | Non
     return SalvageResult(src, dst, col.pairs, col.buckets, col.damage, orphan_pages, report.clean)
 
 
-def write_report(result: SalvageResult, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(result.report(), f, indent=2)
-        f.write("\n")
+def write_report(result: SalvageResult, path: str) -> str:
+    return preflight.write_report(path, result.report())
