@@ -7,8 +7,8 @@ import click
 
 from ..check import count_tree
 from ..errors import CorruptionError
-from ..schemas import BUCKET_HEADER, BUCKET_HEADER_SIZE, PAGE_HEADER_SIZE, PageFlag
-from ..storage import Node
+from ..schemas import PageFlag
+from ..storage.describe import describe_page
 from ..storage.pagemap import page_map
 from ..storage.stats import gather_stats
 from .app import main, opened
@@ -137,7 +137,7 @@ def page(file, page_ids, meta, snapshot, hexdump, as_json):
     with opened(file, meta, snapshot) as db:
         for n, pgid in enumerate(page_ids):
             try:
-                rec = describe_page(db, pgid)
+                rec = page_record(db, pgid)
             except CorruptionError as e:
                 rec = {"id": pgid, "error": str(e)}
             if as_json:
@@ -160,51 +160,37 @@ def page(file, page_ids, meta, snapshot, hexdump, as_json):
                 _hexdump(db.data[rec["offset"]:rec["offset"] + rec["size"]], rec["offset"])
 
 
-def describe_page(db, pgid: int) -> dict:
-    hid, flags, count, overflow = db.page_header(pgid)
-    off = pgid * db.page_size
-    span = min((overflow + 1) * db.page_size, db.file_size - off)
-    if flags in (PageFlag.META, PageFlag.FREELIST) or flags not in (PageFlag.BRANCH, PageFlag.LEAF):
-        span = min(db.page_size * (1 if flags == PageFlag.META else overflow + 1), db.file_size - off)
-    rec = {"id": pgid, "header_id": hid, "type": PageFlag.name_of(flags), "flags": flags, "count": count,
-           "overflow": overflow, "offset": off, "size": span}
+def page_record(db, pgid: int) -> dict:
+    """describe_page's view as a JSON record plus text lines."""
+    v = describe_page(db, pgid)
+    rec = {"id": v.pgid, "header_id": v.header_id, "type": PageFlag.name_of(v.flags), "flags": v.flags,
+           "count": v.count, "overflow": v.overflow, "offset": v.offset, "size": v.size}
     lines: list[str] = []
-    node = Node(pgid, flags, count, overflow, off, off + span, pgid)
-    try:
-        if flags == PageFlag.META:
-            m = db.metas[pgid] if pgid in (0, 1) and db.metas[pgid] is not None else None
-            if m is not None:
-                rec["meta"] = m.as_dict()
-                lines += [f"{k}: {v}" for k, v in m.as_dict().items()]
-        elif flags == PageFlag.FREELIST:
-            from ..storage.freelist import read_freelist
-            fl = read_freelist(db.pager, pgid)
-            rec["ids"] = fl.ids.tolist()
-            lines.append(f"{len(fl.ids)} ids: " + " ".join(map(str, rec["ids"][:200])) + (" ..." if len(fl.ids) > 200 else ""))
-        elif flags == PageFlag.BRANCH:
-            rec["elements"] = []
-            for i, (ks, ke, child) in enumerate(db.pager.branch_elements(node)):
-                key = db.data[ks:ke]
-                rec["elements"].append({"index": i, "key": encode_bytes(key, "auto"), "child": child})
-                lines.append(f"[{i}] {show_bytes(key, 80)} -> page {child}")
-        elif flags == PageFlag.LEAF:
-            rec["elements"] = []
-            for i, (eflags, ks, ke, ve) in enumerate(db.pager.leaf_elements(node)):
-                key, value = db.data[ks:ke], db.data[ke:ve]
-                el = {"index": i, "flags": eflags, "key": encode_bytes(key, "auto")}
-                if eflags & 1 and len(value) >= BUCKET_HEADER_SIZE:
-                    root, seq = BUCKET_HEADER.unpack_from(value)
-                    el.update(bucket={"root": root, "sequence": seq, "inline": root == 0,
-                                      "inline_items": PAGE_HEADER_SIZE <= len(value) - 16 and
-                                      value[BUCKET_HEADER_SIZE + 10] | value[BUCKET_HEADER_SIZE + 11] << 8 or 0})
-                    desc = f"bucket root={root} seq={seq}" + (" (inline)" if root == 0 else "")
-                else:
-                    el["value"] = encode_bytes(value, "auto")
-                    desc = show_bytes(value, 60)
-                rec["elements"].append(el)
-                lines.append(f"[{i}] {show_bytes(key, 60)} = {desc}")
-    except CorruptionError as e:
-        rec["element_error"] = str(e)
+    if v.meta is not None:
+        rec["meta"] = v.meta.as_dict()
+        lines += [f"{k}: {val}" for k, val in rec["meta"].items()]
+    if v.freelist is not None:
+        rec["ids"] = v.freelist
+        lines.append(f"{len(v.freelist)} ids: " + " ".join(map(str, v.freelist[:200]))
+                     + (" ..." if len(v.freelist) > 200 else ""))
+    if v.flags == PageFlag.BRANCH:
+        rec["elements"] = [{"index": i, "key": encode_bytes(k, "auto"), "child": c} for i, (k, c) in enumerate(v.branch)]
+        lines += [f"[{i}] {show_bytes(k, 80)} -> page {c}" for i, (k, c) in enumerate(v.branch)]
+    if v.flags == PageFlag.LEAF:
+        rec["elements"] = []
+        for i, e in enumerate(v.leaf):
+            el = {"index": i, "flags": e.flags, "key": encode_bytes(e.key, "auto")}
+            if e.bucket is not None:
+                root, seq, items = e.bucket
+                el["bucket"] = {"root": root, "sequence": seq, "inline": root == 0, "inline_items": items}
+                desc = f"bucket root={root} seq={seq}" + (" (inline)" if root == 0 else "")
+            else:
+                el["value"] = encode_bytes(e.value, "auto")
+                desc = show_bytes(e.value, 60)
+            rec["elements"].append(el)
+            lines.append(f"[{i}] {show_bytes(e.key, 60)} = {desc}")
+    if v.error:
+        rec["element_error"] = v.error
     rec["lines"] = lines
     return rec
 
