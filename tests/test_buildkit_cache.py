@@ -5,18 +5,22 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from boltkit.buildkit import check_cache_store, decode_link_key, load_cache_store
+from boltkit.buildkit import check_cache_db, decode_link_key, load_cache_store
 from boltkit.buildkit.cachedb import CacheInfoLink, id_class, split_result_id
-from boltkit.buildkit.graph import cycles, live_keys
+from boltkit.buildkit.graph import cycles, cycles_of_arrays, live_keys, live_mask
 from boltkit.cli import main
 from boltkit.storage import Database
-from testdata.buildkit import S, WORKER, clean_tree, link_key, result_value, write_store
+from testdata.buildkit import D, S, WORKER, clean_tree, link_key, result_value, write_store
 from testdata.trees import Bucket
 
 from .conftest import corpus_files, corpus_id
+from .reference_cachecheck import check_cache_store, problem_rows
 
 CHILD, GRAND = "child0000000000000000000aa", "grand0000000000000000000bb"
 ROOT1 = "sha256:" + "11" * 32
@@ -25,7 +29,9 @@ ROOT1 = "sha256:" + "11" * 32
 def codes_of(tmp_path, tree) -> dict[str, int]:
     path = write_store(tmp_path / "cache.db", tree)
     with Database(path) as db:
-        problems = check_cache_store(load_cache_store(db), str(path))
+        problems = check_cache_db(db, str(path))
+        # every defect doubles as a differential test: the array checks say what the plain ones say
+        assert problem_rows(problems) == problem_rows(check_cache_store(load_cache_store(db), str(path)))
     out: dict[str, int] = {}
     for p in problems:
         out[p.code] = out.get(p.code, 0) + 1
@@ -169,7 +175,8 @@ def test_corpus_cache_db_decodes_completely(path):
     assert all(ln.error is None for v in store.links.values() for ln in v)
     assert all(r.error is None for v in store.results.values() for r in v)
     assert not store.anomalies
-    problems = check_cache_store(store)
+    with Database(path) as db:
+        problems = check_cache_db(db)
     # only the garbage BuildKit's own collection leaves behind after prunes (ghost targets and dead chains)
     assert {p.code for p in problems} <= {"D2", "C12"}
 
@@ -210,6 +217,12 @@ def test_cycles_and_liveness_match_brute_force(seed):
     expect = {a for a in names if a in with_results or any(
         t in with_results for t in brute_reach(links, a))}
     assert live_keys(with_results, links) == expect
+    # the array versions, on the same graph numbered
+    src = np.array([names.index(a) for a in names for _ in links[a]], dtype=np.int64)
+    tgt = np.array([names.index(t) for a in names for t in links[a]], dtype=np.int64)
+    assert sorted(sorted(names[i] for i in c) for c in cycles_of_arrays(src, tgt, n)) == brute_cycles(links)
+    has = np.array([a in with_results for a in names])
+    assert {names[i] for i in np.flatnonzero(live_mask(has, src, tgt))} == expect
 
 
 def brute_reach(links, a):
@@ -284,3 +297,62 @@ def test_graph_cli_summary_dot_and_json(tmp_path):
     assert text.startswith("digraph cache {") and "D2" in text and "[color=red]" in text
     summary = json.loads(CliRunner().invoke(main, ["buildkit", "graph", "--json", str(path)]).output)
     assert summary["cycles"] == [[CHILD, GRAND]] and summary["problems"]["ghost0000000000000000000dd"] == "D2"
+
+
+# -- the array checks against the plain reference, on random stores and on every corpus cache.db ---------
+
+_IDS = st.sampled_from(["k" * 25, "a1b2c3d4e5f6g7h8i9j0k1l2m", "zzzzzzzzzzzzzzzzzzzzzzzzz", "sha256:" + "11" * 32,
+                        "random:" + "22" * 32, "short", "UPPERCASE0000000000000000", "x" * 130, "k" * 24 + "é"])
+_DIGESTS = st.sampled_from([D, S, "random:" + "ef" * 32, "sha256:" + "AB" * 32, "md5:1", "sha256:" + "ab" * 31, ""])
+_LINK_KEYS = st.one_of(
+    st.builds(lambda t, i, o, d, s: CacheInfoLink(i, o, d, s).encode() + b"@" + t.encode(),
+              _IDS, st.integers(0, 10**20), st.integers(0, 12), _DIGESTS, _DIGESTS),
+    st.builds(lambda t, j: j + b"@" + t.encode(), _IDS,
+              st.sampled_from([b'{"Input":01}', b'{"Digest": "x"}', b"{}", b'{"Output":1,"Input":1}', b"not json",
+                               b'{"Input":-1}', b'{"Input":1}@x', b""])),
+    st.binary(max_size=40))
+_RESULT_IDS = st.sampled_from([f"{WORKER}::ref1", f"{WORKER}::ref2", "noseparator", "a::b::c", f"{WORKER}::"])
+_RESULT_VALUES = st.one_of(st.builds(result_value, _RESULT_IDS), st.sampled_from([b"{not json", b"[]", b'{"ID":1}',
+                                                                                   b'{"CreatedAt":"x","ID":"a\\u0041"}']))
+
+
+@st.composite
+def cache_trees(draw):
+    t = {name: Bucket() for name in draw(st.sets(st.sampled_from(TOP), min_size=2))}
+    for name, b in t.items():
+        for kid in draw(st.lists(_IDS, max_size=6)):
+            sub = b.children.setdefault(kid.encode(), Bucket())
+            if name == b"_links":
+                keys = draw(st.lists(_LINK_KEYS, max_size=4))
+                if draw(st.integers(0, 9)) == 0:           # big enough for pages of its own
+                    keys += [link_key(f"{i:025d}") for i in range(300)]
+                sub.children.update({k: b"" for k in keys if k})
+            elif name == b"_result":
+                sub.children.update({draw(_RESULT_IDS).encode(): draw(_RESULT_VALUES)
+                                     for _ in range(draw(st.integers(0, 3)))})
+            else:
+                sub.children.update({k.encode(): draw(st.sampled_from([b"", b"", b"junk"]))
+                                     for k in draw(st.lists(_IDS | _RESULT_IDS, max_size=4))})
+        if draw(st.integers(0, 7)) == 0:
+            b.children[b"plain"] = b"value"
+    return t
+
+
+TOP = [b"_links", b"_result", b"_byresult", b"_backlinks", b"_foreign"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(tree=cache_trees())
+def test_array_checks_agree_with_the_plain_reference_on_random_stores(tmp_path_factory, tree):
+    path = write_store(tmp_path_factory.mktemp("rand") / "cache.db", tree)
+    with Database(path) as db:
+        assert problem_rows(check_cache_db(db)) == problem_rows(check_cache_store(load_cache_store(db)))
+
+
+@pytest.mark.parametrize("path", [p for p in corpus_files() if "cache" in p.name], ids=corpus_id)
+def test_array_checks_agree_with_the_plain_reference_on_the_corpus(path):
+    """Sound and torn: damage is skipped the same way by both decoders."""
+    with Database(path) as db:
+        fast = check_cache_db(db, on_damage=lambda e: None)
+        plain = check_cache_store(load_cache_store(db, on_damage=lambda e: None))
+    assert problem_rows(fast) == problem_rows(plain)

@@ -9,7 +9,7 @@ import shutil
 
 from click.testing import CliRunner
 
-from boltkit.buildkit import check_cache_store, load_cache_store
+from boltkit.buildkit import check_cache_db, load_cache_store
 from boltkit.check import check_file
 from boltkit.cli import main
 from boltkit.storage import Database
@@ -76,7 +76,7 @@ def test_apply_matches_buildkits_rule_verifies_and_keeps_a_backup(tmp_path, orac
     assert links == expected_links and keys == expected_keys
     assert check_file(path).clean and oracle.check(path)[0] == 0
     with Database(path) as db:
-        assert check_cache_store(load_cache_store(db)) == []
+        assert check_cache_db(db) == []
     second = run("buildkit", "prune", "--apply", path)
     assert second.exit_code == 0 and second.output.strip().endswith("nothing to prune")
     assert len(list(tmp_path.glob("*.bak"))) == 1
@@ -100,7 +100,7 @@ def test_ghosts_of_a_real_store_are_pruned_like_the_rule_says(tmp_path):
     assert run("buildkit", "prune", "--apply", path).exit_code == 0
     assert pruned_links(path) == (expected_links, expected_keys)
     with Database(path) as db:
-        left = {p.code for p in check_cache_store(load_cache_store(db))}
+        left = {p.code for p in check_cache_db(db)}
     assert not left & {"D1", "D2", "D3", "D4", "D5", "C12"}
 
 
@@ -136,8 +136,8 @@ def test_release_missing_drops_results_without_records_then_collapses(tmp_path):
     assert run("buildkit", "prune", "--apply", "--release-missing", md, path).exit_code == 0
     with Database(path) as db:
         store = load_cache_store(db)
+        assert check_cache_db(db) == []
     assert sum(len(v) for v in store.results.values()) == before - 87
-    assert check_cache_store(store) == []
 
 
 def test_salvaged_torn_cache_db_prunes_to_a_store_buildkit_can_use(tmp_path, oracle):
@@ -155,7 +155,7 @@ def test_salvaged_torn_cache_db_prunes_to_a_store_buildkit_can_use(tmp_path, ora
     report = json.loads(open(summary["report"]).read())
     assert len(report["changes"]) == summary["changes"] > 0
     with Database(out) as db:
-        left = {p.code for p in check_cache_store(load_cache_store(db))}
+        left = {p.code for p in check_cache_db(db)}
         kept = sum(1 for p, c, it in db.tree.walk(db.root()) if c is None and p.path[:1] == (b"lost+found",))
     assert not left & {"D1", "D2", "D3", "D4", "D5", "C3", "C4", "C5", "C7", "C9", "C12"}
     assert kept == lost > 0
@@ -186,5 +186,5 @@ def test_corpus_store_with_planted_defects_prunes_like_the_rule(tmp_path, oracle
     assert r.exit_code == 0, r.output
     assert pruned_links(path) == expected
     with Database(path) as db:
-        assert not {p.code for p in check_cache_store(load_cache_store(db))} & {"D1", "D2", "D3", "D4", "D5", "C12"}
+        assert not {p.code for p in check_cache_db(db)} & {"D1", "D2", "D3", "D4", "D5", "C12"}
     assert oracle.check(path)[0] == 0

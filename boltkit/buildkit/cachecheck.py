@@ -1,100 +1,166 @@
-"""Semantic checks of a decoded cache.db: the invariants of reference/buildkit-stores.md §1.5 and the
-dangling-link taxonomy of §1.6, each reported as a Problem with its code.
+"""Semantic checks of cache.db: the invariants of reference/buildkit-stores.md §1.5 and the dangling-link
+taxonomy of §1.6, each reported as a Problem with its code.
 
-D3/D4/D5 are the taxonomy names of C10/C11/C8 (missing backlink, stale backlink, orphan results); they
-are reported once, under the D code, since that is the name a repair acts on.
+Every check is a set operation over the integer columns of cachecolumns.py (pairs of codes packed into
+one int64, membership by sorting), so a 200k-key store is checked in array time; problems come out as
+ProblemTables and are built only when listed. D3/D4/D5 are the taxonomy names of C10/C11/C8 (missing
+backlink, stale backlink, orphan results); they are reported once, under the D code, since that is the
+name a repair acts on.
 """
 from __future__ import annotations
 
-from ..check.problems import Problem, adder
-from .cachedb import TOP_BUCKETS, CacheStore, id_class, is_root_form, split_result_id
-from .graph import cycles, live_keys
+import numpy as np
+
+from ..check.problems import Problem, Problems, ProblemTable, adder
+from ..storage import Database
+from .cachecolumns import CacheColumns, Names, load_cache_columns
+from .cachedb import TOP_BUCKETS, split_result_id
+from .graph import cycles_of_arrays, live_mask
+
+_DERIVED = np.zeros(256, bool)                      # the 25 characters of identity.NewID: [0-9a-z]
+_DERIVED[ord("0"):ord("9") + 1] = True
+_DERIVED[ord("a"):ord("z") + 1] = True
+_ROOT_PREFIXES = (b"sha256:", b"random:")
 
 
-def check_cache_store(store: CacheStore, file: str | None = None) -> list[Problem]:
-    out: list[Problem] = []
+def check_cache_db(db: Database, file: str | None = None, on_damage=None) -> Problems:
+    """Decode a cache.db in columns and check it."""
+    return check_cache_columns(load_cache_columns(db, on_damage=on_damage), file)
 
+
+def _pairs(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    return a.astype(np.int64) * max(n, 1) + b
+
+
+def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
+    out = Problems()
     add = adder(out, file)
+    names = c.names
+    n = len(names)
+
+    def table(code, rows, make):
+        rows = np.asarray(rows)
+        out.extend(ProblemTable(code, rows.size, lambda i: make(rows[i])))
+
+    def problem(code, message, path=(), key=None, **details):
+        return Problem(code, message, file=file, path=tuple(p if isinstance(p, bytes) else names.bytes(p) for p in path),
+                       key=None if key is None else (key if isinstance(key, bytes) else names.bytes(key)),
+                       details=details)
 
     for name in TOP_BUCKETS:
-        if name not in store.top:
+        if name not in c.top:
             add("C1", f"top-level bucket {name.decode()} is missing (buildkitd recreates it empty)")
-    for name in store.foreign_top:
+    for name in c.foreign_top:
         add("C1", "top-level bucket BuildKit does not use", key=name)
-    for a in store.anomalies:
+    for a in c.anomalies:
         add(a.code, a.message, path=a.bucket, key=a.key)
 
     # results and their reverse index
-    for kid, results in store.results.items():
-        for r in results:
-            if r.error:
-                add("C4", r.error, path=(b"_result", kid), key=r.result_id)
-            if split_result_id(r.result_id) is None:
-                add("C16", "result id is not <workerID>::<refID>", path=(b"_result", kid), key=r.result_id)
-            if kid not in store.byresult.get(r.result_id, ()):
-                add("C5", "result has no _byresult entry: Release can never find it",
-                    path=(b"_result", kid), key=r.result_id)
-        if results and kid not in store.links:
-            add("D5", f"{len(results)} result(s) but no _links bucket: ReleaseUnreferenced never sees them",
-                path=(b"_result", kid))
-    for rid, kids in store.byresult.items():
-        if not kids:
-            add("C6", "empty _byresult bucket", path=(b"_byresult", rid))
-        for kid in sorted(kids):
-            if not any(r.result_id == rid for r in store.results.get(kid, ())):
-                add("C5", "stale _byresult entry: no such result", path=(b"_byresult", rid), key=kid)
+    for i, r in sorted(c.result_errors.items()):
+        add("C4", r.error, path=(b"_result", r.key_id), key=r.result_id)
+    rids = np.unique(c.result_rid)
+    bad_rid = np.zeros(n, bool)
+    bad_rid[[x for x in rids.tolist() if split_result_id(names.str(x)) is None]] = True
+    table("C16", np.flatnonzero(bad_rid[c.result_rid]),
+          lambda i: problem("C16", "result id is not <workerID>::<refID>", (b"_result", c.result_kid[i]),
+                            c.result_rid[i]))
+    result_pairs = _pairs(c.result_rid, c.result_kid, n)
+    byresult_pairs = _pairs(c.byresult_rid, c.byresult_kid, n)
+    table("C5", np.flatnonzero(~np.isin(result_pairs, byresult_pairs)),
+          lambda i: problem("C5", "result has no _byresult entry: Release can never find it",
+                            (b"_result", c.result_kid[i]), c.result_rid[i]))
+    is_links_id = np.zeros(n, bool)
+    is_links_id[c.links_ids] = True
+    per_kid = np.bincount(c.result_kid, minlength=n)
+    table("D5", np.flatnonzero((per_kid > 0) & ~is_links_id),
+          lambda k: problem("D5", f"{per_kid[k]} result(s) but no _links bucket: ReleaseUnreferenced never sees "
+                                  "them", (b"_result", k)))
+    per_rid = np.bincount(c.byresult_rid, minlength=n)
+    table("C6", c.byresult_ids[per_rid[c.byresult_ids] == 0],
+          lambda r: problem("C6", "empty _byresult bucket", (b"_byresult", r)))
+    stale = np.unique(byresult_pairs[~np.isin(byresult_pairs, result_pairs)])
+    table("C5", stale, lambda p: problem("C5", "stale _byresult entry: no such result", (b"_byresult", p // n),
+                                         p % n))
 
     # links
-    valid = store.edges()
-    targets: dict[str, set[str]] = {}
-    for src, links in store.links.items():
-        for ln in links:
-            if ln.error:
-                code = "C17" if ("negative" in ln.error or "not a digest" in ln.error) else "C9"
-                add(code, f"poison link key: {ln.error}", path=(b"_links", src), key=ln.raw)
-            if not ln.target:
-                continue
-            targets.setdefault(ln.target, set()).add(src)
-            if src not in store.backlinks.get(ln.target, ()):
-                add("D3", f"link to {ln.target} has no _backlinks entry (export misses this parent)",
-                    path=(b"_links", src), key=ln.raw)
-    for tgt, srcs in store.backlinks.items():
-        for src in sorted(srcs):
-            if src not in targets.get(tgt, ()):
-                add("D4", f"stale backlink: {src} has no link to this key", path=(b"_backlinks", tgt), key=src)
+    for i, ln in sorted(c.link_errors.items()):
+        code = "C17" if ("negative" in ln.error or "not a digest" in ln.error) else "C9"
+        add(code, f"poison link key: {ln.error}", path=(b"_links", ln.src), key=ln.raw)
+    linked = c.link_tgt >= 0
+    src, tgt = c.link_src[linked], c.link_tgt[linked]
+    link_rows = np.flatnonzero(linked)
+    back = _pairs(c.backlink_tgt, c.backlink_src, n)
+    table("D3", link_rows[~np.isin(_pairs(tgt, src, n), back)],
+          lambda i: problem("D3", f"link to {names.str(c.link_tgt[i])} has no _backlinks entry (export misses "
+                                  "this parent)", (b"_links", c.link_src[i]), c.raw(c.link_key, i)))
+    edges = np.unique(_pairs(tgt, src, n))            # (target, parent), each once
+    stale = np.unique(back[~np.isin(back, edges)])
+    table("D4", stale, lambda p: problem("D4", f"stale backlink: {names.str(p % n)} has no link to this key",
+                                         (b"_backlinks", p // n), p % n))
 
-    results_of = store.with_results()
-    live = live_keys(results_of, valid)
-    for tgt, srcs in sorted(targets.items()):
-        parents = sorted(srcs)
-        if tgt not in store.links and tgt not in store.results and tgt not in store.backlinks:
-            add("D1", f"hard-dangling: {len(parents)} parent(s) link to a key that does not exist",
-                key=tgt, parents=parents)
-        elif tgt not in results_of and not valid.get(tgt):
-            add("D2", f"ghost target: no results, no outgoing links, still linked from {len(parents)} parent(s)",
-                key=tgt, parents=parents)
-        elif tgt not in live:
-            add("C12", f"dead chain: nothing below this key has a result; {len(parents)} parent(s) link to it",
-                key=tgt, parents=parents)
-        if is_root_form(tgt):
-            add("C14", "a root-form key is a link target", key=tgt)
+    e_tgt, e_src = edges // max(n, 1), edges % max(n, 1)
+    parents_start = np.searchsorted(e_tgt, np.arange(n + 1))
+    n_parents = np.diff(parents_start)
 
-    for kid in sorted(store.ids()):
-        has_results = kid in results_of
-        has_links = bool(valid.get(kid))
-        if not has_results and not has_links and kid not in targets:
-            add("C13", "empty branch: no results, no links, nothing links to it", key=kid)
-        if is_root_form(kid) and store.backlinks.get(kid):
-            add("C14", "a root-form key has backlinks", key=kid)
-        if id_class(kid) == "derived" and kid not in targets and (has_results or has_links):
-            add("C14", "derived key that nothing links to: Query can never reach it", key=kid)
+    def parents(t):
+        return [names.str(x) for x in e_src[parents_start[t]:parents_start[t + 1]]]
 
-    for cyc in cycles(valid):
+    has_results = per_kid > 0
+    outdeg = np.bincount(src, minlength=n)
+    live = live_mask(has_results, src, tgt)
+    is_id = is_links_id.copy()
+    is_id[c.results_ids] = True
+    is_id[c.backlinks_ids] = True
+    is_target = n_parents > 0
+    root_form, derived = _id_classes(names)
+    d1 = is_target & ~is_id
+    d2 = is_target & is_id & ~has_results & (outdeg == 0)
+    c12 = is_target & is_id & ~d2 & ~live
+    table("D1", np.flatnonzero(d1),
+          lambda t: problem("D1", f"hard-dangling: {n_parents[t]} parent(s) link to a key that does not exist",
+                            key=t, parents=parents(t)))
+    table("D2", np.flatnonzero(d2),
+          lambda t: problem("D2", "ghost target: no results, no outgoing links, still linked from "
+                                  f"{n_parents[t]} parent(s)", key=t, parents=parents(t)))
+    table("C12", np.flatnonzero(c12),
+          lambda t: problem("C12", f"dead chain: nothing below this key has a result; {n_parents[t]} parent(s) "
+                                   "link to it", key=t, parents=parents(t)))
+    table("C14", np.flatnonzero(is_target & root_form),
+          lambda t: problem("C14", "a root-form key is a link target", key=t))
+
+    table("C13", np.flatnonzero(is_id & ~has_results & (outdeg == 0) & ~is_target),
+          lambda k: problem("C13", "empty branch: no results, no links, nothing links to it", key=k))
+    has_backlinks = np.bincount(c.backlink_tgt, minlength=n) > 0
+    table("C14", np.flatnonzero(is_id & root_form & has_backlinks),
+          lambda k: problem("C14", "a root-form key has backlinks", key=k))
+    table("C14", np.flatnonzero(is_id & derived & ~is_target & (has_results | (outdeg > 0))),
+          lambda k: problem("C14", "derived key that nothing links to: Query can never reach it", key=k))
+
+    for cyc in cycles_of_arrays(src, tgt, n):
+        keys = sorted(names.str(k) for k in cyc)
         if len(cyc) == 1:
-            add("C15", "self-loop: the key links to itself", key=cyc[0], cycle=cyc)
+            add("C15", "self-loop: the key links to itself", key=keys[0], cycle=keys)
         else:
-            add("C15", f"cycle of {len(cyc)} keys", key=cyc[0], cycle=cyc)
+            add("C15", f"cycle of {len(cyc)} keys", key=keys[0], cycle=keys)
     return out
 
 
-__all__ = ["check_cache_store"]
+def _id_classes(names: Names) -> tuple[np.ndarray, np.ndarray]:
+    """Per code: root form (sha256:/random: digest) and derived (a 25-character [0-9a-z] id)."""
+    n = len(names)
+    u8 = names.data
+    root = np.zeros(n, bool)
+    derived = np.zeros(n, bool)
+    long7 = np.flatnonzero(names.length >= 7)
+    if long7.size:
+        first7 = np.lib.stride_tricks.as_strided(u8, shape=(u8.size - 6, 7), strides=(1, 1))[names.off[long7]]
+        for prefix in _ROOT_PREFIXES:
+            root[long7[(first7 == np.frombuffer(prefix, np.uint8)).all(1)]] = True
+    ids25 = np.flatnonzero(names.length == 25)
+    if ids25.size:
+        rows = np.lib.stride_tricks.as_strided(u8, shape=(u8.size - 24, 25), strides=(1, 1))[names.off[ids25]]
+        derived[ids25[_DERIVED[rows].all(1)]] = True
+    return root, derived
+
+
+__all__ = ["check_cache_columns", "check_cache_db"]

@@ -11,7 +11,7 @@ from ..check import CheckReport, check_file
 from ..check.problems import Problem, Severity
 from ..errors import BoltkitError
 from ..storage import Database
-from .cachecheck import check_cache_store
+from .cachecheck import check_cache_db
 from .cachedb import TOP_BUCKETS, load_cache_store, split_result_id
 from .containerd import leases
 from .history import check_history, load_history
@@ -50,9 +50,7 @@ def check_store(path: str, *, snapshot: bool = False, progress=None) -> CheckRep
                 report.warnings.append(f"{path}: {kind} store: only structural checks so far "
                                        "(semantic checks exist for cache.db, metadata_v2.db and history.db)")
                 return report
-            damage: list = []
-            store = load_cache_store(db, on_damage=damage.append)
-            report.problems.extend(check_cache_store(store, str(path)))
+            report.problems.extend(check_cache_db(db, str(path), on_damage=lambda e: None))
     except BoltkitError as e:
         report.problems.append(Problem("B001", f"semantic pass stopped: {e}", file=str(path)))
     return report

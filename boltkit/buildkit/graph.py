@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+import numpy as np
+
 
 def live_keys(with_results: Iterable[str], links: dict[str, list[str]]) -> set[str]:
     """Keys that have a result, or link to a live key (BuildKit's collection rule keeps exactly these)."""
@@ -72,6 +74,58 @@ def components(links: dict[str, list[str]]) -> list[list[str]]:
                         break
                 out.append(comp)
     return out
+
+
+# -- the same questions over integer edge arrays (src[i] -> tgt[i], nodes 0..n-1), in waves --------------
+
+def _csr(key: np.ndarray, val: np.ndarray, n: int):
+    order = np.argsort(key, kind="stable")
+    return np.concatenate([[0], np.cumsum(np.bincount(key, minlength=n))]), val[order]
+
+
+def _expand(starts: np.ndarray, vals: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """All neighbours of ``nodes`` in a CSR adjacency, concatenated."""
+    lo, hi = starts[nodes], starts[nodes + 1]
+    count = hi - lo
+    if not count.sum():
+        return vals[:0]
+    first = np.repeat(lo - (np.cumsum(count) - count), count)
+    return vals[first + np.arange(int(count.sum()))]
+
+
+def live_mask(has_results: np.ndarray, src: np.ndarray, tgt: np.ndarray) -> np.ndarray:
+    """``live_keys`` over arrays: keys with a result and every key that reaches one, one wave per level."""
+    n = has_results.size
+    starts, parents = _csr(tgt, src, n)
+    live = has_results.copy()
+    frontier = np.flatnonzero(live)
+    while frontier.size:
+        p = np.unique(_expand(starts, parents, frontier))
+        frontier = p[~live[p]]
+        live[frontier] = True
+    return live
+
+
+def cycles_of_arrays(src: np.ndarray, tgt: np.ndarray, n: int) -> list[list[int]]:
+    """``cycles`` over arrays. Keys with no parents left, then keys with no children left, are peeled off a
+    wave at a time (they cannot be on a cycle); Tarjan runs on what remains, usually nothing."""
+    alive = np.ones(n, bool)
+    for a, b in ((src, tgt), (tgt, src)):            # sources first, then sinks
+        live_edge = alive[a] & alive[b]
+        a_, b_ = a[live_edge], b[live_edge]
+        starts, out = _csr(a_, b_, n)
+        indeg = np.bincount(b_, minlength=n)
+        frontier = np.flatnonzero(alive & (indeg == 0))
+        while frontier.size:
+            alive[frontier] = False
+            u, c = np.unique(_expand(starts, out, frontier), return_counts=True)
+            indeg[u] -= c
+            frontier = u[(indeg[u] == 0) & alive[u]]
+    keep = alive[src] & alive[tgt]
+    links: dict[int, list[int]] = {}
+    for s_, t_ in zip(src[keep].tolist(), tgt[keep].tolist()):
+        links.setdefault(s_, []).append(t_)
+    return cycles(links)
 
 
 @dataclass

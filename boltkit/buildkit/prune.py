@@ -159,8 +159,7 @@ def apply_prune(path: str, pruned: PrunedStore, page_size: int) -> str:
     from ..repair.rewrite import stream
     from ..storage import Database
     from ..write import BoltWriter
-    from .cachecheck import check_cache_store
-    from .cachedb import load_cache_store
+    from .cachecheck import check_cache_db
     new = path + ".boltkit-new"
     if os.path.exists(new):
         raise BoltkitError(f"{new} exists (an interrupted run?); remove it first")
@@ -176,8 +175,8 @@ def apply_prune(path: str, pruned: PrunedStore, page_size: int) -> str:
         write_pruned(pruned, w, foreign)
     ok = check_file(new, revert=False)
     with Database(new) as db:
-        left = check_cache_store(load_cache_store(db))
-    bad = sorted({p.code for p in left if p.code in ("D1", "D2", "D3", "D4", "D5", "C4", "C5", "C9", "C12")})
+        left = check_cache_db(db).counts()
+    bad = sorted({code for code in left if code in ("D1", "D2", "D3", "D4", "D5", "C4", "C5", "C9", "C12")})
     if not ok.clean or bad:
         raise BoltkitError(f"the pruned store did not verify ({bad or 'structure'}); {path} is untouched, "
                            f"the attempt is in {new}")

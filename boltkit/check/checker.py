@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import CorruptionError, OpenError
 from ..storage import Database, Pager, decode_meta, read_freelist
 from ..storage.meta import Meta
-from .problems import Problem, Severity
+from .problems import Problem, Problems, Severity
 from .scan import TreeScan
 
 Progress = Callable[[int, int], None]
@@ -27,7 +27,7 @@ Progress = Callable[[int, int], None]
 @dataclass
 class CheckReport:
     file: str
-    problems: list[Problem] = field(default_factory=list)
+    problems: Problems = field(default_factory=Problems)
     readable: bool = True
     meta_index: int | None = None
     txid: int | None = None
@@ -42,19 +42,14 @@ class CheckReport:
 
     @property
     def clean(self) -> bool:
-        return self.readable and not any(p.severity != Severity.INFO for p in self.problems)
+        counts = self.problems.severity_counts()
+        return self.readable and not counts[Severity.ERROR.value] and not counts[Severity.WARNING.value]
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for p in self.problems:
-            out[p.code] = out.get(p.code, 0) + 1
-        return out
+        return self.problems.counts()
 
     def severity_counts(self) -> dict[str, int]:
-        out = {s.value: 0 for s in Severity}
-        for p in self.problems:
-            out[p.severity.value] += 1
-        return out
+        return self.problems.severity_counts()
 
 
 def check_file(path: str, *, meta: int | None = None, quick: bool = False, revert: bool = True,

@@ -135,6 +135,100 @@ class Problem:
         }
 
 
+class ProblemTable:
+    """Problems of one code found in bulk, each built only when it is looked at.
+
+    A semantic pass over a 200k-key cache.db can find 100k problems; building an object for each
+    would cost more than finding them, when all a user sees is the first hundred and the counts."""
+    __slots__ = ("code", "severity", "size", "_make")
+
+    def __init__(self, code: str, size: int, make):
+        self.code = code
+        self.severity = CATALOGUE[code][0]
+        self.size = int(size)
+        self._make = make
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> "Problem":
+        return self._make(i)
+
+
+class Problems:
+    """The problems of a report, in the order found: a sequence of Problems and ProblemTables that
+    counts without building, and builds each Problem when it is iterated, indexed or sliced."""
+
+    def __init__(self, items=()):
+        self._parts: list = []
+        self.extend(items)
+
+    def append(self, p: "Problem") -> None:
+        if not self._parts or not isinstance(self._parts[-1], list):
+            self._parts.append([])
+        self._parts[-1].append(p)
+
+    def extend(self, items) -> None:
+        if isinstance(items, Problems):
+            for part in items._parts:
+                self._parts.append(part if isinstance(part, ProblemTable) else list(part))
+        elif isinstance(items, ProblemTable):
+            if items.size:
+                self._parts.append(items)
+        else:
+            for p in items:
+                self.append(p)
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self._parts)
+
+    def __bool__(self) -> bool:
+        return any(len(part) for part in self._parts)
+
+    def __iter__(self):
+        for part in self._parts:
+            for i in range(len(part)):
+                yield part[i]
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            return [self[i] for i in range(start, stop, step)]
+        if index < 0:
+            index += len(self)
+        for part in self._parts:
+            if index < len(part):
+                return part[index]
+            index -= len(part)
+        raise IndexError("problem index out of range")
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"Problems({self.counts()})"
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for part in self._parts:
+            if isinstance(part, ProblemTable):
+                out[part.code] = out.get(part.code, 0) + part.size
+            else:
+                for p in part:
+                    out[p.code] = out.get(p.code, 0) + 1
+        return out
+
+    def severity_counts(self) -> dict[str, int]:
+        out = {s.value: 0 for s in Severity}
+        for part in self._parts:
+            if isinstance(part, ProblemTable):
+                out[part.severity.value] += part.size
+            else:
+                for p in part:
+                    out[p.severity.value] += 1
+        return out
+
+
 def adder(out: list, file: str | None):
     """``add(code, message, path=(), key=None, severity=None, **details)`` appending Problems to ``out``;
     path elements and the key may be str (BuildKit ids) or bytes."""

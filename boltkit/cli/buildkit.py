@@ -57,7 +57,7 @@ def graph(file, top, dot_path, svg_path, snapshot, as_json):
     import shutil
     import subprocess
 
-    from ..buildkit.cachecheck import check_cache_store
+    from ..buildkit.cachecheck import check_cache_db
     from ..buildkit.cachedb import load_cache_store
     from ..buildkit.graph import summarize, to_dot
     from .app import opened
@@ -65,11 +65,12 @@ def graph(file, top, dot_path, svg_path, snapshot, as_json):
     with opened(file, None, snapshot) as db:
         damage: list = []
         store = load_cache_store(db, on_damage=damage.append)
+        problems = check_cache_db(db, file, on_damage=lambda e: None)
     edges = store.edges()
     results = store.with_results()
     s = summarize(edges, results, top)
     marked = {}
-    for p in check_cache_store(store, file):
+    for p in problems:
         if p.key is not None and p.code in ("D1", "D2", "C12", "C15"):
             marked.setdefault(p.key.decode("utf-8", "replace"), p.code)
     if dot_path or svg_path:

@@ -1,0 +1,101 @@
+"""The cache.db checks written the plain way, over the object decoder (cachedb.CacheStore), key by key:
+the reference the array implementation (boltkit/buildkit/cachecheck.py) is tested against. Same codes,
+same messages, same locations; only the order may differ.
+"""
+from __future__ import annotations
+
+from boltkit.buildkit.cachedb import TOP_BUCKETS, CacheStore, id_class, is_root_form, split_result_id
+from boltkit.buildkit.graph import cycles, live_keys
+from boltkit.check.problems import Problem, adder
+
+
+def check_cache_store(store: CacheStore, file: str | None = None) -> list[Problem]:
+    out: list[Problem] = []
+
+    add = adder(out, file)
+
+    for name in TOP_BUCKETS:
+        if name not in store.top:
+            add("C1", f"top-level bucket {name.decode()} is missing (buildkitd recreates it empty)")
+    for name in store.foreign_top:
+        add("C1", "top-level bucket BuildKit does not use", key=name)
+    for a in store.anomalies:
+        add(a.code, a.message, path=a.bucket, key=a.key)
+
+    # results and their reverse index
+    for kid, results in store.results.items():
+        for r in results:
+            if r.error:
+                add("C4", r.error, path=(b"_result", kid), key=r.result_id)
+            if split_result_id(r.result_id) is None:
+                add("C16", "result id is not <workerID>::<refID>", path=(b"_result", kid), key=r.result_id)
+            if kid not in store.byresult.get(r.result_id, ()):
+                add("C5", "result has no _byresult entry: Release can never find it",
+                    path=(b"_result", kid), key=r.result_id)
+        if results and kid not in store.links:
+            add("D5", f"{len(results)} result(s) but no _links bucket: ReleaseUnreferenced never sees them",
+                path=(b"_result", kid))
+    for rid, kids in store.byresult.items():
+        if not kids:
+            add("C6", "empty _byresult bucket", path=(b"_byresult", rid))
+        for kid in sorted(kids):
+            if not any(r.result_id == rid for r in store.results.get(kid, ())):
+                add("C5", "stale _byresult entry: no such result", path=(b"_byresult", rid), key=kid)
+
+    # links
+    valid = store.edges()
+    targets: dict[str, set[str]] = {}
+    for src, links in store.links.items():
+        for ln in links:
+            if ln.error:
+                code = "C17" if ("negative" in ln.error or "not a digest" in ln.error) else "C9"
+                add(code, f"poison link key: {ln.error}", path=(b"_links", src), key=ln.raw)
+            if not ln.target:
+                continue
+            targets.setdefault(ln.target, set()).add(src)
+            if src not in store.backlinks.get(ln.target, ()):
+                add("D3", f"link to {ln.target} has no _backlinks entry (export misses this parent)",
+                    path=(b"_links", src), key=ln.raw)
+    for tgt, srcs in store.backlinks.items():
+        for src in sorted(srcs):
+            if src not in targets.get(tgt, ()):
+                add("D4", f"stale backlink: {src} has no link to this key", path=(b"_backlinks", tgt), key=src)
+
+    results_of = store.with_results()
+    live = live_keys(results_of, valid)
+    for tgt, srcs in sorted(targets.items()):
+        parents = sorted(srcs)
+        if tgt not in store.links and tgt not in store.results and tgt not in store.backlinks:
+            add("D1", f"hard-dangling: {len(parents)} parent(s) link to a key that does not exist",
+                key=tgt, parents=parents)
+        elif tgt not in results_of and not valid.get(tgt):
+            add("D2", f"ghost target: no results, no outgoing links, still linked from {len(parents)} parent(s)",
+                key=tgt, parents=parents)
+        elif tgt not in live:
+            add("C12", f"dead chain: nothing below this key has a result; {len(parents)} parent(s) link to it",
+                key=tgt, parents=parents)
+        if is_root_form(tgt):
+            add("C14", "a root-form key is a link target", key=tgt)
+
+    for kid in sorted(store.ids()):
+        has_results = kid in results_of
+        has_links = bool(valid.get(kid))
+        if not has_results and not has_links and kid not in targets:
+            add("C13", "empty branch: no results, no links, nothing links to it", key=kid)
+        if is_root_form(kid) and store.backlinks.get(kid):
+            add("C14", "a root-form key has backlinks", key=kid)
+        if id_class(kid) == "derived" and kid not in targets and (has_results or has_links):
+            add("C14", "derived key that nothing links to: Query can never reach it", key=kid)
+
+    for cyc in cycles(valid):
+        if len(cyc) == 1:
+            add("C15", "self-loop: the key links to itself", key=cyc[0], cycle=cyc)
+        else:
+            add("C15", f"cycle of {len(cyc)} keys", key=cyc[0], cycle=cyc)
+    return out
+
+
+def problem_rows(problems) -> list[tuple]:
+    """Problems as sortable rows: what two implementations must agree on."""
+    return sorted((p.code, p.severity.value, p.path or (), p.key or b"", p.message,
+                   tuple(sorted((k, repr(v)) for k, v in p.details.items()))) for p in problems)
