@@ -96,6 +96,8 @@ def check_cache_store(store: CacheStore, file: str | None = None) -> list[Proble
 
 
 def problem_rows(problems) -> list[tuple]:
-    """Problems as sortable rows: what two implementations must agree on."""
-    return sorted((p.code, p.severity.value, p.path or (), p.key or b"", p.message,
+    """Problems as sortable rows: what two implementations must agree on. Keys are compared as text:
+    this reference decodes link targets lossily (invalid UTF-8 becomes U+FFFD), the array check keeps
+    their bytes."""
+    return sorted((p.code, p.severity.value, p.path or (), (p.key or b"").decode("utf-8", "replace"), p.message,
                    tuple(sorted((k, repr(v)) for k, v in p.details.items()))) for p in problems)

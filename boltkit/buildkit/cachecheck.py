@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..check.gather import Gather
 from ..check.problems import Problem, Problems, ProblemTable, adder
 from ..storage import Database
-from .cachecolumns import CacheColumns, Names, load_cache_columns
+from .cachecolumns import CacheColumns, Names, by_length, load_cache_columns
 from .cachedb import TOP_BUCKETS, split_result_id
 from .graph import cycles_of_arrays, live_mask
 
@@ -30,6 +31,19 @@ def check_cache_db(db: Database, file: str | None = None, on_damage=None) -> Pro
 
 def _pairs(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
     return a.astype(np.int64) * max(n, 1) + b
+
+
+def _sorted_unique(x: np.ndarray) -> np.ndarray:
+    s = np.sort(x)
+    return s[np.concatenate([[True], s[1:] != s[:-1]])] if s.size else s
+
+
+def _member(x: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """x in sorted_set, elementwise (np.isin hashes both sides; one side is sorted already)."""
+    if not sorted_set.size:
+        return np.zeros(x.size, bool)
+    i = np.minimum(np.searchsorted(sorted_set, x), sorted_set.size - 1)
+    return sorted_set[i] == x
 
 
 def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
@@ -58,15 +72,13 @@ def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
     # results and their reverse index
     for i, r in sorted(c.result_errors.items()):
         add("C4", r.error, path=(b"_result", r.key_id), key=r.result_id)
-    rids = np.unique(c.result_rid)
-    bad_rid = np.zeros(n, bool)
-    bad_rid[[x for x in rids.tolist() if split_result_id(names.str(x)) is None]] = True
+    bad_rid = _unsplittable(names, _sorted_unique(c.result_rid))
     table("C16", np.flatnonzero(bad_rid[c.result_rid]),
           lambda i: problem("C16", "result id is not <workerID>::<refID>", (b"_result", c.result_kid[i]),
                             c.result_rid[i]))
     result_pairs = _pairs(c.result_rid, c.result_kid, n)
     byresult_pairs = _pairs(c.byresult_rid, c.byresult_kid, n)
-    table("C5", np.flatnonzero(~np.isin(result_pairs, byresult_pairs)),
+    table("C5", np.flatnonzero(~_member(result_pairs, np.sort(byresult_pairs))),
           lambda i: problem("C5", "result has no _byresult entry: Release can never find it",
                             (b"_result", c.result_kid[i]), c.result_rid[i]))
     is_links_id = np.zeros(n, bool)
@@ -78,7 +90,7 @@ def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
     per_rid = np.bincount(c.byresult_rid, minlength=n)
     table("C6", c.byresult_ids[per_rid[c.byresult_ids] == 0],
           lambda r: problem("C6", "empty _byresult bucket", (b"_byresult", r)))
-    stale = np.unique(byresult_pairs[~np.isin(byresult_pairs, result_pairs)])
+    stale = _sorted_unique(byresult_pairs[~_member(byresult_pairs, np.sort(result_pairs))])
     table("C5", stale, lambda p: problem("C5", "stale _byresult entry: no such result", (b"_byresult", p // n),
                                          p % n))
 
@@ -89,21 +101,23 @@ def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
     linked = c.link_tgt >= 0
     src, tgt = c.link_src[linked], c.link_tgt[linked]
     link_rows = np.flatnonzero(linked)
-    back = _pairs(c.backlink_tgt, c.backlink_src, n)
-    table("D3", link_rows[~np.isin(_pairs(tgt, src, n), back)],
+    back = _sorted_unique(_pairs(c.backlink_tgt, c.backlink_src, n))
+    order = np.argsort(_pairs(tgt, src, n))            # sorted needles: searches that walk memory forward
+    link_pairs = _pairs(tgt, src, n)[order]
+    table("D3", np.sort(link_rows[order[~_member(link_pairs, back)]]),
           lambda i: problem("D3", f"link to {names.str(c.link_tgt[i])} has no _backlinks entry (export misses "
                                   "this parent)", (b"_links", c.link_src[i]), c.raw(c.link_key, i)))
-    edges = np.unique(_pairs(tgt, src, n))            # (target, parent), each once
-    stale = np.unique(back[~np.isin(back, edges)])
+    edges = _sorted_unique(link_pairs)                # (target, parent), each once
+    stale = back[~_member(back, edges)]
     table("D4", stale, lambda p: problem("D4", f"stale backlink: {names.str(p % n)} has no link to this key",
                                          (b"_backlinks", p // n), p % n))
 
     e_tgt, e_src = edges // max(n, 1), edges % max(n, 1)
-    parents_start = np.searchsorted(e_tgt, np.arange(n + 1))
-    n_parents = np.diff(parents_start)
+    n_parents = np.bincount(e_tgt, minlength=n)
+    parents_start = np.concatenate([[0], np.cumsum(n_parents)])
 
     def parents(t):
-        return [names.str(x) for x in e_src[parents_start[t]:parents_start[t + 1]]]
+        return sorted(names.str(x) for x in e_src[parents_start[t]:parents_start[t + 1]])
 
     has_results = per_kid > 0
     outdeg = np.bincount(src, minlength=n)
@@ -145,17 +159,33 @@ def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
     return out
 
 
+def _unsplittable(names: Names, codes: np.ndarray) -> np.ndarray:
+    """Per code: a result id that is not `<workerID>::<refID>` (C16). One '::' and no ':::' settles it by
+    arrays; the rest (never BuildKit's) are split as Python splits them."""
+    n = len(names)
+    bad = np.zeros(n, bool)
+    u8 = names.data
+    doubles = np.zeros(codes.size, np.int64)
+    for length, idx in by_length(names.length[codes]):
+        if length >= 2:
+            rows = np.lib.stride_tricks.as_strided(u8, shape=(u8.size - length + 1, length), strides=(1, 1))
+            colon = rows[names.off[codes[idx]]] == ord(":")
+            doubles[idx] = (colon[:, 1:] & colon[:, :-1]).sum(1)
+    bad[codes[doubles == 0]] = True
+    for x in codes[doubles > 1].tolist():
+        bad[x] = split_result_id(names.str(x)) is None
+    return bad
+
+
 def _id_classes(names: Names) -> tuple[np.ndarray, np.ndarray]:
     """Per code: root form (sha256:/random: digest) and derived (a 25-character [0-9a-z] id)."""
     n = len(names)
     u8 = names.data
-    root = np.zeros(n, bool)
     derived = np.zeros(n, bool)
-    long7 = np.flatnonzero(names.length >= 7)
-    if long7.size:
-        first7 = np.lib.stride_tricks.as_strided(u8, shape=(u8.size - 6, 7), strides=(1, 1))[names.off[long7]]
-        for prefix in _ROOT_PREFIXES:
-            root[long7[(first7 == np.frombuffer(prefix, np.uint8)).all(1)]] = True
+    first7 = Gather(u8, u8.size).prefix8(names.off, np.minimum(names.length, 7))
+    root = np.zeros(n, bool)
+    for prefix in _ROOT_PREFIXES:
+        root |= (first7 == int.from_bytes(prefix + b"\0", "big")) & (names.length >= 7)
     ids25 = np.flatnonzero(names.length == 25)
     if ids25.size:
         rows = np.lib.stride_tricks.as_strided(u8, shape=(u8.size - 24, 25), strides=(1, 1))[names.off[ids25]]

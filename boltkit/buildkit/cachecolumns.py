@@ -17,7 +17,8 @@ import numpy as np
 
 from ..check.gather import Gather
 from ..errors import CorruptionError
-from ..schemas import BRANCH_ELEMENT, BUCKET_HEADER, BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, LEAF_ELEMENT, PAGE_HEADER, PageFlag
+from ..check.problems import Severity
+from ..schemas import BUCKET_LEAF_FLAG
 from ..storage import Database
 from .cachedb import _CANONICAL, TOP_BUCKETS, Anomaly, CacheResult, Link, decode_link_key, decode_result
 
@@ -83,33 +84,115 @@ class CacheColumns:
         return self.names.data[o:o + int(off_len[1][i])].tobytes()
 
 
-def load_cache_columns(db: Database, on_damage=None) -> CacheColumns:
-    """Read a cache.db into columns. Structural damage is skipped through ``on_damage`` (or raised)."""
-    g = Gather(db.data, db.file_size)
-    tree = db.tree
-    root = db.root()
-    cols = CacheColumns(names=None)
-    tops: dict[bytes, Entries] = {}
-    for top in tree.items(root, on_error=on_damage):
-        if not top.is_bucket:
-            cols.anomalies.append(Anomaly("C1", (), top.key, "plain key at the top level"))
-        elif top.key not in TOP_BUCKETS:
-            cols.foreign_top.append(top.key)
-        else:
-            cols.top.add(top.key)
-            try:
-                tops[top.key] = _read_top(db, g, tree.child(root, top), top.key, cols.anomalies, on_damage)
-            except CorruptionError as e:
-                if on_damage is None:
-                    raise
-                on_damage(e)
-    empty = np.zeros(0, _I64)
-    for name in TOP_BUCKETS:
-        tops.setdefault(name, Entries(*([empty] * 7)))
-    links, results, byresult, backlinks = (tops[n] for n in (b"_links", b"_result", b"_byresult", b"_backlinks"))
+class CacheLeaves:
+    """Receives the leaf elements of the structural pass (TreeScan's ``on_leaves``) and keeps them, so
+    the semantic check reads nothing twice. Stops keeping them as soon as the root bucket shows the file
+    is not a cache.db."""
 
-    has_tgt, tgt_off, tgt_len, cols.link_errors = _link_targets(db, g, links)
-    cols.result_errors = _result_errors(db, results)
+    def __init__(self):
+        self.parts: list[tuple] = []
+        self.scan = None
+        self.wanted = True
+
+    def __call__(self, scan, bucket, flags, ks, klen, ve) -> None:
+        if self.scan is None:
+            root = np.flatnonzero(bucket == 0)
+            names = {bytes(scan.data[int(ks[i]):int(ks[i] + klen[i])]) for i in root}
+            self.wanted = not root.size or bool(names & set(TOP_BUCKETS))
+        self.scan = scan
+        if self.wanted:
+            self.parts.append((bucket, flags, ks, klen, ve))
+
+
+def load_cache_columns(db: Database, on_damage=None) -> CacheColumns:
+    """Read a cache.db into columns with one bulk pass over its tree. Damage (each error the pass finds)
+    goes to ``on_damage`` as a CorruptionError, or is raised; the damaged parts are left out."""
+    from ..check.scan import TreeScan
+
+    def emit(p):
+        if p.severity is Severity.ERROR:
+            e = CorruptionError(p.message, pgid=p.pgid, offset=p.offset, path=p.path)
+            if on_damage is None:
+                raise e
+            on_damage(e)
+
+    leaves = CacheLeaves()
+    n = db.pager.limit_pages
+    TreeScan(db, db.meta, emit, quick=True, refs=np.zeros(n, np.uint8), freed=np.zeros(n, bool),
+             on_leaves=leaves).run()
+    return columns_from_leaves(leaves)
+
+
+def columns_from_leaves(leaves: CacheLeaves) -> CacheColumns:
+    """Sort the elements of a cache.db's tree into its four buckets and decode them (see the module)."""
+    if leaves.scan is None:
+        empty = np.zeros(0, np.uint8)
+        g = Gather(empty, 0)
+        parent, koff, klen = (np.zeros(1, _I64),) * 3
+        bucket = flags = ks = kl = ve = np.zeros(0, _I64)
+    else:
+        g = leaves.scan.g
+        parent, koff, klen = leaves.scan.bucket_table()
+        bucket, flags, ks, kl, ve = (np.concatenate(x) for x in zip(*leaves.parts)) if leaves.parts \
+            else (np.zeros(0, _I64),) * 5
+    cols = CacheColumns(names=None)
+    u8 = g.u8
+
+    def name(b) -> bytes:
+        return u8[int(koff[b]):int(koff[b] + klen[b])].tobytes()
+
+    def key(i) -> bytes:
+        return u8[int(ks[i]):int(ks[i] + kl[i])].tobytes()
+
+    is_bucket = (flags & BUCKET_LEAF_FLAG) != 0
+    for i in np.flatnonzero((bucket == 0) & ~is_bucket):
+        cols.anomalies.append(Anomaly("C1", (), key(i), "plain key at the top level"))
+    tops = np.flatnonzero(parent == 0)
+    tops = tops[tops > 0]
+    by_name: dict[bytes, list[int]] = {}
+    for t in tops.tolist():
+        by_name.setdefault(name(t), []).append(t)
+    for top_name in by_name:
+        if top_name in TOP_BUCKETS:
+            cols.top.add(top_name)
+        else:
+            cols.foreign_top.append(top_name)
+
+    level = np.zeros(parent.size, np.int8)             # 1: a top-level bucket BuildKit uses, 2: an id bucket
+    top_of = np.full(parent.size, -1, _I64)            # id bucket -> index of its top in TOP_BUCKETS
+    for j, top_name in enumerate(TOP_BUCKETS):
+        level[by_name.get(top_name, [])] = 1
+        top_of[by_name.get(top_name, [])] = j
+    ids = np.flatnonzero((level[parent] == 1) & (np.arange(parent.size) > 0))
+    level[ids] = 2
+    top_of[ids] = top_of[parent[ids]]
+    lvl = level[bucket]
+    for i in np.flatnonzero((lvl == 1) & ~is_bucket):
+        cols.anomalies.append(Anomaly("C2", (TOP_BUCKETS[top_of[bucket[i]]],), key(i),
+                                      "level-2 entry is a plain value, not a bucket"))
+    in_id = lvl == 2
+    for i in np.flatnonzero(in_id & is_bucket):
+        cols.anomalies.append(Anomaly("C3", (TOP_BUCKETS[top_of[bucket[i]]], name(bucket[i])), key(i),
+                                      "level-3 entry is a bucket"))
+    vlen = ve - ks - kl
+    for i in np.flatnonzero(in_id & ~is_bucket & (vlen > 0) & (top_of[bucket] != 0)):
+        cols.anomalies.append(Anomaly("C7", (TOP_BUCKETS[top_of[bucket[i]]], name(bucket[i])), key(i),
+                                      f"value of {int(vlen[i])} bytes, expected empty"))
+
+    entries = {}
+    plain = in_id & ~is_bucket
+    for j, top_name in enumerate(TOP_BUCKETS):
+        mine = ids[top_of[ids] == j]
+        e = np.flatnonzero(plain & (top_of[bucket] == j))
+        entries[top_name] = Entries(koff[mine], klen[mine], np.searchsorted(mine, bucket[e]), ks[e], kl[e],
+                                    ks[e] + kl[e], vlen[e])
+    return _decode(cols, g, *(entries[n] for n in (b"_links", b"_result", b"_byresult", b"_backlinks")))
+
+
+def _decode(cols: CacheColumns, g: Gather, links: Entries, results: Entries, byresult: Entries,
+            backlinks: Entries) -> CacheColumns:
+    has_tgt, tgt_off, tgt_len, cols.link_errors = _link_targets(g, links)
+    cols.result_errors = _result_errors(g, results)
     sources = [
         (links.name_off, links.name_len), (results.name_off, results.name_len),
         (byresult.name_off, byresult.name_len), (backlinks.name_off, backlinks.name_len),
@@ -129,183 +212,9 @@ def load_cache_columns(db: Database, on_damage=None) -> CacheColumns:
     return cols
 
 
-def _at(db: Database, off, length, i) -> bytes:
+def _at(u8: np.ndarray, off, length, i) -> bytes:
     o = int(off[i])
-    return bytes(db.data[o:o + int(length[i])])
-
-
-def _read_top(db: Database, g: Gather, bucket, top: bytes, anomalies: list, on_damage) -> Entries:
-    """The id buckets of one top-level bucket and their plain entries; entries of the wrong shape become
-    anomalies (C2 plain level-2 value, C3 level-3 bucket, C7 non-empty value where BuildKit stores none)."""
-    tree = db.tree
-    flags, ks, ke, ve = _leaf_entries(db, g, bucket, on_damage)
-    for i in np.flatnonzero((flags & BUCKET_LEAF_FLAG) == 0):
-        anomalies.append(Anomaly("C2", (top,), _at(db, ks, ke - ks, i), "level-2 entry is a plain value, not a bucket"))
-    sub = np.flatnonzero(flags & BUCKET_LEAF_FLAG)
-    ks, ke, ve = ks[sub], ke[sub], ve[sub]
-
-    def damage(i, message, offset):
-        e = CorruptionError(message, offset=int(offset), path=(top, _at(db, ks, ke - ks, i)))
-        if on_damage is None:
-            raise e
-        on_damage(e)
-
-    vlen = ve - ke
-    for i in np.flatnonzero(vlen < BUCKET_HEADER_SIZE):
-        damage(i, f"bucket value of {int(vlen[i])} bytes is shorter than a bucket header", ke[i])
-    ok = np.flatnonzero(vlen >= BUCKET_HEADER_SIZE)
-    hdr = g.records(BUCKET_HEADER.dtype, ke[ok])
-    inline = ok[hdr["root"] == 0]
-    paged = ok[hdr["root"] != 0]
-
-    # inline buckets: the fake leaf page right after the bucket header
-    page = ke[inline] + BUCKET_HEADER_SIZE
-    room = ve[inline] - page
-    for i in inline[room < PAGE_HEADER.size]:
-        damage(i, f"inline bucket value too short for a page header ({int(ve[i] - ke[i] - BUCKET_HEADER_SIZE)} bytes)",
-               ke[i] + BUCKET_HEADER_SIZE)
-    keep = room >= PAGE_HEADER.size
-    inline, page, room = inline[keep], page[keep], room[keep]
-    ph = g.records(PAGE_HEADER.dtype, page)
-    count = ph["count"].astype(_I64)
-    for i in inline[ph["flags"] != PageFlag.LEAF]:
-        damage(i, "inline bucket page is not a leaf", ke[i] + BUCKET_HEADER_SIZE + 8)
-    for i in inline[(ph["flags"] == PageFlag.LEAF) & (PAGE_HEADER.size + count * LEAF_ELEMENT.size > room)]:
-        damage(i, "elements do not fit in the inline bucket page", ke[i] + BUCKET_HEADER_SIZE + 10)
-    keep = (ph["flags"] == PageFlag.LEAF) & (PAGE_HEADER.size + count * LEAF_ELEMENT.size <= room)
-    inline, page, count = inline[keep], page[keep], count[keep]
-
-    total = int(count.sum())
-    owner = np.repeat(inline, count)
-    first = np.repeat(page + PAGE_HEADER.size - (np.cumsum(count) - count) * LEAF_ELEMENT.size, count)
-    eoff = first + np.arange(total, dtype=_I64) * LEAF_ELEMENT.size
-    el = g.records(LEAF_ELEMENT.dtype, eoff)
-    eks = eoff + el["pos"]
-    eke = eks + el["ksize"]
-    eve = eke + el["vsize"]
-    efl = el["flags"].astype(_I64)
-    broken = np.unique(owner[eve > ve[owner]])
-    for i in broken:
-        damage(i, "inline bucket element: key/value extends past the end of its page", ke[i])
-    if broken.size:
-        good = ~np.isin(owner, broken)
-        owner, eks, eke, eve, efl = owner[good], eks[good], eke[good], eve[good], efl[good]
-
-    extra, opened = [], [inline]          # ids that exist, even where their entries are damaged
-    for i in paged:
-        x = _paged_entries(db, g, tree, top, i, ks, ke, on_damage)
-        if x is not None:
-            opened.append(np.array([i], _I64))
-            extra.append(x)
-    present = np.sort(np.concatenate(opened))
-    if extra:
-        owner, efl, eks, eke, eve = (np.concatenate([a] + [x[j] for x in extra])
-                                     for j, a in enumerate((owner, efl, eks, eke, eve)))
-
-    # level-3 shape: buckets (C3) and non-empty values where BuildKit writes none (C7)
-    for j in np.flatnonzero(efl & BUCKET_LEAF_FLAG):
-        anomalies.append(Anomaly("C3", (top, _at(db, ks, ke - ks, owner[j])), _at(db, eks, eke - eks, j),
-                                 "level-3 entry is a bucket"))
-    plain = (efl & BUCKET_LEAF_FLAG) == 0
-    if top != b"_result":
-        for j in np.flatnonzero(plain & (eve > eke)):
-            anomalies.append(Anomaly("C7", (top, _at(db, ks, ke - ks, owner[j])), _at(db, eks, eke - eks, j),
-                                     f"value of {int(eve[j] - eke[j])} bytes, expected empty"))
-    owner, eks, eke, eve = owner[plain], eks[plain], eke[plain], eve[plain]
-
-    # renumber owners to positions among the ids that exist, in key order
-    return Entries(ks[present], (ke - ks)[present], np.searchsorted(present, owner), eks, eke - eks, eke, eve - eke)
-
-
-def _leaf_entries(db: Database, g: Gather, bucket, on_damage):
-    """(flags, key_start, key_end, value_end) of every leaf element of a paged bucket, the tree read a
-    level at a time: one gather per level instead of Python per page. Damaged pages (the page reader's
-    own checks, repeated references) are reported through ``on_damage`` and skipped with their subtree."""
-    pager = db.pager
-    if bucket.inline:
-        try:
-            return pager.leaf_arrays(bucket.node)
-        except CorruptionError as e:
-            if on_damage is None:
-                raise
-            on_damage(e)
-            return (np.zeros(0, _I64),) * 4
-    ps = pager.page_size
-    seen = np.zeros(pager.limit_pages, bool)
-    leaves = []
-    level = np.array([bucket.root], _I64)
-
-    def damage(pgid, e=None):
-        if e is None:
-            try:
-                pager.node(int(pgid))
-                e = CorruptionError(f"page {int(pgid)} is referenced again (cycle or shared subtree)", pgid=int(pgid))
-            except CorruptionError as err:
-                e = err
-        e.path = bucket.path
-        if on_damage is None:
-            raise e
-        on_damage(e)
-
-    while level.size:
-        inside = (level >= 2) & (level < pager.limit_pages)
-        hdr = g.records(PAGE_HEADER.dtype, np.where(inside, level, 0) * ps)
-        good = inside & (hdr["id"] == level) & ((hdr["flags"] == PageFlag.LEAF) | (hdr["flags"] == PageFlag.BRANCH))
-        good &= level + hdr["overflow"] < pager.limit_pages
-        good &= PAGE_HEADER.size + hdr["count"].astype(_I64) * LEAF_ELEMENT.size <= (hdr["overflow"] + 1) * ps
-        first = np.zeros(level.size, bool)
-        first[np.unique(level, return_index=True)[1]] = True
-        good &= first & ~seen[np.where(inside, level, 0)]
-        for pgid in level[~good]:
-            damage(pgid)
-        level, hdr = level[good], hdr[good]
-        seen[level] = True
-        count = hdr["count"].astype(_I64)
-        end = (level + hdr["overflow"] + 1) * ps
-        is_leaf = hdr["flags"] == PageFlag.LEAF
-        owner = np.repeat(np.arange(level.size), count)
-        eoff = np.repeat(level * ps + PAGE_HEADER.size - (np.cumsum(count) - count) * LEAF_ELEMENT.size, count) \
-            + np.arange(owner.size, dtype=_I64) * LEAF_ELEMENT.size
-        leaf_el = is_leaf[owner]
-        el = g.records(LEAF_ELEMENT.dtype, eoff[leaf_el])
-        lks = eoff[leaf_el] + el["pos"]
-        lke = lks + el["ksize"]
-        lve = lke + el["vsize"]
-        lown = owner[leaf_el]
-        br = g.records(BRANCH_ELEMENT.dtype, eoff[~leaf_el])
-        bown = owner[~leaf_el]
-        bke = eoff[~leaf_el] + br["pos"] + br["ksize"]
-        broken = np.zeros(level.size, bool)
-        broken[lown[lve > end[lown]]] = True
-        broken[bown[bke > end[bown]]] = True
-        broken |= ~is_leaf & (count == 0)
-        for i in np.flatnonzero(broken):
-            node = pager.node(int(level[i]))
-            try:
-                (pager.leaf_elements if node.is_leaf else pager.branch_elements)(node)
-                e = CorruptionError("branch page with no elements", pgid=node.pgid, offset=node.base + 10)
-            except CorruptionError as err:
-                e = err
-            damage(level[i], e)
-        keep = ~broken[lown]
-        leaves.append((el["flags"][keep].astype(_I64), lks[keep], lke[keep], lve[keep]))
-        level = br["pgid"][~broken[bown]].astype(_I64)
-    return tuple(np.concatenate(x) for x in zip(*leaves))
-
-
-def _paged_entries(db: Database, g: Gather, tree, top: bytes, i, ks, ke, on_damage):
-    """An id bucket big enough to have pages of its own (rare), read through the tree; None if it cannot
-    be opened."""
-    root, seq = BUCKET_HEADER.unpack_from(db.data, int(ke[i]))
-    try:
-        b = tree.bucket_at((top, _at(db, ks, ke - ks, i)), root, seq)
-    except CorruptionError as e:
-        if on_damage is None:
-            raise
-        on_damage(e)
-        return None
-    flags, eks, eke, eve = _leaf_entries(db, g, b, on_damage)
-    return np.full(flags.size, i, _I64), flags, eks, eke, eve
+    return u8[o:o + int(length[i])].tobytes()
 
 
 # -- link keys -------------------------------------------------------------------------------------
@@ -314,55 +223,39 @@ _DIGIT = np.zeros(256, bool)
 _DIGIT[ord("0"):ord("9") + 1] = True
 _HEX = _DIGIT.copy()
 _HEX[ord("a"):ord("f") + 1] = True
-_SHAPE = np.arange(256, dtype=np.uint8)          # digits and lowercase hex fold into one byte: a layout
-_SHAPE[_HEX] = ord("0")
 _DIGEST_KINDS = (np.frombuffer(b"sha256:", np.uint8), np.frombuffer(b"random:", np.uint8))
-_ROUNDS = 8
+_LAYOUTS_PER_LENGTH = 32          # past that, a length's remaining keys are decoded one by one
 
 
-def _link_targets(db: Database, g: Gather, links: Entries):
+def _link_targets(g: Gather, links: Entries):
     """Which link keys have a target, where it is, and the poison keys (C9/C17) with their reason.
 
-    Keys in Go's canonical form are recognised a layout at a time: keys of one length and one digit/hex
-    shape share a layout; one of them is matched by cachedb's canonical regex and the rest are compared
-    with it column by column (literal bytes equal, digits where it has digits, hex where it has hex, no '@'
-    in the target). Whatever no layout accepts is decoded by ``decode_link_key``, exactly.
+    Keys in Go's canonical form are recognised a layout at a time: among the keys of one length, one is
+    matched by cachedb's canonical regex and the others are compared with it column by column (literal
+    bytes equal, digits where it has digits, hex where it has hex, no '@' in the target); the keys that
+    differ start the next layout. Whatever no layout accepts is decoded by ``decode_link_key``, exactly.
     """
     off, length = links.key_off, links.key_len
-    n = off.size
-    at = np.full(n, -1, _I64)                        # offset of the '@' inside the key; -1 = slow path
+    at = np.full(off.size, -1, _I64)                 # offset of the '@' inside the key; -1 = slow path
     u8 = g.u8
-    todo = np.flatnonzero((length >= 3) & (off + length <= g.size))
-    for _ in range(_ROUNDS):
-        if not todo.size:
-            break
-        shape = length[todo].astype(np.uint64)
-        for k in range(3):
-            w = g.prefix8(off[todo] + 8 * k, length[todo] - 8 * k)
-            folded = _SHAPE[w.astype(">u8").view(np.uint8)].view(">u8").astype(np.uint64)
-            shape = (shape ^ folded) * np.uint64(0x100000001B3)
-        order = np.argsort(shape, kind="stable")
-        _, starts = np.unique(shape[order], return_index=True)
-        left = []
-        for idx in np.split(todo[order], starts[1:]):
-            n_len = int(length[idx[0]])
-            o = int(off[idx[0]])
-            m = _CANONICAL.fullmatch(bytes(db.data[o:o + n_len]))
-            if m is None:
-                left.append(idx[1:])
-                continue
-            rows = np.lib.stride_tricks.as_strided(u8, shape=(u8.size - n_len + 1, n_len), strides=(1, 1))[off[idx]]
-            fits = _fits_layout(rows, m)
-            at[idx[fits]] = m.start(5) - 1
-            left.append(idx[~fits])
-        todo = np.concatenate(left) if left else todo[:0]
+    usable = np.flatnonzero((length >= 3) & (off + length <= g.size))
+    for n_len, idx in by_length(length[usable]):
+        idx = usable[idx]
+        rows = np.lib.stride_tricks.as_strided(u8, shape=(u8.size - n_len + 1, n_len), strides=(1, 1))[off[idx]]
+        for _ in range(_LAYOUTS_PER_LENGTH):
+            if not idx.size:
+                break
+            m = _CANONICAL.fullmatch(rows[0].tobytes())
+            fits = _fits_layout(rows, m) if m is not None else np.eye(1, idx.size, dtype=bool)[0]
+            if m is not None:
+                at[idx[fits]] = m.start(5) - 1
+            idx, rows = idx[~fits], rows[~fits]
 
     errors: dict[int, Link] = {}
     slow = np.flatnonzero(at < 0)
     for i in slow:
-        o = int(off[i])
-        key = bytes(db.data[o:o + int(length[i])])
-        src = _at(db, links.name_off, links.name_len, links.owner[i]).decode("utf-8", "replace")
+        key = _at(u8, off, length, i)
+        src = _at(u8, links.name_off, links.name_len, links.owner[i]).decode("utf-8", "replace")
         link = decode_link_key(src, key)
         if link.error:
             errors[int(i)] = link
@@ -402,10 +295,10 @@ _PLAIN = rb'[\x20\x21\x23-\x5b\x5d-\x7e]*'       # JSON string content that need
 _RESULT = re.compile(rb'\{"CreatedAt":"' + _PLAIN + rb'","ID":"(' + _PLAIN + rb')"\}')
 
 
-def _result_errors(db: Database, results: Entries) -> dict[int, CacheResult]:
+def _result_errors(g: Gather, results: Entries) -> dict[int, CacheResult]:
     """Results that do not decode, or whose JSON ID differs from their key (C4). The JSON Go writes is
     matched directly; anything else goes through ``decode_result``."""
-    data = db.data
+    data = g.data
     errors: dict[int, CacheResult] = {}
     for i, (ko, kl, vo, vl) in enumerate(zip(results.key_off.tolist(), results.key_len.tolist(),
                                              results.val_off.tolist(), results.val_len.tolist())):
@@ -413,7 +306,7 @@ def _result_errors(db: Database, results: Entries) -> dict[int, CacheResult]:
         m = _RESULT.fullmatch(data[vo:vo + vl])
         if m is not None and m.group(1) == key:
             continue
-        kid = _at(db, results.name_off, results.name_len, results.owner[i]).decode("utf-8", "replace")
+        kid = _at(g.u8, results.name_off, results.name_len, results.owner[i]).decode("utf-8", "replace")
         r = decode_result(kid, bytes(key), bytes(data[vo:vo + vl]))
         if r.error:
             errors[i] = r
@@ -433,17 +326,16 @@ def intern(g: Gather, offs: list, lens: list) -> tuple[list[np.ndarray], Names]:
     length = np.concatenate(lens).astype(_I64) if lens else np.zeros(0, _I64)
     h1 = np.empty(off.size, np.uint64)
     h2 = np.empty(off.size, np.uint64)
-    for n, idx in _by_length(length):
+    for n, idx in by_length(length):
         a = np.full(idx.size, n * 0x9E3779B97F4A7C15 % 2**64, np.uint64)
         b = ~a
-        for col in _words(g, off[idx], n, -(-n // 8)).T:
+        for col in _words(g, off[idx], n):
             a = (a ^ col) * np.uint64(0x100000001B3)
             x = (b + col) * np.uint64(0xC2B2AE3D27D4EB4F)
             b = x ^ (x >> np.uint64(29))
         h1[idx] = a ^ (a >> np.uint64(31))
         h2[idx] = b
-    _, first, inv = np.unique(h1, return_index=True, return_inverse=True)
-    inv = inv.reshape(-1)
+    first, inv = _unique(h1)
     if (h2 != h2[first][inv]).any():
         first, inv = _intern_exactly(g, off, length)
     order = np.argsort(first)           # codes in order of first appearance: sorted runs of bucket keys
@@ -455,7 +347,22 @@ def intern(g: Gather, offs: list, lens: list) -> tuple[list[np.ndarray], Names]:
     return np.split(codes, bounds), Names(g.u8, rep_off[order], rep_len[order])
 
 
-def _by_length(length: np.ndarray):
+def _unique(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(h, return_index=True, return_inverse=True) without its stable sort (several times slower
+    than the vectorised quicksort): the first index of each distinct value, and each value's group."""
+    order = np.argsort(h)
+    sh = h[order]
+    new = np.empty(h.size, bool)
+    new[:1] = True
+    np.not_equal(sh[1:], sh[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    inv = np.empty(h.size, _I64)
+    inv[order] = np.cumsum(new) - 1
+    first = np.minimum.reduceat(order, starts) if h.size else order
+    return first, inv
+
+
+def by_length(length: np.ndarray):
     """(n, indices of the strings of length n) for each length present."""
     key = length.astype(np.uint16) if length.size and length.max() < 2**16 else length    # radix sort
     order = np.argsort(key, kind="stable")
@@ -463,14 +370,15 @@ def _by_length(length: np.ndarray):
     return zip(lengths.tolist(), np.split(order, starts[1:]))
 
 
-def _words(g: Gather, off: np.ndarray, n: int, words: int) -> np.ndarray:
-    """The strings of length ``n`` at ``off`` as rows of ``words`` big-endian u64, zero-padded."""
+def _words(g: Gather, off: np.ndarray, n: int) -> np.ndarray:
+    """The strings of length ``n`` at ``off``, zero-padded to whole 8-byte words: one contiguous array of
+    native u64 per word position (what the hash loop wants)."""
+    words = -(-n // 8)
     buf = np.zeros((off.size, words * 8), np.uint8)
     if n:
         u8 = g.u8
-        keep = min(n, words * 8)
-        buf[:, :keep] = np.lib.stride_tricks.as_strided(u8, shape=(u8.size - n + 1, n), strides=(1, 1))[off][:, :keep]
-    return buf.view(">u8")
+        buf[:, :n] = np.lib.stride_tricks.as_strided(u8, shape=(u8.size - n + 1, n), strides=(1, 1))[off]
+    return np.ascontiguousarray(buf.view(np.uint64).T)
 
 
 def _intern_exactly(g: Gather, off, length):

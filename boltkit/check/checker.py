@@ -53,8 +53,9 @@ class CheckReport:
 
 
 def check_file(path: str, *, meta: int | None = None, quick: bool = False, revert: bool = True,
-               snapshot: bool = False, progress: Progress | None = None) -> CheckReport:
-    """Check one file. Never raises for anything found in the file; OpenError only for I/O on the path."""
+               snapshot: bool = False, progress: Progress | None = None, on_leaves=None) -> CheckReport:
+    """Check one file. Never raises for anything found in the file; OpenError only for I/O on the path.
+    ``on_leaves``: see TreeScan; it sees the tree of the meta that is checked."""
     report = CheckReport(file=str(path))
     try:
         db = Database(path, meta=meta, snapshot=snapshot)
@@ -64,7 +65,7 @@ def check_file(path: str, *, meta: int | None = None, quick: bool = False, rever
         return report
     try:
         report.warnings = list(db.warnings)
-        _check_open(db, report, quick, progress)
+        _check_open(db, report, quick, progress, on_leaves)
         if revert and meta is None and not report.clean:
             report.revert = _revert_candidate(db, quick)
             if report.revert is not None:
@@ -83,13 +84,13 @@ def _unreadable_problems(report: CheckReport, path: str, message: str) -> None:
     report.problems.append(Problem("B001", message, file=path))
 
 
-def _check_open(db: Database, report: CheckReport, quick: bool, progress: Progress | None) -> None:
+def _check_open(db: Database, report: CheckReport, quick: bool, progress: Progress | None, on_leaves=None) -> None:
     report.meta_index = db.meta.index
     report.txid = db.meta.txid
     report.hwm = db.hwm
     report.page_size = db.page_size
     _check_metas(db, report)
-    walker = _Walker(db, db.meta, report, quick, progress)
+    walker = _Walker(db, db.meta, report, quick, progress, on_leaves)
     walker.run()
 
 
@@ -124,8 +125,10 @@ def _check_metas(db: Database, report: CheckReport) -> None:
 class _Walker:
     """One whole-file pass under one meta."""
 
-    def __init__(self, db: Database, meta: Meta, report: CheckReport, quick: bool, progress: Progress | None):
+    def __init__(self, db: Database, meta: Meta, report: CheckReport, quick: bool, progress: Progress | None,
+                 on_leaves=None):
         self.db = db
+        self.on_leaves = on_leaves
         self.meta = meta
         self.report = report
         self.quick = quick
@@ -185,7 +188,7 @@ class _Walker:
 
     def _walk(self) -> None:
         scan = TreeScan(self.db, self.meta, self.report.problems.append, quick=self.quick, refs=self.refs,
-                        freed=self.freed, progress=self.progress)
+                        freed=self.freed, progress=self.progress, on_leaves=self.on_leaves)
         scan.run()
         self.report.buckets += scan.buckets
         self.report.inline_buckets += scan.inline_buckets

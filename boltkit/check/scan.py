@@ -98,8 +98,12 @@ class TreeScan:
     MAX_KEY_PROBLEMS_PER_PAGE = 5
 
     def __init__(self, db, meta, emit, *, quick: bool = False, refs: np.ndarray, freed: np.ndarray,
-                 progress=None):
+                 progress=None, on_leaves=None):
         self.db = db
+        # on_leaves(scan, bucket, flags, key_start, key_len, value_end): every batch of leaf elements the
+        # pass reads (damaged nodes already dropped), for readers that want the whole file's contents in
+        # arrays without a second pass (the BuildKit cache.db check)
+        self.on_leaves = on_leaves
         self.data = db.data
         self.meta = meta
         self.emit = emit
@@ -129,11 +133,15 @@ class TreeScan:
 
     # -- reporting helpers ------------------------------------------------------------------------
 
-    def path(self, b: int) -> tuple[bytes, ...]:
+    def bucket_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per bucket id (0 = the root bucket): its parent bucket, and its name's offset and length."""
         if self._b_cache is None or len(self._b_cache[0]) < self.nbuckets:
             self._b_cache = (np.concatenate(self._b_parent), np.concatenate(self._b_koff),
                              np.concatenate(self._b_klen))
-        parent, koff, klen = self._b_cache
+        return self._b_cache
+
+    def path(self, b: int) -> tuple[bytes, ...]:
+        parent, koff, klen = self.bucket_table()
         out = []
         b = int(b)
         while b > 0:
@@ -407,6 +415,8 @@ class TreeScan:
             node, local, off, ks, klen, ke, ve, r = (remap[node[keep]], local[keep], off[keep], ks[keep],
                                                      klen[keep], ke[keep], ve[keep], r[keep])
         flags = r["flags"].astype(I64)
+        if self.on_leaves is not None:
+            self.on_leaves(self, nodes.bucket[node], flags, ks, klen, ve)
         self.keys += int(node.size)
         flagged = np.zeros(nodes.pgid.size, bool)    # nodes that got an element-level problem
         disordered = np.zeros(nodes.pgid.size, bool)
