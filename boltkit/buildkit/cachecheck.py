@@ -126,7 +126,6 @@ def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
     is_id[c.results_ids] = True
     is_id[c.backlinks_ids] = True
     is_target = n_parents > 0
-    root_form, derived = _id_classes(names)
     d1 = is_target & ~is_id
     d2 = is_target & is_id & ~has_results & (outdeg == 0)
     c12 = is_target & is_id & ~d2 & ~live
@@ -139,15 +138,18 @@ def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
     table("C12", np.flatnonzero(c12),
           lambda t: problem("C12", f"dead chain: nothing below this key has a result; {n_parents[t]} parent(s) "
                                    "link to it", key=t, parents=parents(t)))
-    table("C14", np.flatnonzero(is_target & root_form),
+    targets = np.flatnonzero(is_target)
+    table("C14", targets[_root_form(names, targets)],
           lambda t: problem("C14", "a root-form key is a link target", key=t))
 
     table("C13", np.flatnonzero(is_id & ~has_results & (outdeg == 0) & ~is_target),
           lambda k: problem("C13", "empty branch: no results, no links, nothing links to it", key=k))
     has_backlinks = np.bincount(c.backlink_tgt, minlength=n) > 0
-    table("C14", np.flatnonzero(is_id & root_form & has_backlinks),
+    backlinked = np.flatnonzero(is_id & has_backlinks)
+    table("C14", backlinked[_root_form(names, backlinked)],
           lambda k: problem("C14", "a root-form key has backlinks", key=k))
-    table("C14", np.flatnonzero(is_id & derived & ~is_target & (has_results | (outdeg > 0))),
+    unreached = np.flatnonzero(is_id & ~is_target & (has_results | (outdeg > 0)))
+    table("C14", unreached[_derived(names, unreached)],
           lambda k: problem("C14", "derived key that nothing links to: Query can never reach it", key=k))
 
     for cyc in cycles_of_arrays(src, tgt, n):
@@ -177,20 +179,24 @@ def _unsplittable(names: Names, codes: np.ndarray) -> np.ndarray:
     return bad
 
 
-def _id_classes(names: Names) -> tuple[np.ndarray, np.ndarray]:
-    """Per code: root form (sha256:/random: digest) and derived (a 25-character [0-9a-z] id)."""
-    n = len(names)
-    u8 = names.data
-    derived = np.zeros(n, bool)
-    first7 = Gather(u8, u8.size).prefix8(names.off, np.minimum(names.length, 7))
-    root = np.zeros(n, bool)
+def _root_form(names: Names, codes: np.ndarray) -> np.ndarray:
+    """Which of ``codes`` are root-form ids: a sha256:/random: digest."""
+    first7 = Gather(names.data, names.data.size).prefix8(names.off[codes], np.minimum(names.length[codes], 7))
+    root = np.zeros(codes.size, bool)
     for prefix in _ROOT_PREFIXES:
-        root |= (first7 == int.from_bytes(prefix + b"\0", "big")) & (names.length >= 7)
-    ids25 = np.flatnonzero(names.length == 25)
-    if ids25.size:
-        rows = np.lib.stride_tricks.as_strided(u8, shape=(u8.size - 24, 25), strides=(1, 1))[names.off[ids25]]
-        derived[ids25[_DERIVED[rows].all(1)]] = True
-    return root, derived
+        root |= (first7 == int.from_bytes(prefix + b"\0", "big")) & (names.length[codes] >= 7)
+    return root
+
+
+def _derived(names: Names, codes: np.ndarray) -> np.ndarray:
+    """Which of ``codes`` are derived ids: 25 characters of [0-9a-z]."""
+    out = np.zeros(codes.size, bool)
+    is25 = np.flatnonzero(names.length[codes] == 25)
+    if is25.size:
+        u8 = names.data
+        rows = np.lib.stride_tricks.as_strided(u8, shape=(u8.size - 24, 25), strides=(1, 1))[names.off[codes[is25]]]
+        out[is25] = _DERIVED[rows].all(1)
+    return out
 
 
 __all__ = ["check_cache_columns", "check_cache_db"]

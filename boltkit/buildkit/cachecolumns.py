@@ -11,6 +11,7 @@ columns say the same as the object decoder, only sooner.
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -100,8 +101,17 @@ class CacheLeaves:
             names = {bytes(scan.data[int(ks[i]):int(ks[i] + klen[i])]) for i in root}
             self.wanted = not root.size or bool(names & set(TOP_BUCKETS))
         self.scan = scan
-        if self.wanted:
-            self.parts.append((bucket, flags, ks, klen, ve))
+        if self.wanted:     # compact: the bulk of a cache.db's memory is these arrays
+            self.parts.append((bucket.astype(np.int32), (flags & BUCKET_LEAF_FLAG) != 0, ks,
+                               klen.astype(np.int32), (ve - ks - klen).astype(np.int32)))
+
+    def take(self) -> tuple:
+        """(bucket, is_bucket, key_start, key_len, value_len) of every element kept, once."""
+        parts, self.parts = self.parts, []
+        if not parts:
+            return np.zeros(0, np.int32), np.zeros(0, bool), np.zeros(0, _I64), np.zeros(0, np.int32), \
+                np.zeros(0, np.int32)
+        return tuple(np.concatenate(x) for x in zip(*parts))
 
 
 def load_cache_columns(db: Database, on_damage=None) -> CacheColumns:
@@ -126,15 +136,12 @@ def load_cache_columns(db: Database, on_damage=None) -> CacheColumns:
 def columns_from_leaves(leaves: CacheLeaves) -> CacheColumns:
     """Sort the elements of a cache.db's tree into its four buckets and decode them (see the module)."""
     if leaves.scan is None:
-        empty = np.zeros(0, np.uint8)
-        g = Gather(empty, 0)
+        g = Gather(np.zeros(0, np.uint8), 0)
         parent, koff, klen = (np.zeros(1, _I64),) * 3
-        bucket = flags = ks = kl = ve = np.zeros(0, _I64)
     else:
         g = leaves.scan.g
         parent, koff, klen = leaves.scan.bucket_table()
-        bucket, flags, ks, kl, ve = (np.concatenate(x) for x in zip(*leaves.parts)) if leaves.parts \
-            else (np.zeros(0, _I64),) * 5
+    bucket, is_bucket, ks, kl, vlen = leaves.take()
     cols = CacheColumns(names=None)
     u8 = g.u8
 
@@ -144,7 +151,6 @@ def columns_from_leaves(leaves: CacheLeaves) -> CacheColumns:
     def key(i) -> bytes:
         return u8[int(ks[i]):int(ks[i] + kl[i])].tobytes()
 
-    is_bucket = (flags & BUCKET_LEAF_FLAG) != 0
     for i in np.flatnonzero((bucket == 0) & ~is_bucket):
         cols.anomalies.append(Anomaly("C1", (), key(i), "plain key at the top level"))
     tops = np.flatnonzero(parent == 0)
@@ -174,7 +180,6 @@ def columns_from_leaves(leaves: CacheLeaves) -> CacheColumns:
     for i in np.flatnonzero(in_id & is_bucket):
         cols.anomalies.append(Anomaly("C3", (TOP_BUCKETS[top_of[bucket[i]]], name(bucket[i])), key(i),
                                       "level-3 entry is a bucket"))
-    vlen = ve - ks - kl
     for i in np.flatnonzero(in_id & ~is_bucket & (vlen > 0) & (top_of[bucket] != 0)):
         cols.anomalies.append(Anomaly("C7", (TOP_BUCKETS[top_of[bucket[i]]], name(bucket[i])), key(i),
                                       f"value of {int(vlen[i])} bytes, expected empty"))
@@ -191,15 +196,19 @@ def columns_from_leaves(leaves: CacheLeaves) -> CacheColumns:
 
 def _decode(cols: CacheColumns, g: Gather, links: Entries, results: Entries, byresult: Entries,
             backlinks: Entries) -> CacheColumns:
-    has_tgt, tgt_off, tgt_len, cols.link_errors = _link_targets(g, links)
-    cols.result_errors = _result_errors(g, results)
-    sources = [
-        (links.name_off, links.name_len), (results.name_off, results.name_len),
-        (byresult.name_off, byresult.name_len), (backlinks.name_off, backlinks.name_len),
-        (tgt_off, tgt_len), (results.key_off, results.key_len), (byresult.key_off, byresult.key_len),
-        (backlinks.key_off, backlinks.key_len),
-    ]
-    codes, cols.names = intern(g, [s[0] for s in sources], [s[1] for s in sources])
+    ids = [(links.name_off, links.name_len), (results.name_off, results.name_len),
+           (byresult.name_off, byresult.name_len), (backlinks.name_off, backlinks.name_len)]
+    keys = [(results.key_off, results.key_len), (byresult.key_off, byresult.key_len),
+            (backlinks.key_off, backlinks.key_len)]
+    # link keys are checked on a second core meanwhile: numpy lets go of the interpreter while it works
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        found = pool.submit(_link_targets, g, links)
+        hashed = [string_hashes(g, *r) for r in ids + keys]
+        cols.result_errors = _result_errors(g, results)
+        has_tgt, tgt_off, tgt_len, cols.link_errors, tgt_hashed = found.result()
+    sources = ids + [(tgt_off, tgt_len)] + keys
+    codes, cols.names = intern(g, [s[0] for s in sources], [s[1] for s in sources],
+                               hashed[:4] + [tgt_hashed] + hashed[4:])
     (cols.links_ids, cols.results_ids, cols.byresult_ids, cols.backlinks_ids, tcodes,
      cols.result_rid, cols.byresult_kid, cols.backlink_src) = codes
     cols.link_src = cols.links_ids[links.owner]
@@ -237,19 +246,13 @@ def _link_targets(g: Gather, links: Entries):
     """
     off, length = links.key_off, links.key_len
     at = np.full(off.size, -1, _I64)                 # offset of the '@' inside the key; -1 = slow path
+    h1 = np.zeros(off.size, np.uint64)               # the targets' string_hashes, from the rows at hand
+    h2 = np.zeros(off.size, np.uint64)
     u8 = g.u8
     usable = np.flatnonzero((length >= 3) & (off + length <= g.size))
-    for n_len, idx in by_length(length[usable]):
-        idx = usable[idx]
-        rows = np.lib.stride_tricks.as_strided(u8, shape=(u8.size - n_len + 1, n_len), strides=(1, 1))[off[idx]]
-        for _ in range(_LAYOUTS_PER_LENGTH):
-            if not idx.size:
-                break
-            m = _CANONICAL.fullmatch(rows[0].tobytes())
-            fits = _fits_layout(rows, m) if m is not None else np.eye(1, idx.size, dtype=bool)[0]
-            if m is not None:
-                at[idx[fits]] = m.start(5) - 1
-            idx, rows = idx[~fits], rows[~fits]
+    for n_len, group in by_length(length[usable]):
+        for idx in _chunks(usable[group]):
+            _match_layouts(_rows(u8, off[idx], n_len), idx, at, h1, h2)
 
     errors: dict[int, Link] = {}
     slow = np.flatnonzero(at < 0)
@@ -261,8 +264,30 @@ def _link_targets(g: Gather, links: Entries):
             errors[int(i)] = link
         if link.target:
             at[i] = key.index(b"@")
+    slow = slow[at[slow] >= 0]
+    h1[slow], h2[slow] = string_hashes(g, off[slow] + at[slow] + 1, length[slow] - at[slow] - 1)
     has = at >= 0
-    return has, off[has] + at[has] + 1, length[has] - at[has] - 1, errors
+    return has, off[has] + at[has] + 1, length[has] - at[has] - 1, errors, (h1[has], h2[has])
+
+
+_CHUNK = 1 << 16       # rows copied out at a time: keeps the copies small next to the file
+
+
+def _chunks(idx: np.ndarray):
+    return (idx[a:a + _CHUNK] for a in range(0, idx.size, _CHUNK))
+
+
+def _match_layouts(rows: np.ndarray, idx: np.ndarray, at: np.ndarray, h1: np.ndarray, h2: np.ndarray) -> None:
+    """Link keys of one length, as rows: for each canonical one, its '@' offset and its target's hashes."""
+    for _ in range(_LAYOUTS_PER_LENGTH):
+        if not idx.size:
+            return
+        m = _CANONICAL.fullmatch(rows[0].tobytes())
+        fits = _fits_layout(rows, m) if m is not None else np.eye(1, idx.size, dtype=bool)[0]
+        if m is not None:
+            at[idx[fits]] = m.start(5) - 1
+            h1[idx[fits]], h2[idx[fits]] = _hash_rows(rows[fits, m.start(5):])
+        idx, rows = idx[~fits], rows[~fits]
 
 
 def _fits_layout(rows: np.ndarray, m) -> np.ndarray:
@@ -315,26 +340,19 @@ def _result_errors(g: Gather, results: Entries) -> dict[int, CacheResult]:
 
 # -- interning -------------------------------------------------------------------------------------
 
-def intern(g: Gather, offs: list, lens: list) -> tuple[list[np.ndarray], Names]:
+def intern(g: Gather, offs: list, lens: list, hashes: list | None = None) -> tuple[list[np.ndarray], Names]:
     """Give every distinct byte string among the file ranges one code, the same code across all the
-    lists; codes number the distinct strings in the order they first appear in the lists.
+    lists; codes number the distinct strings in the order they first appear in the lists. ``hashes``:
+    the ``string_hashes`` of each list, where the caller has them already.
 
-    Strings of one length are copied out as rows in one gather and hashed a word column at a time with
-    two independent 64-bit hashes; the first groups them, the second confirms each group (a disagreement,
-    never seen, makes us intern through a dict instead)."""
+    The first hash groups the strings, the second confirms each group (a disagreement, never seen, makes
+    us intern through a dict instead)."""
     off = np.concatenate(offs).astype(_I64) if offs else np.zeros(0, _I64)
     length = np.concatenate(lens).astype(_I64) if lens else np.zeros(0, _I64)
-    h1 = np.empty(off.size, np.uint64)
-    h2 = np.empty(off.size, np.uint64)
-    for n, idx in by_length(length):
-        a = np.full(idx.size, n * 0x9E3779B97F4A7C15 % 2**64, np.uint64)
-        b = ~a
-        for col in _words(g, off[idx], n):
-            a = (a ^ col) * np.uint64(0x100000001B3)
-            x = (b + col) * np.uint64(0xC2B2AE3D27D4EB4F)
-            b = x ^ (x >> np.uint64(29))
-        h1[idx] = a ^ (a >> np.uint64(31))
-        h2[idx] = b
+    if hashes is None:
+        h1, h2 = string_hashes(g, off, length)
+    else:
+        h1, h2 = (np.concatenate(x) if x else np.zeros(0, np.uint64) for x in zip(*hashes))
     first, inv = _unique(h1)
     if (h2 != h2[first][inv]).any():
         first, inv = _intern_exactly(g, off, length)
@@ -345,6 +363,39 @@ def intern(g: Gather, offs: list, lens: list) -> tuple[list[np.ndarray], Names]:
     codes = rank[inv]
     bounds = np.cumsum([a.size for a in offs])[:-1]
     return np.split(codes, bounds), Names(g.u8, rep_off[order], rep_len[order])
+
+
+def string_hashes(g: Gather, off: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two independent 64-bit hashes of each string; strings of one length are copied out as rows in one
+    gather."""
+    h1 = np.empty(off.size, np.uint64)
+    h2 = np.empty(off.size, np.uint64)
+    for n, group in by_length(length):
+        for idx in _chunks(group):
+            h1[idx], h2[idx] = _hash_rows(_rows(g.u8, off[idx], n))
+    return h1, h2
+
+
+def _rows(u8: np.ndarray, off: np.ndarray, n: int) -> np.ndarray:
+    """The n-byte strings at ``off`` as the rows of a (len(off), n) array."""
+    if not n:
+        return np.zeros((off.size, 0), np.uint8)
+    return np.lib.stride_tricks.as_strided(u8, shape=(u8.size - n + 1, n), strides=(1, 1))[off]
+
+
+def _hash_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``string_hashes`` of strings given as the rows of one (m, n) byte array: zero-padded to whole
+    8-byte words and hashed a word column at a time."""
+    m, n = rows.shape
+    buf = np.zeros((m, -(-n // 8) * 8), np.uint8)
+    buf[:, :n] = rows
+    a = np.full(m, n * 0x9E3779B97F4A7C15 % 2**64, np.uint64)
+    b = ~a
+    for col in np.ascontiguousarray(buf.view(np.uint64).T):
+        a = (a ^ col) * np.uint64(0x100000001B3)
+        x = (b + col) * np.uint64(0xC2B2AE3D27D4EB4F)
+        b = x ^ (x >> np.uint64(29))
+    return a ^ (a >> np.uint64(31)), b
 
 
 def _unique(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -368,17 +419,6 @@ def by_length(length: np.ndarray):
     order = np.argsort(key, kind="stable")
     lengths, starts = np.unique(key[order], return_index=True)
     return zip(lengths.tolist(), np.split(order, starts[1:]))
-
-
-def _words(g: Gather, off: np.ndarray, n: int) -> np.ndarray:
-    """The strings of length ``n`` at ``off``, zero-padded to whole 8-byte words: one contiguous array of
-    native u64 per word position (what the hash loop wants)."""
-    words = -(-n // 8)
-    buf = np.zeros((off.size, words * 8), np.uint8)
-    if n:
-        u8 = g.u8
-        buf[:, :n] = np.lib.stride_tricks.as_strided(u8, shape=(u8.size - n + 1, n), strides=(1, 1))[off]
-    return np.ascontiguousarray(buf.view(np.uint64).T)
 
 
 def _intern_exactly(g: Gather, off, length):

@@ -79,7 +79,7 @@ def components(links: dict[str, list[str]]) -> list[list[str]]:
 # -- the same questions over integer edge arrays (src[i] -> tgt[i], nodes 0..n-1), in waves --------------
 
 def _csr(key: np.ndarray, val: np.ndarray, n: int):
-    order = np.argsort(key, kind="stable")
+    order = np.argsort(key)
     return np.concatenate([[0], np.cumsum(np.bincount(key, minlength=n))]), val[order]
 
 

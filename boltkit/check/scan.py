@@ -197,7 +197,8 @@ class TreeScan:
             fronts.append(fc)
             if ic is not None:
                 inls.append(ic)
-        if nodes.pgid.size:   # nodes are in file order, and the pages holding them are done with
+        if nodes.pgid.size and self.on_leaves is None:   # nodes are in file order, and the pages holding
+            # them are done with (unless a reader of the leaves goes back to their keys)
             self.db.source.release(int(nodes.base.min()) - BUCKET_HEADER_SIZE, int(nodes.end.max()))
 
     CHUNK_PAGES = 1 << 13
