@@ -72,3 +72,157 @@ def _count_leaves(tree, bucket, on_damage) -> int:
         if child is None:
             n += 1
     return n
+
+
+# -- snapshots ------------------------------------------------------------------------------------
+#
+# Two stores describe a snapshot: containerdmeta.db maps BuildKit's key to a backend name and a parent
+# key (`v1/<ns>/snapshots/<snapshotter>/<key>/{name, parent, children/, labels/, createdat, updatedat}`),
+# and the snapshotter's own snapshots/metadata.db holds the backend row with its kind
+# (`v1/snapshots/<name>/{id, kind, parent, ...}`) (reference/buildkit-stores.md §5.2, §5.3). containerd's
+# metadata snapshotter answers Stat(key) only when both exist.
+
+KIND_VIEW, KIND_ACTIVE, KIND_COMMITTED = 1, 2, 3
+KIND_NAMES = {KIND_VIEW: "view", KIND_ACTIVE: "active", KIND_COMMITTED: "committed"}
+WORKER_PREFIXES = ("runc-", "containerd-")
+
+
+def worker_snapshotter(worker_dir: str) -> str | None:
+    """The snapshotter a worker directory is named after (`runc-overlayfs` -> `overlayfs`,
+    `runc-fuse-overlayfs` -> `fuse-overlayfs`); None for a directory not named `<worker>-<snapshotter>`
+    (Docker's graphdriver worker keeps its snapshots in snapshots.db instead)."""
+    for prefix in WORKER_PREFIXES:
+        if worker_dir.startswith(prefix) and len(worker_dir) > len(prefix):
+            return worker_dir[len(prefix):]
+    return None
+
+
+@dataclass
+class Snapshot:
+    """One snapshot of a containerdmeta.db namespace, under BuildKit's key."""
+    key: str
+    name: str | None = None                 # backend key in the snapshotter's metadata.db (`buildkit/<seq>/<key>`)
+    parent: str = ""                        # the parent snapshot's key, "" for none
+    children: set[str] = field(default_factory=set)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class BackendSnapshot:
+    """One row of the snapshotter's own snapshots/metadata.db."""
+    name: str
+    id: int | None = None                   # directory snapshots/snapshots/<id>
+    kind: int | None = None                 # KIND_VIEW, KIND_ACTIVE, KIND_COMMITTED
+    parent: str = ""                        # the parent's backend name
+
+    @property
+    def kind_name(self) -> str:
+        return KIND_NAMES.get(self.kind, f"unknown ({self.kind})")
+
+
+def _bucket_at(db: Database, path: tuple[bytes, ...], on_damage):
+    """The bucket at ``path``, or None when a step is missing, is a plain value, or cannot be read (damage is
+    reported to ``on_damage``, or raised without one)."""
+    tree = db.tree
+    b = db.root()
+    try:
+        for name in path:
+            item = tree.get(b, name)
+            if item is None or not item.is_bucket:
+                return None
+            b = tree.child(b, item)
+    except CorruptionError as e:
+        if on_damage is None:
+            raise
+        on_damage(e)
+        return None
+    return b
+
+
+def _text(b: bytes) -> str:
+    return b.decode("utf-8", "replace")
+
+
+def snapshotters(db: Database, namespace: bytes = b"buildkit", on_damage=None) -> list[str]:
+    """Names of the snapshotter buckets of a containerdmeta.db namespace."""
+    b = _bucket_at(db, (b"v1", namespace, b"snapshots"), on_damage)
+    if b is None:
+        return []
+    return [_text(it.key) for it in db.tree.items(b, on_error=on_damage) if it.is_bucket]
+
+
+def snapshots(db: Database, snapshotter: str, namespace: bytes = b"buildkit", on_damage=None) -> dict[str, Snapshot]:
+    """The snapshots of ``v1/<namespace>/snapshots/<snapshotter>`` in a containerdmeta.db, by key; empty when the
+    bucket does not exist. Damage skips what it hides (reported to ``on_damage``, raised without one)."""
+    tree = db.tree
+    b = _bucket_at(db, (b"v1", namespace, b"snapshots", snapshotter.encode()), on_damage)
+    if b is None:
+        return {}
+    out: dict[str, Snapshot] = {}
+    for item in tree.items(b, on_error=on_damage):
+        if not item.is_bucket:
+            continue
+        snap = out[_text(item.key)] = Snapshot(_text(item.key))
+        try:
+            sb = tree.child(b, item)
+            for sub in tree.items(sb, on_error=on_damage):
+                if sub.is_bucket:
+                    if sub.key in (b"children", b"labels"):
+                        child = tree.child(sb, sub)
+                        entries = {_text(i.key): _text(db.value(i)) for i in tree.items(child, on_error=on_damage)
+                                   if not i.is_bucket}
+                        if sub.key == b"children":
+                            snap.children = set(entries)
+                        else:
+                            snap.labels = entries
+                elif sub.key == b"name":
+                    snap.name = _text(db.value(sub))
+                elif sub.key == b"parent":
+                    snap.parent = _text(db.value(sub))
+        except CorruptionError as e:
+            if on_damage is None:
+                raise
+            on_damage(e)
+    return out
+
+
+def _uvarint(b: bytes) -> int | None:
+    n = shift = 0
+    for i, byte in enumerate(b):
+        if i >= 10:
+            return None
+        n |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return n if i == len(b) - 1 else None
+        shift += 7
+    return None
+
+
+def backend_snapshots(db: Database, on_damage=None) -> dict[str, BackendSnapshot]:
+    """The rows of a snapshotter's snapshots/metadata.db (`v1/snapshots/<name>`), by backend name."""
+    tree = db.tree
+    b = _bucket_at(db, (b"v1", b"snapshots"), on_damage)
+    if b is None:
+        return {}
+    out: dict[str, BackendSnapshot] = {}
+    for item in tree.items(b, on_error=on_damage):
+        if not item.is_bucket:
+            continue
+        row = out[_text(item.key)] = BackendSnapshot(_text(item.key))
+        try:
+            sb = tree.child(b, item)
+            for sub in tree.items(sb, on_error=on_damage):
+                if sub.is_bucket:
+                    continue
+                v = db.value(sub)
+                if sub.key == b"id":
+                    row.id = _uvarint(v)
+                elif sub.key == b"kind":
+                    row.kind = v[0] if len(v) == 1 else None
+                elif sub.key == b"parent":
+                    row.parent = _text(v)
+        except CorruptionError as e:
+            if on_damage is None:
+                raise
+            on_damage(e)
+    return out

@@ -11,9 +11,11 @@ from ..check import CheckReport, check_file
 from ..check.problems import Problem, Severity
 from ..errors import BoltkitError
 from ..storage import Database
-from .cachecheck import check_cache_db
+from .cachecheck import check_cache_columns
+from .cachecolumns import CacheLeaves, columns_from_leaves
 from .cachedb import TOP_BUCKETS, load_cache_store, split_result_id
-from .containerd import leases
+from .containerd import (KIND_ACTIVE, BackendSnapshot, Snapshot, backend_snapshots, leases, snapshots,
+                         worker_snapshotter)
 from .history import check_history, load_history
 from .metadata import check_metadata_store, load_metadata_store, record_ids
 from .root import Root, discover
@@ -33,7 +35,8 @@ def store_kind(db: Database) -> str:
 
 
 def check_store(path: str, *, snapshot: bool = False, progress=None) -> CheckReport:
-    report = check_file(path, snapshot=snapshot, progress=progress)
+    leaves = CacheLeaves()        # a cache.db is decoded from what the structural pass reads
+    report = check_file(path, snapshot=snapshot, progress=progress, on_leaves=leaves)
     if not report.readable:
         return report
     try:
@@ -50,7 +53,7 @@ def check_store(path: str, *, snapshot: bool = False, progress=None) -> CheckRep
                 report.warnings.append(f"{path}: {kind} store: only structural checks so far "
                                        "(semantic checks exist for cache.db, metadata_v2.db and history.db)")
                 return report
-            report.problems.extend(check_cache_db(db, str(path), on_damage=lambda e: None))
+            report.problems.extend(check_cache_columns(columns_from_leaves(leaves), str(path)))
     except BoltkitError as e:
         report.problems.append(Problem("B001", f"semantic pass stopped: {e}", file=str(path)))
     return report
@@ -114,7 +117,8 @@ def _cross_checks(result: FsckResult, snapshot: bool) -> None:
 
 
 def _lease_checks(result: FsckResult, snapshot: bool) -> None:
-    """M15/M16: each worker's records and the leases of its containerdmeta.db `buildkit` namespace."""
+    """M15/M16: each worker's records and the leases of its containerdmeta.db `buildkit` namespace;
+    M9/M17 (`_snapshot_checks`): the same records and that namespace's snapshots."""
     for w in result.root.workers:
         md, cm = w.dir / "metadata_v2.db", w.dir / "containerdmeta.db"
         if not cm.is_file() or not result.reports.get(str(md)) or not result.reports[str(md)].readable \
@@ -134,6 +138,88 @@ def _lease_checks(result: FsckResult, snapshot: bool) -> None:
             if rid not in held and not rec.values.get("cache.equalMutable") and not rec.values.get("cache.deleted"):
                 result.cross.append(Problem("M15", "record has no lease: containerd's GC may delete its data",
                                             file=str(md), path=(b"_main",), key=rid.encode()))
+        _snapshot_checks(result, w, store, snapshot)
+
+
+def _snapshot_id(rec) -> str:
+    """getSnapshotID: `cache.snapshot`, or the record id for old records without it (§3.4)."""
+    sid = rec.values.get("cache.snapshot")
+    return sid if isinstance(sid, str) and sid else rec.id
+
+
+def _is_mutable(rec) -> bool:
+    """Whether buildkitd's getRecord treats the record as mutable and so Stats its snapshot at start (§3.4, §3.7):
+    `mutable = !snapshot.committed`, except that merges and diffs are forced immutable (the v0.10.{0,1} #2740
+    kludge; a `cache.parent` makes it a layer whatever else is set), a record with `cache.equalMutable` is loaded
+    through its mutable target instead, and a record marked `cache.deleted` is removed before the check (M14)."""
+    v = rec.values
+    if v.get("snapshot.committed") is True or v.get("cache.equalMutable") or v.get("cache.deleted") is True:
+        return False
+    if not v.get("cache.parent") and (v.get("cache.mergeParents") or v.get("cache.lowerDiffParent")
+                                      or v.get("cache.upperDiffParent")):
+        return False
+    return True
+
+
+def _snapshot_checks(result: FsckResult, w, store, snapshot: bool) -> None:
+    """M9/M17: a worker's records and the snapshots of its containerdmeta.db `buildkit` namespace, under the
+    snapshotter the worker directory is named after; M9 also looks for the backend row in the snapshotter's
+    snapshots/metadata.db when that file is there and readable (containerd's Stat needs both, §5.2, §5.3)."""
+    name = worker_snapshotter(w.dir.name)
+    if name is None:
+        return
+    cm, md = w.dir / "containerdmeta.db", w.dir / "metadata_v2.db"
+    damage: list = []
+    with Database(str(cm), snapshot=snapshot) as db:
+        snaps: dict[str, Snapshot] = snapshots(db, name, on_damage=damage.append)
+    if damage:
+        return      # a damaged subtree would look like missing snapshots; the store's own report names the damage
+    backend: dict[str, BackendSnapshot] | None = None
+    be = w.dir / "snapshots" / "metadata.db"
+    if result.reports.get(str(be)) is not None and result.reports[str(be)].readable:
+        damage = []
+        with Database(str(be), snapshot=snapshot) as db:
+            backend = backend_snapshots(db, on_damage=damage.append)
+        if damage:
+            backend = None
+    where = f"containerdmeta.db v1/buildkit/snapshots/{name}"
+    bucket = (b"v1", b"buildkit", b"snapshots", name.encode())
+    recs = store.records
+    for rid, rec in sorted(recs.items()):
+        if _is_mutable(rec):
+            # getRecord Stats the record id (New made it the snapshot key, so it equals `cache.snapshot`)
+            s = snaps.get(rid)
+            row = None if s is None or backend is None else backend.get(s.name or "")
+            if s is None:
+                result.cross.append(Problem(
+                    "M9", f"mutable record's snapshot {rid} is not in {where}: buildkitd removes the record (and "
+                          "its leases) at its next start", file=str(md), path=(b"_main",), key=rid.encode(),
+                    details={"snapshot": rid, "snapshotter": name}))
+            elif backend is not None and row is None:
+                result.cross.append(Problem(
+                    "M9", f"mutable record's snapshot {rid} names backend row {s.name or '(none)'}, which "
+                          f"snapshots/metadata.db does not have: Stat fails, so buildkitd removes the record at its "
+                          "next start", file=str(md), path=(b"_main",), key=rid.encode(),
+                    details={"snapshot": rid, "snapshotter": name, "backend": s.name}))
+            elif row is not None and row.kind is not None and row.kind != KIND_ACTIVE:
+                result.cross.append(Problem(
+                    "M9", f"mutable record's snapshot {rid} is {row.kind_name}, not active: buildkitd keeps the "
+                          "record but cannot mount it as a writable layer", file=str(md), path=(b"_main",),
+                    key=rid.encode(), details={"snapshot": rid, "snapshotter": name, "kind": row.kind_name}))
+        parent = rec.values.get("cache.parent")
+        if not isinstance(parent, str) or not parent or parent not in recs or rec.values.get("cache.deleted") is True:
+            continue        # not a layer, or its parent is missing (M4), or it goes at the next start (M14)
+        sid = _snapshot_id(rec)
+        s = snaps.get(sid)
+        if s is None:
+            continue        # not created yet (equalMutable, blob-only) or missing (M9, M15)
+        want = _snapshot_id(recs[parent])
+        if s.parent != want:
+            result.cross.append(Problem(
+                "M17", f"snapshot {sid} of layer record {rid} has parent {s.parent or '(none)'}, but its parent "
+                       f"record {parent} has snapshot {want}", file=str(cm), path=bucket + (sid.encode(),),
+                key=b"parent", details={"record": rid, "parent_record": parent, "snapshot_parent": s.parent,
+                                        "expected": want}))
 
 
 def _result_checks(result: FsckResult, snapshot: bool) -> None:

@@ -1,6 +1,6 @@
 """metadata_v2.db (cache/metadata): records in `_main` with `{"value","index"}` envelopes, tombstones,
 `_index` keys and `_external` blobs — decoded, and checked against M1–M14 of
-reference/buildkit-stores.md §3.8 (M9, M15–M17 need containerdmeta.db and the snapshotter; fsck checks M15/M16)."""
+reference/buildkit-stores.md §3.8 (M9, M15–M17 need containerdmeta.db and the snapshotter; fsck checks them)."""
 from __future__ import annotations
 
 import json

@@ -77,6 +77,7 @@ CATALOGUE: dict[str, tuple[Severity, str]] = {
     "M6": (Severity.WARNING, "parent kinds mixed, or a merge with fewer than two parents"),
     "M7": (Severity.WARNING, "a parent record is mutable (neither committed nor backed by equalMutable)"),
     "M8": (Severity.WARNING, "equalMutable names a record that does not exist"),
+    "M9": (Severity.WARNING, "mutable record without its active snapshot (missing from containerdmeta.db: removed at start)"),
     "M10": (Severity.WARNING, "_index out of step with the records (missing, dangling, or without '::')"),
     "M11": (Severity.INFO, "externals of a record that does not exist"),
     "M12": (Severity.WARNING, "field out of range or inconsistent (sizes, policy, createdAt, blob fields, record type)"),
@@ -84,6 +85,7 @@ CATALOGUE: dict[str, tuple[Severity, str]] = {
     "M14": (Severity.INFO, "record marked deleted: removed at next start"),
     "M15": (Severity.WARNING, "record without its lease in containerdmeta.db: its data is not protected from containerd GC"),
     "M16": (Severity.WARNING, "lease of no record: what it holds leaks disk space forever"),
+    "M17": (Severity.WARNING, "layer record whose snapshot's parent is not its parent record's snapshot"),
     # BuildKit history.db (reference/buildkit-stores.md §5.1)
     "H1": (Severity.ERROR, "build record does not decode as a BuildHistoryRecord"),
     "H2": (Severity.WARNING, "build record's Ref differs from its key"),
