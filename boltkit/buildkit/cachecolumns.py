@@ -1,12 +1,12 @@
-"""cache.db in columns: every id bucket and every level-3 entry, read in bulk off the mapped file.
+"""cache.db in columns: every id bucket and every level-3 entry as integer arrays.
 
 A BuildKit cache.db holds ~200k ids spread over four buckets, one nested (almost always inline) bucket
 per id and a few entries in each. Decoded entry by entry into Python objects that costs ~10 s, far more
-than the structural check of the same file. Here the element tables of all inline buckets are gathered
-at once, every string that names an id is interned to an integer, and link keys in Go's canonical form
-are recognised by array operations; the semantic checks then become set operations on integer arrays
-(cachecheck.py). Entries not in the shape BuildKit writes take the exact slow path of cachedb.py, so the
-columns say the same as the object decoder, only sooner.
+than the structural check of the same file. Here the elements come from the structural pass itself
+(TreeScan's ``on_leaves``: nothing is read twice), every string that names an id is interned to an
+integer by hashing, and link keys in Go's canonical form are recognised a layout at a time; the semantic
+checks then become set operations on integer arrays (cachecheck.py). Entries not in the shape BuildKit
+writes take the exact slow path of cachedb.py, so the columns say what the object decoder says, sooner.
 """
 from __future__ import annotations
 
@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..check.gather import Gather
-from ..errors import CorruptionError
 from ..check.problems import Severity
+from ..check.scan import TreeScan
+from ..errors import CorruptionError
 from ..schemas import BUCKET_LEAF_FLAG
 from ..storage import Database
-from .cachedb import _CANONICAL, TOP_BUCKETS, Anomaly, CacheResult, Link, decode_link_key, decode_result
+from .cachedb import (CANONICAL_LINK_KEY, TOP_BUCKETS, Anomaly, CacheResult, Link, decode_link_key,
+                      decode_result)
 
 _I64 = np.int64
 
@@ -117,8 +119,6 @@ class CacheLeaves:
 def load_cache_columns(db: Database, on_damage=None) -> CacheColumns:
     """Read a cache.db into columns with one bulk pass over its tree. Damage (each error the pass finds)
     goes to ``on_damage`` as a CorruptionError, or is raised; the damaged parts are left out."""
-    from ..check.scan import TreeScan
-
     def emit(p):
         if p.severity is Severity.ERROR:
             e = CorruptionError(p.message, pgid=p.pgid, offset=p.offset, path=p.path)
@@ -180,7 +180,7 @@ def columns_from_leaves(leaves: CacheLeaves) -> CacheColumns:
     for i in np.flatnonzero(in_id & is_bucket):
         cols.anomalies.append(Anomaly("C3", (TOP_BUCKETS[top_of[bucket[i]]], name(bucket[i])), key(i),
                                       "level-3 entry is a bucket"))
-    for i in np.flatnonzero(in_id & ~is_bucket & (vlen > 0) & (top_of[bucket] != 0)):
+    for i in np.flatnonzero(in_id & ~is_bucket & (vlen > 0) & (top_of[bucket] != TOP_BUCKETS.index(b"_result"))):
         cols.anomalies.append(Anomaly("C7", (TOP_BUCKETS[top_of[bucket[i]]], name(bucket[i])), key(i),
                                       f"value of {int(vlen[i])} bytes, expected empty"))
 
@@ -282,7 +282,7 @@ def _match_layouts(rows: np.ndarray, idx: np.ndarray, at: np.ndarray, h1: np.nda
     for _ in range(_LAYOUTS_PER_LENGTH):
         if not idx.size:
             return
-        m = _CANONICAL.fullmatch(rows[0].tobytes())
+        m = CANONICAL_LINK_KEY.fullmatch(rows[0].tobytes())
         fits = _fits_layout(rows, m) if m is not None else np.eye(1, idx.size, dtype=bool)[0]
         if m is not None:
             at[idx[fits]] = m.start(5) - 1

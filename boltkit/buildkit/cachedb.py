@@ -73,7 +73,7 @@ class Link:
 
 # Go's canonical CacheInfoLink JSON with digest-valued fields, then '@' and the target: the form every
 # healthy key has. A key that fits it is canonical by construction; anything else takes the slow path.
-_CANONICAL = re.compile(
+CANONICAL_LINK_KEY = re.compile(
     rb'\{(?:"Input":([1-9][0-9]*))?'
     rb'(?:(?(1),)"Output":([1-9][0-9]*))?'
     rb'(?:(?(1),|(?(2),))"Digest":"((?:sha256|random):[0-9a-f]{64})")?'
@@ -83,7 +83,7 @@ _CANONICAL = re.compile(
 
 def decode_link_key(src: str, key: bytes) -> Link:
     """Split a `_links/<src>` key at its single '@' and check it re-encodes byte for byte."""
-    m = _CANONICAL.fullmatch(key)
+    m = CANONICAL_LINK_KEY.fullmatch(key)
     if m is not None:
         i, o, d, sel, target = m.groups()
         info = CacheInfoLink(int(i) if i else 0, int(o) if o else 0, d.decode() if d else "",

@@ -12,8 +12,8 @@ from ..check.problems import Problem, Severity
 from ..errors import BoltkitError
 from ..storage import Database
 from .cachecheck import check_cache_columns
-from .cachecolumns import CacheLeaves, columns_from_leaves
-from .cachedb import TOP_BUCKETS, load_cache_store, split_result_id
+from .cachecolumns import CacheLeaves, columns_from_leaves, load_cache_columns
+from .cachedb import TOP_BUCKETS, split_result_id
 from .containerd import (KIND_ACTIVE, BackendSnapshot, Snapshot, backend_snapshots, leases, snapshots,
                          worker_snapshotter)
 from .history import check_history, load_history
@@ -238,22 +238,21 @@ def _result_checks(result: FsckResult, snapshot: bool) -> None:
         except BoltkitError:
             records[wid] = None      # unreadable: reported on its own line, no guesses here
     with Database(str(cache.path), snapshot=snapshot) as db:
-        store = load_cache_store(db, on_damage=lambda e: None)
+        cols = load_cache_columns(db, on_damage=lambda e: None)
     f = str(cache.path)
-    for kid, results in sorted(store.results.items()):
-        for r in results:
-            parts = split_result_id(r.result_id)
-            if parts is None:
-                continue      # C16, already reported by the cache.db check
-            wid, ref = parts
-            if wid not in workers:
-                result.cross.append(Problem("X1", f"result of worker {wid}, which this root does not have: released at "
-                                                  "next start", file=f, path=(b"_result", kid.encode()),
-                                            key=r.result_id.encode()))
-            elif ref and records.get(wid) is not None and ref not in records[wid]:
-                result.cross.append(Problem("X2", f"record {ref} is missing from {workers[wid].dir.name}/metadata_v2.db: "
-                                                  "released at next start", file=f, path=(b"_result", kid.encode()),
-                                            key=r.result_id.encode()))
+    names = cols.names
+    for kid, rid in sorted({(names.str(k), names.str(r)) for k, r in zip(cols.result_kid, cols.result_rid)}):
+        parts = split_result_id(rid)
+        if parts is None:
+            continue      # C16, already reported by the cache.db check
+        wid, ref = parts
+        if wid not in workers:
+            result.cross.append(Problem("X1", f"result of worker {wid}, which this root does not have: released at "
+                                              "next start", file=f, path=(b"_result", kid.encode()), key=rid.encode()))
+        elif ref and records.get(wid) is not None and ref not in records[wid]:
+            result.cross.append(Problem("X2", f"record {ref} is missing from {workers[wid].dir.name}/metadata_v2.db: "
+                                              "released at next start", file=f, path=(b"_result", kid.encode()),
+                                        key=rid.encode()))
 
 
 _RESET_BY_SAFEOPEN = {"cache.db", "history.db"}
@@ -264,7 +263,7 @@ def _predict(result: FsckResult) -> None:
     out = result.predictions
     for s in result.root.stores:
         rep = result.reports[str(s.path)]
-        errors = [p for p in rep.problems if p.severity == Severity.ERROR and p.code.startswith("B")]
+        errors = [p for p in rep.problems.select(lambda code: code.startswith("B")) if p.severity == Severity.ERROR]
         name = s.path.relative_to(result.root.path)
         if not rep.readable:
             if s.kind in _RESET_BY_SAFEOPEN:
@@ -285,22 +284,25 @@ def _predict(result: FsckResult) -> None:
             else:
                 out.append(f"{name}: {len(errors)} structural error(s): no recovery exists for this store, "
                            "buildkitd will likely crash at start")
-        codes = {p.code for p in rep.problems}
+        codes = rep.counts()
         if s.kind == "metadata_v2.db":
-            if "M3" in codes and any(p.code == "M3" and "envelope" in p.message for p in rep.problems):
+            if any("envelope" in p.message for p in rep.problems.select({"M3"}.__contains__)):
                 out.append(f"{name}: a value is not valid JSON: buildkitd refuses to start (worker init fails)")
             if "M5" in codes:
                 out.append(f"{name}: a parent cycle: buildkitd overflows its stack while loading records")
-            n = sum(p.code in ("M4", "M14") for p in rep.problems)
+            n = codes.get("M4", 0) + codes.get("M14", 0)
             if n:
                 out.append(f"{name}: {n} record(s) with a missing parent or marked deleted are cleared (with their "
                            "descendants, index keys, externals and leases)")
-        if s.kind == "cache.db" and any(p.code == "C4" for p in rep.problems):
+        if s.kind == "cache.db" and "C4" in codes:
             out.append(f"{name}: an undecodable result stops ReleaseUnreferenced: results after it are not cleaned")
     orphans = sum(1 for p in result.cross if p.code == "M16")
     if orphans:
         out.append(f"{orphans} lease(s) of no record stay: buildkitd never deletes them, so what they hold is never "
                    "garbage-collected")
+    gone = sum(1 for p in result.cross if p.code == "M9" and "removes the record" in p.message)
+    if gone:
+        out.append(f"{gone} mutable record(s) whose snapshot is gone are removed at next start, with their leases")
     released = sum(1 for p in result.cross if p.code in ("X1", "X2"))
     if released:
         out.append(f"cache.db: {released} result(s) whose worker or record is gone will be released")

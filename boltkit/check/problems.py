@@ -210,6 +210,15 @@ class Problems:
     def __repr__(self) -> str:
         return f"Problems({self.counts()})"
 
+    def select(self, wanted):
+        """The problems whose code satisfies ``wanted(code)``; tables of other codes are not built."""
+        for part in self._parts:
+            if isinstance(part, ProblemTable):
+                if wanted(part.code):
+                    yield from (part[i] for i in range(part.size))
+            else:
+                yield from (p for p in part if wanted(p.code))
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for part in self._parts:
