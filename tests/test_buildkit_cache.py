@@ -368,3 +368,17 @@ def test_torn_cache_db_is_checked_from_what_the_structural_pass_can_read(path):
     reached = cols.links_ids.size + cols.results_ids.size + cols.byresult_ids.size + cols.backlinks_ids.size
     semantic = {c for c in summary["codes"] if c[0] in "CD"}
     assert (reached > 0 and semantic) if cols.top else not semantic
+
+
+def test_problems_outlive_their_database_without_holding_its_lock(tmp_path):
+    """Problem tables read names from the mapping after the Database is closed; the flock must still go
+    with the close, or a repair in the same process would find the file 'locked by another process'."""
+    from boltkit.repair.replace import holder_check
+    t = clean_tree()
+    plant_hard_dangling(t)
+    path = write_store(tmp_path / "cache.db", t)
+    with Database(path) as db:
+        problems = check_cache_db(db)
+    holder_check(str(path))
+    d1 = [p for p in problems if p.code == "D1"]
+    assert len(d1) == 1 and d1[0].key == b"nowhere00000000000000000ee"

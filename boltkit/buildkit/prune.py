@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .cachedb import TOP_BUCKETS, CacheStore, split_result_id
+from .cachedb import TOP_BUCKETS, CacheStore, id_class, split_result_id
 from .graph import cycles, live_keys
 
 
@@ -36,10 +36,12 @@ class PrunedStore:
     byresult: dict[str, set[str]] = field(default_factory=dict)
 
 
-def plan_prune(store: CacheStore, break_cycles: bool = False,
-               records: set[str] | None = None) -> tuple[PrunedStore, list[Change]]:
+def plan_prune(store: CacheStore, break_cycles: bool = False, records: set[str] | None = None,
+               drop_unreachable: bool = False) -> tuple[PrunedStore, list[Change]]:
     """``records``: the record ids of the worker's metadata_v2.db; results whose ref is not among them (or
-    whose id is not `<worker>::<ref>`) are released first, as buildkitd does at its next start."""
+    whose id is not `<worker>::<ref>`) are released first, as buildkitd does at its next start.
+    ``drop_unreachable``: derived keys that no chain of links from a root key reaches (C14: Query can
+    never get to them) go too, with their results; BuildKit's own rule keeps them."""
     changes: list[Change] = []
     out = PrunedStore()
     for a in store.anomalies:   # entries of the wrong shape are not carried over
@@ -80,6 +82,8 @@ def plan_prune(store: CacheStore, break_cycles: bool = False,
                     else:
                         keep.append((t, raw))
                 edges[src] = keep
+    if drop_unreachable:
+        _drop_unreachable(edges, out, changes)
     live = live_keys(out.results.keys(), {s: [t for t, _ in v] for s, v in edges.items()})
     for src, links in sorted(edges.items()):
         if src not in live:
@@ -119,6 +123,24 @@ def plan_prune(store: CacheStore, break_cycles: bool = False,
     return out, changes
 
 
+def _drop_unreachable(edges: dict, out: PrunedStore, changes: list[Change]) -> None:
+    """Derived keys (25-character ids) reachable from no other kind of key by links: their results and
+    links go; the liveness rule that follows removes what then leads nowhere."""
+    keys = set(edges) | set(out.results) | {t for v in edges.values() for t, _ in v}
+    reached = {k for k in keys if id_class(k) != "derived"}
+    todo = list(reached)
+    while todo:
+        for t, _ in edges.get(todo.pop(), ()):
+            if t not in reached:
+                reached.add(t)
+                todo.append(t)
+    for k in sorted(keys - reached):
+        for rid in sorted(out.results.pop(k, {})):
+            changes.append(Change("C14", "drop-result", f"_result/{k}", rid))
+        if edges.pop(k, None) is not None:
+            changes.append(Change("C14", "drop-key", "_links", k))
+
+
 def write_pruned(pruned: PrunedStore, writer, foreign: dict | None = None) -> None:
     """Stream the pruned store into a BoltWriter, buckets and keys in byte order. ``foreign``: top-level
     buckets BuildKit does not use (a salvage's lost+found, say), name -> a function writing their contents."""
@@ -148,9 +170,10 @@ def write_pruned(pruned: PrunedStore, writer, foreign: dict | None = None) -> No
             writer.end_bucket()
 
 
-def apply_prune(path: str, pruned: PrunedStore, page_size: int) -> str:
+def apply_prune(path: str, pruned: PrunedStore, page_size: int, taken: set | None = None) -> str:
     """Write the pruned store beside ``path``, verify it (structure, and no dangling link or index fault
-    left), and swap it in through the safe-replace protocol; returns the backup's path."""
+    left), and swap it in through the safe-replace protocol; returns the backup's path. ``taken``: paths
+    of buckets merged into the four (rehome.py), left out of the foreign buckets carried over."""
     import os
 
     from ..check import check_file
@@ -164,6 +187,7 @@ def apply_prune(path: str, pruned: PrunedStore, page_size: int) -> str:
     if os.path.exists(new):
         raise BoltkitError(f"{new} exists (an interrupted run?); remove it first")
     holder_check(path)
+    taken = taken or set()
     with Database(path) as src, BoltWriter(new, page_size=page_size) as w:
         # buckets BuildKit does not use are carried over untouched
         root = src.root()
@@ -171,7 +195,10 @@ def apply_prune(path: str, pruned: PrunedStore, page_size: int) -> str:
         for item in src.tree.items(root):
             if item.is_bucket and item.key not in TOP_BUCKETS:
                 child = src.tree.child(root, item)
-                foreign[item.key] = lambda writer, child=child: stream(src, child, writer)
+                if (item.key,) in taken:
+                    continue
+                foreign[item.key] = lambda writer, child=child: stream(
+                    src, child, writer, lambda p, k, is_bucket: not is_bucket or p + (k,) not in taken)
         write_pruned(pruned, w, foreign)
     ok = check_file(new, revert=False)
     with Database(new) as db:

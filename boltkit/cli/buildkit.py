@@ -230,17 +230,29 @@ def fsck(root, jobs, max_errors, snapshot, as_json):
 @click.option("--break-cycles", is_flag=True, help="Also drop the links inside every cycle of the key graph.")
 @click.option("--release-missing", "metadata_db", type=click.Path(), default=None,
               help="The worker's metadata_v2.db: release results whose record is gone, as buildkitd does at start.")
+@click.option("--rehome", is_flag=True,
+              help="After a salvage: merge id buckets found away from their top-level bucket (at the top level, "
+                   "nested in another top, in lost+found) back where BuildKit looks for them.")
+@click.option("--drop-unreachable", is_flag=True,
+              help="Also drop derived keys that no chain of links from a root key reaches (C14), with their "
+                   "results: BuildKit can never hit them, but its own rule keeps them.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per change, then a summary.")
-def prune(file, apply_, break_cycles, metadata_db, as_json):
+def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, as_json):
     """Remove dangling links, ghost keys and stale index entries from a cache.db (dry run by default).
 
     Mirrors BuildKit's own collection rule: a key with no results and no links to a live key goes,
     with its parents' links to it, recursively. Backlinks and by-result entries are rebuilt to match
     (missing ones added, stale ones dropped), orphan results get their _links bucket back, poison link
     keys and undecodable results are dropped. With --apply, refuses while buildkitd holds the file.
+
+    \b
+    A torn cache.db, start to finish:
+      boltkit salvage cache.db -o salvaged.db
+      boltkit buildkit prune --rehome --drop-unreachable --apply salvaged.db
     """
     from ..buildkit.cachedb import load_cache_store
     from ..buildkit.prune import apply_prune, plan_prune
+    from ..buildkit.rehome import rehome as rehome_buckets
     from ..storage import Database
     from .output import emit_json, emit_table
     try:
@@ -250,12 +262,15 @@ def prune(file, apply_, break_cycles, metadata_db, as_json):
     with Database(file) as db:
         store = load_cache_store(db)
         page_size = db.page_size
+        moved, taken = rehome_buckets(db, store) if rehome else ([], set())
     records = None
     if metadata_db is not None:
         from ..buildkit.metadata import record_ids
         with Database(metadata_db) as mdb:
             records = record_ids(mdb)
-    pruned, changes = plan_prune(store, break_cycles=break_cycles, records=records)
+    pruned, changes = plan_prune(store, break_cycles=break_cycles, records=records,
+                                 drop_unreachable=drop_unreachable)
+    changes = moved + changes
     if as_json:
         for c in changes:
             emit_json(c.as_dict())
@@ -267,7 +282,7 @@ def prune(file, apply_, break_cycles, metadata_db, as_json):
     summary = {"file": file, "changes": len(changes), "actions": counts, "applied": False, "backup": None}
     if changes and apply_:
         try:
-            summary["backup"] = apply_prune(file, pruned, page_size)
+            summary["backup"] = apply_prune(file, pruned, page_size, taken)
         except BoltkitError as e:
             raise click.ClickException(str(e)) from None
         summary["applied"] = True

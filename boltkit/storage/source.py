@@ -104,6 +104,10 @@ class Source:
                 pass  # views still alive elsewhere; the map goes when they do
             self._mm = None
         if self._fd >= 0:
+            try:    # the map holds a duplicate of the descriptor, and with it our lock, while views live on
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            except OSError:
+                pass
             os.close(self._fd)
             self._fd = -1
         if self.snapshot_path:
