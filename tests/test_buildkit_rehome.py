@@ -139,3 +139,41 @@ def test_drop_unreachable_removes_derived_keys_no_root_reaches(tmp_path):
         assert check_cache_db(db) == []
     assert lonely not in s.links and below not in s.links and below not in s.results
     assert {"child0000000000000000000aa", "grand0000000000000000000bb"} <= set(s.links)      # roots reach them
+
+
+def torn(name_part: str):
+    return next(p for p in corpus_files("torn") if name_part in p.name)
+
+
+def salvaged_root(tmp_path, cache: str, history: str, metadata: str):
+    """A BuildKit root made of salvaged torn copies, as a user would have after `boltkit salvage` of each."""
+    root = tmp_path / "root"
+    (root / "runc-overlayfs").mkdir(parents=True)
+    (root / "runc-overlayfs" / "workerid").write_text("x03o8ykcb5gi9f4j2ygkwwsgx")
+    for src, dst in ((cache, root / "cache.db"), (history, root / "history.db"),
+                     (metadata, root / "runc-overlayfs" / "metadata_v2.db")):
+        assert run("salvage", torn(src), "-o", dst).exit_code == 0
+        (dst.parent / (dst.name + ".report.json")).unlink(missing_ok=True)
+    return root
+
+
+@pytest.mark.parametrize("metadata", ["metadata_v2-slowcopy-during-build-308", "metadata_v2-slowcopy-during-build-324",
+                                      "metadata_v2-cp-during-build-54"])
+def test_salvaged_root_repairs_to_stores_without_errors(tmp_path, oracle, metadata):
+    root = salvaged_root(tmp_path, "cache-slowcopy-during-build-354", "history-slowcopy-during-build-223", metadata)
+    with Database(root / "history.db") as db:
+        assert db.tree.get(db.root(), b"_records") is None          # the torn root lost the bucket itself
+    assert run("buildkit", "repair", "--apply", root).exit_code == 0
+    report = run("buildkit", "fsck", "--json", root)
+    summaries = {r["store"]: r for r in map(json.loads, report.output.splitlines()) if r.get("summary")}
+    for store in ("cache.db", "history.db", "runc-overlayfs/metadata_v2.db"):
+        assert summaries[store]["problems"]["error"] == 0
+        assert oracle.check(root / store)[0] == 0
+    # what is left is what buildkitd handles by itself at start: a mutable parent gets committed (M7)
+    left = {c for s in summaries.values() for c in s["codes"] if c[0] in "CDMH"}
+    assert left <= {"C1", "M1", "M7"}
+    # the build history is back where `buildx history ls` finds it
+    with Database(root / "history.db") as db:
+        records = {it.key for it in db.tree.items(db.bucket((b"_records",)))}
+    assert len(records) >= 200
+    assert json.loads(run("buildkit", "repair", "--json", root).output.splitlines()[-1])["changes"] == 0

@@ -18,6 +18,7 @@ from .containerd import (KIND_ACTIVE, BackendSnapshot, Snapshot, backend_snapsho
                          worker_snapshotter)
 from .history import check_history, load_history
 from .metadata import check_metadata_store, load_metadata_store, record_ids
+from .rehome import rehome_history
 from .root import Root, discover
 
 
@@ -27,7 +28,7 @@ def store_kind(db: Database) -> str:
         return "cache.db"
     if {b"_main", b"_index"} & names:
         return "metadata_v2.db"
-    if b"_records" in names:
+    if b"_records" in names or b"_version" in names:     # a salvaged history.db may have lost _records
         return "history.db"
     if b"v1" in names:
         return "containerd"
@@ -48,6 +49,10 @@ def check_store(path: str, *, snapshot: bool = False, progress=None) -> CheckRep
                 return report
             if kind == "history.db":
                 report.problems.extend(check_history(load_history(db, on_damage=lambda e: None), str(path)))
+                found, where = rehome_history(db)
+                report.problems.extend(Problem("H3", "build record outside _records: `buildkit repair` puts it back",
+                                               file=str(path), path=p, key=k)
+                                       for p, k in sorted(where) if k in found)
                 return report
             if kind != "cache.db":
                 report.warnings.append(f"{path}: {kind} store: only structural checks so far "
@@ -307,5 +312,5 @@ def _predict(result: FsckResult) -> None:
     if released:
         out.append(f"cache.db: {released} result(s) whose worker or record is gone will be released")
     if result.root.backups:
-        out.append(f"{len(result.root.backups)} .bak file(s) from earlier resets take disk space and are never read "
-                   "again: " + ", ".join(str(p.relative_to(result.root.path)) for p in result.root.backups[:5]))
+        out.append(f"{len(result.root.backups)} .bak file(s) from earlier resets or repairs take disk space and are "
+                   "never read again: " + ", ".join(str(p.relative_to(result.root.path)) for p in result.root.backups[:5]))

@@ -7,6 +7,8 @@ of another (`_backlinks/_backlinks/<id>`, reported as C3), and orphan leaves lan
 bucket says by its shape which of the four buckets it belongs to (link keys, CacheResult values, result-id
 names, plain id lists); a bucket that fits one is merged into it, entry by entry, never overriding what is
 already in place. Freed pages (`lost+found/page-N-free`) hold older versions and are left alone.
+
+history.db the same way: build records found outside `_records` go back into it.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import re
 
 from ..storage import Database
 from .cachedb import TOP_BUCKETS, CacheStore, decode_link_key, decode_result
+from .history import decode_record
 from .prune import Change
 
 _FREED = re.compile(rb"^page-\d+-free$")
@@ -122,3 +125,73 @@ def _forget_container(store: CacheStore, top: bytes, name: str) -> None:
              b"_backlinks": store.backlinks}[top]
     if not table.get(name):
         table.pop(name, None)
+
+
+def _ignore(e) -> None:
+    """Damage: what it hides is not looked at (the structural check reports it)."""
+
+
+def rehome_history(db: Database) -> tuple[dict[bytes, bytes], set[tuple[tuple, bytes]]]:
+    """Build records a torn history.db left outside `_records` (a salvage puts them in lost+found): pairs
+    whose value decodes as a BuildHistoryRecord naming its own key. Returns the records `_records` lacks,
+    and where each taken pair sits (exact copies of records in place are taken too: they add nothing)."""
+    tree = db.tree
+    root = db.root()
+    have: dict[bytes, bytes] = {}
+    item = tree.get(root, b"_records")
+    if item is not None and item.is_bucket:
+        have = {it.key: db.value(it) for it in tree.items(tree.child(root, item), on_error=_ignore)
+                if not it.is_bucket}
+    found: dict[bytes, bytes] = {}
+    where: set[tuple[tuple, bytes]] = set()
+    for parent, child, it in tree.walk(root, on_error=_ignore):
+        path = parent.path
+        if child is not None or not path or path[0] in (b"_records", b"_version") or any(map(_FREED.match, path)):
+            continue
+        value = db.value(it)
+        rec = decode_record(it.key, value)
+        if rec.decode_error is not None or rec.ref is None or rec.ref.encode() != it.key:
+            continue
+        if have.get(it.key, value) != value or found.get(it.key, value) != value:
+            continue          # a different version of a record: not ours to choose, it stays where it is
+        if it.key not in have:
+            found[it.key] = value
+        where.add((path, it.key))
+    return found, where
+
+
+def apply_history(path: str, found: dict[bytes, bytes], where: set[tuple[tuple, bytes]]) -> str:
+    """Write the history.db with ``found`` merged into `_records` and the taken pairs left out elsewhere,
+    verify it, and swap it in (safe-replace); returns the backup's path."""
+    import os
+
+    from ..check import check_file
+    from ..errors import BoltkitError
+    from ..repair.replace import holder_check, replace
+    from ..repair.rewrite import stream
+    from ..write import BoltWriter
+    from .history import check_history, load_history
+    holder_check(path)
+    new = path + ".boltkit-new"
+    if os.path.exists(new):
+        raise BoltkitError(f"{new} exists (an interrupted run?); remove it first")
+    with Database(path) as src, BoltWriter(new, page_size=src.page_size) as w:
+        tree, root = src.tree, src.root()
+        tops = {it.key: it for it in tree.items(root) if it.is_bucket}
+        for name in sorted(set(tops) | {b"_records"}):
+            child = tree.child(root, tops[name]) if name in tops else None
+            w.begin_bucket(name, child.sequence if child is not None else 0)
+            if name == b"_records":
+                records = dict(found)
+                if child is not None:
+                    records.update({it.key: src.value(it) for it in tree.items(child) if not it.is_bucket})
+                for k in sorted(records):
+                    w.put(k, records[k])
+            else:
+                stream(src, child, w, lambda p, k, is_bucket: is_bucket or (p, k) not in where)
+            w.end_bucket()
+    with Database(new) as db:
+        bad = check_history(load_history(db), new)
+    if not check_file(new, revert=False).clean or bad:
+        raise BoltkitError(f"the repaired {path} did not verify; it is untouched, the attempt is in {new}")
+    return replace(path, new)

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from ..repair.preflight import require_sound
 from ..storage import Database
 from .cachedb import load_cache_store
-from .containerd import SUFFIXES
+from .containerd import SUFFIXES, snapshots, worker_snapshotter
 from .metadata import load_metadata_store
 from .prune import Change, PrunedStore, apply_prune, plan_prune
+from .rehome import apply_history, rehome, rehome_history
 from .root import Root
 
 
@@ -28,15 +29,27 @@ class StorePlan:
     drop: set[tuple] = field(default_factory=set)     # (path tuple, key) entries to leave out
 
 
-def plan_metadata(md_path: str) -> tuple[StorePlan, set[str]]:
-    """What to drop from one metadata_v2.db; also returns the ids of the records that go."""
+def plan_metadata(md_path: str, snapshots: set[str] | None = None) -> tuple[StorePlan, set[str]]:
+    """What to drop from one metadata_v2.db; also returns the ids of the records that stay. ``snapshots``:
+    the snapshot keys of the worker's containerdmeta.db (None: it has none, so no snapshot exists)."""
     plan = StorePlan(md_path)
     with Database(md_path) as db:
         store = load_metadata_store(db)
     deleted = {rid for rid, rec in store.records.items() if rec.values.get("cache.deleted") is True}
+    orphaned: set[str] = set()
+    # an equalMutable that names no record: buildkitd clears the key when the record's own snapshot exists,
+    # and removes the record when it does not (§3.7)
+    for rid, rec in sorted(store.records.items()):
+        em = rec.values.get("cache.equalMutable")
+        if isinstance(em, str) and em and em not in store.records:
+            if snapshots is not None and rec.values.get("cache.snapshot", rid) in snapshots:
+                plan.changes.append(Change("M8", "drop-value", f"_main/{rid}", "cache.equalMutable"))
+                plan.drop.add(((b"_main", rid.encode()), b"cache.equalMutable"))
+            else:
+                orphaned.add(rid)
     # buildkitd clears a record whose parent fails to load, and so on down: do the same, so no record is left
     # pointing at one that is gone
-    gone = set(deleted)
+    gone = deleted | orphaned
     while True:
         more = {rid for rid, rec in store.records.items() if rid not in gone
                 and any(p in gone or p not in store.records for p in rec.parents())}
@@ -44,14 +57,27 @@ def plan_metadata(md_path: str) -> tuple[StorePlan, set[str]]:
             break
         gone |= more
     for rid in sorted(gone):
-        plan.changes.append(Change("M14" if rid in deleted else "M4", "drop-record", "_main", rid))
+        plan.changes.append(Change("M14" if rid in deleted else "M8" if rid in orphaned else "M4", "drop-record",
+                                   "_main", rid))
         plan.drop.add(((b"_main",), rid.encode()))
         if rid in store.externals:
             plan.changes.append(Change("M14", "drop-externals", "_external", rid))
             plan.drop.add(((b"_external",), rid.encode()))
+    for k in store.plain_main:        # values where record buckets belong: BuildKit's Update fails on them
+        plan.changes.append(Change("M2", "drop-entry", "_main", k.decode("utf-8", "replace")))
+        plan.drop.add(((b"_main",), k))
+    for k in store.plain_external:
+        plan.changes.append(Change("M2", "drop-entry", "_external", k.decode("utf-8", "replace")))
+        plan.drop.add(((b"_external",), k))
+    for rid in sorted(set(store.externals) - set(store.records)):
+        plan.changes.append(Change("M11", "drop-externals", "_external", rid))
+        plan.drop.add(((b"_external",), rid.encode()))
     for rid, rec in sorted(store.records.items()):
         if rid in gone:
             continue
+        for key in sorted(rec.nested):      # buckets inside a record: BuildKit never reads them
+            plan.changes.append(Change("M2", "drop-entry", f"_main/{rid}", key))
+            plan.drop.add(((b"_main", rid.encode()), key.encode()))
         for key in sorted(rec.raw):
             plan.changes.append(Change("M3", "drop-value", f"_main/{rid}", key))
             plan.drop.add(((b"_main", rid.encode()), key.encode()))
@@ -106,11 +132,16 @@ class RootPlan:
     pruned: PrunedStore | None = None
     cache_changes: list[Change] = field(default_factory=list)
     cache_page_size: int = 4096
+    cache_taken: set = field(default_factory=set)      # buckets rehomed into the four
+    history_path: str | None = None
+    history_found: dict = field(default_factory=dict)  # build records to put back into _records
+    history_where: set = field(default_factory=set)
+    history_changes: list[Change] = field(default_factory=list)
 
     @property
     def changes(self) -> list[tuple[str, Change]]:
         return [(p.path, c) for p in self.stores for c in p.changes] + \
-            [(self.cache_path, c) for c in self.cache_changes]
+            [(self.cache_path, c) for c in self.cache_changes] + [(self.history_path, c) for c in self.history_changes]
 
 
 def plan_root(root: Root) -> RootPlan:
@@ -121,7 +152,7 @@ def plan_root(root: Root) -> RootPlan:
     plan = RootPlan(root, [])
     live: set[str] = set()
     for w in root.workers:
-        md_plan, records = plan_metadata(str(w.dir / "metadata_v2.db"))
+        md_plan, records = plan_metadata(str(w.dir / "metadata_v2.db"), _snapshot_keys(w))
         live |= records
         plan.stores.append(md_plan)
         gone = {c.key for c in md_plan.changes if c.action == "drop-record"}
@@ -131,9 +162,28 @@ def plan_root(root: Root) -> RootPlan:
     if cache is not None:
         with Database(str(cache.path)) as db:
             store, plan.cache_page_size = load_cache_store(db), db.page_size
+            moved, plan.cache_taken = rehome(db, store)
         plan.cache_path = str(cache.path)
         plan.pruned, plan.cache_changes = plan_prune(store, records=live if root.workers else None)
+        plan.cache_changes = moved + plan.cache_changes
+    history = next((s for s in root.stores if s.kind == "history.db"), None)
+    if history is not None:
+        with Database(str(history.path)) as db:
+            plan.history_found, plan.history_where = rehome_history(db)
+        plan.history_path = str(history.path)
+        plan.history_changes = [Change("H3", "rehome" if k in plan.history_found else "drop-copy",
+                                       "/".join(p.decode("utf-8", "replace") for p in path), k.decode("utf-8", "replace"))
+                                for path, k in sorted(plan.history_where)]
     return plan
+
+
+def _snapshot_keys(worker) -> set[str] | None:
+    cm = worker.dir / "containerdmeta.db"
+    name = worker_snapshotter(worker.dir.name)
+    if not cm.is_file() or name is None:
+        return None
+    with Database(str(cm)) as db:
+        return set(snapshots(db, name))
 
 
 def apply_root(plan: RootPlan) -> list[str]:
@@ -143,5 +193,7 @@ def apply_root(plan: RootPlan) -> list[str]:
         holder_check(str(plan.root.lock))
     backups = [apply_plan(p) for p in plan.stores if p.changes]
     if plan.cache_changes:
-        backups.append(apply_prune(plan.cache_path, plan.pruned, plan.cache_page_size))
+        backups.append(apply_prune(plan.cache_path, plan.pruned, plan.cache_page_size, plan.cache_taken))
+    if plan.history_changes:
+        backups.append(apply_history(plan.history_path, plan.history_found, plan.history_where))
     return backups

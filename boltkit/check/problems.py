@@ -89,6 +89,7 @@ CATALOGUE: dict[str, tuple[Severity, str]] = {
     # BuildKit history.db (reference/buildkit-stores.md §5.1)
     "H1": (Severity.ERROR, "build record does not decode as a BuildHistoryRecord"),
     "H2": (Severity.WARNING, "build record's Ref differs from its key"),
+    "H3": (Severity.INFO, "build record outside _records (salvaged from a torn tree): BuildKit never lists it"),
     # across stores of one root
     "X1": (Severity.INFO, "cache.db result of a worker this root does not have (released at next start)"),
     "X2": (Severity.INFO, "cache.db result whose metadata_v2.db record is gone (released at next start)"),
