@@ -112,7 +112,7 @@ def test_refuses_while_the_file_is_held(tmp_path):
         r = run("buildkit", "prune", "--apply", path)
     finally:
         os.close(fd)
-    assert r.exit_code == 1 and "locked by another process" in r.output
+    assert r.exit_code == 8 and "locked by another process" in r.output
     assert not list(tmp_path.glob("*.bak")) and not (tmp_path / "cache.db.boltkit-new").exists()
 
 

@@ -79,5 +79,5 @@ def test_refuses_while_buildkitd_holds_its_lock(tmp_path):
         r = run("buildkit", "repair", "--apply", root)
     finally:
         os.close(fd)
-    assert r.exit_code == 1 and "locked by another process" in r.output
+    assert r.exit_code == 8 and "locked by another process" in r.output
     assert not list(root.rglob("*.bak"))

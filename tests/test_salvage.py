@@ -108,3 +108,27 @@ def test_recovers_the_pairs_of_intact_leaves_and_invents_none(tmp_path, oracle_f
         assert rec.share_intact >= 0.99, (profile, case, rec)
         assert rec.invented == 0, (profile, case, rec)
         assert check_file(out).clean
+
+
+def test_in_place_salvage_keeps_the_original_and_refuses_a_held_file(tmp_path):
+    import fcntl
+    import os
+    src = next(p for p in corpus_files("torn") if "cache-cp-during-build-73" in p.name)
+    path = tmp_path / "cache.db"
+    path.write_bytes(src.read_bytes())
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)           # a running buildkitd
+    try:
+        r = CliRunner().invoke(main, ["salvage", "--in-place", str(path)])
+    finally:
+        os.close(fd)
+    assert r.exit_code == 8 and "locked by another process" in r.output
+    assert path.read_bytes() == src.read_bytes() and len(list(tmp_path.iterdir())) == 1
+
+    r = CliRunner().invoke(main, ["salvage", "--in-place", str(path)])
+    assert r.exit_code == 0, r.output
+    backup = next(tmp_path.glob("cache.db.boltkit-*.bak"))
+    assert backup.read_bytes() == src.read_bytes()
+    assert check_file(str(path)).clean
+    assert json.loads(next(tmp_path.glob("cache.db.boltkit-*.report.json")).read_text())
+    assert CliRunner().invoke(main, ["salvage", str(path)]).exit_code == 2           # -o or --in-place

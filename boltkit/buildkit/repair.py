@@ -2,10 +2,12 @@
 the safe-replace protocol.
 
 metadata_v2.db: drop values that are not JSON envelopes (buildkitd refuses to start on them; a missing key
-reads as unset), index keys without '::' or naming missing records, and records marked deleted or left without
-a parent (as buildkitd clears them, descendants included) together with their index keys, externals and — in
-containerdmeta.db — their leases (`<id>`, `<id>-variants`, `<id>-view`),
-so nothing they held leaks. cache.db: `prune` with the results whose records are gone released.
+reads as unset), index keys without '::' or naming missing records, buckets inside records and externals of no
+record, and records marked deleted, left without a parent or whose equalMutable target is gone while their own
+snapshot is too (as buildkitd clears them, descendants included) together with their index keys, externals and —
+in containerdmeta.db — their leases (`<id>`, `<id>-variants`, `<id>-view`), so nothing they held leaks.
+cache.db: `prune` after rehoming (rehome.py), with the results whose records are gone released. history.db:
+build records outside `_records` put back.
 """
 from __future__ import annotations
 

@@ -7,18 +7,31 @@ import click
 
 from .. import __version__
 from ..errors import BoltkitError, CorruptionError, NotFound, OpenError
+from ..repair.replace import InUse
 from ..storage import Database
 from .output import warn
 
 
+EXIT_IN_USE = 8
+
+
+def failure(e: Exception) -> click.ClickException:
+    """What a library error becomes: `Error: ...` and exit 1, or exit 8 when a repair refused because a
+    process (buildkitd) holds the file."""
+    err = click.ClickException(str(e))
+    if isinstance(e, InUse):
+        err.exit_code = EXIT_IN_USE
+    return err
+
+
 class BoltkitGroup(click.Group):
-    """Library errors become `Error: ...` and exit 1 (non-check commands), never a traceback."""
+    """Library errors become `Error: ...` and exit 1 (8: file in use), never a traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except (OpenError, NotFound, CorruptionError, BoltkitError) as e:
-            raise click.ClickException(str(e)) from None
+            raise failure(e) from None
         except BrokenPipeError:
             ctx.exit(0)
 

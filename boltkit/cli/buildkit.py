@@ -6,7 +6,7 @@ import click
 from ..buildkit.fsck import check_store
 from ..errors import BoltkitError
 from ..repair.preflight import report_beside, require_sound, write_report
-from .app import main
+from .app import failure, main
 from .check import FsckCommand, run_checks
 
 
@@ -108,7 +108,7 @@ def _root_or_exit(root):
     try:
         found = discover(root)
     except FileNotFoundError as e:
-        raise click.ClickException(str(e))
+        raise failure(e)
     if not found.stores:
         raise click.ClickException(f"{root}: no BuildKit stores found (expected cache.db, a worker directory with "
                                    "metadata_v2.db, ...)")
@@ -187,7 +187,7 @@ def fsck(root, jobs, max_errors, snapshot, as_json):
     try:
         result = fsck_root(str(found.path), jobs=jobs, snapshot=snapshot)
     except BoltkitError as e:
-        raise click.ClickException(str(e))
+        raise failure(e)
     if result.daemon_running:
         warn(f"{root}/buildkitd.lock is held: buildkitd is running; stores can change while they are read "
              "(use --snapshot)")
@@ -258,7 +258,7 @@ def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, as_
     try:
         require_sound(file)
     except BoltkitError as e:
-        raise click.ClickException(str(e)) from None
+        raise failure(e) from None
     with Database(file) as db:
         store = load_cache_store(db)
         page_size = db.page_size
@@ -284,7 +284,7 @@ def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, as_
         try:
             summary["backup"] = apply_prune(file, pruned, page_size, taken)
         except BoltkitError as e:
-            raise click.ClickException(str(e)) from None
+            raise failure(e) from None
         summary["applied"] = True
         summary["report"] = write_report(report_beside(summary["backup"]),
                                          dict(summary, changes=[c.as_dict() for c in changes]))
@@ -411,11 +411,13 @@ def repair(root, apply_, as_json):
 
     \b
     metadata_v2.db    values that are not JSON envelopes (buildkitd refuses to start on them), index
-                      keys without '::' or naming missing records, records marked deleted (with their
-                      index keys and externals)
-    containerdmeta.db the leases of those deleted records, so what they held does not leak
-    cache.db          `buildkit prune --release-missing`: dangling links, ghosts, stale indexes, and
-                      results whose metadata record is gone
+                      keys without '::' or naming missing records, records marked deleted or whose
+                      equalMutable is gone (as buildkitd decides at start), with their index keys and
+                      externals; buckets inside records and externals of no record
+    containerdmeta.db the leases of those records, so what they held does not leak
+    cache.db          `buildkit prune --rehome --release-missing`: id buckets back in place after a
+                      salvage, dangling links, ghosts, stale indexes, results whose record is gone
+    history.db        build records a torn tree left outside _records go back into it
     """
     from ..buildkit.repair import apply_root, plan_root
     from .output import emit_json, emit_table
@@ -423,7 +425,7 @@ def repair(root, apply_, as_json):
     try:
         plan = plan_root(found)
     except BoltkitError as e:
-        raise click.ClickException(str(e)) from None
+        raise failure(e) from None
     changes = plan.changes
     if as_json:
         for path, c in changes:
@@ -436,7 +438,7 @@ def repair(root, apply_, as_json):
         try:
             backups = apply_root(plan)
         except BoltkitError as e:
-            raise click.ClickException(str(e)) from None
+            raise failure(e) from None
         write_report(report_beside(backups[0]), {"root": str(found.path), "backups": backups,
                                                  "changes": [dict(store=p, **c.as_dict()) for p, c in changes]})
     if as_json:

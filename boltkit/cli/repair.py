@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import click
 
+from ..errors import BoltkitError
 from ..repair import compact as compact_file
-from .app import main
+from ..repair.preflight import report_beside
+from .app import failure, main
 from .output import emit_json
 
 
@@ -36,9 +38,9 @@ def compact(src, dst, page_size, fill_percent, no_freelist, meta, as_json):
         result = compact_file(src, dst, page_size=page_size, fill_percent=fill_percent, freelist=not no_freelist,
                               meta=meta, progress=progress)
     except FileExistsError as e:
-        raise click.ClickException(str(e))
+        raise failure(e)
     except ValueError as e:
-        raise click.ClickException(str(e))
+        raise failure(e)
     finally:
         if bar is not None:
             bar.render_finish()
@@ -51,35 +53,59 @@ def compact(src, dst, page_size, fill_percent, no_freelist, meta, as_json):
 
 @main.command()
 @click.argument("src", type=click.Path())
-@click.option("-o", "--output", "dst", required=True, type=click.Path(), help="The new file (must not exist).")
+@click.option("-o", "--output", "dst", type=click.Path(), default=None, help="The new file (must not exist).")
+@click.option("--in-place", is_flag=True,
+              help="Replace SRC with what is recovered: written beside it and verified first, SRC kept as "
+                   "SRC.boltkit-<UTC>.bak; refused (exit 8) while a process such as buildkitd holds SRC.")
 @click.option("--report", "report_path", type=click.Path(), default=None,
-              help="Where to write the JSON report (default: OUTPUT.report.json).")
+              help="Where to write the JSON report (default: OUTPUT.report.json, or beside the backup).")
 @click.option("--no-lost-found", is_flag=True, help="Do not scan for leaf pages no tree reaches.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def salvage(src, dst, report_path, no_lost_found, as_json):
+def salvage(src, dst, in_place, report_path, no_lost_found, as_json):
     """Recover everything recoverable from a damaged SRC into a new, valid file.
 
     Takes every intact part of the current tree; where it is damaged, what the previous transaction's
     tree still holds; and (unless --no-lost-found) the pairs of leaf pages no tree reaches, under
     lost+found/page-<id> (suffix -free when the page was on the freelist, i.e. older data). Nothing is
-    invented: every pair is copied from an element in SRC. SRC is only read. A JSON report lists
-    what came from where and what could not be read.
+    invented: every pair is copied from an element in SRC. SRC is only read, unless --in-place. A JSON
+    report lists what came from where and what could not be read.
+
+    \b
+    BuildKit stores, next:
+      boltkit buildkit prune --rehome --apply cache.db     (or `buildkit repair ROOT` for a whole root)
     """
+    from ..repair.replace import holder_check, replace
     from ..repair.salvage import WARNING, salvage as salvage_file, write_report
+    if (dst is None) == (not in_place):
+        raise click.UsageError("give either -o OUTPUT or --in-place")
+    if in_place:
+        try:
+            holder_check(src)
+        except BoltkitError as e:
+            raise failure(e) from None
+        dst = src + ".boltkit-new"
     try:
         result = salvage_file(src, dst, lost_found=not no_lost_found)
     except FileExistsError as e:
-        raise click.ClickException(str(e))
-    report_path = report_path or dst + ".report.json"
+        raise failure(e)
+    backup = None
+    if in_place and result.clean:
+        try:
+            backup = replace(src, dst)
+        except BoltkitError as e:
+            raise failure(e) from None
+    report_path = report_path or (report_beside(backup) if backup else dst + ".report.json")
     write_report(result, report_path)
     if as_json:
         emit_json(result.report())
     else:
         total = sum(result.pairs.values())
-        click.echo(f"{src} -> {dst}: {total} pairs in {result.buckets} buckets "
+        click.echo(f"{src} -> {src if backup else dst}: {total} pairs in {result.buckets} buckets "
                    f"({', '.join(f'{n} from {s}' for s, n in result.pairs.items()) or 'nothing readable'})")
         click.echo(f"damaged parts skipped: {len(result.damage)}; orphan leaf pages recovered: "
                    f"{len(result.orphan_pages)}; new file checks {'clean' if result.clean else 'NOT clean'}")
+        if backup:
+            click.echo(f"the original is kept as {backup}")
         click.echo(f"report: {report_path}")
         click.echo(f"warning: {WARNING}", err=True)
     if not result.clean:
@@ -102,7 +128,7 @@ def _surgery(fn, src, dst, *args):
     try:
         message = fn(src, dst, *args)
     except (Refused, FileExistsError) as e:
-        raise click.ClickException(str(e))
+        raise failure(e)
     write_report(dst + ".report.json",
                  {"operation": fn.__name__, "src": src, "dst": dst, "arguments": list(args), "result": message})
     click.echo(message)
