@@ -1,6 +1,8 @@
 """`boltkit check`: structural check with fsck(8) exit codes."""
 from __future__ import annotations
 
+import sys
+
 import click
 
 from ..check import check_file
@@ -78,8 +80,8 @@ def run_checks(files, as_json: bool, max_errors: int, make_report) -> None:
     for path in files:
         progress = None
         bar = None
-        if not as_json and click.get_text_stream("stderr").isatty():
-            bar = click.progressbar(length=1, label=f"checking {path}", file=click.get_text_stream("stderr"))
+        if not as_json and sys.stderr.isatty():
+            bar = click.progressbar(length=1, label=f"checking {path}", file=sys.stderr)
 
             def progress(done, total, bar=bar):
                 bar.length = max(total, 1)

@@ -1,5 +1,7 @@
-"""Commands that write a new file: compact."""
+"""Commands that write a new file: compact, salvage (also in place), surgery."""
 from __future__ import annotations
+
+import sys
 
 import click
 
@@ -28,8 +30,8 @@ def compact(src, dst, page_size, fill_percent, no_freelist, meta, as_json):
     """
     bar = None
     progress = None
-    if not as_json and click.get_text_stream("stderr").isatty():
-        bar = click.progressbar(length=1, label="compacting", file=click.get_text_stream("stderr"))
+    if not as_json and sys.stderr.isatty():
+        bar = click.progressbar(length=1, label="compacting", file=sys.stderr)
 
         def progress(page, bar=bar):
             bar.length = max(bar.length, page + 1)
