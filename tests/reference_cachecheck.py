@@ -4,7 +4,11 @@ same messages, same locations; only the order may differ.
 """
 from __future__ import annotations
 
-from boltkit.buildkit.cachedb import TOP_BUCKETS, CacheStore, id_class, is_root_form, split_result_id
+from boltkit.buildkit.cachedb import (TOP_BUCKETS, Anomaly, CacheStore, decode_link_key, decode_result, id_class,
+                                     is_root_form, split_result_id)
+from boltkit.errors import CorruptionError
+from boltkit.schemas import BUCKET_LEAF_FLAG
+from boltkit.storage import Database
 from boltkit.buildkit.graph import cycles, live_keys
 from boltkit.check.problems import Problem, adder
 
@@ -101,3 +105,81 @@ def problem_rows(problems) -> list[tuple]:
     their bytes."""
     return sorted((p.code, p.severity.value, p.path or (), (p.key or b"").decode("utf-8", "replace"), p.message,
                    tuple(sorted((k, repr(v)) for k, v in p.details.items()))) for p in problems)
+
+
+def load_cache_store(db: Database, on_damage=None) -> CacheStore:
+    """The object decoder written the plain way: every bucket opened and every entry decoded one at a time
+    through the page-by-page tree reader (the product builds the same objects from its columns)."""
+    store = CacheStore()
+    tree = db.tree
+    root = db.root()
+    for top in tree.items(root, on_error=on_damage):
+        if not top.is_bucket:
+            store.anomalies.append(Anomaly("C1", (), top.key, "plain key at the top level"))
+            continue
+        if top.key not in TOP_BUCKETS:
+            store.foreign_top.append(top.key)
+            continue
+        store.top.add(top.key)
+        bucket = tree.child(root, top)
+        for entry in tree.items(bucket, on_error=on_damage):
+            name = entry.key.decode("utf-8", "replace")
+            if not entry.is_bucket:
+                store.anomalies.append(Anomaly("C2", (top.key,), entry.key, "level-2 entry is a plain value, "
+                                                                             "not a bucket"))
+                continue
+            try:
+                sub = tree.child(bucket, entry)
+            except CorruptionError as e:
+                if on_damage is None:
+                    raise
+                on_damage(e)
+                continue
+            _load_level3(store, db, top.key, name, sub, on_damage)
+    return store
+
+
+def _entries(db: Database, sub, on_damage):
+    """(is_bucket, key, value) of one id's bucket; the ~99 % that are inline are decoded in one step."""
+    data = db.data
+    if sub.inline:
+        try:
+            elems = db.pager.leaf_elements(sub.node)
+        except CorruptionError as e:
+            if on_damage is None:
+                raise
+            on_damage(e)
+            return
+        for flags, ks, ke, ve in elems:
+            yield flags & BUCKET_LEAF_FLAG, data[ks:ke], data[ke:ve]
+        return
+    for item in db.tree.items(sub, on_error=on_damage):
+        yield item.is_bucket, item.key, db.value(item)
+
+
+def _load_level3(store: CacheStore, db: Database, top: bytes, name: str, sub, on_damage) -> None:
+    if top == b"_links":
+        store.links.setdefault(name, [])
+    elif top == b"_result":
+        store.results.setdefault(name, [])
+    elif top == b"_byresult":
+        store.byresult.setdefault(name, set())
+    else:
+        store.backlinks.setdefault(name, set())
+    for is_bucket, key, value in _entries(db, sub, on_damage):
+        if is_bucket:
+            store.anomalies.append(Anomaly("C3", (top, name.encode()), key, "level-3 entry is a bucket"))
+            continue
+        text = key.decode("utf-8", "replace")
+        if top == b"_result":
+            store.results[name].append(decode_result(name, key, value))
+            continue
+        if value:
+            store.anomalies.append(Anomaly("C7", (top, name.encode()), key, f"value of {len(value)} bytes, "
+                                                                            "expected empty"))
+        if top == b"_links":
+            store.links[name].append(decode_link_key(name, key))
+        elif top == b"_byresult":
+            store.byresult[name].add(text)
+        else:
+            store.backlinks[name].add(text)

@@ -22,8 +22,8 @@ from ..check.scan import TreeScan
 from ..errors import CorruptionError
 from ..schemas import BUCKET_LEAF_FLAG
 from ..storage import Database
-from .cachedb import (CANONICAL_LINK_KEY, TOP_BUCKETS, Anomaly, CacheResult, Link, decode_link_key,
-                      decode_result)
+from .cachedb import (CANONICAL_LINK_KEY, LAZY, TOP_BUCKETS, Anomaly, CacheResult, CacheStore, Link,
+                      decode_link_key, decode_result)
 
 _I64 = np.int64
 
@@ -77,6 +77,7 @@ class CacheColumns:
     result_kid: np.ndarray = None       # per result
     result_rid: np.ndarray = None
     result_errors: dict[int, CacheResult] = field(default_factory=dict)
+    result_value: tuple = None          # (offsets, lengths) of the raw CacheResult values
     byresult_rid: np.ndarray = None     # per _byresult entry
     byresult_kid: np.ndarray = None
     backlink_tgt: np.ndarray = None     # per _backlinks entry
@@ -85,6 +86,38 @@ class CacheColumns:
     def raw(self, off_len: tuple, i: int) -> bytes:
         o = int(off_len[0][i])
         return self.names.data[o:o + int(off_len[1][i])].tobytes()
+
+    def to_store(self) -> CacheStore:
+        """The same contents as Python objects, for the repairs that rewrite the store: what the object
+        decoder of cachedb.py gives, built from the columns (poison keys and odd results are decoded already)."""
+        u8 = self.names.data
+        names = [u8[o:o + n].tobytes().decode("utf-8", "replace")
+                 for o, n in zip(self.names.off.tolist(), self.names.length.tolist())]
+
+        def raw(off_len):
+            return (u8[o:o + n].tobytes() for o, n in zip(off_len[0].tolist(), off_len[1].tolist()))
+
+        s = CacheStore(top=set(self.top), foreign_top=list(self.foreign_top), anomalies=list(self.anomalies))
+        for table, ids in ((s.links, self.links_ids), (s.results, self.results_ids)):
+            table.update((names[k], []) for k in ids.tolist())
+        for table, ids in ((s.byresult, self.byresult_ids), (s.backlinks, self.backlinks_ids)):
+            table.update((names[k], set()) for k in ids.tolist())
+        errors = self.link_errors
+        for i, (src, tgt, key) in enumerate(zip(self.link_src.tolist(), self.link_tgt.tolist(), raw(self.link_key))):
+            s.links[names[src]].append(errors.get(i) or Link(names[src], names[tgt], LAZY, key))
+        errors = self.result_errors
+        for i, (kid, rid, value) in enumerate(zip(self.result_kid.tolist(), self.result_rid.tolist(),
+                                                  raw(self.result_value))):
+            r = errors.get(i)
+            if r is None:
+                created = _RESULT.fullmatch(value).group(1).decode()
+                r = CacheResult(names[kid], names[rid], created, names[rid], value)
+            s.results[names[kid]].append(r)
+        for rid, kid in zip(self.byresult_rid.tolist(), self.byresult_kid.tolist()):
+            s.byresult[names[rid]].add(names[kid])
+        for tgt, src in zip(self.backlink_tgt.tolist(), self.backlink_src.tolist()):
+            s.backlinks[names[tgt]].add(names[src])
+        return s
 
 
 class CacheLeaves:
@@ -216,6 +249,7 @@ def _decode(cols: CacheColumns, g: Gather, links: Entries, results: Entries, byr
     cols.link_tgt[has_tgt] = tcodes
     cols.link_key = (links.key_off, links.key_len)
     cols.result_kid = cols.results_ids[results.owner]
+    cols.result_value = (results.val_off, results.val_len)
     cols.byresult_rid = cols.byresult_ids[byresult.owner]
     cols.backlink_tgt = cols.backlinks_ids[backlinks.owner]
     return cols
@@ -317,7 +351,7 @@ def _fits_layout(rows: np.ndarray, m) -> np.ndarray:
 # -- results ---------------------------------------------------------------------------------------
 
 _PLAIN = rb'[\x20\x21\x23-\x5b\x5d-\x7e]*'       # JSON string content that needs no decoding
-_RESULT = re.compile(rb'\{"CreatedAt":"' + _PLAIN + rb'","ID":"(' + _PLAIN + rb')"\}')
+_RESULT = re.compile(rb'\{"CreatedAt":"(' + _PLAIN + rb')","ID":"(' + _PLAIN + rb')"\}')
 
 
 def _result_errors(g: Gather, results: Entries) -> dict[int, CacheResult]:
@@ -329,7 +363,7 @@ def _result_errors(g: Gather, results: Entries) -> dict[int, CacheResult]:
                                              results.val_off.tolist(), results.val_len.tolist())):
         key = data[ko:ko + kl]
         m = _RESULT.fullmatch(data[vo:vo + vl])
-        if m is not None and m.group(1) == key:
+        if m is not None and m.group(2) == key:
             continue
         kid = _at(g.u8, results.name_off, results.name_len, results.owner[i]).decode("utf-8", "replace")
         r = decode_result(kid, bytes(key), bytes(data[vo:vo + vl]))

@@ -11,8 +11,6 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from ..errors import CorruptionError
-from ..schemas import BUCKET_LEAF_FLAG
 from ..storage import Database
 
 TOP_BUCKETS = (b"_result", b"_links", b"_byresult", b"_backlinks")
@@ -62,13 +60,29 @@ class CacheInfoLink:
         return ("{" + ",".join(parts) + "}").encode()
 
 
-@dataclass
+LAZY = object()       # a Link's info, not decoded until asked for: canonical by construction, from the columns
+
+
 class Link:
-    src: str
-    target: str
-    info: CacheInfoLink | None
-    raw: bytes                     # the stored key
-    error: str | None = None       # why the key is a poison key (C9/C17), if it is
+    """One `_links/<src>` key: its target, its CacheInfoLink (None when the JSON does not decode), the raw key,
+    and why it is a poison key (C9/C17), if it is."""
+    __slots__ = ("src", "target", "_info", "raw", "error")
+
+    def __init__(self, src: str, target: str, info, raw: bytes, error: str | None = None):
+        self.src, self.target, self._info, self.raw, self.error = src, target, info, raw, error
+
+    @property
+    def info(self) -> CacheInfoLink | None:
+        if self._info is LAZY:
+            self._info = decode_link_key(self.src, self.raw).info
+        return self._info
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Link) and (self.src, self.target, self.raw, self.error) == \
+            (other.src, other.target, other.raw, other.error)
+
+    def __repr__(self) -> str:
+        return f"Link({self.src!r}, {self.target!r}, {self.raw!r}, error={self.error!r})"
 
 
 # Go's canonical CacheInfoLink JSON with digest-valued fields, then '@' and the target: the form every
@@ -181,77 +195,8 @@ class CacheStore:
 
 
 def load_cache_store(db: Database, on_damage=None) -> CacheStore:
-    """Decode every entry of a cache.db. Structural damage is skipped through ``on_damage`` (or raised)."""
-    store = CacheStore()
-    tree = db.tree
-    root = db.root()
-    for top in tree.items(root, on_error=on_damage):
-        if not top.is_bucket:
-            store.anomalies.append(Anomaly("C1", (), top.key, "plain key at the top level"))
-            continue
-        if top.key not in TOP_BUCKETS:
-            store.foreign_top.append(top.key)
-            continue
-        store.top.add(top.key)
-        bucket = tree.child(root, top)
-        for entry in tree.items(bucket, on_error=on_damage):
-            name = entry.key.decode("utf-8", "replace")
-            if not entry.is_bucket:
-                store.anomalies.append(Anomaly("C2", (top.key,), entry.key, "level-2 entry is a plain value, "
-                                                                             "not a bucket"))
-                continue
-            try:
-                sub = tree.child(bucket, entry)
-            except CorruptionError as e:
-                if on_damage is None:
-                    raise
-                on_damage(e)
-                continue
-            _load_level3(store, db, top.key, name, sub, on_damage)
-    return store
-
-
-def _entries(db: Database, sub, on_damage):
-    """(is_bucket, key, value) of one id's bucket; the ~99 % that are inline are decoded in one step."""
-    data = db.data
-    if sub.inline:
-        try:
-            elems = db.pager.leaf_elements(sub.node)
-        except CorruptionError as e:
-            if on_damage is None:
-                raise
-            on_damage(e)
-            return
-        for flags, ks, ke, ve in elems:
-            yield flags & BUCKET_LEAF_FLAG, data[ks:ke], data[ke:ve]
-        return
-    for item in db.tree.items(sub, on_error=on_damage):
-        yield item.is_bucket, item.key, db.value(item)
-
-
-def _load_level3(store: CacheStore, db: Database, top: bytes, name: str, sub, on_damage) -> None:
-    if top == b"_links":
-        store.links.setdefault(name, [])
-    elif top == b"_result":
-        store.results.setdefault(name, [])
-    elif top == b"_byresult":
-        store.byresult.setdefault(name, set())
-    else:
-        store.backlinks.setdefault(name, set())
-    for is_bucket, key, value in _entries(db, sub, on_damage):
-        if is_bucket:
-            store.anomalies.append(Anomaly("C3", (top, name.encode()), key, "level-3 entry is a bucket"))
-            continue
-        text = key.decode("utf-8", "replace")
-        if top == b"_result":
-            store.results[name].append(decode_result(name, key, value))
-            continue
-        if value:
-            store.anomalies.append(Anomaly("C7", (top, name.encode()), key, f"value of {len(value)} bytes, "
-                                                                            "expected empty"))
-        if top == b"_links":
-            store.links[name].append(decode_link_key(name, key))
-        elif top == b"_byresult":
-            store.byresult[name].add(text)
-        else:
-            store.backlinks[name].add(text)
+    """Decode every entry of a cache.db into Python objects (the repairs rewrite from these). One bulk pass
+    over the tree (cachecolumns.py); structural damage goes to ``on_damage`` (or is raised) and what it
+    hides is left out."""
+    from .cachecolumns import load_cache_columns
+    return load_cache_columns(db, on_damage=on_damage).to_store()
