@@ -12,7 +12,7 @@ from boltkit.buildkit.root import discover
 from boltkit.cli import main
 from testdata import damage
 
-from .conftest import CORPUS
+from .conftest import CORPUS, corpus_files
 
 SNAP = CORPUS / "daemon1-overlayfs" / "01-after-30-builds"
 
@@ -75,6 +75,18 @@ def test_fsck_parallel_gives_the_same_answer(tmp_path):
     a, b = fsck_root(str(root), jobs=1), fsck_root(str(root), jobs=2)
     assert {k: v.counts() for k, v in a.reports.items()} == {k: v.counts() for k, v in b.reports.items()}
     assert a.predictions == b.predictions
+
+
+def test_fsck_parallel_carries_cache_problems_between_processes():
+    """The cache.db check's problems are built lazily from the file's mapping; sent back from a worker
+    process they must arrive whole (the prune-all snapshot has ghosts and dead chains)."""
+    root = [p for p in corpus_files("sound") if "08-after-403" in str(p) and p.name == "cache.db"][0].parent
+    a, b = fsck_root(str(root), jobs=1), fsck_root(str(root), jobs=2)
+    cache = str(root / "cache.db")
+    assert b.reports[cache].counts() == a.reports[cache].counts() == {"C12": 6, "D2": 2}
+    assert [p.line() for p in b.reports[cache].problems] == [p.line() for p in a.reports[cache].problems]
+    r = run("buildkit", "fsck", "--jobs", "2", root)
+    assert r.exit_code == 4 and "D2" in r.output
 
 
 def test_fsck_not_a_root(tmp_path):

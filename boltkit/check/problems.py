@@ -211,6 +211,11 @@ class Problems:
     def __repr__(self) -> str:
         return f"Problems({self.counts()})"
 
+    def __getstate__(self) -> dict:
+        """Pickled (`fsck --jobs` sends reports between processes), tables are built: their rows read a
+        file mapping the other process does not have."""
+        return {"_parts": [list(part) if isinstance(part, ProblemTable) else part for part in self._parts]}
+
     def select(self, wanted):
         """The problems whose code satisfies ``wanted(code)``; tables of other codes are not built."""
         for part in self._parts:
