@@ -57,15 +57,17 @@ def graph(file, top, dot_path, svg_path, snapshot, as_json):
     import shutil
     import subprocess
 
-    from ..buildkit.cachecheck import check_cache_db
-    from ..buildkit.cachedb import load_cache_store
+    from ..buildkit.cachecheck import check_cache_columns
+    from ..buildkit.cachecolumns import load_cache_columns
     from ..buildkit.graph import summarize, to_dot
     from .app import opened
+    from .inspect import report_damage
     from .output import emit_json, emit_table
     with opened(file, None, snapshot) as db:
         damage: list = []
-        store = load_cache_store(db, on_damage=damage.append)
-        problems = check_cache_db(db, file, on_damage=lambda e: None)
+        cols = load_cache_columns(db, on_damage=damage.append)
+    store = cols.to_store()
+    problems = check_cache_columns(cols, file)
     edges = store.edges()
     results = store.with_results()
     s = summarize(edges, results, top)
@@ -99,8 +101,7 @@ def graph(file, top, dot_path, svg_path, snapshot, as_json):
                         ("root-to-key paths", s.paths)):
         click.echo()
         emit_table(rows, ["key", title])
-    for e in damage:
-        click.echo(f"damage: {e}", err=True)
+    report_damage(damage, "graph")
 
 
 def _root_or_exit(root):
