@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from boltkit.buildkit.cachedb import (TOP_BUCKETS, Anomaly, CacheStore, decode_link_key, decode_result, id_class,
                                      is_root_form, split_result_id)
+from boltkit.buildkit.graph import GraphSummary, components, cycles, live_keys
+from boltkit.check.problems import Problem, adder
 from boltkit.errors import CorruptionError
 from boltkit.schemas import BUCKET_LEAF_FLAG
 from boltkit.storage import Database
-from boltkit.buildkit.graph import cycles, live_keys
-from boltkit.check.problems import Problem, adder
 
 
 def check_cache_store(store: CacheStore, file: str | None = None) -> list[Problem]:
@@ -183,3 +183,37 @@ def _load_level3(store: CacheStore, db: Database, top: bytes, name: str, sub, on
             store.byresult[name].add(text)
         else:
             store.backlinks[name].add(text)
+
+
+def summarize_plainly(links: dict[str, list[str]], with_results: Iterable[str], top: int = 10) -> GraphSummary:
+    """The graph summary computed over dicts, one key at a time (Tarjan, then sources first): the reference
+    for the array version."""
+    comps = components(links)
+    comp_of = {k: i for i, c in enumerate(comps) for k in c}
+    parents: dict[str, set[str]] = {}
+    edges = 0
+    for src, ts in links.items():
+        for t in ts:
+            edges += 1
+            parents.setdefault(t, set()).add(src)
+    cpreds: dict[int, set[int]] = {}
+    for t, ps in parents.items():
+        ct = comp_of[t]
+        for p in ps:
+            if comp_of[p] != ct:
+                cpreds.setdefault(ct, set()).add(comp_of[p])
+    paths: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    for ci in reversed(range(len(comps))):          # sources first
+        preds = cpreds.get(ci)
+        paths[ci] = sum(paths[p] for p in preds) if preds else 1
+        depth[ci] = 1 + max((depth[p] for p in preds), default=-1) if preds else 0
+    nodes = [k for c in comps for k in c]
+    per_key_paths = sorted(((k, paths[comp_of[k]]) for k in nodes), key=lambda x: (-x[1], x[0]))
+    fan_out = sorted(((k, len(v)) for k, v in links.items() if v), key=lambda x: (-x[1], x[0]))
+    fan_in = sorted(((k, len(v)) for k, v in parents.items()), key=lambda x: (-x[1], x[0]))
+    return GraphSummary(
+        nodes=len(nodes), edges=edges, roots=sorted(k for k in nodes if k not in parents),
+        with_results=len(set(with_results)), cycles=cycles(links), fan_out=fan_out[:top], fan_in=fan_in[:top],
+        depth=max(depth.values(), default=0), paths=per_key_paths[:top],
+        max_paths=per_key_paths[0][1] if per_key_paths else 0)

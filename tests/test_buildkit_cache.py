@@ -269,6 +269,20 @@ def test_path_counts_match_enumeration_on_random_dags(seed):
     assert s.cycles == [] and s.max_paths == max(brute_paths(links, k) for k in names)
 
 
+@pytest.mark.parametrize("seed", range(30))
+def test_graph_summary_agrees_with_the_plain_reference_on_random_graphs_with_cycles(seed):
+    from boltkit.buildkit.graph import summarize
+    from .reference_cachecheck import summarize_plainly
+    rng = random.Random(seed)
+    names = [f"k{i:02d}" for i in range(rng.randrange(2, 40))]
+    links = {a: [rng.choice(names) for _ in range(rng.randrange(0, 4))] for a in rng.sample(names, len(names) // 2 + 1)}
+    with_results = rng.sample(names, len(names) // 3)
+    for top in (3, 100):
+        a, b = summarize(links, with_results, top), summarize_plainly(links, with_results, top)
+        b.cycles = sorted(b.cycles)
+        assert a == b
+
+
 def test_planted_cycles_and_self_loops_are_all_found():
     from boltkit.buildkit.graph import summarize
     rng = random.Random(7)

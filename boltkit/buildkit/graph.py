@@ -143,37 +143,71 @@ class GraphSummary:
 
 
 def summarize(links: dict[str, list[str]], with_results: Iterable[str], top: int = 10) -> GraphSummary:
+    """``summarize_arrays`` for a graph given as a dict of names."""
+    names = sorted(set(links) | {t for ts in links.values() for t in ts})
+    code = {k: i for i, k in enumerate(names)}
+    src = np.array([code[a] for a, ts in links.items() for _ in ts], dtype=np.int64)
+    tgt = np.array([code[t] for ts in links.values() for t in ts], dtype=np.int64)
+    is_node = np.ones(len(names), bool)
+    has_links = np.zeros(len(names), bool)
+    has_links[[code[a] for a in links]] = True
+    return summarize_arrays(src, tgt, is_node, has_links, names.__getitem__, len(set(with_results)), top)
+
+
+def summarize_arrays(src: np.ndarray, tgt: np.ndarray, is_node: np.ndarray, has_links: np.ndarray, name,
+                     with_results: int, top: int = 10) -> GraphSummary:
     """What the cache graph looks like: size, roots, cycles, fan-out/in, depth and root-to-key path counts
-    (the quantity pre-v0.25 cache exporters were exponential in), over the condensation of its cycles."""
-    comps = components(links)
-    comp_of = {k: i for i, c in enumerate(comps) for k in c}
-    parents: dict[str, set[str]] = {}
-    edges = 0
-    for src, ts in links.items():
-        for t in ts:
-            edges += 1
-            parents.setdefault(t, set()).add(src)
-    cpreds: dict[int, set[int]] = {}
-    for t, ps in parents.items():
-        ct = comp_of[t]
-        for p in ps:
-            if comp_of[p] != ct:
-                cpreds.setdefault(ct, set()).add(comp_of[p])
-    paths: dict[int, int] = {}
-    depth: dict[int, int] = {}
-    for ci in reversed(range(len(comps))):          # sources first
-        preds = cpreds.get(ci)
-        paths[ci] = sum(paths[p] for p in preds) if preds else 1
-        depth[ci] = 1 + max((depth[p] for p in preds), default=-1) if preds else 0
-    nodes = [k for c in comps for k in c]
-    per_key_paths = sorted(((k, paths[comp_of[k]]) for k in nodes), key=lambda x: (-x[1], x[0]))
-    fan_out = sorted(((k, len(v)) for k, v in links.items() if v), key=lambda x: (-x[1], x[0]))
-    fan_in = sorted(((k, len(v)) for k, v in parents.items()), key=lambda x: (-x[1], x[0]))
+    (the quantity pre-v0.25 cache exporters were exponential in), over the condensation of its cycles.
+
+    Links ``src[i] -> tgt[i]`` between key codes 0..n-1 (duplicates count as links, not as parents);
+    ``is_node``: the keys of the graph; ``name(code)``: a key's name, for ties and output. Depth and paths
+    go a wave at a time in topological order; path counts are Python integers (they overflow 64 bits on
+    the graphs that hung exports)."""
+    n = is_node.size
+    cyc = cycles_of_arrays(src, tgt, n)
+    comp = np.arange(n)
+    for c in cyc:
+        comp[c] = c[0]
+    pairs = np.unique(comp[src] * max(n, 1) + comp[tgt])
+    ps, pt = pairs // max(n, 1), pairs % max(n, 1)
+    keep = ps != pt
+    ps, pt = ps[keep], pt[keep]
+    starts, out = _csr(ps, pt, n)
+    indeg = np.bincount(pt, minlength=n)
+    paths = np.ones(n, dtype=object)
+    paths[indeg > 0] = 0
+    depth = np.zeros(n, np.int64)
+    frontier = np.flatnonzero(is_node & (comp == np.arange(n)) & (indeg == 0))
+    while frontier.size:
+        counts = starts[frontier + 1] - starts[frontier]
+        e_src, e_tgt = np.repeat(frontier, counts), _expand(starts, out, frontier)
+        np.add.at(paths, e_tgt, paths[e_src])
+        np.maximum.at(depth, e_tgt, depth[e_src] + 1)
+        u, c = np.unique(e_tgt, return_counts=True)
+        indeg[u] -= c
+        frontier = u[indeg[u] == 0]
+    edges = np.unique(src * max(n, 1) + tgt)
+    n_parents = np.bincount(edges % max(n, 1), minlength=n)
+    n_links = np.bincount(src, minlength=n)
+    nodes = np.flatnonzero(is_node)
+    key_paths = paths[comp]
     return GraphSummary(
-        nodes=len(nodes), edges=edges, roots=sorted(k for k in nodes if k not in parents),
-        with_results=len(set(with_results)), cycles=cycles(links), fan_out=fan_out[:top], fan_in=fan_in[:top],
-        depth=max(depth.values(), default=0), paths=per_key_paths[:top],
-        max_paths=per_key_paths[0][1] if per_key_paths else 0)
+        nodes=int(nodes.size), edges=int(src.size),
+        roots=sorted(name(k) for k in nodes[n_parents[nodes] == 0]), with_results=with_results,
+        cycles=sorted(sorted(name(k) for k in c) for c in cyc),
+        fan_out=_top(n_links, has_links & (n_links > 0), name, top), fan_in=_top(n_parents, n_parents > 0, name, top),
+        depth=int(depth[nodes].max()) if nodes.size else 0, paths=_top(key_paths, is_node, name, top),
+        max_paths=int(max(key_paths[nodes], default=0)))
+
+
+def _top(values: np.ndarray, mask: np.ndarray, name, top: int) -> list[tuple[str, int]]:
+    """The ``top`` keys by value, ties by name: narrowed by a float sort, settled exactly on what is left."""
+    idx = np.flatnonzero(mask)
+    if not idx.size:
+        return []
+    approx = values[idx].astype(float)
+    cut = np.sort(approx)[::-1][min(top, idx.size) - 1]
+    return sorted(((name(k), int(values[k])) for k in idx[approx >= cut]), key=lambda x: (-x[1], x[0]))[:top]
 
 
 def to_dot(links: dict[str, list[str]], with_results: set[str], marked: dict[str, str]) -> str:

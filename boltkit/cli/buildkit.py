@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import click
+import numpy as np
 
 from ..buildkit.fsck import check_store
 from ..errors import BoltkitError
@@ -59,24 +60,29 @@ def graph(file, top, dot_path, svg_path, snapshot, as_json):
 
     from ..buildkit.cachecheck import check_cache_columns
     from ..buildkit.cachecolumns import load_cache_columns
-    from ..buildkit.graph import summarize, to_dot
+    from ..buildkit.graph import summarize_arrays, to_dot
     from .app import opened
     from .inspect import report_damage
     from .output import emit_json, emit_table
     with opened(file, None, snapshot) as db:
         damage: list = []
         cols = load_cache_columns(db, on_damage=damage.append)
-    store = cols.to_store()
     problems = check_cache_columns(cols, file)
-    edges = store.edges()
-    results = store.with_results()
-    s = summarize(edges, results, top)
+    linked = cols.link_tgt >= 0
+    src, tgt = cols.link_src[linked], cols.link_tgt[linked]
+    is_node = np.zeros(len(cols.names), bool)
+    is_node[cols.links_ids] = True
+    is_node[tgt] = True
+    has_links = np.zeros(len(cols.names), bool)
+    has_links[cols.links_ids] = True
+    s = summarize_arrays(src, tgt, is_node, has_links, cols.names.str, int(np.unique(cols.result_kid).size), top)
     marked = {}
     for p in problems:
         if p.key is not None and p.code in ("D1", "D2", "C12", "C15"):
             marked.setdefault(p.key.decode("utf-8", "replace"), p.code)
     if dot_path or svg_path:
-        text = to_dot(edges, results, marked)
+        store = cols.to_store()
+        text = to_dot(store.edges(), store.with_results(), marked)
         if dot_path:
             with open(dot_path, "w") as f:
                 f.write(text)
