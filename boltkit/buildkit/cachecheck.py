@@ -14,7 +14,8 @@ import numpy as np
 from ..check.gather import Gather
 from ..check.problems import Problem, Problems, ProblemTable, adder
 from ..storage import Database
-from .cachecolumns import CacheColumns, Names, by_length, load_cache_columns
+from ..check.strings import Names, by_length
+from .cachecolumns import CacheColumns, load_cache_columns
 from .cachedb import TOP_BUCKETS, split_result_id
 from .graph import cycles_of_arrays, live_mask
 

@@ -4,8 +4,8 @@ A BuildKit cache.db holds ~200k ids spread over four buckets, one nested (almost
 per id and a few entries in each. Decoded entry by entry into Python objects that costs ~10 s, far more
 than the structural check of the same file. Here the elements come from the structural pass itself
 (TreeScan's ``on_leaves``: nothing is read twice), every string that names an id is interned to an
-integer by hashing, and link keys in Go's canonical form are recognised a layout at a time; the semantic
-checks then become set operations on integer arrays (cachecheck.py). Entries not in the shape BuildKit
+integer by hashing (check/strings.py), and link keys in Go's canonical form are recognised a layout at a
+time (linkkeys.py); the semantic checks then become set operations on integer arrays (cachecheck.py). Entries not in the shape BuildKit
 writes take the exact slow path of cachedb.py, so the columns say what the object decoder says, sooner.
 """
 from __future__ import annotations
@@ -19,11 +19,12 @@ import numpy as np
 from ..check.gather import Gather
 from ..check.problems import Severity
 from ..check.scan import TreeScan
+from ..check.strings import Names, intern, string_at, string_hashes
 from ..errors import CorruptionError
 from ..schemas import BUCKET_LEAF_FLAG
 from ..storage import Database
-from .cachedb import (CANONICAL_LINK_KEY, LAZY, TOP_BUCKETS, Anomaly, CacheResult, CacheStore, Link,
-                      decode_link_key, decode_result)
+from .cachedb import LAZY, TOP_BUCKETS, Anomaly, CacheResult, CacheStore, Link, decode_result
+from .linkkeys import link_targets
 
 _I64 = np.int64
 
@@ -38,25 +39,6 @@ class Entries:
     key_len: np.ndarray
     val_off: np.ndarray
     val_len: np.ndarray
-
-
-@dataclass
-class Names:
-    """Interned strings: code -> one occurrence in the file. Codes are dense, numbered in order of first
-    appearance (ids first as _links bucket names, which the file keeps sorted)."""
-    data: np.ndarray              # the file as bytes; a view keeps the mapping alive after the Database closes
-    off: np.ndarray
-    length: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.off.size)
-
-    def bytes(self, code) -> bytes:
-        o = int(self.off[code])
-        return self.data[o:o + int(self.length[code])].tobytes()
-
-    def str(self, code) -> str:
-        return self.bytes(code).decode("utf-8", "replace")
 
 
 @dataclass
@@ -235,7 +217,7 @@ def _decode(cols: CacheColumns, g: Gather, links: Entries, results: Entries, byr
             (backlinks.key_off, backlinks.key_len)]
     # link keys are checked on a second core meanwhile: numpy lets go of the interpreter while it works
     with ThreadPoolExecutor(max_workers=1) as pool:
-        found = pool.submit(_link_targets, g, links)
+        found = pool.submit(link_targets, g, links)
         hashed = [string_hashes(g, *r) for r in ids + keys]
         cols.result_errors = _result_errors(g, results)
         has_tgt, tgt_off, tgt_len, cols.link_errors, tgt_hashed = found.result()
@@ -255,101 +237,6 @@ def _decode(cols: CacheColumns, g: Gather, links: Entries, results: Entries, byr
     return cols
 
 
-def _at(u8: np.ndarray, off, length, i) -> bytes:
-    o = int(off[i])
-    return u8[o:o + int(length[i])].tobytes()
-
-
-# -- link keys -------------------------------------------------------------------------------------
-
-_DIGIT = np.zeros(256, bool)
-_DIGIT[ord("0"):ord("9") + 1] = True
-_HEX = _DIGIT.copy()
-_HEX[ord("a"):ord("f") + 1] = True
-_DIGEST_KINDS = (np.frombuffer(b"sha256:", np.uint8), np.frombuffer(b"random:", np.uint8))
-_LAYOUTS_PER_LENGTH = 32          # past that, a length's remaining keys are decoded one by one
-
-
-def _link_targets(g: Gather, links: Entries):
-    """Which link keys have a target, where it is, and the poison keys (C9/C17) with their reason.
-
-    Keys in Go's canonical form are recognised a layout at a time: among the keys of one length, one is
-    matched by cachedb's canonical regex and the others are compared with it column by column (literal
-    bytes equal, digits where it has digits, hex where it has hex, no '@' in the target); the keys that
-    differ start the next layout. Whatever no layout accepts is decoded by ``decode_link_key``, exactly.
-    """
-    off, length = links.key_off, links.key_len
-    at = np.full(off.size, -1, _I64)                 # offset of the '@' inside the key; -1 = slow path
-    h1 = np.zeros(off.size, np.uint64)               # the targets' string_hashes, from the rows at hand
-    h2 = np.zeros(off.size, np.uint64)
-    u8 = g.u8
-    usable = np.flatnonzero((length >= 3) & (off + length <= g.size))
-    for n_len, group in by_length(length[usable]):
-        for idx in _chunks(usable[group]):
-            _match_layouts(_rows(u8, off[idx], n_len), idx, at, h1, h2)
-
-    errors: dict[int, Link] = {}
-    slow = np.flatnonzero(at < 0)
-    for i in slow:
-        key = _at(u8, off, length, i)
-        src = _at(u8, links.name_off, links.name_len, links.owner[i]).decode("utf-8", "replace")
-        link = decode_link_key(src, key)
-        if link.error:
-            errors[int(i)] = link
-        if link.target:
-            at[i] = key.index(b"@")
-    slow = slow[at[slow] >= 0]
-    h1[slow], h2[slow] = string_hashes(g, off[slow] + at[slow] + 1, length[slow] - at[slow] - 1)
-    has = at >= 0
-    return has, off[has] + at[has] + 1, length[has] - at[has] - 1, errors, (h1[has], h2[has])
-
-
-_CHUNK = 1 << 16       # rows copied out at a time: keeps the copies small next to the file
-
-
-def _chunks(idx: np.ndarray):
-    return (idx[a:a + _CHUNK] for a in range(0, idx.size, _CHUNK))
-
-
-def _match_layouts(rows: np.ndarray, idx: np.ndarray, at: np.ndarray, h1: np.ndarray, h2: np.ndarray) -> None:
-    """Link keys of one length, as rows: for each canonical one, its '@' offset and its target's hashes."""
-    for _ in range(_LAYOUTS_PER_LENGTH):
-        if not idx.size:
-            return
-        m = CANONICAL_LINK_KEY.fullmatch(rows[0].tobytes())
-        fits = _fits_layout(rows, m) if m is not None else np.eye(1, idx.size, dtype=bool)[0]
-        if m is not None:
-            at[idx[fits]] = m.start(5) - 1
-            h1[idx[fits]], h2[idx[fits]] = _hash_rows(rows[fits, m.start(5):])
-        idx, rows = idx[~fits], rows[~fits]
-
-
-def _fits_layout(rows: np.ndarray, m) -> np.ndarray:
-    """Rows (keys of one length) that have the layout of the canonical key matched by ``m``."""
-    rep = rows[0]
-    literal = np.ones(rows.shape[1], bool)
-    fits = np.ones(rows.shape[0], bool)
-    for grp in (1, 2):                                # Input, Output: decimal, no leading zero
-        s, e = m.span(grp)
-        if s >= 0:
-            fits &= _DIGIT[rows[:, s:e]].all(1) & (rows[:, s] != ord("0"))
-            literal[s:e] = False
-    for grp in (3, 4):                                # Digest, Selector: sha256:/random: and 64 hex
-        s, e = m.span(grp)
-        if s >= 0:
-            kind = rows[:, s:s + 7]
-            fits &= (kind == _DIGEST_KINDS[0]).all(1) | (kind == _DIGEST_KINDS[1]).all(1)
-            fits &= _HEX[rows[:, s + 7:e]].all(1)
-            literal[s:e] = False
-    s = m.start(5)
-    fits &= (rows[:, s:] != ord("@")).all(1)
-    literal[s:] = False
-    fits &= (rows[:, literal] == rep[literal]).all(1)
-    return fits
-
-
-# -- results ---------------------------------------------------------------------------------------
-
 _PLAIN = rb'[\x20\x21\x23-\x5b\x5d-\x7e]*'       # JSON string content that needs no decoding
 _RESULT = re.compile(rb'\{"CreatedAt":"(' + _PLAIN + rb')","ID":"(' + _PLAIN + rb')"\}')
 
@@ -365,102 +252,10 @@ def _result_errors(g: Gather, results: Entries) -> dict[int, CacheResult]:
         m = _RESULT.fullmatch(data[vo:vo + vl])
         if m is not None and m.group(2) == key:
             continue
-        kid = _at(g.u8, results.name_off, results.name_len, results.owner[i]).decode("utf-8", "replace")
+        kid = string_at(g.u8, results.name_off, results.name_len, results.owner[i]).decode("utf-8", "replace")
         r = decode_result(kid, bytes(key), bytes(data[vo:vo + vl]))
         if r.error:
             errors[i] = r
     return errors
 
 
-# -- interning -------------------------------------------------------------------------------------
-
-def intern(g: Gather, offs: list, lens: list, hashes: list | None = None) -> tuple[list[np.ndarray], Names]:
-    """Give every distinct byte string among the file ranges one code, the same code across all the
-    lists; codes number the distinct strings in the order they first appear in the lists. ``hashes``:
-    the ``string_hashes`` of each list, where the caller has them already.
-
-    The first hash groups the strings, the second confirms each group (a disagreement, never seen, makes
-    us intern through a dict instead)."""
-    off = np.concatenate(offs).astype(_I64) if offs else np.zeros(0, _I64)
-    length = np.concatenate(lens).astype(_I64) if lens else np.zeros(0, _I64)
-    if hashes is None:
-        h1, h2 = string_hashes(g, off, length)
-    else:
-        h1, h2 = (np.concatenate(x) if x else np.zeros(0, np.uint64) for x in zip(*hashes))
-    first, inv = _unique(h1)
-    if (h2 != h2[first][inv]).any():
-        first, inv = _intern_exactly(g, off, length)
-    order = np.argsort(first)           # codes in order of first appearance: sorted runs of bucket keys
-    rep_off, rep_len = off[first], length[first]
-    rank = np.empty(order.size, _I64)
-    rank[order] = np.arange(order.size, dtype=_I64)
-    codes = rank[inv]
-    bounds = np.cumsum([a.size for a in offs])[:-1]
-    return np.split(codes, bounds), Names(g.u8, rep_off[order], rep_len[order])
-
-
-def string_hashes(g: Gather, off: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two independent 64-bit hashes of each string; strings of one length are copied out as rows in one
-    gather."""
-    h1 = np.empty(off.size, np.uint64)
-    h2 = np.empty(off.size, np.uint64)
-    for n, group in by_length(length):
-        for idx in _chunks(group):
-            h1[idx], h2[idx] = _hash_rows(_rows(g.u8, off[idx], n))
-    return h1, h2
-
-
-def _rows(u8: np.ndarray, off: np.ndarray, n: int) -> np.ndarray:
-    """The n-byte strings at ``off`` as the rows of a (len(off), n) array."""
-    if not n:
-        return np.zeros((off.size, 0), np.uint8)
-    return np.lib.stride_tricks.as_strided(u8, shape=(u8.size - n + 1, n), strides=(1, 1))[off]
-
-
-def _hash_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``string_hashes`` of strings given as the rows of one (m, n) byte array: zero-padded to whole
-    8-byte words and hashed a word column at a time."""
-    m, n = rows.shape
-    buf = np.zeros((m, -(-n // 8) * 8), np.uint8)
-    buf[:, :n] = rows
-    a = np.full(m, n * 0x9E3779B97F4A7C15 % 2**64, np.uint64)
-    b = ~a
-    for col in np.ascontiguousarray(buf.view(np.uint64).T):
-        a = (a ^ col) * np.uint64(0x100000001B3)
-        x = (b + col) * np.uint64(0xC2B2AE3D27D4EB4F)
-        b = x ^ (x >> np.uint64(29))
-    return a ^ (a >> np.uint64(31)), b
-
-
-def _unique(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """np.unique(h, return_index=True, return_inverse=True) without its stable sort (several times slower
-    than the vectorised quicksort): the first index of each distinct value, and each value's group."""
-    order = np.argsort(h)
-    sh = h[order]
-    new = np.empty(h.size, bool)
-    new[:1] = True
-    np.not_equal(sh[1:], sh[:-1], out=new[1:])
-    starts = np.flatnonzero(new)
-    inv = np.empty(h.size, _I64)
-    inv[order] = np.cumsum(new) - 1
-    first = np.minimum.reduceat(order, starts) if h.size else order
-    return first, inv
-
-
-def by_length(length: np.ndarray):
-    """(n, indices of the strings of length n) for each length present."""
-    key = length.astype(np.uint16) if length.size and length.max() < 2**16 else length    # radix sort
-    order = np.argsort(key, kind="stable")
-    lengths, starts = np.unique(key[order], return_index=True)
-    return zip(lengths.tolist(), np.split(order, starts[1:]))
-
-
-def _intern_exactly(g: Gather, off, length):
-    seen: dict[bytes, int] = {}
-    first, inv = [], np.empty(off.size, _I64)
-    for i, (o, n) in enumerate(zip(off.tolist(), length.tolist())):
-        c = seen.setdefault(bytes(g.data[o:o + n]), len(seen))
-        if c == len(first):
-            first.append(i)
-        inv[i] = c
-    return np.array(first, _I64), inv

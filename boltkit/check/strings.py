@@ -1,0 +1,138 @@
+"""Byte strings of a mapped file, in bulk: copied out a length at a time, hashed, interned.
+
+A cache.db names its ~200k ids about 1.6M times (bucket names, link targets, index entries). Comparing
+them as Python bytes objects costs a second per million; here every string of one length is copied out
+as the rows of one array in a single gather (a strided view of the file, so no index per byte), hashed a
+word column at a time with two independent 64-bit hashes, and interned by sorting the hashes: each
+distinct string gets a dense integer code, and the rest of the work is on integers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .gather import Gather
+
+_I64 = np.int64
+CHUNK = 1 << 16        # rows copied out at a time: keeps the copies small next to the file
+
+
+def chunks(idx: np.ndarray):
+    return (idx[a:a + CHUNK] for a in range(0, idx.size, CHUNK))
+
+
+def string_at(u8: np.ndarray, off, length, i) -> bytes:
+    o = int(off[i])
+    return u8[o:o + int(length[i])].tobytes()
+
+
+@dataclass
+class Names:
+    """Interned strings: code -> one occurrence in the file. Codes are dense, numbered in order of first
+    appearance (for cache.db: ids first as _links bucket names, which the file keeps sorted)."""
+    data: np.ndarray              # the file as bytes; a view keeps the mapping alive after the Database closes
+    off: np.ndarray
+    length: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.off.size)
+
+    def bytes(self, code) -> bytes:
+        o = int(self.off[code])
+        return self.data[o:o + int(self.length[code])].tobytes()
+
+    def str(self, code) -> str:
+        return self.bytes(code).decode("utf-8", "replace")
+
+
+def intern(g: Gather, offs: list, lens: list, hashes: list | None = None) -> tuple[list[np.ndarray], Names]:
+    """Give every distinct byte string among the file ranges one code, the same code across all the
+    lists; codes number the distinct strings in the order they first appear in the lists. ``hashes``:
+    the ``string_hashes`` of each list, where the caller has them already.
+
+    The first hash groups the strings, the second confirms each group (a disagreement, never seen, makes
+    us intern through a dict instead)."""
+    off = np.concatenate(offs).astype(_I64) if offs else np.zeros(0, _I64)
+    length = np.concatenate(lens).astype(_I64) if lens else np.zeros(0, _I64)
+    if hashes is None:
+        h1, h2 = string_hashes(g, off, length)
+    else:
+        h1, h2 = (np.concatenate(x) if x else np.zeros(0, np.uint64) for x in zip(*hashes))
+    first, inv = _unique(h1)
+    if (h2 != h2[first][inv]).any():
+        first, inv = _intern_exactly(g, off, length)
+    order = np.argsort(first)           # codes in order of first appearance: sorted runs of bucket keys
+    rep_off, rep_len = off[first], length[first]
+    rank = np.empty(order.size, _I64)
+    rank[order] = np.arange(order.size, dtype=_I64)
+    codes = rank[inv]
+    bounds = np.cumsum([a.size for a in offs])[:-1]
+    return np.split(codes, bounds), Names(g.u8, rep_off[order], rep_len[order])
+
+
+def string_hashes(g: Gather, off: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two independent 64-bit hashes of each string; strings of one length are copied out as rows in one
+    gather."""
+    h1 = np.empty(off.size, np.uint64)
+    h2 = np.empty(off.size, np.uint64)
+    for n, group in by_length(length):
+        for idx in chunks(group):
+            h1[idx], h2[idx] = hash_rows(rows_at(g.u8, off[idx], n))
+    return h1, h2
+
+
+def rows_at(u8: np.ndarray, off: np.ndarray, n: int) -> np.ndarray:
+    """The n-byte strings at ``off`` as the rows of a (len(off), n) array."""
+    if not n:
+        return np.zeros((off.size, 0), np.uint8)
+    return np.lib.stride_tricks.as_strided(u8, shape=(u8.size - n + 1, n), strides=(1, 1))[off]
+
+
+def hash_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``string_hashes`` of strings given as the rows of one (m, n) byte array: zero-padded to whole
+    8-byte words and hashed a word column at a time."""
+    m, n = rows.shape
+    buf = np.zeros((m, -(-n // 8) * 8), np.uint8)
+    buf[:, :n] = rows
+    a = np.full(m, n * 0x9E3779B97F4A7C15 % 2**64, np.uint64)
+    b = ~a
+    for col in np.ascontiguousarray(buf.view(np.uint64).T):
+        a = (a ^ col) * np.uint64(0x100000001B3)
+        x = (b + col) * np.uint64(0xC2B2AE3D27D4EB4F)
+        b = x ^ (x >> np.uint64(29))
+    return a ^ (a >> np.uint64(31)), b
+
+
+def _unique(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(h, return_index=True, return_inverse=True) without its stable sort (several times slower
+    than the vectorised quicksort): the first index of each distinct value, and each value's group."""
+    order = np.argsort(h)
+    sh = h[order]
+    new = np.empty(h.size, bool)
+    new[:1] = True
+    np.not_equal(sh[1:], sh[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    inv = np.empty(h.size, _I64)
+    inv[order] = np.cumsum(new) - 1
+    first = np.minimum.reduceat(order, starts) if h.size else order
+    return first, inv
+
+
+def by_length(length: np.ndarray):
+    """(n, indices of the strings of length n) for each length present."""
+    key = length.astype(np.uint16) if length.size and length.max() < 2**16 else length    # radix sort
+    order = np.argsort(key, kind="stable")
+    lengths, starts = np.unique(key[order], return_index=True)
+    return zip(lengths.tolist(), np.split(order, starts[1:]))
+
+
+def _intern_exactly(g: Gather, off, length):
+    seen: dict[bytes, int] = {}
+    first, inv = [], np.empty(off.size, _I64)
+    for i, (o, n) in enumerate(zip(off.tolist(), length.tolist())):
+        c = seen.setdefault(bytes(g.data[o:o + n]), len(seen))
+        if c == len(first):
+            first.append(i)
+        inv[i] = c
+    return np.array(first, _I64), inv
