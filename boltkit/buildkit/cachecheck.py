@@ -17,7 +17,7 @@ from ..storage import Database
 from ..check.strings import Names, by_length
 from .cachecolumns import CacheColumns, load_cache_columns
 from .cachedb import TOP_BUCKETS, split_result_id
-from .graph import cycles_of_arrays, live_mask
+from .graph import cycles_of_arrays, live_mask, pair_codes, sorted_unique
 
 _DERIVED = np.zeros(256, bool)                      # the 25 characters of identity.NewID: [0-9a-z]
 _DERIVED[ord("0"):ord("9") + 1] = True
@@ -28,15 +28,6 @@ _ROOT_PREFIXES = (b"sha256:", b"random:")
 def check_cache_db(db: Database, file: str | None = None, on_damage=None) -> Problems:
     """Decode a cache.db in columns and check it."""
     return check_cache_columns(load_cache_columns(db, on_damage=on_damage), file)
-
-
-def _pairs(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
-    return a.astype(np.int64) * max(n, 1) + b
-
-
-def _sorted_unique(x: np.ndarray) -> np.ndarray:
-    s = np.sort(x)
-    return s[np.concatenate([[True], s[1:] != s[:-1]])] if s.size else s
 
 
 def _member(x: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
@@ -73,12 +64,12 @@ def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
     # results and their reverse index
     for i, r in sorted(c.result_errors.items()):
         add("C4", r.error, path=(b"_result", r.key_id), key=r.result_id)
-    bad_rid = _unsplittable(names, _sorted_unique(c.result_rid))
+    bad_rid = _unsplittable(names, sorted_unique(c.result_rid))
     table("C16", np.flatnonzero(bad_rid[c.result_rid]),
           lambda i: problem("C16", "result id is not <workerID>::<refID>", (b"_result", c.result_kid[i]),
                             c.result_rid[i]))
-    result_pairs = _pairs(c.result_rid, c.result_kid, n)
-    byresult_pairs = _pairs(c.byresult_rid, c.byresult_kid, n)
+    result_pairs = pair_codes(c.result_rid, c.result_kid, n)
+    byresult_pairs = pair_codes(c.byresult_rid, c.byresult_kid, n)
     table("C5", np.flatnonzero(~_member(result_pairs, np.sort(byresult_pairs))),
           lambda i: problem("C5", "result has no _byresult entry: Release can never find it",
                             (b"_result", c.result_kid[i]), c.result_rid[i]))
@@ -91,7 +82,7 @@ def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
     per_rid = np.bincount(c.byresult_rid, minlength=n)
     table("C6", c.byresult_ids[per_rid[c.byresult_ids] == 0],
           lambda r: problem("C6", "empty _byresult bucket", (b"_byresult", r)))
-    stale = _sorted_unique(byresult_pairs[~_member(byresult_pairs, np.sort(result_pairs))])
+    stale = sorted_unique(byresult_pairs[~_member(byresult_pairs, np.sort(result_pairs))])
     table("C5", stale, lambda p: problem("C5", "stale _byresult entry: no such result", (b"_byresult", p // n),
                                          p % n))
 
@@ -102,13 +93,13 @@ def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
     linked = c.link_tgt >= 0
     src, tgt = c.link_src[linked], c.link_tgt[linked]
     link_rows = np.flatnonzero(linked)
-    back = _sorted_unique(_pairs(c.backlink_tgt, c.backlink_src, n))
-    order = np.argsort(_pairs(tgt, src, n))            # sorted needles: searches that walk memory forward
-    link_pairs = _pairs(tgt, src, n)[order]
+    back = sorted_unique(pair_codes(c.backlink_tgt, c.backlink_src, n))
+    order = np.argsort(pair_codes(tgt, src, n))            # sorted needles: searches that walk memory forward
+    link_pairs = pair_codes(tgt, src, n)[order]
     table("D3", np.sort(link_rows[order[~_member(link_pairs, back)]]),
           lambda i: problem("D3", f"link to {names.str(c.link_tgt[i])} has no _backlinks entry (export misses "
                                   "this parent)", (b"_links", c.link_src[i]), c.raw(c.link_key, i)))
-    edges = _sorted_unique(link_pairs)                # (target, parent), each once
+    edges = sorted_unique(link_pairs)                # (target, parent), each once
     stale = back[~_member(back, edges)]
     table("D4", stale, lambda p: problem("D4", f"stale backlink: {names.str(p % n)} has no link to this key",
                                          (b"_backlinks", p // n), p % n))

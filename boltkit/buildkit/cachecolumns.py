@@ -24,6 +24,7 @@ from ..errors import CorruptionError
 from ..schemas import BUCKET_LEAF_FLAG
 from ..storage import Database
 from .cachedb import LAZY, TOP_BUCKETS, Anomaly, CacheResult, CacheStore, Link, decode_result
+from .graph import GraphSummary, summarize_arrays
 from .linkkeys import link_targets
 
 _I64 = np.int64
@@ -68,6 +69,17 @@ class CacheColumns:
     def raw(self, off_len: tuple, i: int) -> bytes:
         o = int(off_len[0][i])
         return self.names.data[o:o + int(off_len[1][i])].tobytes()
+
+    def graph_summary(self, top: int = 10) -> GraphSummary:
+        """``graph.summarize`` of the link graph: keys with a `_links` bucket or a parent are its nodes."""
+        linked = self.link_tgt >= 0
+        src, tgt = self.link_src[linked], self.link_tgt[linked]
+        has_links = np.zeros(len(self.names), bool)
+        has_links[self.links_ids] = True
+        is_node = has_links.copy()
+        is_node[tgt] = True
+        return summarize_arrays(src, tgt, is_node, has_links, self.names.str, int(np.unique(self.result_kid).size),
+                                top)
 
     def to_store(self) -> CacheStore:
         """The same contents as Python objects, for the repairs that rewrite the store: what the object

@@ -78,6 +78,17 @@ def components(links: dict[str, list[str]]) -> list[list[str]]:
 
 # -- the same questions over integer edge arrays (src[i] -> tgt[i], nodes 0..n-1), in waves --------------
 
+def pair_codes(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """Pairs of codes below ``n`` as single int64s (a, b) -> a * n + b: sortable, comparable as one."""
+    return a.astype(np.int64) * max(n, 1) + b
+
+
+def sorted_unique(x: np.ndarray) -> np.ndarray:
+    """np.unique without its hashing detour: one vectorised sort."""
+    s = np.sort(x)
+    return s[np.concatenate([[True], s[1:] != s[:-1]])] if s.size else s
+
+
 def _csr(key: np.ndarray, val: np.ndarray, n: int):
     order = np.argsort(key)
     return np.concatenate([[0], np.cumsum(np.bincount(key, minlength=n))]), val[order]
@@ -168,7 +179,7 @@ def summarize_arrays(src: np.ndarray, tgt: np.ndarray, is_node: np.ndarray, has_
     comp = np.arange(n)
     for c in cyc:
         comp[c] = c[0]
-    pairs = np.unique(comp[src] * max(n, 1) + comp[tgt])
+    pairs = sorted_unique(pair_codes(comp[src], comp[tgt], n))
     ps, pt = pairs // max(n, 1), pairs % max(n, 1)
     keep = ps != pt
     ps, pt = ps[keep], pt[keep]
@@ -186,8 +197,7 @@ def summarize_arrays(src: np.ndarray, tgt: np.ndarray, is_node: np.ndarray, has_
         u, c = np.unique(e_tgt, return_counts=True)
         indeg[u] -= c
         frontier = u[indeg[u] == 0]
-    edges = np.unique(src * max(n, 1) + tgt)
-    n_parents = np.bincount(edges % max(n, 1), minlength=n)
+    n_parents = np.bincount(sorted_unique(pair_codes(src, tgt, n)) % max(n, 1), minlength=n)
     n_links = np.bincount(src, minlength=n)
     nodes = np.flatnonzero(is_node)
     key_paths = paths[comp]

@@ -170,10 +170,37 @@ def write_pruned(pruned: PrunedStore, writer, foreign: dict | None = None) -> No
             writer.end_bucket()
 
 
-def apply_prune(path: str, pruned: PrunedStore, page_size: int, taken: set | None = None) -> str:
-    """Write the pruned store beside ``path``, verify it (structure, and no dangling link or index fault
-    left), and swap it in through the safe-replace protocol; returns the backup's path. ``taken``: paths
-    of buckets merged into the four (rehome.py), left out of the foreign buckets carried over."""
+@dataclass
+class PrunePlan:
+    """What pruning one cache.db changes, and what it needs to write the result."""
+    path: str
+    pruned: PrunedStore
+    changes: list[Change]
+    page_size: int
+    taken: set = field(default_factory=set)     # buckets merged into the four (rehome.py), left out elsewhere
+
+
+def plan_file(path: str, *, break_cycles: bool = False, records: set[str] | None = None, rehome: bool = False,
+              drop_unreachable: bool = False, preflight: bool = True) -> PrunePlan:
+    """Plan the prune of the cache.db at ``path``: refused when it is structurally damaged (salvage first;
+    ``preflight=False`` when the caller has checked already), after ``rehome`` when asked."""
+    from ..repair.preflight import require_sound
+    from ..storage import Database
+    from .cachedb import load_cache_store
+    from .rehome import rehome as rehome_buckets
+    if preflight:
+        require_sound(path)
+    with Database(path) as db:
+        store = load_cache_store(db)
+        moved, taken = rehome_buckets(db, store) if rehome else ([], set())
+        page_size = db.page_size
+    pruned, changes = plan_prune(store, break_cycles=break_cycles, records=records, drop_unreachable=drop_unreachable)
+    return PrunePlan(path, pruned, moved + changes, page_size, taken)
+
+
+def apply_prune(plan: PrunePlan) -> str:
+    """Write the pruned store beside the original, verify it (structure, and no dangling link or index fault
+    left), and swap it in through the safe-replace protocol; returns the backup's path."""
     import os
 
     from ..check import check_file
@@ -183,12 +210,12 @@ def apply_prune(path: str, pruned: PrunedStore, page_size: int, taken: set | Non
     from ..storage import Database
     from ..write import BoltWriter
     from .cachecheck import check_cache_db
+    path, pruned, taken = plan.path, plan.pruned, plan.taken
     new = path + ".boltkit-new"
     if os.path.exists(new):
         raise BoltkitError(f"{new} exists (an interrupted run?); remove it first")
     holder_check(path)
-    taken = taken or set()
-    with Database(path) as src, BoltWriter(new, page_size=page_size) as w:
+    with Database(path) as src, BoltWriter(new, page_size=plan.page_size) as w:
         # buckets BuildKit does not use are carried over untouched
         root = src.root()
         foreign = {}

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 
 from ..repair.preflight import require_sound
 from ..storage import Database
-from .cachedb import load_cache_store
 from .containerd import SUFFIXES, snapshots, worker_snapshotter
 from .metadata import load_metadata_store
-from .prune import Change, PrunedStore, apply_prune, plan_prune
-from .rehome import apply_history, rehome, rehome_history
+from .prune import Change, PrunePlan, apply_prune, plan_file
+from .rehome import apply_history, rehome_history
 from .root import Root
 
 
@@ -130,11 +129,7 @@ class RootPlan:
     """Every change `buildkit repair` would make under one root, store by store."""
     root: Root
     stores: list[StorePlan]                     # metadata_v2.db and containerdmeta.db rewrites
-    cache_path: str | None = None
-    pruned: PrunedStore | None = None
-    cache_changes: list[Change] = field(default_factory=list)
-    cache_page_size: int = 4096
-    cache_taken: set = field(default_factory=set)      # buckets rehomed into the four
+    cache: PrunePlan | None = None
     history_path: str | None = None
     history_found: dict = field(default_factory=dict)  # build records to put back into _records
     history_where: set = field(default_factory=set)
@@ -143,7 +138,8 @@ class RootPlan:
     @property
     def changes(self) -> list[tuple[str, Change]]:
         return [(p.path, c) for p in self.stores for c in p.changes] + \
-            [(self.cache_path, c) for c in self.cache_changes] + [(self.history_path, c) for c in self.history_changes]
+            [(self.cache.path, c) for c in (self.cache.changes if self.cache else [])] + \
+            [(self.history_path, c) for c in self.history_changes]
 
 
 def plan_root(root: Root) -> RootPlan:
@@ -162,12 +158,7 @@ def plan_root(root: Root) -> RootPlan:
             plan.stores.append(plan_leases(str(w.dir / "containerdmeta.db"), gone))
     cache = next((s for s in root.stores if s.kind == "cache.db"), None)
     if cache is not None:
-        with Database(str(cache.path)) as db:
-            store, plan.cache_page_size = load_cache_store(db), db.page_size
-            moved, plan.cache_taken = rehome(db, store)
-        plan.cache_path = str(cache.path)
-        plan.pruned, plan.cache_changes = plan_prune(store, records=live if root.workers else None)
-        plan.cache_changes = moved + plan.cache_changes
+        plan.cache = plan_file(str(cache.path), records=live if root.workers else None, rehome=True, preflight=False)
     history = next((s for s in root.stores if s.kind == "history.db"), None)
     if history is not None:
         with Database(str(history.path)) as db:
@@ -194,8 +185,8 @@ def apply_root(plan: RootPlan) -> list[str]:
     if plan.root.lock is not None:
         holder_check(str(plan.root.lock))
     backups = [apply_plan(p) for p in plan.stores if p.changes]
-    if plan.cache_changes:
-        backups.append(apply_prune(plan.cache_path, plan.pruned, plan.cache_page_size, plan.cache_taken))
+    if plan.cache is not None and plan.cache.changes:
+        backups.append(apply_prune(plan.cache))
     if plan.history_changes:
         backups.append(apply_history(plan.history_path, plan.history_found, plan.history_where))
     return backups

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import click
-import numpy as np
 
 from ..buildkit.fsck import check_store
 from ..errors import BoltkitError
-from ..repair.preflight import report_beside, require_sound, write_report
+from ..repair.preflight import report_beside, write_report
 from .app import failure, main
 from .check import FsckCommand, run_checks
 
@@ -60,7 +59,7 @@ def graph(file, top, dot_path, svg_path, snapshot, as_json):
 
     from ..buildkit.cachecheck import check_cache_columns
     from ..buildkit.cachecolumns import load_cache_columns
-    from ..buildkit.graph import summarize_arrays, to_dot
+    from ..buildkit.graph import to_dot
     from .app import opened
     from .inspect import report_damage
     from .output import emit_json, emit_table
@@ -68,14 +67,7 @@ def graph(file, top, dot_path, svg_path, snapshot, as_json):
         damage: list = []
         cols = load_cache_columns(db, on_damage=damage.append)
     problems = check_cache_columns(cols, file)
-    linked = cols.link_tgt >= 0
-    src, tgt = cols.link_src[linked], cols.link_tgt[linked]
-    is_node = np.zeros(len(cols.names), bool)
-    is_node[cols.links_ids] = True
-    is_node[tgt] = True
-    has_links = np.zeros(len(cols.names), bool)
-    has_links[cols.links_ids] = True
-    s = summarize_arrays(src, tgt, is_node, has_links, cols.names.str, int(np.unique(cols.result_kid).size), top)
+    s = cols.graph_summary(top)
     marked = {}
     for p in problems:
         if p.key is not None and p.code in ("D1", "D2", "C12", "C15"):
@@ -257,27 +249,20 @@ def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, as_
       boltkit salvage cache.db -o salvaged.db
       boltkit buildkit prune --rehome --drop-unreachable --apply salvaged.db
     """
-    from ..buildkit.cachedb import load_cache_store
-    from ..buildkit.prune import apply_prune, plan_prune
-    from ..buildkit.rehome import rehome as rehome_buckets
+    from ..buildkit.prune import apply_prune, plan_file
     from ..storage import Database
     from .output import emit_json, emit_table
     try:
-        require_sound(file)
+        records = None
+        if metadata_db is not None:
+            from ..buildkit.metadata import record_ids
+            with Database(metadata_db) as mdb:
+                records = record_ids(mdb)
+        plan = plan_file(file, break_cycles=break_cycles, records=records, rehome=rehome,
+                         drop_unreachable=drop_unreachable)
     except BoltkitError as e:
         raise failure(e) from None
-    with Database(file) as db:
-        store = load_cache_store(db)
-        page_size = db.page_size
-        moved, taken = rehome_buckets(db, store) if rehome else ([], set())
-    records = None
-    if metadata_db is not None:
-        from ..buildkit.metadata import record_ids
-        with Database(metadata_db) as mdb:
-            records = record_ids(mdb)
-    pruned, changes = plan_prune(store, break_cycles=break_cycles, records=records,
-                                 drop_unreachable=drop_unreachable)
-    changes = moved + changes
+    changes = plan.changes
     if as_json:
         for c in changes:
             emit_json(c.as_dict())
@@ -289,7 +274,7 @@ def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, as_
     summary = {"file": file, "changes": len(changes), "actions": counts, "applied": False, "backup": None}
     if changes and apply_:
         try:
-            summary["backup"] = apply_prune(file, pruned, page_size, taken)
+            summary["backup"] = apply_prune(plan)
         except BoltkitError as e:
             raise failure(e) from None
         summary["applied"] = True

@@ -76,33 +76,23 @@ def salvage(src, dst, in_place, report_path, no_lost_found, as_json):
     BuildKit stores, next:
       boltkit buildkit prune --rehome --apply cache.db     (or `buildkit repair ROOT` for a whole root)
     """
-    from ..repair.replace import holder_check, replace
-    from ..repair.salvage import WARNING, salvage as salvage_file, write_report
+    from ..repair.salvage import WARNING, salvage as salvage_file, salvage_in_place, write_report
     if (dst is None) == (not in_place):
         raise click.UsageError("give either -o OUTPUT or --in-place")
-    if in_place:
-        try:
-            holder_check(src)
-        except BoltkitError as e:
-            raise failure(e) from None
-        dst = src + ".boltkit-new"
     try:
-        result = salvage_file(src, dst, lost_found=not no_lost_found)
-    except FileExistsError as e:
-        raise failure(e)
-    backup = None
-    if in_place and result.clean:
-        try:
-            backup = replace(src, dst)
-        except BoltkitError as e:
-            raise failure(e) from None
-    report_path = report_path or (report_beside(backup) if backup else dst + ".report.json")
+        if in_place:
+            result, backup = salvage_in_place(src, lost_found=not no_lost_found)
+        else:
+            result, backup = salvage_file(src, dst, lost_found=not no_lost_found), None
+    except (FileExistsError, BoltkitError) as e:
+        raise failure(e) from None
+    report_path = report_path or (report_beside(backup) if backup else result.dst + ".report.json")
     write_report(result, report_path)
     if as_json:
         emit_json(result.report())
     else:
         total = sum(result.pairs.values())
-        click.echo(f"{src} -> {src if backup else dst}: {total} pairs in {result.buckets} buckets "
+        click.echo(f"{src} -> {src if backup else result.dst}: {total} pairs in {result.buckets} buckets "
                    f"({', '.join(f'{n} from {s}' for s, n in result.pairs.items()) or 'nothing readable'})")
         click.echo(f"damaged parts skipped: {len(result.damage)}; orphan leaf pages recovered: "
                    f"{len(result.orphan_pages)}; new file checks {'clean' if result.clean else 'NOT clean'}")

@@ -262,5 +262,15 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, page_size: int | Non
     return SalvageResult(src, dst, col.pairs, col.buckets, col.damage, orphan_pages, report.clean)
 
 
+def salvage_in_place(src: str, *, lost_found: bool = True) -> tuple[SalvageResult, str | None]:
+    """Salvage ``src`` into a new file beside it and, when that checks clean, swap it in through the
+    safe-replace protocol (refused while a process holds ``src``). Returns the result and the backup's path
+    (None when the new file did not check clean: ``src`` is untouched, the attempt stays beside it)."""
+    from .replace import holder_check, replace
+    holder_check(src)
+    result = salvage(src, src + ".boltkit-new", lost_found=lost_found)
+    return result, (replace(src, result.dst) if result.clean else None)
+
+
 def write_report(result: SalvageResult, path: str) -> str:
     return preflight.write_report(path, result.report())
