@@ -177,3 +177,16 @@ def test_salvaged_root_repairs_to_stores_without_errors(tmp_path, oracle, metada
         records = {it.key for it in db.tree.items(db.bucket((b"_records",)))}
     assert len(records) >= 200
     assert json.loads(run("buildkit", "repair", "--json", root).output.splitlines()[-1])["changes"] == 0
+
+
+def test_rehome_stops_at_a_depth_no_buildkit_store_has(tmp_path):
+    """bbolt nests buckets without limit; a foreign bucket 200 levels deep is left alone."""
+    t = clean_tree()
+    deep = Bucket({b"k" * 25: Bucket({link_key("t" * 25): b""})})
+    for i in range(200):
+        deep = Bucket({b"level-%d" % i: deep})
+    t[b"foreign"] = deep
+    path = write_store(tmp_path / "cache.db", t)
+    r = run("buildkit", "prune", "--rehome", "--json", path)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.splitlines()[-1])["changes"] == 0

@@ -21,6 +21,7 @@ from .prune import Change
 
 _FREED = re.compile(rb"^page-\d+-free$")
 _LOST_LEAF = re.compile(rb"^page-\d+(-free|-doubtful)?$")     # a salvage label, not an id
+_MAX_DEPTH = 32       # BuildKit's ids sit three levels down, a salvage adds a few: deeper is not theirs
 
 
 def kind_of(name: bytes, entries: list[tuple[bytes, bytes]]) -> bytes | None:
@@ -54,6 +55,8 @@ def rehome(db: Database, store: CacheStore) -> tuple[list[Change], set[tuple[byt
         """Take what fits from ``bucket``'s subtree; True when nothing of it is left (taken, or a container
         all of whose buckets were taken). ``hint``: the container is named after a top-level bucket (an
         old copy of it), so an empty id bucket in it belongs there."""
+        if len(bucket.path) > _MAX_DEPTH:
+            return False
         plain, subs = [], []
         for item in tree.items(bucket, on_error=lambda e: None):
             if item.is_bucket:
