@@ -7,10 +7,11 @@ a leaf, it has no sub-buckets, and header + elements + data fit in a quarter pag
 """
 from __future__ import annotations
 
-from ..schemas import BUCKET_LEAF_FLAG, ELEMENT_SIZE, PAGE_HEADER_SIZE
 import numpy as np
 
-from .encode import Run, bucket_value, encode_branch, encode_leaf, encode_leaves, pages_for
+from ..schemas import BUCKET_LEAF_FLAG, ELEMENT_SIZE, PAGE_HEADER_SIZE
+
+from .encode import Run, bucket_value, encode_branch, encode_leaf, encode_leaf_pairs, encode_leaves, pages_for
 
 
 class PageSink:
@@ -45,18 +46,53 @@ class BucketBuilder:
         self.last_written: list[int] = [0]
         self.has_subbucket = False
         self.last_key: bytes | None = None
+        # single puts wait here as plain tuples and become one run when the runs are needed: four small
+        # arrays per pair would cost more than everything else a put does
+        self.pending: list[tuple[bytes, bytes, int]] = []
 
     def add(self, key: bytes, value: bytes, flags: int = 0) -> None:
         if not key:
             raise ValueError("empty key (bbolt requires a key)")
         if self.last_key is not None and key <= self.last_key:
             raise ValueError(f"keys must be added in strictly increasing order: {key!r} after {self.last_key!r}")
-        self._append(Run.single(key, value, flags), key)
+        self.last_key = key
+        self.pending.append((key, value, flags))
+        self.level_sizes[0] += ELEMENT_SIZE + len(key) + len(value)
+        if flags & BUCKET_LEAF_FLAG:
+            self.has_subbucket = True
+        size = self.level_sizes[0]
+        if size > self.threshold and (self.has_subbucket or size > self.inline_limit):    # a page to write
+            self._settle()
+            self._flush_leaves(final=False)
+
+    def _settle(self) -> None:
+        """The pending puts, and the unwritten rest before them, as one run over one buffer (the rest is less
+        than a page: copying it keeps every flush on the batch path)."""
+        if not self.pending:
+            return
+        keys = [k for k, _, _ in self.pending]
+        values = [v for _, v, _ in self.pending]
+        flags = np.array([f for _, _, f in self.pending], np.int64)
+        klen = np.array([len(k) for k in keys], np.int64)
+        vlen = np.array([len(v) for v in values], np.int64)
+        rest = Run.concat(self.runs) if len(self.runs) > 1 and all(r.buf is self.runs[0].buf for r in self.runs) \
+            else self.runs[0] if len(self.runs) == 1 else None
+        if self.runs and rest is None:
+            self.runs.append(_run(b"".join(k + v for k, v in zip(keys, values)), flags, klen, vlen))
+        else:
+            parts = ([rest.data()] if rest is not None else []) + [b for kv in zip(keys, values) for b in kv]
+            if rest is not None:
+                flags = np.concatenate([rest.flags, flags])
+                klen = np.concatenate([rest.ke - rest.ks, klen])
+                vlen = np.concatenate([rest.ve - rest.ke, vlen])
+            self.runs = [_run(b"".join(parts), flags, klen, vlen)]
+        self.pending = []
 
     def add_run(self, run: Run) -> None:
         """Elements already in strictly increasing key order (a run copied from a sound page)."""
         if not len(run):
             return
+        self._settle()
         first = run.key(0)
         if not first or (self.last_key is not None and first <= self.last_key):
             raise ValueError(f"run starts with {first!r}, not after {self.last_key!r}")
@@ -171,6 +207,9 @@ class BucketBuilder:
 
     def finish(self, sequence: int) -> bytes:
         """Write what is left and return the bucket's value (header, plus the page when inline)."""
+        if self.inlineable() and not self.runs:
+            return bucket_value(0, sequence, encode_leaf_pairs(self.pending, 0, None))
+        self._settle()
         if self.inlineable():
             return bucket_value(0, sequence, encode_leaf(self.runs, 0, None))
         if self.written[0] == 0 and not self.runs:
@@ -184,3 +223,9 @@ class BucketBuilder:
             level += 1
             self._flush_branches(level, final=True)
         return bucket_value(self.last_written[level], sequence)
+
+
+def _run(buf: bytes, flags: np.ndarray, klen: np.ndarray, vlen: np.ndarray) -> Run:
+    """Elements packed key, value, key, value, ... in ``buf``."""
+    ks = np.concatenate([[0], np.cumsum(klen + vlen)[:-1]]).astype(np.int64)
+    return Run(buf, flags, ks, ks + klen, ks + klen + vlen)
