@@ -22,7 +22,8 @@ def buildkit():
 @click.option("--snapshot", is_flag=True, help="Copy each file first and check the copy (buildkitd running).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per problem, then one summary record per file.")
 def buildkit_check(files, max_errors, snapshot, as_json):
-    """Structural check plus BuildKit's own invariants, for cache.db and metadata_v2.db.
+    """Structural check plus BuildKit's own invariants, for cache.db, metadata_v2.db and history.db files,
+    or every store of a BuildKit root directory (with the checks across its stores).
 
     \b
     C1-C17  cache.db invariants (poison link keys, undecodable results, _result/_byresult
@@ -31,12 +32,26 @@ def buildkit_check(files, max_errors, snapshot, as_json):
             orphan results
     M1-M14  metadata_v2.db records: undecodable values, missing parents, parent cycles, index
             keys, externals, ranges
+    H1-H3   history.db build records
+    ROOT only, across its stores: M9 and M17 (snapshots), M15 and M16 (leases), X1 and X2
+            (results whose worker or metadata record is gone)
 
     Same output and exit status as `boltkit check` (0 clean, 4 problems, 8 unreadable, 16 usage).
     Other stores get the structural check and a note.
     """
-    run_checks(files, as_json, max_errors, lambda path, progress: check_store(path, snapshot=snapshot,
-                                                                                progress=progress))
+    import os
+
+    from ..buildkit.fsck import check_root
+    checked, paths = {}, []
+    for f in files:
+        if os.path.isdir(f):
+            reports = check_root(str(_root_or_exit(f).path), snapshot=snapshot)
+            checked.update(reports)
+            paths += sorted(reports)
+        else:
+            paths.append(f)
+    run_checks(paths, as_json, max_errors,
+               lambda path, progress: checked.get(path) or check_store(path, snapshot=snapshot, progress=progress))
 
 
 @buildkit.command()
