@@ -31,39 +31,19 @@ class Lease:
 
 
 def leases(db: Database, namespace: bytes = b"buildkit", on_damage=None) -> dict[str, Lease]:
+    """The leases of a containerdmeta.db namespace, by id: labels, and how many resources each holds."""
     tree = db.tree
-    b = db.root()
-    try:
-        for name in (b"v1", namespace, b"leases"):
-            item = tree.get(b, name)
-            if item is None or not item.is_bucket:
-                return {}
-            b = tree.child(b, item)
-    except CorruptionError as e:
-        if on_damage is None:
-            raise
-        on_damage(e)
-        return {}
-    out: dict[str, Lease] = {}
-    for item in tree.items(b, on_error=on_damage):
-        if not item.is_bucket:
-            continue
-        lease = out[item.key.decode("utf-8", "replace")] = Lease(item.key.decode("utf-8", "replace"))
-        try:
-            lb = tree.child(b, item)
-            for sub in tree.items(lb, on_error=on_damage):
-                if not sub.is_bucket:
-                    continue
-                child = tree.child(lb, sub)
-                if sub.key == b"labels":
-                    lease.labels = {i.key.decode("utf-8", "replace") for i in tree.items(child, on_error=on_damage)}
-                else:
-                    lease.resources += _count_leaves(tree, child, on_damage)
-        except CorruptionError as e:
-            if on_damage is None:
-                raise
-            on_damage(e)
-    return out
+
+    def fill(lease: Lease, lb) -> None:
+        for sub in tree.items(lb, on_error=on_damage):
+            if not sub.is_bucket:
+                continue
+            child = tree.child(lb, sub)
+            if sub.key == b"labels":
+                lease.labels = {_text(i.key) for i in tree.items(child, on_error=on_damage)}
+            else:
+                lease.resources += _count_leaves(tree, child, on_damage)
+    return _each(db, _bucket_at(db, (b"v1", namespace, b"leases"), on_damage), Lease, fill, on_damage)
 
 
 def _count_leaves(tree, bucket, on_damage) -> int:
@@ -139,6 +119,26 @@ def _bucket_at(db: Database, path: tuple[bytes, ...], on_damage):
     return b
 
 
+def _each(db: Database, b, make, fill, on_damage) -> dict:
+    """``make(name)`` for every sub-bucket of ``b`` (None: no bucket, nothing), completed by ``fill(obj,
+    sub_bucket)``; damage inside one is reported to ``on_damage`` (or raised) and leaves it as far as it got."""
+    out: dict = {}
+    if b is None:
+        return out
+    tree = db.tree
+    for item in tree.items(b, on_error=on_damage):
+        if not item.is_bucket:
+            continue
+        obj = out[_text(item.key)] = make(_text(item.key))
+        try:
+            fill(obj, tree.child(b, item))
+        except CorruptionError as e:
+            if on_damage is None:
+                raise
+            on_damage(e)
+    return out
+
+
 def _text(b: bytes) -> str:
     return b.decode("utf-8", "replace")
 
@@ -155,35 +155,24 @@ def snapshots(db: Database, snapshotter: str, namespace: bytes = b"buildkit", on
     """The snapshots of ``v1/<namespace>/snapshots/<snapshotter>`` in a containerdmeta.db, by key; empty when the
     bucket does not exist. Damage skips what it hides (reported to ``on_damage``, raised without one)."""
     tree = db.tree
+
+    def fill(snap: Snapshot, sb) -> None:
+        for sub in tree.items(sb, on_error=on_damage):
+            if sub.is_bucket:
+                if sub.key in (b"children", b"labels"):
+                    child = tree.child(sb, sub)
+                    entries = {_text(i.key): _text(db.value(i)) for i in tree.items(child, on_error=on_damage)
+                               if not i.is_bucket}
+                    if sub.key == b"children":
+                        snap.children = set(entries)
+                    else:
+                        snap.labels = entries
+            elif sub.key == b"name":
+                snap.name = _text(db.value(sub))
+            elif sub.key == b"parent":
+                snap.parent = _text(db.value(sub))
     b = _bucket_at(db, (b"v1", namespace, b"snapshots", snapshotter.encode()), on_damage)
-    if b is None:
-        return {}
-    out: dict[str, Snapshot] = {}
-    for item in tree.items(b, on_error=on_damage):
-        if not item.is_bucket:
-            continue
-        snap = out[_text(item.key)] = Snapshot(_text(item.key))
-        try:
-            sb = tree.child(b, item)
-            for sub in tree.items(sb, on_error=on_damage):
-                if sub.is_bucket:
-                    if sub.key in (b"children", b"labels"):
-                        child = tree.child(sb, sub)
-                        entries = {_text(i.key): _text(db.value(i)) for i in tree.items(child, on_error=on_damage)
-                                   if not i.is_bucket}
-                        if sub.key == b"children":
-                            snap.children = set(entries)
-                        else:
-                            snap.labels = entries
-                elif sub.key == b"name":
-                    snap.name = _text(db.value(sub))
-                elif sub.key == b"parent":
-                    snap.parent = _text(db.value(sub))
-        except CorruptionError as e:
-            if on_damage is None:
-                raise
-            on_damage(e)
-    return out
+    return _each(db, b, Snapshot, fill, on_damage)
 
 
 def _uvarint(b: bytes) -> int | None:
@@ -201,28 +190,16 @@ def _uvarint(b: bytes) -> int | None:
 def backend_snapshots(db: Database, on_damage=None) -> dict[str, BackendSnapshot]:
     """The rows of a snapshotter's snapshots/metadata.db (`v1/snapshots/<name>`), by backend name."""
     tree = db.tree
-    b = _bucket_at(db, (b"v1", b"snapshots"), on_damage)
-    if b is None:
-        return {}
-    out: dict[str, BackendSnapshot] = {}
-    for item in tree.items(b, on_error=on_damage):
-        if not item.is_bucket:
-            continue
-        row = out[_text(item.key)] = BackendSnapshot(_text(item.key))
-        try:
-            sb = tree.child(b, item)
-            for sub in tree.items(sb, on_error=on_damage):
-                if sub.is_bucket:
-                    continue
-                v = db.value(sub)
-                if sub.key == b"id":
-                    row.id = _uvarint(v)
-                elif sub.key == b"kind":
-                    row.kind = v[0] if len(v) == 1 else None
-                elif sub.key == b"parent":
-                    row.parent = _text(v)
-        except CorruptionError as e:
-            if on_damage is None:
-                raise
-            on_damage(e)
-    return out
+
+    def fill(row: BackendSnapshot, sb) -> None:
+        for sub in tree.items(sb, on_error=on_damage):
+            if sub.is_bucket:
+                continue
+            v = db.value(sub)
+            if sub.key == b"id":
+                row.id = _uvarint(v)
+            elif sub.key == b"kind":
+                row.kind = v[0] if len(v) == 1 else None
+            elif sub.key == b"parent":
+                row.parent = _text(v)
+    return _each(db, _bucket_at(db, (b"v1", b"snapshots"), on_damage), BackendSnapshot, fill, on_damage)
