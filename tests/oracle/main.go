@@ -26,6 +26,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -242,6 +243,14 @@ func panicMessage(r interface{}) string {
 	return fmt.Sprint(r)
 }
 
+// recoverTo, deferred by a command, turns a bbolt panic into a "panic:" line on out and exit status 3.
+func recoverTo(out io.Writer, code *int) {
+	if r := recover(); r != nil {
+		fmt.Fprintf(out, "panic: %s\n", panicMessage(r))
+		*code = 3
+	}
+}
+
 // ---------------------------------------------------------------------------
 // hex / JSON helpers
 
@@ -387,12 +396,7 @@ func cmdCheck(args []string) (code int) {
 
 	// Unbuffered, so that the lines printed before a crash survive it.
 	w := os.Stdout
-	defer func() {
-		if r := recover(); r != nil {
-			fmt.Fprintf(w, "panic: %s\n", panicMessage(r))
-			code = 3
-		}
-	}()
+	defer recoverTo(w, &code)
 
 	db, err := openReadOnly(path)
 	if err != nil {
@@ -455,12 +459,7 @@ func cmdWalk(args []string) (code int) {
 	fs := newFlags("walk", "FILE")
 	fs.Parse(args)
 	path := positional(fs, 1)[0]
-	defer func() {
-		if r := recover(); r != nil {
-			fmt.Fprintf(os.Stderr, "panic: %s\n", panicMessage(r))
-			code = 3
-		}
-	}()
+	defer recoverTo(os.Stderr, &code)
 
 	start := time.Now()
 	db, err := openReadOnly(path)
@@ -503,12 +502,7 @@ func cmdCompact(args []string) (code int) {
 	fs.Parse(args)
 	pos := positional(fs, 2)
 	srcPath, dstPath := pos[0], pos[1]
-	defer func() {
-		if r := recover(); r != nil {
-			fmt.Fprintf(os.Stderr, "panic: %s\n", panicMessage(r))
-			code = 3
-		}
-	}()
+	defer recoverTo(os.Stderr, &code)
 
 	start := time.Now()
 	src, err := openReadOnly(srcPath)
@@ -576,12 +570,7 @@ func cmdCheckFreelist(args []string) (code int) {
 	fs := newFlags("check-freelist", "FILE")
 	fs.Parse(args)
 	path := positional(fs, 1)[0]
-	defer func() {
-		if r := recover(); r != nil {
-			fmt.Printf("panic: %s\n", panicMessage(r))
-			code = 3
-		}
-	}()
+	defer recoverTo(os.Stdout, &code)
 	// Read-only on purpose: a read-write open of a file without a synced
 	// freelist (NoFreelistSync) makes bbolt 1.3.6 write one immediately.
 	db, err := openReadOnly(path)
@@ -1610,12 +1599,7 @@ func cmdGen(args []string) (code int) {
 	verbose := fs.Bool("v", false, "print a one-line summary on stderr")
 	fs.Parse(args)
 	out := positional(fs, 1)[0]
-	defer func() {
-		if r := recover(); r != nil {
-			fmt.Fprintf(os.Stderr, "panic: %s\n", panicMessage(r))
-			code = 3
-		}
-	}()
+	defer recoverTo(os.Stderr, &code)
 
 	switch *profile {
 	case "mixed", "deep", "large-values", "flat", "nofreelist", "buildkit", "deletes", "leak":
@@ -1704,12 +1688,7 @@ func cmdMutate(args []string) (code int) {
 	fs.Parse(args)
 	path := positional(fs, 1)[0]
 	w := os.Stdout
-	defer func() {
-		if r := recover(); r != nil {
-			fmt.Fprintf(w, "panic: %s\n", panicMessage(r))
-			code = 3
-		}
-	}()
+	defer recoverTo(w, &code)
 
 	fi, err := os.Stat(path)
 	if err != nil {
