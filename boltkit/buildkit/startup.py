@@ -1,0 +1,959 @@
+"""buildkitd's start, replayed offline: what the daemon will do to a root's stores the next time it starts.
+
+Each step is written from BuildKit's own code path (commit 73ed6825, v0.32.0-57, the daemon the
+recordings in shared/startup were made with) and replayed on an ``Overlay`` of each store, so a read meets
+damage exactly where the daemon's read would, and every write is journaled with its reason:
+
+1. worker creation: the snapshotter's metadata.db, containerdmeta.db, then metadata_v2.db with plain
+   ``bolt.Open`` (an open error stops the daemon, a panic crashes it); ``metadata.Store.All`` decodes every
+   record (one bad value refuses the start); ``cacheManager.init`` calls ``getRecord`` on each record in key
+   order and clears those that fail, with their leases (`getRecord`: parents first, with no cycle guard; the
+   ``equalMutable`` branch; ``cache.deleted``; a mutable record's snapshot; lazy blobs);
+   ``base.NewWorker`` drops temporary leases;
+2. ``boltutil.SafeOpen`` of cache.db (``NewStore`` creates its four buckets) and history.db: a failure inside
+   ``bolt.Open`` renames the file to ``<name>.<id>.bak`` and starts empty, nothing else is recovered;
+3. ``solver.NewCacheManager`` → ``ReleaseUnreferenced``: every result whose worker ref cannot be loaded is
+   released, and ``emptyBranchWithParents`` removes keys left with no results and no links, recursively;
+4. the history queue: the v2 migration stamp, ``clearOrphans`` and the retention ``gc``;
+5. the start-up GC (one second after the start, when the worker has a GC policy): ``DiskUsage`` loads
+   every record of unknown size, which removes a mutable record left without its immutable partner, and
+   containerd's metadata GC then removes the snapshots and content no lease holds (containerd_gc.py).
+
+The result is a typed plan: the outcome (the daemon starts, refuses with exit 1, crashes with exit 2, or
+starts after SafeOpen reset a store) and every change, store by store, with byte paths and a reason.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from ..errors import BoltkitError, CorruptionError, OpenError
+from ..storage import Database
+from ..storage.overlay import EmptyOverlay, OBucket, Overlay
+from .root import Root, discover
+from .startconfig import StartConfig
+
+
+class Outcome(str, Enum):
+    STARTS = "starts"
+    REFUSES = "refuses"          # exits 1 before it is ready (an error returned from start-up)
+    CRASHES = "crashes"          # exits 2 before it is ready (a Go panic or fatal error)
+    RESETS = "resets"            # starts after SafeOpen replaced a store with an empty one
+
+
+class Stage(str, Enum):
+    WORKER = "worker"                        # opening the worker's stores, cacheManager.init, NewWorker
+    CACHE_OPEN = "cache-open"                # SafeOpen(cache.db), NewStore
+    HISTORY_OPEN = "history-open"            # SafeOpen(history.db)
+    RELEASE = "release-unreferenced"         # solver.NewCacheManager
+    HISTORY = "history-queue"                # history.NewQueue: migration, clearOrphans, gc
+    STARTUP_GC = "startup-gc"                # Controller.gc one second after the start
+    CONTAINERD_GC = "containerd-gc"          # containerd metadata GC after the start-up GC
+
+
+class Why(str, Enum):
+    """Why the daemon changes something. ``routine`` ones are its ordinary clean-up, the rest discard data."""
+    PARENT_NOT_LOADED = "parent-not-loaded"              # rule 7: a parent failed, so does every descendant
+    RECORD_MISSING = "record-missing"                    # getMetadata found no `_main/<id>`
+    DELETED_FLAG = "deleted-flag"                        # cache.deleted on a record without equalMutable
+    SNAPSHOT_MISSING = "snapshot-missing"                # a mutable record's snapshot is gone
+    PARTNER_NOT_LOADED = "partner-not-loaded"            # an unfinalized immutable whose mutable failed
+    EQUAL_MUTABLE_CLEARED = "equal-mutable-cleared"      # a finalized immutable whose mutable is gone: key emptied
+    LAZY_BLOB = "lazy-blob"                              # blob-only record whose blob is not in the content store
+    CREATED_AT_SET = "created-at-set"                    # initializeMetadata stamps a record without createdAt
+    LEASE_OF_CLEARED_RECORD = "lease-of-cleared-record"
+    TEMPORARY_LEASE = "temporary-lease"
+    TOP_BUCKET_CREATED = "top-bucket-created"
+    STORE_RESET = "store-reset"
+    RESULT_UNLOADABLE = "result-unloadable"              # ReleaseUnreferenced: Exists is false
+    EMPTY_BRANCH = "empty-branch"                        # emptyBranchWithParents
+    HISTORY_VERSION = "history-version"
+    HISTORY_ORPHAN = "history-orphan"                    # clearOrphans: the record's lease holds nothing
+    HISTORY_RETENTION = "history-retention"              # gc: past both maxEntries and maxAge
+    PARTNERLESS_MUTABLE = "partnerless-mutable"          # start-up GC's DiskUsage commits and releases it
+    UNREFERENCED = "unreferenced"                        # containerd GC: no lease or other root holds it
+    SNAPSHOT_OF_LIVE_RECORD = "snapshot-of-live-record"  # containerd GC removes what a kept record still names
+
+
+ROUTINE = {Why.TEMPORARY_LEASE, Why.TOP_BUCKET_CREATED, Why.RESULT_UNLOADABLE, Why.EMPTY_BRANCH,
+           Why.HISTORY_VERSION, Why.HISTORY_RETENTION, Why.UNREFERENCED}
+
+
+@dataclass(frozen=True)
+class Change:
+    """One write the start makes. ``path`` is the bucket, ``key`` the entry in it (a bucket for bucket ops)."""
+    store: str                       # path relative to the root
+    op: str                          # put, delete, delete-bucket, create-bucket, reset
+    path: tuple[bytes, ...]
+    key: bytes
+    value: bytes | None
+    what: str                        # record, record-value, index, external, lease, snapshot, result, ...
+    why: Why
+    subject: bytes                   # the record, result, key or lease the change is about
+    stage: Stage
+
+    @property
+    def routine(self) -> bool:
+        return self.why in ROUTINE
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something the replay could not settle exactly (a store that is not there, a value only the disk knows)."""
+    kind: str
+    store: str | None
+    message: str
+
+
+@dataclass
+class StartPlan:
+    root: Path
+    outcome: Outcome
+    stage: Stage | None = None               # where it refuses or crashes
+    store: str | None = None                 # the store that stops it
+    message: str | None = None               # the daemon's error or panic, as it would print it
+    changes: list[Change] = field(default_factory=list)
+    resets: list[str] = field(default_factory=list)       # stores SafeOpen replaces (renamed to <name>.<id>.bak)
+    notes: list[Note] = field(default_factory=list)
+    overlays: dict[str, Overlay] = field(default_factory=dict)   # each store's state after the start
+
+    @property
+    def daemon_exit(self) -> int | None:
+        """The daemon's exit status before it is ready (1 refused, 2 crashed), None when it starts."""
+        return {Outcome.REFUSES: 1, Outcome.CRASHES: 2}.get(self.outcome)
+
+    @property
+    def starts(self) -> bool:
+        return self.outcome in (Outcome.STARTS, Outcome.RESETS)
+
+    @property
+    def discards(self) -> list[Change]:
+        return [c for c in self.changes if not c.routine]
+
+    @property
+    def exit_class(self) -> int:
+        """The fsck contract: 8 the daemon will not start or a store is reset, 4 it starts but discards data,
+        0 it starts and changes nothing or only its routine clean-up."""
+        if not self.starts or self.resets:
+            return 8
+        return 4 if self.discards else 0
+
+
+class _Stop(Exception):
+    def __init__(self, outcome: Outcome, stage: Stage, store: str | None, message: str):
+        super().__init__(message)
+        self.outcome, self.stage, self.store, self.message = outcome, stage, store, message
+
+
+class _LoadError(Exception):
+    """getRecord failed. ``not_found`` is BuildKit's errNotFound (IsNotFound), which the equalMutable branch
+    tells apart from other errors."""
+    def __init__(self, why: Why, subject: bytes, not_found: bool = True):
+        super().__init__(why.value)
+        self.why, self.subject, self.not_found = why, subject, not_found
+
+
+_GO_JSON_CONST = {"NaN", "Infinity", "-Infinity"}
+
+
+def _json(raw: bytes):
+    """Go's json.Unmarshal into an untyped value, as far as acceptance goes (no NaN, strict UTF-8 tolerated)."""
+    def reject(c):
+        raise ValueError(f"invalid character '{c[0]}' looking for beginning of value")
+    return json.loads(raw.decode("utf-8", "surrogateescape"), parse_constant=reject)
+
+
+def _id(s: str) -> bytes:
+    return s.encode("utf-8", "surrogateescape")
+
+
+class MetaValues:
+    """A record's values as BuildKit's StorageItem holds them: key -> (raw JSON payload, index)."""
+
+    def __init__(self, rid: bytes, values: dict[str, tuple[object, str]]):
+        self.id = rid
+        self.values = values
+
+    @classmethod
+    def decode(cls, rid: bytes, bucket: OBucket) -> "MetaValues":
+        """newStorageItem: every non-empty value must be a JSON object (or null) with a string ``index``;
+        raises ValueError with the reason otherwise. Keys match Go's case-insensitive field names."""
+        out: dict[str, tuple[object, str]] = {}
+        for k, v in bucket.items():
+            if not isinstance(v, bytes) or not v:
+                continue
+            try:
+                doc = _json(v)
+            except ValueError as e:
+                raise ValueError(f"_main/{rid.decode(errors='replace')}/{k.decode(errors='replace')}: {e}") from None
+            if doc is None:
+                out[k.decode("utf-8", "surrogateescape")] = (None, "")
+                continue
+            if not isinstance(doc, dict):
+                raise ValueError(f"_main/{rid.decode(errors='replace')}/{k.decode(errors='replace')}: json: cannot "
+                                 f"unmarshal {type(doc).__name__} into Go value of type metadata.Value")
+            value, index = None, ""
+            for name, x in doc.items():
+                low = name.lower()
+                if low == "value":
+                    value = x
+                elif low == "index":
+                    if x is not None and not isinstance(x, str):
+                        raise ValueError(f"_main/{rid.decode(errors='replace')}/{k.decode(errors='replace')}: json: "
+                                         "cannot unmarshal into Go struct field Value.index of type string")
+                    index = x or ""
+            out[k.decode("utf-8", "surrogateescape")] = (value, index)
+        return cls(rid, out)
+
+    def _get(self, key: str, kind):
+        v = self.values.get(key)
+        if v is None or v[0] is None:
+            return None
+        x = v[0]
+        if kind is int:
+            return x if isinstance(x, int) and not isinstance(x, bool) and -2**63 <= x < 2**63 else None
+        return x if isinstance(x, kind) else None
+
+    def string(self, key: str) -> str:
+        return self._get(key, str) or ""
+
+    def boolean(self, key: str) -> bool:
+        return self._get(key, bool) is True
+
+    def int64(self, key: str) -> int | None:
+        return self._get(key, int)
+
+    def strings(self, key: str) -> list[str]:
+        x = self._get(key, list)
+        return x if x is not None and all(isinstance(s, str) for s in x) else []
+
+    def indexes(self) -> list[str]:
+        return [index for _, index in self.values.values() if index]
+
+    def snapshot_id(self) -> bytes:
+        return _id(self.string("cache.snapshot")) if self.string("cache.snapshot") else self.id
+
+    def parents(self) -> list[bytes]:
+        """parentsOf: the layer parent, else the merge parents, else the diff parents (lower, upper)."""
+        if self.string("cache.parent"):
+            return [_id(self.string("cache.parent"))]
+        merge = self.strings("cache.mergeParents")
+        if merge:
+            return [_id(p) for p in merge]
+        return [_id(self.string(k)) for k in ("cache.lowerDiffParent", "cache.upperDiffParent") if self.string(k)]
+
+    def kind(self) -> str:
+        if self.strings("cache.mergeParents"):
+            return "merge"
+        if self.string("cache.lowerDiffParent") or self.string("cache.upperDiffParent"):
+            return "diff"
+        if self.string("cache.parent"):
+            return "layer"
+        return "base"
+
+
+@dataclass
+class _Rec:
+    id: bytes
+    md: MetaValues
+    mutable: bool
+    parents: list[bytes]
+    equal_mutable: bytes | None = None
+    equal_immutable: bytes | None = None
+
+
+RESULT, LINKS, BYRESULT, BACKLINKS = b"_result", b"_links", b"_byresult", b"_backlinks"
+CACHE_TOP = (RESULT, LINKS, BYRESULT, BACKLINKS)
+
+
+class _Worker:
+    """One worker directory's stores during the replay: the cache manager of `cache/manager.go`."""
+
+    def __init__(self, model: "_Model", wdir: Path, worker_id: bytes | None):
+        self.model = model
+        self.dir = wdir
+        self.rel = os.path.relpath(wdir, model.root.path)
+        self.worker_id = worker_id
+        from .containerd import worker_snapshotter
+        self.snapshotter = (worker_snapshotter(wdir.name) or "").encode() or None
+        self.md: Overlay | None = None
+        self.cd: Overlay | None = None          # containerdmeta.db; None: not present (effects unknown)
+        self.backend: Overlay | None = None     # snapshots/metadata.db
+        self.records: dict[bytes, _Rec] = {}
+        self.loading: list[bytes] = []
+
+    def store(self, name: str) -> str:
+        return os.path.normpath(os.path.join(self.rel, name))
+
+    # -- containerd's answers -------------------------------------------------------------------
+
+    def stat(self, key: bytes) -> bool:
+        """The metadata snapshotter's Stat: the namespace's snapshot bucket and the backend row it names."""
+        if self.cd is None or self.snapshotter is None:
+            return True
+        snaps = self.cd.bucket(b"v1", b"buildkit", b"snapshots", self.snapshotter)
+        s = snaps.bucket(key) if snaps is not None else None
+        if s is None:
+            return False
+        if self.backend is None:
+            return True
+        name = s.get(b"name")
+        rows = self.backend.bucket(b"v1", b"snapshots")
+        return name is not None and rows is not None and rows.bucket(name) is not None
+
+    def has_content(self, digest: bytes) -> bool:
+        if self.cd is None:
+            return True
+        blobs = self.cd.bucket(b"v1", b"buildkit", b"content", b"blob")
+        return blobs is not None and blobs.bucket(digest) is not None
+
+    def delete_lease(self, lid: bytes, why: Why, subject: bytes, stage: Stage) -> None:
+        if self.cd is None:
+            return
+        leases = self.cd.bucket(b"v1", b"buildkit", b"leases")
+        if leases is not None:
+            leases.delete_bucket(lid, ("lease", why, subject, stage))
+
+    # -- metadata_v2.db -------------------------------------------------------------------------
+
+    def clear(self, rid: bytes, why: Why, subject: bytes, stage: Stage = Stage.WORKER) -> None:
+        """MetadataStore.Clear: `_external/<id>`, the record's index keys, `_main/<id>`, in one transaction."""
+        ov = self.md
+        mark = ov.savepoint()
+        ext = ov.bucket(b"_external")
+        if ext is not None:
+            ext.delete_bucket(rid, ("external", why, subject, stage))
+        main = ov.bucket(b"_main")
+        rec = main.bucket(rid) if main is not None else None
+        if rec is None:
+            return
+        try:
+            values = MetaValues.decode(rid, rec)
+        except ValueError:
+            ov.rollback(mark)
+            return
+        index = ov.bucket(b"_index")
+        if index is not None:
+            for name in values.indexes():
+                index.delete(_id(name) + b"::" + rid, ("index", why, subject, stage))
+        main.delete_bucket(rid, ("record", why, subject, stage))
+
+    def remove(self, rec: _Rec, why: Why, subject: bytes, stage: Stage = Stage.WORKER) -> None:
+        """cacheRecord.remove(removeSnapshot=true): its leases, then its metadata."""
+        self.records.pop(rec.id, None)
+        for lid in (rec.id, rec.id + b"-variants"):
+            self.delete_lease(lid, Why.LEASE_OF_CLEARED_RECORD, subject, stage)
+        self.clear(rec.id, why, subject, stage)
+
+    def metadata(self, rid: bytes) -> MetaValues | None:
+        """getMetadata: the record as the store holds it now (Store.Get ignores a decoding error)."""
+        main = self.md.bucket(b"_main")
+        b = main.bucket(rid) if main is not None else None
+        if b is None:
+            return None
+        try:
+            return MetaValues.decode(rid, b)
+        except ValueError:
+            return MetaValues(rid, {})
+
+    def check_lazy(self, rec: _Rec) -> None:
+        seen, todo = set(), [rec.id]
+        while todo:
+            rid = todo.pop()
+            if rid in seen or rid not in self.records:
+                continue
+            seen.add(rid)
+            r = self.records[rid]
+            blob = r.md.string("cache.blob")
+            if r.md.boolean("cache.blobonly") and blob and not self.has_content(_id(blob)):
+                raise _LoadError(Why.LAZY_BLOB, rid, not_found=False)
+            todo.extend(r.parents)
+
+    def get(self, rid: bytes) -> _Rec:
+        """cacheManager.get for a parent: getRecord, then (for a mutable record) its immutable partner."""
+        return self.get_record(rid)
+
+    def get_record(self, rid: bytes) -> _Rec:
+        if rid in self.records:
+            rec = self.records[rid]
+            self.check_lazy(rec)
+            return rec
+        md = self.metadata(rid)
+        if md is None:
+            raise _LoadError(Why.RECORD_MISSING, rid)
+        if rid in self.loading:
+            # getRecord -> parentsOf -> get -> getRecord with no guard: the goroutine stack overflows
+            cycle = self.loading[self.loading.index(rid):] + [rid]
+            raise _Stop(Outcome.CRASHES, Stage.WORKER, self.store("metadata_v2.db"),
+                        "runtime: goroutine stack exceeds 1000000000-byte limit / fatal error: stack overflow "
+                        "(cache.parent cycle " + " -> ".join(c.decode(errors="replace") for c in cycle) + ")")
+        self.loading.append(rid)
+        try:
+            return self._load(rid, md)
+        finally:
+            self.loading.pop()
+
+    def _load(self, rid: bytes, md: MetaValues) -> _Rec:
+        parents = md.parents()
+        for p in parents:
+            try:
+                self.get(p)
+            except _LoadError as e:
+                raise _LoadError(Why.PARENT_NOT_LOADED, e.subject if e.why is Why.PARENT_NOT_LOADED else p,
+                                 e.not_found) from None
+        em = md.string("cache.equalMutable")
+        if em:
+            try:
+                mutable = self.get_record(_id(em))
+            except _LoadError as e:
+                if not e.not_found:
+                    raise
+                if not self.stat(md.snapshot_id()):
+                    self.clear(rid, Why.PARTNER_NOT_LOADED, _id(em))
+                    raise _LoadError(Why.PARTNER_NOT_LOADED, _id(em)) from None
+                # "there may have been a crash while finalizing this ref": the key is emptied, the record kept
+                self.md.bucket(b"_main").bucket(rid).put(b"cache.equalMutable", b"",
+                                                         ("record-value", Why.EQUAL_MUTABLE_CLEARED, _id(em),
+                                                          Stage.WORKER))
+                md.values.pop("cache.equalMutable", None)
+            else:
+                rec = _Rec(rid, md, False, parents, equal_mutable=mutable.id)
+                mutable.equal_immutable = rid
+                self.records[rid] = rec
+                return rec
+        rec = _Rec(rid, md, not md.boolean("snapshot.committed"), parents)
+        if md.kind() in ("merge", "diff"):
+            rec.mutable = False         # the v0.10.{0,1} kludge (#2740)
+        if md.boolean("cache.deleted"):
+            self.remove(rec, Why.DELETED_FLAG, rid)
+            raise _LoadError(Why.DELETED_FLAG, rid)
+        if rec.mutable and not self.stat(rid):
+            self.remove(rec, Why.SNAPSHOT_MISSING, rid)
+            raise _LoadError(Why.SNAPSHOT_MISSING, rid)
+        if not md.int64("cache.createdAt"):
+            self.model.note("timing", self.store("metadata_v2.db"),
+                            f"record {rid.decode(errors='replace')} has no cache.createdAt: buildkitd stamps the "
+                            "time of the start (not written by the replay)")
+        self.records[rid] = rec
+        self.check_lazy(rec)
+        return rec
+
+    def init(self) -> None:
+        """cacheManager.init: metadata.Store.All, then getRecord for each record; failures are cleared."""
+        name = self.store("metadata_v2.db")
+        main = self.md.bucket(b"_main")
+        ids: list[bytes] = []
+        try:
+            for rid, b in (main.items() if main is not None else ()):
+                if isinstance(b, OBucket):
+                    MetaValues.decode(rid, b)
+                    ids.append(rid)
+        except ValueError as e:
+            raise _Stop(Outcome.REFUSES, Stage.WORKER, name, f"buildkitd: {e}") from None
+        for rid in ids:
+            try:
+                self.get_record(rid)
+            except _LoadError as e:
+                why = e.why if e.why is not Why.RECORD_MISSING else Why.PARENT_NOT_LOADED
+                self.clear(rid, why, e.subject)
+                for lid in (rid, rid + b"-variants"):
+                    self.delete_lease(lid, Why.LEASE_OF_CLEARED_RECORD, rid, Stage.WORKER)
+
+    def drop_temporary_leases(self) -> None:
+        if self.cd is None:
+            return
+        leases = self.cd.bucket(b"v1", b"buildkit", b"leases")
+        for lid, b in list(leases.items()) if leases is not None else ():
+            labels = b.bucket(b"labels") if isinstance(b, OBucket) else None
+            if labels is not None and labels.get(b"buildkit/lease.temporary") is not None:
+                leases.delete_bucket(lid, ("lease", Why.TEMPORARY_LEASE, lid, Stage.WORKER))
+
+    def exists(self, ref: bytes) -> bool:
+        """The worker half of cacheResultStorage.Exists: LoadRef -> cacheManager.Get."""
+        if not ref:
+            return True
+        try:
+            self.get_record(ref)
+        except _LoadError:
+            return False
+        return True
+
+
+class _Model:
+    def __init__(self, root: Root, config: StartConfig, now: datetime.datetime):
+        self.root = root
+        self.config = config
+        self.now = now
+        self.plan = StartPlan(root.path, Outcome.STARTS)
+        self.workers: list[_Worker] = []
+
+    def note(self, kind: str, store: str | None, message: str) -> None:
+        self.plan.notes.append(Note(kind, store, message))
+
+    # -- opening --------------------------------------------------------------------------------
+
+    def open_store(self, path: Path, *, safe: bool, stage: Stage) -> Overlay | None:
+        """bolt.Open as buildkitd calls it. SafeOpen'd stores that fail to open are reset (None returned, the
+        reset recorded); for the others an error refuses the start and a panic crashes it."""
+        rel = os.path.relpath(path, self.root.path)
+        if not path.exists():
+            if safe:
+                return EmptyOverlay()
+            return None
+        meta, failure, panic = bbolt_open(path)
+        if failure is None:
+            db = Database(str(path), meta=meta, lock=False)
+            self._dbs.append(db)
+            ov = Overlay(db)
+            self.plan.overlays[rel] = ov
+            return ov
+        if safe:
+            self.plan.resets.append(rel)
+            self.note("reset", rel, f"SafeOpen: bolt.Open fails ({failure}); buildkitd logs \"failed to open database "
+                                    f"file {path.name}, resetting to empty\", renames it to {path.name}.<id>.bak and "
+                                    "starts with an empty store")
+            ov = EmptyOverlay()
+            self.plan.overlays[rel] = ov
+            self.plan.changes.append(Change(rel, "reset", (), b"", None, "store", Why.STORE_RESET, rel.encode(), stage))
+            return ov
+        raise _Stop(Outcome.CRASHES if panic else Outcome.REFUSES, stage, rel,
+                    (f"panic: {failure}" if panic else f"buildkitd: {failure}"))
+
+    def run(self) -> StartPlan:
+        self._dbs: list[Database] = []
+        try:
+            self._start()
+        except _Stop as s:
+            self.plan.outcome, self.plan.stage, self.plan.store, self.plan.message = (
+                s.outcome, s.stage, s.store, s.message)
+        self._collect()
+        if self.plan.outcome is Outcome.STARTS and self.plan.resets:
+            self.plan.outcome = Outcome.RESETS
+        return self.plan
+
+    def _guard(self, stage: Stage, store: str, where: str):
+        model = self
+
+        class _G:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, et, e, tb):
+                if et is not None and issubclass(et, CorruptionError):
+                    raise _Stop(Outcome.CRASHES, stage, store,
+                                f"panic: {e} (bbolt assertion while reading the tree, in {where})") from None
+                return False
+        return _G()
+
+    def _start(self) -> None:
+        for w in self.root.workers:
+            worker = _Worker(self, w.dir, w.worker_id.encode() if w.worker_id else None)
+            self.workers.append(worker)
+            backend = w.dir / "snapshots" / "metadata.db"
+            if worker.snapshotter is not None:
+                if backend.exists():
+                    with self._guard(Stage.WORKER, worker.store("snapshots/metadata.db"), "the snapshotter"):
+                        worker.backend = self.open_store(backend, safe=False, stage=Stage.WORKER)
+                else:
+                    self.note("absent", worker.store("snapshots/metadata.db"),
+                              "not in this root: snapshot checks use containerdmeta.db alone")
+                cd = w.dir / "containerdmeta.db"
+                if cd.exists():
+                    with self._guard(Stage.WORKER, worker.store("containerdmeta.db"), "containerd's metadata"):
+                        worker.cd = self.open_store(cd, safe=False, stage=Stage.WORKER)
+                else:
+                    self.note("absent", worker.store("containerdmeta.db"),
+                              "not in this root (a partial copy?): lease, snapshot and content effects are not "
+                              "predicted; a daemon given this root creates it empty and clears every mutable record")
+            md = self.open_store(w.dir / "metadata_v2.db", safe=False, stage=Stage.WORKER)
+            worker.md = md if md is not None else EmptyOverlay()
+            with self._guard(Stage.WORKER, worker.store("metadata_v2.db"), "metadata.(*Store).All / cacheManager.init"):
+                worker.init()
+            with self._guard(Stage.WORKER, worker.store("containerdmeta.db"), "base.NewWorker"):
+                worker.drop_temporary_leases()
+        cache_path = self.root.path / "cache.db"
+        cache = self.open_store(cache_path, safe=True, stage=Stage.CACHE_OPEN)
+        self.plan.overlays.setdefault("cache.db", cache)
+        with self._guard(Stage.CACHE_OPEN, "cache.db", "bboltcachestorage.NewStore"):
+            for name in CACHE_TOP:
+                cache.root.create_bucket_if_not_exists(name, ("bucket", Why.TOP_BUCKET_CREATED, name,
+                                                              Stage.CACHE_OPEN))
+        history_path = self.root.path / "history.db"
+        history = self.open_store(history_path, safe=True, stage=Stage.HISTORY_OPEN)
+        self.plan.overlays.setdefault("history.db", history)
+        with self._guard(Stage.RELEASE, "cache.db", "solver.(*cacheManager).ReleaseUnreferenced"):
+            self.release_unreferenced(cache)
+        with self._guard(Stage.HISTORY, "history.db", "history.(*Queue).clearOrphans"):
+            self.history(history)
+        if self.config.gc:
+            for worker in self.workers:
+                with self._guard(Stage.STARTUP_GC, worker.store("metadata_v2.db"), "the start-up GC"):
+                    self.startup_gc(worker)
+            for worker in self.workers:
+                with self._guard(Stage.CONTAINERD_GC, worker.store("containerdmeta.db"), "containerd's GC"):
+                    self.containerd_gc(worker)
+
+    # -- cache.db -------------------------------------------------------------------------------
+
+    def result_exists(self, rid: bytes) -> bool:
+        parts = rid.split(b"::")
+        if len(parts) != 2:
+            return False
+        worker = next((w for w in self.workers if w.worker_id == parts[0]), None)
+        return worker is not None and worker.exists(parts[1])
+
+    def release_unreferenced(self, ov: Overlay) -> None:
+        """ReleaseUnreferenced: Walk over `_links`, WalkResults of each key, Release of every result whose ref
+        does not exist, each in its own transaction. An undecodable result ends the walk (its error is logged)."""
+        links = ov.bucket(LINKS)
+        ids = [k for k, v in links.items() if isinstance(v, OBucket)] if links is not None else []
+        visited: set[bytes] = set()
+        for kid in ids:
+            results = ov.bucket(RESULT)
+            rb = results.bucket(kid) if results is not None else None
+            found: list[bytes] = []
+            for rkey, value in (rb.items() if rb is not None else ()):
+                rid = _result_id(value)
+                if rid is None:
+                    self.note("release-stopped", "cache.db",
+                              f"_result/{kid.decode(errors='replace')}/{rkey.decode(errors='replace')} does not "
+                              "decode: ReleaseUnreferenced stops there, results after it are not released")
+                    return
+                found.append(rid)
+            for rid in found:
+                if rid in visited:
+                    continue
+                visited.add(rid)
+                if not self.result_exists(rid):
+                    mark = ov.savepoint()
+                    try:
+                        self.release(ov, rid)
+                    except _InvalidKey:
+                        ov.rollback(mark)
+                    except CorruptionError:
+                        ov.rollback(mark)       # the panic ends the process inside this transaction
+                        raise
+
+    def release(self, ov: Overlay, rid: bytes) -> None:
+        byresult = ov.bucket(BYRESULT)
+        b = byresult.bucket(rid) if byresult is not None else None
+        if b is None:
+            return          # ErrNotFound, ignored by the caller
+        for kid, _ in list(b.items()):
+            results = ov.bucket(RESULT).bucket(kid)
+            if results is None:
+                continue
+            why = ("result", Why.RESULT_UNLOADABLE, rid, Stage.RELEASE)
+            results.delete(rid, why)
+            ids = ov.bucket(BYRESULT).bucket(rid)
+            if ids is None:
+                continue
+            ids.delete(kid, ("byresult", Why.RESULT_UNLOADABLE, rid, Stage.RELEASE))
+            if ids.is_empty():
+                ov.bucket(BYRESULT).delete_bucket(rid, ("byresult", Why.RESULT_UNLOADABLE, rid, Stage.RELEASE))
+            self.empty_branch(ov, kid)
+
+    def empty_branch(self, ov: Overlay, kid: bytes) -> None:
+        """emptyBranchWithParents: a key with no results and no links goes, with the links that point at it."""
+        results = ov.bucket(RESULT).bucket(kid)
+        if results is None:
+            return
+        links = ov.bucket(LINKS).bucket(kid)
+        if not results.is_empty() or (links is not None and not links.is_empty()):
+            return
+        why = (Why.EMPTY_BRANCH, kid, Stage.RELEASE)
+        back = ov.bucket(BACKLINKS).bucket(kid)
+        if back is not None:
+            for parent, _ in list(back.items()):
+                sub = ov.bucket(LINKS).bucket(parent)
+                if sub is not None:
+                    doomed = []
+                    for lk, _v in sub.items():
+                        parts = lk.split(b"@")
+                        if len(parts) != 2:
+                            raise _InvalidKey(lk)
+                        if parts[1] == kid:
+                            doomed.append(lk)
+                    for lk in doomed:
+                        sub.delete(lk, ("link",) + why)
+                    if sub.is_empty():
+                        sr = ov.bucket(RESULT).bucket(parent)
+                        if sr is None or sr.is_empty():
+                            ov.bucket(LINKS).delete_bucket(parent, ("links", Why.EMPTY_BRANCH, parent, Stage.RELEASE))
+                self.empty_branch(ov, parent)
+            ov.bucket(BACKLINKS).delete_bucket(kid, ("backlinks",) + why)
+        ov.bucket(LINKS).delete_bucket(kid, ("links",) + why)
+        ov.bucket(RESULT).delete_bucket(kid, ("results",) + why)
+
+    # -- history.db -----------------------------------------------------------------------------
+
+    def history(self, ov: Overlay) -> None:
+        from .history import decode_record
+        version = ov.bucket(b"_version")
+        v = version.get(b"version") if version is not None else None
+        try:
+            current = int(v.decode()) if v is not None else 0
+        except (UnicodeDecodeError, ValueError):
+            current = 0
+        records = ov.bucket(b"_records")
+        if current <= 1:
+            if records is not None and not records.is_empty():
+                self.note("unmodelled", "history.db", "history.db needs the v2 migration (its leases move to the "
+                                                      "buildkit_history namespace): not replayed")
+            why = ("history-version", Why.HISTORY_VERSION, b"version", Stage.HISTORY)
+            ov.root.create_bucket_if_not_exists(b"_version", why).put(b"version", b"2", why)
+        if records is None:
+            return
+        hleases = self._history_leases()
+        decoded = []
+        orphans = []
+        for key, dt in records.items():
+            if not isinstance(dt, bytes):
+                continue
+            rec = decode_record(key, dt)
+            if rec.decode_error:
+                self.note("history-stopped", "history.db", f"_records/{key.decode(errors='replace')} does not "
+                                                           "decode: clearOrphans and gc stop there")
+                return
+            # the lease is looked up by the key, the deletion goes by the record's own Ref
+            decoded.append((_id(rec.ref or ""), rec))
+            if hleases is not None:
+                lease = hleases.bucket(b"ref_" + key)
+                if lease is None or not _lease_resources(lease):
+                    orphans.append(_id(rec.ref or ""))
+        gone = set()
+        for ref in orphans:
+            if not self._delete_history(ov, ref, Why.HISTORY_ORPHAN):
+                break       # deleting a missing lease fails the transaction, and clearOrphans returns
+            gone.add(ref)
+        kept = [(k, r) for k, r in decoded if not r.pinned and k not in gone]
+        limit = self.config.history_max_entries
+        if len(kept) < limit:
+            return
+        kept.sort(key=lambda kr: _timestamp(kr[1].completed_at), reverse=True)
+        cutoff = self.now - self.config.history_max_age
+        for key, rec in kept[limit:]:
+            if cutoff > _timestamp(rec.completed_at) and not self._delete_history(ov, key, Why.HISTORY_RETENTION):
+                return      # the lease is missing: gc returns the error
+
+    def _history_leases(self) -> OBucket | None:
+        for w in self.workers:
+            if w.cd is not None:
+                return w.cd.bucket(b"v1", b"buildkit_history", b"leases")
+        return None
+
+    def _delete_history(self, ov: Overlay, key: bytes, why: Why) -> bool:
+        """Queue.delete: the record and its `ref_<key>` lease in one transaction, which fails (nothing
+        deleted) when the lease does not exist."""
+        leases = self._history_leases()
+        if leases is not None:
+            if leases.bucket(b"ref_" + key) is None:
+                return False
+            leases.delete_bucket(b"ref_" + key, ("lease", why, key, Stage.HISTORY))
+        ov.bucket(b"_records").delete(key, ("history-record", why, key, Stage.HISTORY))
+        return True
+
+    # -- the start-up GC ------------------------------------------------------------------------
+
+    def startup_gc(self, worker: _Worker) -> None:
+        """DiskUsage's get() of each record of unknown size: a mutable record with no immutable partner is
+        committed to a temporary record and released, and without a retain policy both go (rule 12)."""
+        for rid, rec in sorted(worker.records.items()):
+            if not rec.mutable or rec.equal_immutable is not None:
+                continue
+            if rec.md.int64("snapshot.size") is not None:
+                continue
+            if rec.md.int64("cache.cachePolicy") == 1:
+                self.note("unmodelled", worker.store("metadata_v2.db"),
+                          f"retained mutable record {rid.decode(errors='replace')} of unknown size: the start-up GC "
+                          "commits it to a new immutable record (a random id, not replayed)")
+                continue
+            worker.remove(rec, Why.PARTNERLESS_MUTABLE, rid, Stage.STARTUP_GC)
+
+    def containerd_gc(self, worker: _Worker) -> None:
+        if worker.cd is None:
+            return
+        try:
+            from .containerd_gc import collect
+        except ImportError:
+            return
+        backends = {}
+        if worker.backend is not None and worker.snapshotter is not None:
+            backends[worker.snapshotter.decode()] = worker.backend.root.plain()
+        live = {r.md.snapshot_id() for r in worker.records.values()}
+        for rm in collect(worker.cd.root.plain(), backends, now=self.now):
+            ov = worker.cd if rm.store == "containerdmeta.db" else worker.backend
+            if ov is None:
+                continue
+            parent = ov.bucket(*rm.path[:-1])
+            if parent is None:
+                continue
+            why = Why.SNAPSHOT_OF_LIVE_RECORD if rm.kind == "snapshot" and rm.name in live else Why.UNREFERENCED
+            tag = (rm.kind, why, rm.name, Stage.CONTAINERD_GC)
+            if rm.is_bucket:
+                parent.delete_bucket(rm.path[-1], tag)
+            else:
+                parent.delete(rm.path[-1], tag)
+
+    # -- the plan -------------------------------------------------------------------------------
+
+    def _collect(self) -> None:
+        for rel, ov in self.plan.overlays.items():
+            for m in ov.journal:
+                what, why, subject, stage = m.why
+                self.plan.changes.append(Change(rel, m.op, m.path, m.key, m.value, what, why, subject, stage))
+
+    def close(self) -> None:
+        for db in getattr(self, "_dbs", []):
+            db.close()
+
+
+class _InvalidKey(Exception):
+    """emptyBranchWithParents met a link key without exactly one '@': the release's transaction fails."""
+
+
+def _result_id(value) -> bytes | None:
+    """json.Unmarshal into solver.CacheResult: the ID (case-insensitive field), or None when it fails."""
+    if not isinstance(value, bytes):
+        return None
+    try:
+        doc = _json(value)
+    except ValueError:
+        return None
+    if doc is None:
+        return b""
+    if not isinstance(doc, dict):
+        return None
+    rid = ""
+    for name, x in doc.items():
+        low = name.lower()
+        if low == "id":
+            if x is not None and not isinstance(x, str):
+                return None
+            rid = x or ""
+        elif low == "createdat" and x is not None:
+            if not isinstance(x, str) or _parse_rfc3339(x) is None:
+                return None
+    return _id(rid)
+
+
+def _parse_rfc3339(s: str) -> datetime.datetime | None:
+    try:
+        return datetime.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _timestamp(text: str | None) -> datetime.datetime:
+    t = _parse_rfc3339(text) if text else None
+    return t if t is not None else datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def _lease_resources(lease: OBucket) -> int:
+    n = 0
+    for name, sub in lease.items():
+        if name in (b"content", b"snapshots", b"ingests") and isinstance(sub, OBucket):
+            for _, x in sub.items():
+                n += sum(1 for _ in x.items()) if isinstance(x, OBucket) else 1
+    return n
+
+
+def bbolt_open(path: Path) -> tuple[int | None, str | None, bool]:
+    """What ``bolt.Open`` (bbolt v1.5, read-write) makes of a file: (the meta it reads through, the failure
+    message or None, whether the failure is a panic). It finds the page size from meta 0 or by probing for
+    meta 1, validates magic, version and checksum, takes the valid meta with the higher txid, and then reads
+    that meta's freelist page: a page that is not a freelist panics (SafeOpen recovers it, plain Open not)."""
+    from ..storage.meta import META1_PROBE_OFFSETS, decode_meta
+    from ..storage.source import Source
+    try:
+        src = Source(str(path), lock=False)
+    except OpenError as e:
+        return None, str(e), False
+    try:
+        metas = []
+        m0 = decode_meta(src.data, 0, 0, src.size)
+        if m0 is not None and m0.valid:
+            metas.append(m0)
+            m1 = decode_meta(src.data, m0.page_size, 1, src.size)
+        else:
+            m1 = next((c for c in (decode_meta(src.data, off, 1, src.size) for off in META1_PROBE_OFFSETS)
+                       if c is not None and c.valid and c.page_size == c.offset), None)
+        if m1 is not None and m1.valid:
+            metas.append(m1)
+        if not metas:
+            return None, "invalid database", False
+        meta = max(metas, key=lambda m: m.txid)
+        if meta.has_freelist:
+            off = meta.freelist * meta.page_size
+            flags = int.from_bytes(src.data[off + 8:off + 10], "little") if off + 16 <= src.size else 0
+            if flags != 0x10:
+                names = {0x01: "branch", 0x02: "leaf", 0x04: "meta"}
+                return meta.index, (f"invalid freelist page: {meta.freelist}, page type is "
+                                    f"{names.get(flags, f'unknown<{flags:02x}>')}"), True
+        return meta.index, None, False
+    finally:
+        src.close()
+
+
+def write_start(plan: StartPlan, out: str | os.PathLike) -> list[str]:
+    """A copy of the root's stores as the start leaves them, under ``out`` (which must not exist): stores the
+    start changes are rewritten from their overlays (which hold the transactions committed before a refusal
+    or crash too), the others copied byte for byte; a reset store is written new and empty beside a copy of
+    the original named ``<name>.boltkit-simulated.bak``. A damaged store whose committed changes cannot be
+    written around its damage is copied unchanged (a note says so). Also copies each worker's ``workerid``.
+    Returns the files written, relative to ``out``."""
+    import shutil
+    from ..repair.apply import write_overlay
+    root, dest = Path(plan.root), Path(out)
+    dest.mkdir(parents=True, exist_ok=False)
+    found = discover(root)
+    written = []
+    rels = [os.path.relpath(s.path, root) for s in found.stores]
+    rels += [os.path.relpath(w.dir / "workerid", root) for w in found.workers if (w.dir / "workerid").is_file()]
+    rels += [r for r in plan.overlays if r not in rels]
+    for rel in rels:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        ov = plan.overlays.get(rel)
+        if rel in plan.resets and (root / rel).exists():
+            shutil.copyfile(root / rel, str(target) + ".boltkit-simulated.bak")
+            written.append(rel + ".boltkit-simulated.bak")
+        if ov is not None and (ov.changed or ov.db is None):
+            try:
+                write_overlay(ov, str(target))
+                written.append(rel)
+                continue
+            except CorruptionError:
+                plan.notes.append(Note("unwritable", rel, "the changes committed before the crash sit in a damaged "
+                                                          "file: copied unchanged"))
+        if (root / rel).exists():
+            shutil.copyfile(root / rel, target)
+        else:
+            continue
+        written.append(rel)
+    return written
+
+
+def simulate_start(root: str | os.PathLike, *, config: StartConfig | None = None,
+                   now: datetime.datetime | None = None) -> StartPlan:
+    """Replay buildkitd's next start on the root (read-only): the outcome and every change it makes.
+    The plan's overlays hold each store's state afterwards (``write_start``); close the plan's files with
+    ``plan.close()`` when done with them."""
+    found = discover(root)
+    model = _Model(found, config or StartConfig(), now or datetime.datetime.now(datetime.timezone.utc))
+    plan = model.run()
+    plan._model = model          # keeps the files open for the overlays
+    return plan
+
+
+def close_plan(plan: StartPlan) -> None:
+    model = getattr(plan, "_model", None)
+    if model is not None:
+        model.close()
+
+
+__all__ = ["simulate_start", "write_start", "close_plan", "StartPlan", "Change", "Note", "Outcome", "Stage", "Why", "ROUTINE"]
