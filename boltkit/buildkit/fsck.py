@@ -1,5 +1,5 @@
 """Checking BuildKit stores: one store (structural + semantic), or a whole root with cross-store checks
-and a prediction of what buildkitd will do at its next start."""
+and the replay of buildkitd's next start (startup.py), which decides fsck's verdict."""
 from __future__ import annotations
 
 import fcntl
@@ -20,6 +20,8 @@ from .history import check_history, load_history
 from .metadata import check_metadata_store, load_metadata_store, record_ids
 from .rehome import rehome_history
 from .root import Root, discover
+from .startconfig import StartConfig
+from .startup import StartPlan, close_plan, simulate_start
 
 
 def store_kind(db: Database) -> str:
@@ -73,16 +75,33 @@ class FsckResult:
     root: Root
     reports: dict[str, CheckReport]          # store path -> its report
     cross: list[Problem]                     # X codes: disagreements between stores
-    predictions: list[str]                   # what buildkitd will do at its next start
+    plan: StartPlan | None                   # what buildkitd will do at its next start (startup.py)
     daemon_running: bool
 
     @property
+    def unreadable(self) -> list[str]:
+        return [p for p, r in self.reports.items() if not r.readable]
+
+    def problems(self, *, strict: bool = False) -> list[Problem]:
+        """The problems that count against the root: errors, and warnings too with ``strict``."""
+        counted = {Severity.ERROR, Severity.WARNING} if strict else {Severity.ERROR}
+        out = [p for r in self.reports.values() for p in r.problems if p.severity in counted]
+        return out + [p for p in self.cross if p.severity in counted]
+
+    def exit_code(self, *, strict: bool = False) -> int:
+        """fsck(8)'s bits: 8 the daemon will refuse, crash or reset a store (or a store cannot be read), 4 it
+        starts but discards data, or error-level problems remain (any problem with ``strict``)."""
+        code = 0
+        if self.unreadable or (self.plan is not None and self.plan.exit_class == 8):
+            code |= 8
+        if (self.plan is not None and self.plan.exit_class == 4) or self.problems(strict=strict):
+            code |= 4
+        return code
+
+    @property
     def status(self) -> str:
-        if any(not r.readable for r in self.reports.values()):
-            return "unreadable"
-        if any(not r.clean for r in self.reports.values()) or any(p.severity != Severity.INFO for p in self.cross):
-            return "problems"
-        return "clean"
+        code = self.exit_code()
+        return "unreadable" if code & 8 else "problems" if code & 4 else "clean"
 
 
 def daemon_holds_lock(root: Root) -> bool:
@@ -106,7 +125,9 @@ def _check_one(args) -> CheckReport:
     return check_store(path, snapshot=snapshot)
 
 
-def fsck_root(path: str, *, jobs: int = 1, snapshot: bool = False) -> FsckResult:
+def fsck_root(path: str, *, jobs: int = 1, snapshot: bool = False, config: StartConfig | None = None,
+              simulate: bool = True) -> FsckResult:
+    """Every store checked, the checks across stores, and (``simulate``) the replay of the next start."""
     root = discover(path)
     todo = [(str(s.path), snapshot) for s in root.stores]
     if jobs > 1 and len(todo) > 1:
@@ -114,16 +135,18 @@ def fsck_root(path: str, *, jobs: int = 1, snapshot: bool = False) -> FsckResult
             reports = dict(zip((t[0] for t in todo), pool.map(_check_one, todo)))
     else:
         reports = {t[0]: _check_one(t) for t in todo}
-    result = FsckResult(root, reports, [], [], daemon_holds_lock(root))
+    result = FsckResult(root, reports, [], None, daemon_holds_lock(root))
     _cross_checks(result, snapshot)
-    _predict(result)
+    if simulate:
+        result.plan = simulate_start(root.path, config=config)
+        close_plan(result.plan)
     return result
 
 
 def check_root(path: str, *, snapshot: bool = False) -> dict[str, CheckReport]:
     """Every store of a root checked, each report carrying the cross-store problems that name its file
     (what `buildkit check ROOT` lists, store by store)."""
-    result = fsck_root(path, snapshot=snapshot)
+    result = fsck_root(path, snapshot=snapshot, simulate=False)
     for p in result.cross:
         result.reports[p.file].problems.append(p)
     return result.reports
@@ -134,13 +157,20 @@ def _cross_checks(result: FsckResult, snapshot: bool) -> None:
     _result_checks(result, snapshot)
 
 
+def _sound(result: FsckResult, path) -> bool:
+    """Whether a store's contents can be set against another's: readable and structurally whole. A damaged
+    tree would make the records around the damage look missing, and buildkitd crashes on it first anyway."""
+    rep = result.reports.get(str(path))
+    return rep is not None and rep.readable and not any(
+        p.severity is Severity.ERROR for p in rep.problems.select(lambda code: code.startswith("B")))
+
+
 def _lease_checks(result: FsckResult, snapshot: bool) -> None:
     """M15/M16: each worker's records and the leases of its containerdmeta.db `buildkit` namespace;
     M9/M17 (`_snapshot_checks`): the same records and that namespace's snapshots."""
     for w in result.root.workers:
         md, cm = w.dir / "metadata_v2.db", w.dir / "containerdmeta.db"
-        if not cm.is_file() or not result.reports.get(str(md)) or not result.reports[str(md)].readable \
-                or not result.reports.get(str(cm)) or not result.reports[str(cm)].readable:
+        if not cm.is_file() or not _sound(result, md) or not _sound(result, cm):
             continue
         with Database(str(md), snapshot=snapshot) as db:
             store = load_metadata_store(db, on_damage=lambda e: None)
@@ -250,6 +280,9 @@ def _result_checks(result: FsckResult, snapshot: bool) -> None:
     records: dict[str, set[str] | None] = {}
     for wid, w in workers.items():
         md = w.dir / "metadata_v2.db"
+        if not _sound(result, md):
+            records[wid] = None
+            continue
         try:
             with Database(str(md), snapshot=snapshot) as db:
                 records[wid] = record_ids(db, on_damage=lambda e: None)
@@ -271,59 +304,3 @@ def _result_checks(result: FsckResult, snapshot: bool) -> None:
             result.cross.append(Problem("X2", f"record {ref} is missing from {workers[wid].dir.name}/metadata_v2.db: "
                                               "released at next start", file=f, path=(b"_result", kid.encode()),
                                         key=rid.encode()))
-
-
-_RESET_BY_SAFEOPEN = {"cache.db", "history.db"}
-_OPEN_FAILS = {"B010"}     # what makes bbolt's Open fail: an unreadable freelist page
-
-
-def _predict(result: FsckResult) -> None:
-    out = result.predictions
-    for s in result.root.stores:
-        rep = result.reports[str(s.path)]
-        errors = [p for p in rep.problems.select(lambda code: code.startswith("B")) if p.severity == Severity.ERROR]
-        name = s.path.relative_to(result.root.path)
-        if not rep.readable:
-            if s.kind in _RESET_BY_SAFEOPEN:
-                out.append(f"{name}: bbolt cannot open it; SafeOpen renames it to {s.path.name}.<id>.bak and starts "
-                           "with an empty store")
-            else:
-                out.append(f"{name}: bbolt cannot open it and nothing recovers this store: buildkitd will not start")
-        elif errors:
-            # bbolt's Open reads the metas and loads the freelist; SafeOpen only catches failures there.
-            # Damage deeper in the tree is met later, and crashes the daemon at every start (§8).
-            at_open = any(p.code in _OPEN_FAILS for p in errors)
-            if s.kind in _RESET_BY_SAFEOPEN and at_open:
-                out.append(f"{name}: bbolt fails while opening it (freelist/meta); SafeOpen renames it to "
-                           f"{s.path.name}.<id>.bak and starts with an empty store")
-            elif s.kind in _RESET_BY_SAFEOPEN:
-                out.append(f"{name}: {len(errors)} structural error(s) in the tree: SafeOpen does not catch damage "
-                           "met after open, so buildkitd can crash at every start until the store is repaired")
-            else:
-                out.append(f"{name}: {len(errors)} structural error(s): no recovery exists for this store, "
-                           "buildkitd will likely crash at start")
-        codes = rep.counts()
-        if s.kind == "metadata_v2.db":
-            if any("envelope" in p.message for p in rep.problems.select({"M3"}.__contains__)):
-                out.append(f"{name}: a value is not valid JSON: buildkitd refuses to start (worker init fails)")
-            if "M5" in codes:
-                out.append(f"{name}: a parent cycle: buildkitd overflows its stack while loading records")
-            n = codes.get("M4", 0) + codes.get("M14", 0)
-            if n:
-                out.append(f"{name}: {n} record(s) with a missing parent or marked deleted are cleared (with their "
-                           "descendants, index keys, externals and leases)")
-        if s.kind == "cache.db" and "C4" in codes:
-            out.append(f"{name}: an undecodable result stops ReleaseUnreferenced: results after it are not cleaned")
-    orphans = sum(1 for p in result.cross if p.code == "M16")
-    if orphans:
-        out.append(f"{orphans} lease(s) of no record stay: buildkitd never deletes them, so what they hold is never "
-                   "garbage-collected")
-    gone = sum(1 for p in result.cross if p.code == "M9" and "removes the record" in p.message)
-    if gone:
-        out.append(f"{gone} mutable record(s) whose snapshot is gone are removed at next start, with their leases")
-    released = sum(1 for p in result.cross if p.code in ("X1", "X2"))
-    if released:
-        out.append(f"cache.db: {released} result(s) whose worker or record is gone will be released")
-    if result.root.backups:
-        out.append(f"{len(result.root.backups)} .bak file(s) from earlier resets or repairs take disk space and are "
-                   "never read again: " + ", ".join(str(p.relative_to(result.root.path)) for p in result.root.backups[:5]))

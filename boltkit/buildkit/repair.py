@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..repair.preflight import require_sound
 from ..storage import Database
@@ -20,7 +21,10 @@ from .containerd import SUFFIXES, snapshots, worker_snapshotter
 from .metadata import load_metadata_store
 from .prune import Change, PrunePlan, apply_prune, plan_file
 from .rehome import apply_history, rehome_history
-from .root import Root
+from .root import Root, discover
+from .startconfig import StartConfig
+from .startup import Cause, Fix, StartPlan, close_plan, simulate_start
+from .startup import Change as StartChange
 
 
 @dataclass
@@ -190,3 +194,87 @@ def apply_root(plan: RootPlan) -> list[str]:
     if plan.history_changes:
         backups.append(apply_history(plan.history_path, plan.history_found, plan.history_where))
     return backups
+
+
+# -- the default repair: what stops the start, then what the start would do --------------------------------
+#
+# The start is replayed (startup.py) with fixes for what stops it: a value that does not decode is dropped,
+# the records of a parent cycle are cleared. The replay's own changes then follow, so the repaired root is
+# what buildkitd would leave after a start, and its next start changes nothing. Damage the daemon would
+# crash on, or a store bbolt cannot open, is salvage's job (`fsck --repair` salvages first).
+
+@dataclass
+class StartRepair:
+    root: Path
+    fixes: tuple[Fix, ...]
+    start: StartPlan                 # the replay with the fixes applied
+    start_only: bool
+
+    @property
+    def changes(self) -> list[StartChange]:
+        return self.start.changes
+
+    @property
+    def blocked(self) -> str | None:
+        """Why the repair cannot be applied (None when it can)."""
+        if not self.start.starts:
+            if self.start.cause in (Cause.DAMAGE, Cause.OPEN):
+                return (f"{self.start.store} is damaged where buildkitd reads it ({self.start.message}): salvage it "
+                        f"first (boltkit salvage --in-place {self.start.store}, or boltkit buildkit fsck --repair)")
+            return f"buildkitd would still not start: {self.start.message}"
+        if self.start.resets:
+            return (f"SafeOpen would reset {', '.join(self.start.resets)}: salvage it first instead of losing "
+                    "everything in it (boltkit salvage --in-place, or boltkit buildkit fsck --repair)")
+        return None
+
+    def close(self) -> None:
+        close_plan(self.start)
+
+
+def plan_start_repair(root: str | os.PathLike, *, config: StartConfig | None = None, start_only: bool = False,
+                      now=None) -> StartRepair:
+    """The default repair's plan: fixes until the replayed start no longer refuses or crashes (or a cause
+    only salvage can fix), then the start's own changes. ``start_only``: no fixes, exactly what a start does."""
+    fixes: list[Fix] = []
+    found = discover(root)
+    while True:
+        plan = simulate_start(found.path, config=config, now=now, fixes=tuple(fixes))
+        if plan.starts or start_only or plan.cause not in (Cause.BAD_VALUE, Cause.PARENT_CYCLE) \
+                or len(fixes) > 10000:
+            return StartRepair(found.path, tuple(fixes), plan, start_only)
+        worker = os.path.dirname(plan.store) or "."
+        fixes.append(Fix(worker, plan.cause, plan.cause_records, plan.cause_key))
+        close_plan(plan)
+
+
+def apply_start_repair(rep: StartRepair) -> list[tuple[str, str]]:
+    """Write every store the repair changes beside itself, verify it, and swap it in; returns (store, backup)
+    pairs. Every store is checked for holders before the first write, so a root is never half repaired."""
+    from ..check import check_file
+    from ..errors import BoltkitError
+    from ..repair.apply import write_overlay
+    from ..repair.replace import holder_check, replace
+    why = rep.blocked
+    if why is not None:
+        raise BoltkitError(why)
+    changed = [(rel, ov) for rel, ov in rep.start.overlays.items() if ov.changed]
+    if rep.root is not None and (rep.root / "buildkitd.lock").exists():
+        holder_check(str(rep.root / "buildkitd.lock"))
+    for rel, _ in changed:
+        holder_check(str(rep.root / rel))
+    written = []
+    try:
+        for rel, ov in changed:
+            path = str(rep.root / rel)
+            new = path + ".boltkit-new"
+            if os.path.exists(new):
+                os.unlink(new)          # ours, from a run that was killed: nothing else uses the name
+            write_overlay(ov, new)
+            report = check_file(new, revert=False)
+            if not report.clean:
+                raise BoltkitError(f"the repaired {rel} did not verify ({report.problems[0].message}); "
+                                   f"{rel} is untouched, the attempt is in {new}")
+            written.append((rel, path, new))
+    finally:
+        rep.close()
+    return [(rel, replace(path, new)) for rel, path, new in written]

@@ -45,7 +45,16 @@ class Outcome(str, Enum):
     RESETS = "resets"            # starts after SafeOpen replaced a store with an empty one
 
 
+class Cause(str, Enum):
+    """What stops the daemon, as far as a repair needs to know."""
+    BAD_VALUE = "bad-value"            # a metadata value that does not decode: All() fails
+    PARENT_CYCLE = "parent-cycle"      # getRecord recurses forever
+    DAMAGE = "damage"                  # a page the daemon reads is damaged: bbolt panics
+    OPEN = "open-failure"              # bolt.Open fails on a store without SafeOpen
+
+
 class Stage(str, Enum):
+    REPAIR = "repair"                        # a fix `buildkit repair` makes before the start it replays
     WORKER = "worker"                        # opening the worker's stores, cacheManager.init, NewWorker
     CACHE_OPEN = "cache-open"                # SafeOpen(cache.db), NewStore
     HISTORY_OPEN = "history-open"            # SafeOpen(history.db)
@@ -70,6 +79,7 @@ class Why(str, Enum):
     TOP_BUCKET_CREATED = "top-bucket-created"
     STORE_RESET = "store-reset"
     RESULT_UNLOADABLE = "result-unloadable"              # ReleaseUnreferenced: Exists is false
+    RESULT_OF_CLEARED_RECORD = "result-of-cleared-record"  # ... because this start cleared its record
     EMPTY_BRANCH = "empty-branch"                        # emptyBranchWithParents
     HISTORY_VERSION = "history-version"
     HISTORY_ORPHAN = "history-orphan"                    # clearOrphans: the record's lease holds nothing
@@ -77,10 +87,14 @@ class Why(str, Enum):
     PARTNERLESS_MUTABLE = "partnerless-mutable"          # start-up GC's DiskUsage commits and releases it
     UNREFERENCED = "unreferenced"                        # containerd GC: no lease or other root holds it
     SNAPSHOT_OF_LIVE_RECORD = "snapshot-of-live-record"  # containerd GC removes what a kept record still names
+    REPAIR_BAD_VALUE = "repair-bad-value"                # buildkit repair: drop a value that stops the start
+    REPAIR_PARENT_CYCLE = "repair-parent-cycle"          # buildkit repair: clear the records of a parent cycle
 
 
+# A mutable record no immutable one commits to is the scratch layer of a build that never finished (a killed
+# daemon leaves one per running step): the start-up GC removes it after every such stop, so it is routine.
 ROUTINE = {Why.TEMPORARY_LEASE, Why.TOP_BUCKET_CREATED, Why.RESULT_UNLOADABLE, Why.EMPTY_BRANCH,
-           Why.HISTORY_VERSION, Why.HISTORY_RETENTION, Why.UNREFERENCED}
+           Why.HISTORY_VERSION, Why.HISTORY_RETENTION, Why.UNREFERENCED, Why.PARTNERLESS_MUTABLE}
 
 
 @dataclass(frozen=True)
@@ -116,6 +130,9 @@ class StartPlan:
     stage: Stage | None = None               # where it refuses or crashes
     store: str | None = None                 # the store that stops it
     message: str | None = None               # the daemon's error or panic, as it would print it
+    cause: Cause | None = None
+    cause_records: tuple[bytes, ...] = ()    # the record (bad value) or the records of the cycle
+    cause_key: bytes | None = None           # the key of the bad value
     changes: list[Change] = field(default_factory=list)
     resets: list[str] = field(default_factory=list)       # stores SafeOpen replaces (renamed to <name>.<id>.bak)
     notes: list[Note] = field(default_factory=list)
@@ -144,9 +161,26 @@ class StartPlan:
 
 
 class _Stop(Exception):
-    def __init__(self, outcome: Outcome, stage: Stage, store: str | None, message: str):
+    def __init__(self, outcome: Outcome, stage: Stage, store: str | None, message: str, cause: Cause,
+                 records: tuple[bytes, ...] = (), key: bytes | None = None):
         super().__init__(message)
         self.outcome, self.stage, self.store, self.message = outcome, stage, store, message
+        self.cause, self.records, self.key = cause, records, key
+
+
+class BadValue(ValueError):
+    def __init__(self, message: str, rid: bytes, key: bytes):
+        super().__init__(message)
+        self.rid, self.key = rid, key
+
+
+@dataclass(frozen=True)
+class Fix:
+    """A change `buildkit repair` makes to a worker's stores before the start it replays."""
+    worker: str            # the worker directory, relative to the root
+    cause: Cause
+    records: tuple[bytes, ...]
+    key: bytes | None = None
 
 
 class _LoadError(Exception):
@@ -189,13 +223,14 @@ class MetaValues:
             try:
                 doc = _json(v)
             except ValueError as e:
-                raise ValueError(f"_main/{rid.decode(errors='replace')}/{k.decode(errors='replace')}: {e}") from None
+                raise BadValue(f"_main/{rid.decode(errors='replace')}/{k.decode(errors='replace')}: {e}", rid,
+                               k) from None
             if doc is None:
                 out[k.decode("utf-8", "surrogateescape")] = (None, "")
                 continue
             if not isinstance(doc, dict):
-                raise ValueError(f"_main/{rid.decode(errors='replace')}/{k.decode(errors='replace')}: json: cannot "
-                                 f"unmarshal {type(doc).__name__} into Go value of type metadata.Value")
+                raise BadValue(f"_main/{rid.decode(errors='replace')}/{k.decode(errors='replace')}: json: cannot "
+                               f"unmarshal {type(doc).__name__} into Go value of type metadata.Value", rid, k)
             value, index = None, ""
             for name, x in doc.items():
                 low = name.lower()
@@ -203,8 +238,8 @@ class MetaValues:
                     value = x
                 elif low == "index":
                     if x is not None and not isinstance(x, str):
-                        raise ValueError(f"_main/{rid.decode(errors='replace')}/{k.decode(errors='replace')}: json: "
-                                         "cannot unmarshal into Go struct field Value.index of type string")
+                        raise BadValue(f"_main/{rid.decode(errors='replace')}/{k.decode(errors='replace')}: json: "
+                                       "cannot unmarshal into Go struct field Value.index of type string", rid, k)
                     index = x or ""
             out[k.decode("utf-8", "surrogateescape")] = (value, index)
         return cls(rid, out)
@@ -285,6 +320,7 @@ class _Worker:
         self.backend: Overlay | None = None     # snapshots/metadata.db
         self.records: dict[bytes, _Rec] = {}
         self.loading: list[bytes] = []
+        self.cleared: set[bytes] = set()         # records this start removes
 
     def store(self, name: str) -> str:
         return os.path.normpath(os.path.join(self.rel, name))
@@ -331,6 +367,7 @@ class _Worker:
         rec = main.bucket(rid) if main is not None else None
         if rec is None:
             return
+        self.cleared.add(rid)
         try:
             values = MetaValues.decode(rid, rec)
         except ValueError:
@@ -346,7 +383,7 @@ class _Worker:
         """cacheRecord.remove(removeSnapshot=true): its leases, then its metadata."""
         self.records.pop(rec.id, None)
         for lid in (rec.id, rec.id + b"-variants"):
-            self.delete_lease(lid, Why.LEASE_OF_CLEARED_RECORD, subject, stage)
+            self.delete_lease(lid, why if why in ROUTINE else Why.LEASE_OF_CLEARED_RECORD, subject, stage)
         self.clear(rec.id, why, subject, stage)
 
     def metadata(self, rid: bytes) -> MetaValues | None:
@@ -390,7 +427,8 @@ class _Worker:
             cycle = self.loading[self.loading.index(rid):] + [rid]
             raise _Stop(Outcome.CRASHES, Stage.WORKER, self.store("metadata_v2.db"),
                         "runtime: goroutine stack exceeds 1000000000-byte limit / fatal error: stack overflow "
-                        "(cache.parent cycle " + " -> ".join(c.decode(errors="replace") for c in cycle) + ")")
+                        "(cache.parent cycle " + " -> ".join(c.decode(errors="replace") for c in cycle) + ")",
+                        Cause.PARENT_CYCLE, tuple(cycle[:-1]))
         self.loading.append(rid)
         try:
             return self._load(rid, md)
@@ -452,8 +490,9 @@ class _Worker:
                 if isinstance(b, OBucket):
                     MetaValues.decode(rid, b)
                     ids.append(rid)
-        except ValueError as e:
-            raise _Stop(Outcome.REFUSES, Stage.WORKER, name, f"buildkitd: {e}") from None
+        except BadValue as e:
+            raise _Stop(Outcome.REFUSES, Stage.WORKER, name, f"buildkitd: {e}", Cause.BAD_VALUE, (e.rid,),
+                        e.key) from None
         for rid in ids:
             try:
                 self.get_record(rid)
@@ -462,6 +501,20 @@ class _Worker:
                 self.clear(rid, why, e.subject)
                 for lid in (rid, rid + b"-variants"):
                     self.delete_lease(lid, Why.LEASE_OF_CLEARED_RECORD, rid, Stage.WORKER)
+
+    def apply_fix(self, fix: Fix) -> None:
+        """What `buildkit repair` does about a cause that stops the start: a bad value goes (the key then reads
+        as unset, as an empty value does); the records of a parent cycle are cleared with their leases, which
+        is what the start would do if getRecord could see the cycle (their descendants then go at the start)."""
+        if fix.cause is Cause.BAD_VALUE:
+            rec = self.md.bucket(b"_main", fix.records[0])
+            if rec is not None:
+                rec.delete(fix.key, ("record-value", Why.REPAIR_BAD_VALUE, fix.records[0], Stage.REPAIR))
+        elif fix.cause is Cause.PARENT_CYCLE:
+            for rid in fix.records:
+                self.clear(rid, Why.REPAIR_PARENT_CYCLE, rid, Stage.REPAIR)
+                for lid in (rid, rid + b"-variants"):
+                    self.delete_lease(lid, Why.REPAIR_PARENT_CYCLE, rid, Stage.REPAIR)
 
     def drop_temporary_leases(self) -> None:
         if self.cd is None:
@@ -484,10 +537,11 @@ class _Worker:
 
 
 class _Model:
-    def __init__(self, root: Root, config: StartConfig, now: datetime.datetime):
+    def __init__(self, root: Root, config: StartConfig, now: datetime.datetime, fixes: tuple[Fix, ...] = ()):
         self.root = root
         self.config = config
         self.now = now
+        self.fixes = fixes
         self.plan = StartPlan(root.path, Outcome.STARTS)
         self.workers: list[_Worker] = []
 
@@ -521,7 +575,7 @@ class _Model:
             self.plan.changes.append(Change(rel, "reset", (), b"", None, "store", Why.STORE_RESET, rel.encode(), stage))
             return ov
         raise _Stop(Outcome.CRASHES if panic else Outcome.REFUSES, stage, rel,
-                    (f"panic: {failure}" if panic else f"buildkitd: {failure}"))
+                    (f"panic: {failure}" if panic else f"buildkitd: {failure}"), Cause.OPEN)
 
     def run(self) -> StartPlan:
         self._dbs: list[Database] = []
@@ -530,6 +584,7 @@ class _Model:
         except _Stop as s:
             self.plan.outcome, self.plan.stage, self.plan.store, self.plan.message = (
                 s.outcome, s.stage, s.store, s.message)
+            self.plan.cause, self.plan.cause_records, self.plan.cause_key = s.cause, s.records, s.key
         self._collect()
         if self.plan.outcome is Outcome.STARTS and self.plan.resets:
             self.plan.outcome = Outcome.RESETS
@@ -545,7 +600,8 @@ class _Model:
             def __exit__(self, et, e, tb):
                 if et is not None and issubclass(et, CorruptionError):
                     raise _Stop(Outcome.CRASHES, stage, store,
-                                f"panic: {e} (bbolt assertion while reading the tree, in {where})") from None
+                                f"panic: {e} (bbolt assertion while reading the tree, in {where})",
+                                Cause.DAMAGE) from None
                 return False
         return _G()
 
@@ -571,6 +627,10 @@ class _Model:
                               "predicted; a daemon given this root creates it empty and clears every mutable record")
             md = self.open_store(w.dir / "metadata_v2.db", safe=False, stage=Stage.WORKER)
             worker.md = md if md is not None else EmptyOverlay()
+            for fix in self.fixes:
+                if fix.worker == worker.rel:
+                    with self._guard(Stage.REPAIR, worker.store("metadata_v2.db"), "the repair"):
+                        worker.apply_fix(fix)
             with self._guard(Stage.WORKER, worker.store("metadata_v2.db"), "metadata.(*Store).All / cacheManager.init"):
                 worker.init()
             with self._guard(Stage.WORKER, worker.store("containerdmeta.db"), "base.NewWorker"):
@@ -599,12 +659,17 @@ class _Model:
 
     # -- cache.db -------------------------------------------------------------------------------
 
-    def result_exists(self, rid: bytes) -> bool:
+    def result_exists(self, rid: bytes) -> Why | None:
+        """None when cacheResultStorage.Exists is true, else why it is false."""
         parts = rid.split(b"::")
         if len(parts) != 2:
-            return False
+            return Why.RESULT_UNLOADABLE
         worker = next((w for w in self.workers if w.worker_id == parts[0]), None)
-        return worker is not None and worker.exists(parts[1])
+        if worker is None:
+            return Why.RESULT_UNLOADABLE
+        if worker.exists(parts[1]):
+            return None
+        return Why.RESULT_OF_CLEARED_RECORD if parts[1] in worker.cleared else Why.RESULT_UNLOADABLE
 
     def release_unreferenced(self, ov: Overlay) -> None:
         """ReleaseUnreferenced: Walk over `_links`, WalkResults of each key, Release of every result whose ref
@@ -628,17 +693,18 @@ class _Model:
                 if rid in visited:
                     continue
                 visited.add(rid)
-                if not self.result_exists(rid):
+                why = self.result_exists(rid)
+                if why is not None:
                     mark = ov.savepoint()
                     try:
-                        self.release(ov, rid)
+                        self.release(ov, rid, why)
                     except _InvalidKey:
                         ov.rollback(mark)
                     except CorruptionError:
                         ov.rollback(mark)       # the panic ends the process inside this transaction
                         raise
 
-    def release(self, ov: Overlay, rid: bytes) -> None:
+    def release(self, ov: Overlay, rid: bytes, why: Why) -> None:
         byresult = ov.bucket(BYRESULT)
         b = byresult.bucket(rid) if byresult is not None else None
         if b is None:
@@ -647,14 +713,13 @@ class _Model:
             results = ov.bucket(RESULT).bucket(kid)
             if results is None:
                 continue
-            why = ("result", Why.RESULT_UNLOADABLE, rid, Stage.RELEASE)
-            results.delete(rid, why)
+            results.delete(rid, ("result", why, rid, Stage.RELEASE))
             ids = ov.bucket(BYRESULT).bucket(rid)
             if ids is None:
                 continue
-            ids.delete(kid, ("byresult", Why.RESULT_UNLOADABLE, rid, Stage.RELEASE))
+            ids.delete(kid, ("byresult", why, rid, Stage.RELEASE))
             if ids.is_empty():
-                ov.bucket(BYRESULT).delete_bucket(rid, ("byresult", Why.RESULT_UNLOADABLE, rid, Stage.RELEASE))
+                ov.bucket(BYRESULT).delete_bucket(rid, ("byresult", why, rid, Stage.RELEASE))
             self.empty_branch(ov, kid)
 
     def empty_branch(self, ov: Overlay, kid: bytes) -> None:
@@ -768,10 +833,7 @@ class _Model:
             if rec.md.int64("snapshot.size") is not None:
                 continue
             if rec.md.int64("cache.cachePolicy") == 1:
-                self.note("unmodelled", worker.store("metadata_v2.db"),
-                          f"retained mutable record {rid.decode(errors='replace')} of unknown size: the start-up GC "
-                          "commits it to a new immutable record (a random id, not replayed)")
-                continue
+                continue        # retained (a cache mount): released, kept; nothing written (cases 01, 08)
             worker.remove(rec, Why.PARTNERLESS_MUTABLE, rid, Stage.STARTUP_GC)
 
     def containerd_gc(self, worker: _Worker) -> None:
@@ -939,12 +1001,12 @@ def write_start(plan: StartPlan, out: str | os.PathLike) -> list[str]:
 
 
 def simulate_start(root: str | os.PathLike, *, config: StartConfig | None = None,
-                   now: datetime.datetime | None = None) -> StartPlan:
+                   now: datetime.datetime | None = None, fixes: tuple[Fix, ...] = ()) -> StartPlan:
     """Replay buildkitd's next start on the root (read-only): the outcome and every change it makes.
     The plan's overlays hold each store's state afterwards (``write_start``); close the plan's files with
     ``plan.close()`` when done with them."""
     found = discover(root)
-    model = _Model(found, config or StartConfig(), now or datetime.datetime.now(datetime.timezone.utc))
+    model = _Model(found, config or StartConfig(), now or datetime.datetime.now(datetime.timezone.utc), fixes)
     plan = model.run()
     plan._model = model          # keeps the files open for the overlays
     return plan
@@ -956,4 +1018,5 @@ def close_plan(plan: StartPlan) -> None:
         model.close()
 
 
-__all__ = ["simulate_start", "write_start", "close_plan", "StartPlan", "Change", "Note", "Outcome", "Stage", "Why", "ROUTINE"]
+__all__ = ["simulate_start", "write_start", "close_plan", "StartPlan", "Change", "Note", "Outcome", "Stage", "Why",
+           "Cause", "Fix", "ROUTINE", "bbolt_open"]

@@ -177,29 +177,61 @@ def ls(root, as_json):
 @click.option("--max-errors", type=click.IntRange(0), default=20, show_default=True,
               help="List at most this many problems per store (counts are never capped).")
 @click.option("--snapshot", is_flag=True, help="Copy each store first (when buildkitd may be running).")
+@click.option("--config", "config_path", type=click.Path(), default=None,
+              help="buildkitd.toml: its GC switch and history retention (BuildKit's defaults otherwise).")
+@click.option("--strict", is_flag=True, help="Warnings count too: exit 4 on any problem.")
+@click.option("--repair", "preen", is_flag=True,
+              help="Preen (e2fsck -p): salvage torn stores, apply what the start would do and what would stop "
+                   "it, verify, keep backups, check again; exit 1 when the daemon will now start.")
+@click.option("--list", "listing", is_flag=True, help="Every change the start makes, not only the counts.")
 @click.option("--json", "as_json", is_flag=True,
-              help="Problems, one summary per store, then one record with the predictions, as JSON lines.")
-def fsck(root, jobs, max_errors, snapshot, as_json):
-    """Before restarting buildkitd: check every store under ROOT and say what the daemon will do.
+              help="Problems, one summary per store, the start's changes and notes, then one prediction record.")
+def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, as_json):
+    """Before restarting buildkitd: check every store under ROOT and say exactly what the daemon will do.
 
-    Structural check of every bolt file, BuildKit's invariants for cache.db, cross-store checks (results
-    whose worker or metadata record is gone), and a prediction of the next start: stores SafeOpen will
-    reset, stores that will stop the daemon, results it will release.
+    Structural check of every bolt file, BuildKit's invariants, the checks across stores, and a replay of
+    the next start from BuildKit's own code paths (`buildkit simulate-start`): whether it starts, refuses,
+    crashes or has SafeOpen reset a store, and every record, lease, snapshot and cache key it removes.
 
     \b
-    Exit status (fsck): 0 clean, 4 problems left, 8 a store cannot be read, 16 usage error.
-    For systemd: ExecStartPre=/usr/bin/boltkit buildkit fsck /var/lib/buildkit
+    Exit status (bits, as fsck(8)): 0 the daemon will start and changes nothing or only its routine
+    clean-up (warnings are printed, never fail); 4 it will start but discard data, or error-level
+    problems remain; 8 it will refuse to start, crash, or reset a store, or a store cannot be read;
+    1 (--repair) problems were repaired and the daemon will now start; 16 usage. --strict counts
+    warnings as 4.
+
+    \b
+    Examples:
+      boltkit buildkit fsck /var/lib/buildkit && systemctl start buildkit
+      boltkit buildkit fsck --repair /var/lib/buildkit; test $? -lt 4 && systemctl start buildkit
+      systemd: ExecStartPre=/bin/sh -c 'boltkit buildkit fsck --repair /var/lib/buildkit; test $? -lt 4'
     """
     from ..buildkit.fsck import fsck_root
-    from .check import EXIT_CLEAN, EXIT_PROBLEMS, EXIT_UNREADABLE
+    from ..buildkit.startconfig import StartConfig
+    from .check import EXIT_UNREADABLE
     from .output import emit_json, emit_table, warn
+    from .startup import change_record, echo_plan, note_record, prediction_record
     try:
         found = _root_or_exit(root)
-    except click.ClickException as e:
-        e.show()
+        config = StartConfig.load(config_path) if config_path else None
+    except (click.ClickException, BoltkitError) as e:
+        click.echo(f"Error: {e.format_message() if isinstance(e, click.ClickException) else e}", err=True)
         raise SystemExit(EXIT_UNREADABLE)
+    repaired = None
+    if preen:
+        from ..buildkit.preen import preen_root
+        try:
+            repaired = preen_root(str(found.path), config=config)
+        except BoltkitError as e:
+            click.echo(f"Error: --repair: {e}", err=True)
+            raise SystemExit(EXIT_UNREADABLE | getattr(e, "exit_bits", 0))
+        for step in repaired.steps:
+            if as_json:
+                emit_json(step.as_record())
+            else:
+                click.echo(f"repaired: {step.describe()}")
     try:
-        result = fsck_root(str(found.path), jobs=jobs, snapshot=snapshot)
+        result = fsck_root(str(found.path), jobs=jobs, snapshot=snapshot, config=config)
     except BoltkitError as e:
         raise failure(e)
     if result.daemon_running:
@@ -224,17 +256,26 @@ def fsck(root, jobs, max_errors, snapshot, as_json):
             emit_json(p.as_dict())
         else:
             click.echo(f"cross-store: {p.line()}")
+    code = result.exit_code(strict=strict)
+    if repaired is not None and repaired.steps and not code & 8:
+        code |= 1
+    plan = result.plan
     if as_json:
-        emit_json({"root": str(found.path), "status": result.status, "cross": len(result.cross),
-                   "predictions": result.predictions, "daemon_running": result.daemon_running})
+        for c in plan.changes if listing else []:
+            emit_json(change_record(c))
+        for n in plan.notes:
+            emit_json(note_record(n))
+        rec = prediction_record(plan)
+        rec.update({"status": result.status, "exit": code, "cross": len(result.cross),
+                    "daemon_running": result.daemon_running,
+                    "repaired": [s.as_record() for s in repaired.steps] if repaired is not None else None})
+        emit_json(rec)
     else:
         click.echo()
         emit_table(rows, ["store", "status", "errors", "warnings", "codes"])
-        click.echo("\nAt its next start buildkitd will:" if result.predictions else
-                   "\nAt its next start buildkitd has nothing to repair or release.")
-        for line in result.predictions:
-            click.echo(f"  - {line}")
-    raise SystemExit({"clean": EXIT_CLEAN, "problems": EXIT_PROBLEMS, "unreadable": EXIT_UNREADABLE}[result.status])
+        click.echo("\nAt its next start: ", nl=False)
+        echo_plan(plan, listing=listing)
+    raise SystemExit(code)
 
 
 @buildkit.command()
@@ -412,47 +453,98 @@ def du(target, sort, record_type, older_than, as_json):
 @click.argument("root", type=click.Path())
 @click.option("--apply", "apply_", is_flag=True,
               help="Apply the fixes: each store is rewritten beside itself, verified, kept as .bak and swapped in.")
+@click.option("--start-only", is_flag=True,
+              help="Apply exactly what buildkitd's next start would do, nothing more (refused if it would not start).")
+@click.option("--prune", "prune_more", is_flag=True,
+              help="Also what BuildKit never does at start: ghost keys, dead chains, dangling links and stale "
+                   "indexes in cache.db, id buckets a salvage left misplaced, metadata leftovers (M2, M10, M11).")
+@click.option("--config", "config_path", type=click.Path(), default=None,
+              help="buildkitd.toml: its GC switch and history retention (BuildKit's defaults otherwise).")
+@click.option("--list", "listing", is_flag=True, help="Every change, not only the counts by kind.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per change, then a summary.")
-def repair(root, apply_, as_json):
-    """The safe fixes for a whole BuildKit root (dry run by default; stop buildkitd before --apply).
+def repair(root, apply_, start_only, prune_more, config_path, listing, as_json):
+    """Repair a whole BuildKit root so buildkitd starts cleanly (dry run by default; stop buildkitd first).
+
+    By default: what would stop the daemon (a metadata value that is not JSON, which makes it refuse to
+    start; a cache.parent cycle, which crashes it) is fixed, then exactly what its next start would do is
+    applied (records whose parent, partner or snapshot is gone cleared with their leases, results released,
+    emptied keys pruned; see `buildkit simulate-start`). The next real start then changes nothing.
+    Damaged stores need salvage first (`boltkit buildkit fsck --repair` does both).
 
     \b
-    metadata_v2.db    values that are not JSON envelopes (buildkitd refuses to start on them), index
-                      keys without '::' or naming missing records, records marked deleted or whose
-                      equalMutable is gone (as buildkitd decides at start), with their index keys and
-                      externals; buckets inside records and externals of no record
-    containerdmeta.db the leases of those records, so what they held does not leak
-    cache.db          `buildkit prune --rehome --release-missing`: id buckets back in place after a
-                      salvage, dangling links, ghosts, stale indexes, results whose record is gone
-    history.db        build records a torn tree left outside _records go back into it
+    Exit status: 0 nothing to do or applied; 1 an error; 8 refused (buildkitd holds a store, or a store
+    needs salvage first).
+
+    \b
+    Examples:
+      boltkit buildkit repair /var/lib/buildkit             what it would change
+      boltkit buildkit repair --apply /var/lib/buildkit     change it (buildkitd stopped)
+      boltkit buildkit repair --apply --prune /var/lib/buildkit
     """
-    from ..buildkit.repair import apply_root, plan_root
+    from ..buildkit.repair import apply_root, apply_start_repair, plan_root, plan_start_repair
+    from ..buildkit.startconfig import StartConfig
+    from ..repair.replace import InUse
     from .output import emit_json, emit_table
+    from .startup import change_record, echo_plan
     found = _root_or_exit(root)
     try:
-        plan = plan_root(found)
+        config = StartConfig.load(config_path) if config_path else None
+        rep = plan_start_repair(found.path, config=config, start_only=start_only)
     except BoltkitError as e:
         raise failure(e) from None
-    changes = plan.changes
+    blocked = rep.blocked
+    changes = rep.changes
     if as_json:
-        for path, c in changes:
-            emit_json(dict(store=path, **c.as_dict()))
-    else:
-        emit_table([[str(__import__("pathlib").Path(p).relative_to(found.path)), c.code, c.action, c.bucket,
-                     c.key[:70]] for p, c in changes], ["store", "code", "action", "bucket", "key"])
+        for c in changes:
+            emit_json(change_record(c))
+    elif changes or blocked:
+        echo_plan(rep.start, listing=listing)
     backups = []
-    if apply_ and changes:
+    if apply_ and changes and blocked is None:
         try:
-            backups = apply_root(plan)
+            backups = [b for _, b in apply_start_repair(rep)]
+        except InUse as e:
+            click.echo(f"Error: {e}", err=True)
+            raise SystemExit(8)
         except BoltkitError as e:
             raise failure(e) from None
         write_report(report_beside(backups[0]), {"root": str(found.path), "backups": backups,
-                                                 "changes": [dict(store=p, **c.as_dict()) for p, c in changes]})
+                                                 "changes": [change_record(c) for c in changes]})
+    else:
+        rep.close()
+    extra = []
+    if prune_more and blocked is None:
+        try:
+            more = plan_root(found)
+            extra = more.changes
+            if as_json:
+                for path, c in extra:
+                    emit_json(dict(type="change", store=path, **c.as_dict()))
+            elif extra:
+                emit_table([[str(__import__("pathlib").Path(p).relative_to(found.path)), c.code, c.action, c.bucket,
+                             c.key[:70]] for p, c in extra], ["store", "code", "action", "bucket", "key"])
+            if apply_ and extra:
+                more_backups = apply_root(more)
+                write_report(report_beside(more_backups[0]), {
+                    "root": str(found.path), "backups": more_backups,
+                    "changes": [dict(store=p, **c.as_dict()) for p, c in extra]})
+                backups += more_backups
+        except InUse as e:
+            click.echo(f"Error: {e}", err=True)
+            raise SystemExit(8)
+        except BoltkitError as e:
+            raise failure(e) from None
+    total = len(changes) + len(extra)
     if as_json:
-        emit_json({"root": str(found.path), "changes": len(changes), "applied": bool(backups), "backups": backups})
-    elif not changes:
+        emit_json({"type": "summary", "root": str(found.path), "changes": total, "applied": bool(backups),
+                   "backups": backups, "blocked": blocked})
+    elif blocked is not None:
+        click.echo(f"Error: {blocked}", err=True)
+    elif not total:
         click.echo(f"{root}: nothing to repair")
     elif backups:
-        click.echo(f"{root}: {len(changes)} change(s) applied; originals kept as: " + ", ".join(backups))
+        click.echo(f"{root}: {total} change(s) applied; originals kept as: " + ", ".join(backups))
     else:
-        click.echo(f"{root}: would make {len(changes)} change(s); run with --apply (buildkitd stopped) to make them")
+        click.echo(f"{root}: would make {total} change(s); run with --apply (buildkitd stopped) to make them")
+    if blocked is not None:
+        raise SystemExit(8)
