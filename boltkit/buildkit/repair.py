@@ -238,7 +238,7 @@ def plan_start_repair(root: str | os.PathLike, *, config: StartConfig | None = N
     fixes: list[Fix] = []
     found = discover(root)
     while True:
-        plan = simulate_start(found.path, config=config, now=now, fixes=tuple(fixes))
+        plan = simulate_start(found.path, config=config, now=now, fixes=tuple(fixes), until_stable=not start_only)
         if plan.starts or start_only or plan.cause not in (Cause.BAD_VALUE, Cause.PARENT_CYCLE) \
                 or len(fixes) > 10000:
             return StartRepair(found.path, tuple(fixes), plan, start_only)
@@ -257,7 +257,8 @@ def apply_start_repair(rep: StartRepair) -> list[tuple[str, str]]:
     why = rep.blocked
     if why is not None:
         raise BoltkitError(why)
-    changed = [(rel, ov) for rel, ov in rep.start.overlays.items() if ov.changed]
+    # a store the root does not have is created by buildkitd itself: nothing to write for it
+    changed = [(rel, ov) for rel, ov in rep.start.overlays.items() if ov.changed and (rep.root / rel).exists()]
     if rep.root is not None and (rep.root / "buildkitd.lock").exists():
         holder_check(str(rep.root / "buildkitd.lock"))
     for rel, _ in changed:

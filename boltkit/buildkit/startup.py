@@ -114,6 +114,23 @@ class Change:
     def routine(self) -> bool:
         return self.why in ROUTINE
 
+    def as_dict(self) -> dict:
+        """The record a repair's JSON report keeps (bytes as text when printable, else 0x-hex)."""
+        return {"type": "change", "store": self.store, "op": self.op, "path": [_text(p) for p in self.path],
+                "key": _text(self.key), "value": None if self.value is None else _text(self.value), "what": self.what,
+                "why": self.why.value, "subject": _text(self.subject), "stage": self.stage.value,
+                "routine": self.routine}
+
+
+def _text(b: bytes) -> str:
+    try:
+        s = b.decode("utf-8")
+        if s.isprintable():
+            return s
+    except UnicodeDecodeError:
+        pass
+    return "0x" + b.hex()
+
 
 @dataclass(frozen=True)
 class Note:
@@ -137,6 +154,7 @@ class StartPlan:
     resets: list[str] = field(default_factory=list)       # stores SafeOpen replaces (renamed to <name>.<id>.bak)
     notes: list[Note] = field(default_factory=list)
     overlays: dict[str, Overlay] = field(default_factory=dict)   # each store's state after the start
+    starts_replayed: int = 1                 # consecutive starts the plan covers (until_stable)
 
     @property
     def daemon_exit(self) -> int | None:
@@ -321,6 +339,7 @@ class _Worker:
         self.records: dict[bytes, _Rec] = {}
         self.loading: list[bytes] = []
         self.cleared: set[bytes] = set()         # records this start removes
+        self.unstamped = 0                       # records loaded without cache.createdAt
 
     def store(self, name: str) -> str:
         return os.path.normpath(os.path.join(self.rel, name))
@@ -473,9 +492,7 @@ class _Worker:
             self.remove(rec, Why.SNAPSHOT_MISSING, rid)
             raise _LoadError(Why.SNAPSHOT_MISSING, rid)
         if not md.int64("cache.createdAt"):
-            self.model.note("timing", self.store("metadata_v2.db"),
-                            f"record {rid.decode(errors='replace')} has no cache.createdAt: buildkitd stamps the "
-                            "time of the start (not written by the replay)")
+            self.unstamped += 1             # initializeMetadata stamps the time of the start (noted, not written)
         self.records[rid] = rec
         self.check_lazy(rec)
         return rec
@@ -537,7 +554,9 @@ class _Worker:
 
 
 class _Model:
-    def __init__(self, root: Root, config: StartConfig, now: datetime.datetime, fixes: tuple[Fix, ...] = ()):
+    def __init__(self, root: Root, config: StartConfig, now: datetime.datetime, fixes: tuple[Fix, ...] = (),
+                 previous: StartPlan | None = None):
+        self.previous = previous        # the start before this one: its overlays are this start's files
         self.root = root
         self.config = config
         self.now = now
@@ -554,6 +573,9 @@ class _Model:
         """bolt.Open as buildkitd calls it. SafeOpen'd stores that fail to open are reset (None returned, the
         reset recorded); for the others an error refuses the start and a panic crashes it."""
         rel = os.path.relpath(path, self.root.path)
+        if self.previous is not None and rel in self.previous.overlays:
+            self.plan.overlays[rel] = self.previous.overlays[rel]
+            return self.plan.overlays[rel]
         if not path.exists():
             if safe:
                 return EmptyOverlay()
@@ -562,7 +584,11 @@ class _Model:
         if failure is None:
             db = Database(str(path), meta=meta, lock=False)
             self._dbs.append(db)
-            ov = Overlay(db)
+            try:
+                ov = Overlay(db)
+            except CorruptionError as e:        # the root page: bolt.Open does not read it, the first access does
+                raise _Stop(Outcome.CRASHES, stage, rel, f"panic: {e} (bbolt assertion at the first read of "
+                                                         f"{path.name})", Cause.DAMAGE) from None
             self.plan.overlays[rel] = ov
             return ov
         if safe:
@@ -579,6 +605,11 @@ class _Model:
 
     def run(self) -> StartPlan:
         self._dbs: list[Database] = []
+        if self.previous is not None:
+            self.plan.resets = list(self.previous.resets)
+            self.plan.changes = [c for c in self.previous.changes if c.op == "reset"]
+            self.plan.notes = list(self.previous.notes)
+            self.plan.starts_replayed = self.previous.starts_replayed + 1
         try:
             self._start()
         except _Stop as s:
@@ -633,6 +664,10 @@ class _Model:
                         worker.apply_fix(fix)
             with self._guard(Stage.WORKER, worker.store("metadata_v2.db"), "metadata.(*Store).All / cacheManager.init"):
                 worker.init()
+            if worker.unstamped:
+                self.note("timing", worker.store("metadata_v2.db"),
+                          f"{worker.unstamped} record(s) without cache.createdAt: buildkitd stamps them with the time "
+                          "of the start (initializeMetadata; not written by the replay)")
             with self._guard(Stage.WORKER, worker.store("containerdmeta.db"), "base.NewWorker"):
                 worker.drop_temporary_leases()
         cache_path = self.root.path / "cache.db"
@@ -864,7 +899,11 @@ class _Model:
     # -- the plan -------------------------------------------------------------------------------
 
     def _collect(self) -> None:
+        seen = set()
         for rel, ov in self.plan.overlays.items():
+            if id(ov) in seen:
+                continue
+            seen.add(id(ov))
             for m in ov.journal:
                 what, why, subject, stage = m.why
                 self.plan.changes.append(Change(rel, m.op, m.path, m.key, m.value, what, why, subject, stage))
@@ -1001,20 +1040,32 @@ def write_start(plan: StartPlan, out: str | os.PathLike) -> list[str]:
 
 
 def simulate_start(root: str | os.PathLike, *, config: StartConfig | None = None,
-                   now: datetime.datetime | None = None, fixes: tuple[Fix, ...] = ()) -> StartPlan:
+                   now: datetime.datetime | None = None, fixes: tuple[Fix, ...] = (),
+                   until_stable: bool = False) -> StartPlan:
     """Replay buildkitd's next start on the root (read-only): the outcome and every change it makes.
-    The plan's overlays hold each store's state afterwards (``write_start``); close the plan's files with
-    ``plan.close()`` when done with them."""
+    ``until_stable``: replay start after start until one changes nothing (some effects take two starts: a
+    record whose parent the start-up GC removed goes at the following start). The plan's overlays hold each
+    store's state afterwards (``write_start``); release the plan's files with ``close_plan``."""
     found = discover(root)
-    model = _Model(found, config or StartConfig(), now or datetime.datetime.now(datetime.timezone.utc), fixes)
-    plan = model.run()
-    plan._model = model          # keeps the files open for the overlays
+    config = config or StartConfig()
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    models = [_Model(found, config, now, fixes)]
+    plan = models[0].run()
+    while until_stable and plan.starts and plan.starts_replayed < 8:
+        before = sum(len(ov.journal) for ov in plan.overlays.values())
+        models.append(_Model(found, config, now, (), previous=plan))
+        nxt = models[-1].run()
+        if sum(len(ov.journal) for ov in nxt.overlays.values()) == before or not nxt.starts:
+            if not nxt.starts:
+                plan = nxt
+            break
+        plan = nxt
+    plan._models = models        # keeps the files open for the overlays
     return plan
 
 
 def close_plan(plan: StartPlan) -> None:
-    model = getattr(plan, "_model", None)
-    if model is not None:
+    for model in getattr(plan, "_models", []):
         model.close()
 
 

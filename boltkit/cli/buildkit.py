@@ -509,7 +509,7 @@ def repair(root, apply_, start_only, prune_more, config_path, listing, as_json):
         except BoltkitError as e:
             raise failure(e) from None
         write_report(report_beside(backups[0]), {"root": str(found.path), "backups": backups,
-                                                 "changes": [change_record(c) for c in changes]})
+                                                 "changes": [c.as_dict() for c in changes]})
     else:
         rep.close()
     extra = []

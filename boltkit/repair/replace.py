@@ -42,8 +42,9 @@ def replace(original: str, new: str) -> str:
     """Keep ``original`` as a backup and move ``new`` into its place; returns the backup's path."""
     holder_check(original)
     backup = backup_name(original)
-    if os.path.exists(backup):
-        raise BoltkitError(f"{backup} already exists")
+    n = 1
+    while os.path.exists(backup):       # two repairs of one store within a second
+        backup, n = backup_name(original)[:-len(".bak")] + f".{n}.bak", n + 1
     try:
         os.link(original, backup)
     except OSError:

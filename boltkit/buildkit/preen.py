@@ -1,0 +1,106 @@
+"""`buildkit fsck --repair`: e2fsck's preen for an init system. What is safe is done without asking: a store
+buildkitd would crash on or SafeOpen would reset is salvaged (every intact pair kept, instead of an empty
+file), then what would stop the daemon is fixed and what its next start would do is applied (repair.py). Every
+step writes beside the original, verifies, keeps the original as a backup, and leaves a JSON report."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from ..errors import BoltkitError, CorruptionError
+from ..repair.preflight import report_beside, require_sound, write_report
+from .repair import apply_start_repair, plan_start_repair
+from .root import discover
+from .startconfig import StartConfig
+
+
+class PreenError(BoltkitError):
+    """Preen could not make the root start. ``exit_bits`` is 8 when a process holds a store."""
+
+    def __init__(self, message: str, exit_bits: int = 0):
+        super().__init__(message)
+        self.exit_bits = exit_bits
+
+
+@dataclass(frozen=True)
+class PreenStep:
+    store: str                  # relative to the root
+    action: str                 # salvage, repair
+    backup: str | None
+    detail: dict = field(default_factory=dict)
+
+    def as_record(self) -> dict:
+        return {"type": "repair", "store": self.store, "action": self.action, "backup": self.backup, **self.detail}
+
+    def describe(self) -> str:
+        extra = ", ".join(f"{k} {v}" for k, v in self.detail.items() if not isinstance(v, (list, dict)))
+        return f"{self.store}: {self.action}" + (f" ({extra})" if extra else "") + \
+            (f"; original kept as {self.backup}" if self.backup else "")
+
+
+@dataclass
+class PreenResult:
+    steps: list[PreenStep] = field(default_factory=list)
+
+
+def preen_root(root: str, *, config: StartConfig | None = None) -> PreenResult:
+    from ..repair.replace import InUse, holder_check
+    from ..repair.salvage import salvage_in_place
+    found = discover(root)
+    result = PreenResult()
+    try:
+        if found.lock is not None:
+            holder_check(str(found.lock))
+        for s in found.stores:
+            holder_check(str(s.path))
+        from .fsck import fsck_root
+        first = fsck_root(str(found.path), simulate=False)
+        errors = False
+        for s in found.stores:
+            rel = os.path.relpath(s.path, found.path)
+            try:
+                require_sound(str(s.path))
+            except CorruptionError:
+                pass
+            else:
+                errors |= any(p.severity.value == "error" for p in first.reports[str(s.path)].problems)
+                continue
+            res, backup = salvage_in_place(str(s.path))
+            if backup is None:
+                raise PreenError(f"{rel}: the salvaged copy did not verify; {rel} is untouched (the attempt is "
+                                 f"{res.dst})")
+            write_report(report_beside(backup), res.report())
+            result.steps.append(PreenStep(rel, "salvage", backup, {"pairs": res.pairs, "buckets": res.buckets,
+                                                                    "damage": len(res.damage)}))
+        if result.steps or errors:
+            # a salvaged or torn tree leaves ids where BuildKit does not look (old copies of its buckets,
+            # lost+found) and entries of the wrong shape (poison link keys): put back and tidy, before the start
+            # is replayed on the result
+            from .repair import apply_root, plan_root
+            tidy = plan_root(discover(found.path))
+            if tidy.changes:
+                backups = apply_root(tidy)
+                write_report(report_beside(backups[0]), {"root": str(found.path), "backups": backups,
+                                                         "changes": [dict(store=p, **c.as_dict())
+                                                                     for p, c in tidy.changes]})
+                for b in backups:
+                    result.steps.append(PreenStep(os.path.relpath(b.split(".boltkit-")[0], found.path), "rehome", b,
+                                                  {"changes": len(tidy.changes)}))
+        rep = plan_start_repair(found.path, config=config)
+        if rep.blocked is not None:
+            rep.close()
+            raise PreenError(rep.blocked)
+        if not rep.changes:
+            rep.close()
+            return result
+        backups = apply_start_repair(rep)
+        if not backups:
+            return result
+        write_report(report_beside(backups[0][1]), {"root": str(found.path), "backups": [b for _, b in backups],
+                                                    "changes": [c.as_dict() for c in rep.changes]})
+        for rel, backup in backups:
+            result.steps.append(PreenStep(rel, "repair", backup, {"changes": sum(1 for c in rep.changes
+                                                                                 if c.store == rel)}))
+    except InUse as e:
+        raise PreenError(str(e), exit_bits=8) from None
+    return result
