@@ -301,9 +301,11 @@ def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, as_
     keys and undecodable results are dropped. With --apply, refuses while buildkitd holds the file.
 
     \b
-    A torn cache.db, start to finish:
-      boltkit salvage cache.db -o salvaged.db
-      boltkit buildkit prune --rehome --drop-unreachable --apply salvaged.db
+    A torn BuildKit store, start to finish (buildkitd stopped):
+      boltkit salvage --in-place /var/lib/buildkit/cache.db
+      boltkit buildkit repair --apply --prune /var/lib/buildkit
+      boltkit buildkit fsck /var/lib/buildkit && systemctl start buildkit
+    or all three at once: boltkit buildkit fsck --repair /var/lib/buildkit
     """
     from ..buildkit.prune import apply_prune, plan_file
     from ..storage import Database
@@ -508,8 +510,9 @@ def repair(root, apply_, start_only, prune_more, config_path, listing, as_json):
             raise SystemExit(8)
         except BoltkitError as e:
             raise failure(e) from None
-        write_report(report_beside(backups[0]), {"root": str(found.path), "backups": backups,
-                                                 "changes": [c.as_dict() for c in changes]})
+        if backups:
+            write_report(report_beside(backups[0]), {"root": str(found.path), "backups": backups,
+                                                     "changes": [c.as_dict() for c in changes]})
     else:
         rep.close()
     extra = []

@@ -73,8 +73,11 @@ def salvage(src, dst, in_place, report_path, no_lost_found, as_json):
     report lists what came from where and what could not be read.
 
     \b
-    BuildKit stores, next:
-      boltkit buildkit prune --rehome --apply cache.db     (or `buildkit repair ROOT` for a whole root)
+    A torn BuildKit store, start to finish (buildkitd stopped):
+      boltkit salvage --in-place /var/lib/buildkit/cache.db
+      boltkit buildkit repair --apply --prune /var/lib/buildkit
+      boltkit buildkit fsck /var/lib/buildkit && systemctl start buildkit
+    or all three at once: boltkit buildkit fsck --repair /var/lib/buildkit
     """
     from ..repair.salvage import WARNING, salvage as salvage_file, salvage_in_place, write_report
     if (dst is None) == (not in_place):
