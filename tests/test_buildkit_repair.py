@@ -34,7 +34,9 @@ def test_real_root_repair_releases_what_buildkitd_would(tmp_path, oracle):
     r = run("buildkit", "repair", "--json", root)
     recs = [json.loads(x) for x in r.output.splitlines()]
     assert recs[-1]["changes"] == len(recs) - 1 > 0 and not recs[-1]["applied"]
-    assert sum(x["action"] == "release-result" for x in recs[:-1]) == 87
+    # what the next start does: every result whose record is gone released (no prune beyond it)
+    assert sum(x["what"] == "result" and x["why"] == "result-unloadable" for x in recs[:-1]) == 87
+    assert {x["why"] for x in recs[:-1]} == {"result-unloadable", "empty-branch", "temporary-lease"}
     r = run("buildkit", "repair", "--apply", root)
     assert r.exit_code == 0, r.output
     assert list(root.glob("cache.db.boltkit-*.bak"))
@@ -62,11 +64,18 @@ def test_deleted_record_goes_with_its_index_externals_and_leases(tmp_path):
     assert r.exit_code == 0, r.output
     with Database(worker / "metadata_v2.db") as db:
         store = load_metadata_store(db)
+    # the undecodable value (buildkitd refuses to start on it) goes, then the start clears the deleted record
     assert OTHER not in store.records and OTHER not in store.externals
-    assert b"cache-dir:nocolons" not in store.index_keys and check_metadata_store(store) == []
+    # index keys the record's values do not name (MetadataStore.Clear deletes only those): --prune's
+    assert {f"local.sharedKey:x::{OTHER}".encode(), b"cache-dir:nocolons"} <= set(store.index_keys)
     with Database(worker / "containerdmeta.db") as db:
         assert set(leases(db)) == {"keep0000000000000000000000"}
     assert len(list(worker.glob("*.boltkit-*.bak"))) == 2
+    assert run("buildkit", "repair", "--apply", "--prune", root).exit_code == 0
+    with Database(worker / "metadata_v2.db") as db:
+        store = load_metadata_store(db)
+    assert not {f"local.sharedKey:x::{OTHER}".encode(), b"cache-dir:nocolons"} & set(store.index_keys)
+    assert check_metadata_store(store) == []
 
 
 def test_refuses_while_buildkitd_holds_its_lock(tmp_path):

@@ -46,17 +46,20 @@ def test_ls_lists_every_store(tmp_path):
 def test_fsck_clean_root_predicts_the_release_of_results_without_records(tmp_path):
     r = run("buildkit", "fsck", copy_root(tmp_path))
     assert r.exit_code == 0, r.output
-    assert "cache.db: 87 result(s) whose worker or record is gone will be released" in r.output
     assert r.output.count("X2 info") == 20      # listing capped by --max-errors, counts are not
+    final = json.loads(run("buildkit", "fsck", "--json", copy_root(tmp_path / "again")).output.splitlines()[-1])
+    released = [k for k in final["by_kind"] if k["what"] == "result" and k["why"] == "result-unloadable"]
+    assert final["type"] == "prediction" and final["outcome"] == "starts" and final["exit"] == 0
+    assert released == [{"store": "cache.db", "what": "result", "why": "result-unloadable", "count": 87}]
 
 
 def test_fsck_freelist_damage_predicts_a_safeopen_reset(tmp_path):
     root = copy_root(tmp_path)
     damage.zero_page(root / "cache.db", 17)     # the freelist page of the current meta
     r = run("buildkit", "fsck", "--json", root)
-    assert r.exit_code == 4
+    assert r.exit_code == 8         # SafeOpen would empty the store: everything in it lost
     final = json.loads(r.output.splitlines()[-1])
-    assert any("SafeOpen renames it to cache.db.<id>.bak" in p for p in final["predictions"])
+    assert (final["outcome"], final["resets"]) == ("resets", ["cache.db"])
 
 
 def test_fsck_tree_damage_in_metadata_predicts_no_start(tmp_path):
@@ -67,14 +70,14 @@ def test_fsck_tree_damage_in_metadata_predicts_no_start(tmp_path):
     r = run("buildkit", "fsck", "--json", root)
     assert r.exit_code == 8
     final = json.loads(r.output.splitlines()[-1])
-    assert any("buildkitd will not start" in p for p in final["predictions"])
+    assert (final["outcome"], final["daemon_exit"], final["store"]) == ("refuses", 1, "runc-overlayfs/metadata_v2.db")
 
 
 def test_fsck_parallel_gives_the_same_answer(tmp_path):
     root = copy_root(tmp_path)
     a, b = fsck_root(str(root), jobs=1), fsck_root(str(root), jobs=2)
     assert {k: v.counts() for k, v in a.reports.items()} == {k: v.counts() for k, v in b.reports.items()}
-    assert a.predictions == b.predictions
+    assert (a.plan.outcome, a.plan.changes) == (b.plan.outcome, b.plan.changes)
 
 
 def test_fsck_parallel_carries_cache_problems_between_processes():
@@ -86,7 +89,8 @@ def test_fsck_parallel_carries_cache_problems_between_processes():
     assert b.reports[cache].counts() == a.reports[cache].counts() == {"C12": 6, "D2": 2}
     assert [p.line() for p in b.reports[cache].problems] == [p.line() for p in a.reports[cache].problems]
     r = run("buildkit", "fsck", "--jobs", "2", root)
-    assert r.exit_code == 4 and "D2" in r.output
+    assert r.exit_code == 0 and "D2" in r.output        # warnings BuildKit lives with never fail fsck
+    assert run("buildkit", "fsck", "--strict", root).exit_code == 4
 
 
 def test_fsck_not_a_root(tmp_path):
@@ -104,4 +108,4 @@ def test_fsck_results_of_an_unknown_worker_are_released(tmp_path):
     recs = [json.loads(x) for x in run("buildkit", "fsck", "--json", "--max-errors", "1000", root).output.splitlines()]
     x1 = [r for r in recs if r.get("code") == "X1"]
     assert len(x1) == 193 and not [r for r in recs if r.get("code") == "X2"]
-    assert any("193 result(s)" in p for p in recs[-1]["predictions"])
+    assert [k["count"] for k in recs[-1]["by_kind"] if k["what"] == "result"] == [193]

@@ -89,14 +89,14 @@ class FsckResult:
         return out + [p for p in self.cross if p.severity in counted]
 
     def exit_code(self, *, strict: bool = False) -> int:
-        """fsck(8)'s bits: 8 the daemon will refuse, crash or reset a store (or a store cannot be read), 4 it
-        starts but discards data, or error-level problems remain (any problem with ``strict``)."""
-        code = 0
+        """8 the daemon will refuse, crash or reset a store (or a store cannot be read); else 4 it starts but
+        discards data, or error-level problems remain (any problem with ``strict``); else 0. (`--repair` adds
+        fsck(8)'s bit 1.)"""
         if self.unreadable or (self.plan is not None and self.plan.exit_class == 8):
-            code |= 8
+            return 8        # the damage behind it is the same fact: the 4 bit would add nothing
         if (self.plan is not None and self.plan.exit_class == 4) or self.problems(strict=strict):
-            code |= 4
-        return code
+            return 4
+        return 0
 
     @property
     def status(self) -> str:
@@ -143,13 +143,14 @@ def fsck_root(path: str, *, jobs: int = 1, snapshot: bool = False, config: Start
     return result
 
 
-def check_root(path: str, *, snapshot: bool = False) -> dict[str, CheckReport]:
+def check_root(path: str, *, snapshot: bool = False) -> FsckResult:
     """Every store of a root checked, each report carrying the cross-store problems that name its file
-    (what `buildkit check ROOT` lists, store by store)."""
-    result = fsck_root(path, snapshot=snapshot, simulate=False)
+    (what `buildkit check ROOT` lists, store by store), and the replay of the next start for the verdict."""
+    result = fsck_root(path, snapshot=snapshot)
     for p in result.cross:
         result.reports[p.file].problems.append(p)
-    return result.reports
+    result.cross = []
+    return result
 
 
 def _cross_checks(result: FsckResult, snapshot: bool) -> None:

@@ -40,7 +40,9 @@ def plan_metadata(md_path: str, snapshots: set[str] | None = None) -> tuple[Stor
     plan = StorePlan(md_path)
     with Database(md_path) as db:
         store = load_metadata_store(db)
-    deleted = {rid for rid, rec in store.records.items() if rec.values.get("cache.deleted") is True}
+    # the flag is ignored on a record with an equalMutable (getRecord takes that branch first)
+    deleted = {rid for rid, rec in store.records.items() if rec.values.get("cache.deleted") is True
+               and not rec.values.get("cache.equalMutable")}
     orphaned: set[str] = set()
     # an equalMutable that names no record: buildkitd clears the key when the record's own snapshot exists,
     # and removes the record when it does not (§3.7)

@@ -36,22 +36,36 @@ def buildkit_check(files, max_errors, snapshot, as_json):
     ROOT only, across its stores: M9 and M17 (snapshots), M15 and M16 (leases), X1 and X2
             (results whose worker or metadata record is gone)
 
-    Same output and exit status as `boltkit check` (0 clean, 4 problems, 8 unreadable, 16 usage).
-    Other stores get the structural check and a note.
+    Files: the output and exit status of `boltkit check` (0 clean, 4 problems, 8 unreadable, 16 usage).
+    A ROOT: the exit status of `buildkit fsck` (0 the daemon starts and only its routine clean-up happens,
+    warnings never fail; 4 it discards data or errors remain; 8 it will not start or a store is reset or
+    unreadable). Other stores get the structural check and a note.
     """
     import os
 
     from ..buildkit.fsck import check_root
-    checked, paths = {}, []
+    from .startup import headline
+    checked, paths, roots = {}, [], []
     for f in files:
         if os.path.isdir(f):
-            reports = check_root(str(_root_or_exit(f).path), snapshot=snapshot)
-            checked.update(reports)
-            paths += sorted(reports)
+            result = check_root(str(_root_or_exit(f).path), snapshot=snapshot)
+            roots.append(result)
+            checked.update(result.reports)
+            paths += sorted(result.reports)
         else:
             paths.append(f)
-    run_checks(paths, as_json, max_errors,
-               lambda path, progress: checked.get(path) or check_store(path, snapshot=snapshot, progress=progress))
+    try:
+        run_checks(paths, as_json, max_errors,
+                   lambda path, progress: checked.get(path) or check_store(path, snapshot=snapshot,
+                                                                            progress=progress))
+    except SystemExit as done:
+        code = done.code if roots and len(paths) > sum(len(r.reports) for r in roots) else 0
+        for r in roots:
+            code |= r.exit_code()
+            if not as_json:
+                click.echo(f"{r.root.path}: at its next start {headline(r.plan)} ({len(r.plan.changes)} change(s), "
+                           f"{len(r.plan.discards)} discarding data: `buildkit simulate-start` lists them)")
+        raise SystemExit(code if roots else done.code) from None
 
 
 @buildkit.command()
@@ -489,6 +503,30 @@ def repair(root, apply_, start_only, prune_more, config_path, listing, as_json):
     from .output import emit_json, emit_table
     from .startup import change_record, echo_plan
     found = _root_or_exit(root)
+    backups, extra = [], []
+    if prune_more:
+        # first what only --prune does (ids back where BuildKit looks, poison entries, ghosts), so the start
+        # that follows is replayed on the result and the root ends where a start changes nothing
+        try:
+            more = plan_root(found)
+            extra = more.changes
+            if as_json:
+                for path, c in extra:
+                    emit_json(dict(type="change", store=path, **c.as_dict()))
+            elif extra:
+                emit_table([[str(__import__("pathlib").Path(p).relative_to(found.path)), c.code, c.action, c.bucket,
+                             c.key[:70]] for p, c in extra], ["store", "code", "action", "bucket", "key"])
+                click.echo()
+            if apply_ and extra:
+                backups += apply_root(more)
+                write_report(report_beside(backups[0]), {
+                    "root": str(found.path), "backups": list(backups),
+                    "changes": [dict(store=p, **c.as_dict()) for p, c in extra]})
+        except InUse as e:
+            click.echo(f"Error: {e}", err=True)
+            raise SystemExit(8)
+        except BoltkitError as e:
+            raise failure(e) from None
     try:
         config = StartConfig.load(config_path) if config_path else None
         rep = plan_start_repair(found.path, config=config, start_only=start_only)
@@ -501,42 +539,20 @@ def repair(root, apply_, start_only, prune_more, config_path, listing, as_json):
             emit_json(change_record(c))
     elif changes or blocked:
         echo_plan(rep.start, listing=listing)
-    backups = []
     if apply_ and changes and blocked is None:
         try:
-            backups = [b for _, b in apply_start_repair(rep)]
+            done = [b for _, b in apply_start_repair(rep)]
         except InUse as e:
             click.echo(f"Error: {e}", err=True)
             raise SystemExit(8)
         except BoltkitError as e:
             raise failure(e) from None
-        if backups:
-            write_report(report_beside(backups[0]), {"root": str(found.path), "backups": backups,
-                                                     "changes": [c.as_dict() for c in changes]})
+        if done:
+            write_report(report_beside(done[0]), {"root": str(found.path), "backups": done,
+                                                  "changes": [c.as_dict() for c in changes]})
+        backups += done
     else:
         rep.close()
-    extra = []
-    if prune_more and blocked is None:
-        try:
-            more = plan_root(found)
-            extra = more.changes
-            if as_json:
-                for path, c in extra:
-                    emit_json(dict(type="change", store=path, **c.as_dict()))
-            elif extra:
-                emit_table([[str(__import__("pathlib").Path(p).relative_to(found.path)), c.code, c.action, c.bucket,
-                             c.key[:70]] for p, c in extra], ["store", "code", "action", "bucket", "key"])
-            if apply_ and extra:
-                more_backups = apply_root(more)
-                write_report(report_beside(more_backups[0]), {
-                    "root": str(found.path), "backups": more_backups,
-                    "changes": [dict(store=p, **c.as_dict()) for p, c in extra]})
-                backups += more_backups
-        except InUse as e:
-            click.echo(f"Error: {e}", err=True)
-            raise SystemExit(8)
-        except BoltkitError as e:
-            raise failure(e) from None
     total = len(changes) + len(extra)
     if as_json:
         emit_json({"type": "summary", "root": str(found.path), "changes": total, "applied": bool(backups),
