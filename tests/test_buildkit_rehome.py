@@ -169,9 +169,10 @@ def test_salvaged_root_repairs_to_stores_without_errors(tmp_path, oracle, metada
     for store in ("cache.db", "history.db", "runc-overlayfs/metadata_v2.db"):
         assert summaries[store]["problems"]["error"] == 0
         assert oracle.check(root / store)[0] == 0
-    # what is left is what buildkitd handles by itself at start: a mutable parent gets committed (M7)
+    # what is left are warnings buildkitd lives with: a mutable parent it commits when loading (M7), index
+    # keys of a record the start-up GC removed that its values never named, so Clear leaves them too (M10)
     left = {c for s in summaries.values() for c in s["codes"] if c[0] in "CDMH"}
-    assert left <= {"C1", "M1", "M7"}
+    assert left <= {"C1", "M1", "M7", "M10"}
     # the build history is back where `buildx history ls` finds it, as much of it as the next start keeps:
     # its retention (default 50 entries / 48 h) drops the rest, and repair applies what the start does
     with Database(root / "history.db") as db:
