@@ -709,6 +709,11 @@ class _Model:
     def release_unreferenced(self, ov: Overlay) -> None:
         """ReleaseUnreferenced: Walk over `_links`, WalkResults of each key, Release of every result whose ref
         does not exist, each in its own transaction. An undecodable result ends the walk (its error is logged)."""
+        order = self._release_order(ov)
+        if order is not None:
+            for rid in order:
+                self._release_one(ov, rid, self.result_exists(rid))
+            return
         links = ov.bucket(LINKS)
         ids = [k for k, v in links.items() if isinstance(v, OBucket)] if links is not None else []
         visited: set[bytes] = set()
@@ -728,16 +733,66 @@ class _Model:
                 if rid in visited:
                     continue
                 visited.add(rid)
-                why = self.result_exists(rid)
-                if why is not None:
-                    mark = ov.savepoint()
-                    try:
-                        self.release(ov, rid, why)
-                    except _InvalidKey:
-                        ov.rollback(mark)
-                    except CorruptionError:
-                        ov.rollback(mark)       # the panic ends the process inside this transaction
-                        raise
+                self._release_one(ov, rid, self.result_exists(rid))
+
+    def _release_one(self, ov: Overlay, rid: bytes, why: Why | None) -> None:
+        """One Release in its own transaction (rolled back when emptyBranchWithParents fails)."""
+        if why is None:
+            return
+        mark = ov.savepoint()
+        try:
+            self.release(ov, rid, why)
+        except _InvalidKey:
+            ov.rollback(mark)
+        except CorruptionError:
+            ov.rollback(mark)       # the panic ends the process inside this transaction
+            raise
+
+    def _release_order(self, ov: Overlay) -> list[bytes] | None:
+        """The results ReleaseUnreferenced releases, in the order its walk meets them, from the columns of one
+        bulk pass over the file (cachecolumns.py) instead of a lookup per key; None when the walk must be
+        replayed key by key: the store is damaged (the walk's reads may crash), a result does not decode or
+        names another id, or an entry has a shape BuildKit does not write."""
+        import numpy as np
+
+        from .cachecolumns import load_cache_columns
+        if ov.db is None:
+            return []
+        cols = getattr(ov, "columns", None)
+        if cols is None:
+            damage: list = []
+            cols = load_cache_columns(ov.db, on_damage=damage.append)
+            if damage or cols.result_errors or cols.anomalies or cols.link_errors:
+                cols = False
+            ov.columns = cols
+        if cols is False:
+            return None
+        names = cols.names
+        # what earlier starts of this replay removed already
+        gone_results = {(m.path[1], m.key) for m in ov.journal if m.op == "delete" and len(m.path) == 2
+                        and m.path[0] == RESULT}
+        gone_links = {m.key for m in ov.journal if m.op == "delete-bucket" and m.path == (LINKS,)}
+        ids = sorted((names.bytes(c), c) for c in np.unique(cols.links_ids).tolist())
+        rank = {c: i for i, (name, c) in enumerate(ids) if name not in gone_links}
+        unloadable = {}
+        for code in np.unique(cols.result_rid).tolist():
+            rid = names.bytes(code)
+            if self.result_exists(rid) is not None:
+                unloadable[code] = rid
+        if not unloadable:
+            return []
+        pairs = []
+        for kid, code in zip(cols.result_kid.tolist(), cols.result_rid.tolist()):
+            if code in unloadable and kid in rank:
+                rid = unloadable[code]
+                if (names.bytes(kid), rid) not in gone_results:
+                    pairs.append((rank[kid], rid))
+        order, seen = [], set()
+        for _, rid in sorted(pairs):
+            if rid not in seen:
+                seen.add(rid)
+                order.append(rid)
+        return order
 
     def release(self, ov: Overlay, rid: bytes, why: Why) -> None:
         byresult = ov.bucket(BYRESULT)

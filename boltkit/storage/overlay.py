@@ -9,11 +9,17 @@ can be rolled back, as a failed ``db.Update`` is.
 """
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from ..errors import CorruptionError
 from .database import Database
-from .tree import Bucket
+from .tree import Bucket, Item
+
+_MAX_DEPTH = 64              # no bbolt tree is this deep: a deeper descent is a page cycle
+_LEAF_CACHE = 8192           # decoded leaves kept (a replay reads keys in order, so recent leaves are hot)
 
 _DELETED = object()          # an entry the transaction removed
 
@@ -52,7 +58,7 @@ class OBucket:
         e = _DELETED
         if self.src is not None:
             tree = self.ov.db.tree
-            item = tree.get(self.src, key)
+            item = self.ov.lookup(self.src, key)
             if item is not None:
                 e = OBucket(self.ov, self.path + (key,), tree.child(self.src, item)) if item.is_bucket \
                     else self.ov.db.value(item)
@@ -140,9 +146,43 @@ class Overlay:
 
     def __init__(self, db: Database):
         self.db = db
+        self._leaves: OrderedDict[int, dict] = OrderedDict()
+        self._branches: dict[int, tuple[list[bytes], list[int]]] = {}
+        self._nodes: dict = {}               # pgid -> validated Node
         self.root = OBucket(self, (), db.root())
         self.journal: list[Mutation] = []
         self._undo: list[tuple[OBucket, bytes, Any]] = []
+
+    def lookup(self, bucket: Bucket, key: bytes) -> Item | None:
+        """bbolt's seek for one key: one descent, reading the pages on the way (decoded pages are kept)."""
+        pager, data = self.db.pager, self.db.data
+        node = bucket.node
+        for _ in range(_MAX_DEPTH):
+            if node.is_leaf:
+                table = self._leaves.get(node.base)
+                if table is None:
+                    table = {}
+                    for flags, ks, ke, ve in pager.leaf_elements(node):
+                        table.setdefault(data[ks:ke], (flags, ke, ve))
+                    self._leaves[node.base] = table
+                    if len(self._leaves) > _LEAF_CACHE:
+                        self._leaves.popitem(last=False)
+                hit = table.get(key)
+                return None if hit is None else Item(key, hit[0], hit[1], hit[2], node)
+            entry = self._branches.get(node.base)
+            if entry is None:
+                elems = pager.branch_elements(node)
+                if not elems:
+                    raise CorruptionError("branch page with no elements", pgid=node.pgid, offset=node.base + 10,
+                                          path=bucket.path)
+                entry = self._branches[node.base] = ([data[a:b] for a, b, _ in elems], [c for _, _, c in elems])
+            keys, children = entry
+            pgid = children[max(bisect_right(keys, key) - 1, 0)]
+            node = self._nodes.get(pgid)
+            if node is None:
+                node = self._nodes[pgid] = pager.node(pgid)
+        raise CorruptionError(f"the tree under {bucket.path!r} is deeper than {_MAX_DEPTH} levels (a page cycle)",
+                              pgid=node.pgid, path=bucket.path)
 
     def bucket(self, *path: bytes) -> OBucket | None:
         b: OBucket | None = self.root
