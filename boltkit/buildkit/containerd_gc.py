@@ -21,7 +21,9 @@ is not on disk, such as containerdmeta.db after buildkitd deleted the leases of 
 - backend (`snapshotter.garbageCollect`, only for snapshotters marked dirty by a snapshot removed in this
   pass): rows of `v1/snapshots` whose name no remaining metadata snapshot carries, pruned depth first from each
   row without a parent; a row with a child row left in `v1/parents` stays (FailedPrecondition); its
-  `v1/parents/<parent id><0><id>` entry goes with it.
+  `v1/parents/<parent id><0><id>` entry goes with it. Only the GC marks a snapshotter dirty here: BuildKit's
+  snapshotter wrapper forbids `Remove` (snapshot/containerd/snapshotter.go), and each pass resets the marks, so
+  an orphan row (one whose metadata snapshot vanished otherwise) waits for a pass that removes a snapshot.
 
 Left out, because they change no bbolt store or never occur in BuildKit: the content store cleanup (files
 under content/, scheduled when content or an ingest was removed: `GcPass.content_dirty` says so) and the
@@ -69,7 +71,7 @@ class GcRemoval:
     store: str                          # META_STORE or BACKEND_STORE
     path: tuple[bytes, ...]
     is_bucket: bool
-    kind: str                           # snapshot, content, ingest, lease, image, backend-snapshot, backend-parent-index
+    kind: str           # snapshot, content, ingest, lease, image, backend-snapshot, backend-parent-index
     namespace: bytes | None
     name: bytes                         # snapshot key / digest / ingest ref / lease id / image name / backend key
     snapshotter: str | None = None      # for snapshot and backend removals
