@@ -3,5 +3,6 @@ from .database import Database
 from .freelist import Freelist, read_freelist
 from .meta import Meta, MetaChoice, decode_meta, discover
 from .pages import Node, Pager
+from .plain import plain_tree
 from .source import Source
 from .tree import Bucket, Item, Tree
