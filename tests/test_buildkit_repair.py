@@ -90,3 +90,30 @@ def test_refuses_while_buildkitd_holds_its_lock(tmp_path):
         os.close(fd)
     assert r.exit_code == 8 and "locked by another process" in r.output
     assert not list(root.rglob("*.bak"))
+
+
+def test_a_record_id_that_is_not_utf8_is_repaired_by_its_bytes(tmp_path):
+    """Ids travel as bytes from the file to the writer: a deleted record whose id is not valid UTF-8 goes, with
+    its lease, and the next start has nothing left to do (a lossy text id would leave it in place)."""
+    from boltkit.buildkit.startup import close_plan, simulate_start
+    root = tmp_path / "buildkit"
+    worker = root / "runc-overlayfs"
+    worker.mkdir(parents=True)
+    (worker / "workerid").write_text("x03o8ykcb5gi9f4j2ygkwwsgx")
+    odd = b"\xffodd\xfe0000000000000000000zz"
+    t = clean_metadata_tree()
+    t[b"_main"].children[odd] = Bucket({b"cache.deleted": env(True), b"snapshot.committed": env(True),
+                                        b"cache.createdAt": env(1)})
+    write_store(worker / "metadata_v2.db", t)
+    lease = Bucket({b"labels": Bucket({b"containerd.io/gc.flat": b""})})
+    write_store(worker / "containerdmeta.db", {b"v1": Bucket({b"buildkit": Bucket({b"leases": Bucket(
+        {odd: lease, b"keep0000000000000000000000": lease})})})})
+    r = run("buildkit", "repair", "--apply", root)
+    assert r.exit_code == 0, r.output
+    with Database(worker / "metadata_v2.db") as db:
+        assert db.tree.get(db.bucket((b"_main",)), odd) is None
+    with Database(worker / "containerdmeta.db") as db:
+        assert db.tree.get(db.bucket((b"v1", b"buildkit", b"leases")), odd) is None
+    plan = simulate_start(root)
+    close_plan(plan)
+    assert [c for c in plan.changes if c.store.startswith("runc-")] == []     # (the root has no cache.db)
