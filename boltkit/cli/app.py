@@ -6,9 +6,9 @@ import contextlib
 import click
 
 from .. import __version__
-from ..errors import BoltkitError, CorruptionError, NotFound, OpenError
-from ..repair.replace import InUse
+from ..errors import BoltkitError, CorruptionError, InUse, NotFound, OpenError
 from ..storage import Database
+from . import live
 from .output import warn
 
 
@@ -68,4 +68,5 @@ def opened(path: str, meta: int | None = None, snapshot: bool = False):
                 warn(f"{path}: reading through {db.choice.reason}")
         yield db
     finally:
+        live.note(db)
         db.close()

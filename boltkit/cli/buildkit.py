@@ -5,9 +5,10 @@ import click
 
 from ..buildkit.fsck import check_store
 from ..errors import BoltkitError
-from ..repair.preflight import report_beside, write_report
+from ..repair.replace import report_beside
 from .app import failure, main
 from .check import FsckCommand, run_checks
+from .live import settled_reads
 
 
 @main.group()
@@ -63,6 +64,7 @@ def buildkit_check(files, max_errors, snapshot, as_json):
               help="Render it to SVG with Graphviz's `dot` program (must be installed).")
 @click.option("--snapshot", is_flag=True, help="Copy the file first (buildkitd running).")
 @click.option("--json", "as_json", is_flag=True, help="The summary as one JSON object.")
+@settled_reads
 def graph(file, top, dot_path, svg_path, snapshot, as_json):
     """The cache-key graph of a cache.db: size, roots, cycles, fan-out/fan-in, depth and path counts.
 
@@ -332,12 +334,11 @@ def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, as_
     summary = {"file": file, "changes": len(changes), "actions": counts, "applied": False, "backup": None}
     if changes and apply_:
         try:
-            summary["backup"] = apply_prune(plan)
+            summary["backup"] = apply_prune(plan)     # which writes the report beside the backup
         except BoltkitError as e:
             raise failure(e) from None
         summary["applied"] = True
-        summary["report"] = write_report(report_beside(summary["backup"]),
-                                         dict(summary, changes=[c.as_dict() for c in changes]))
+        summary["report"] = report_beside(summary["backup"])
     if as_json:
         emit_json(summary)
     elif not changes:
@@ -354,6 +355,7 @@ def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, as_
 @click.argument("file", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per build.")
 @click.option("--snapshot", is_flag=True, help="Copy the file first (buildkitd running).")
+@settled_reads
 def history(file, as_json, snapshot):
     """Build records of a history.db: ref, created, duration, steps (cached/completed/total), pinned, error."""
     import datetime
@@ -510,9 +512,6 @@ def repair(root, apply_, start_only, prune_more, config_path, listing, as_json):
             raise SystemExit(8)
         except BoltkitError as e:
             raise failure(e) from None
-        if backups:
-            write_report(report_beside(backups[0]), {"root": str(found.path), "backups": backups,
-                                                     "changes": [c.as_dict() for c in changes]})
     else:
         rep.close()
     extra = []
@@ -527,11 +526,7 @@ def repair(root, apply_, start_only, prune_more, config_path, listing, as_json):
                 emit_table([[str(__import__("pathlib").Path(p).relative_to(found.path)), c.code, c.action, c.bucket,
                              c.key[:70]] for p, c in extra], ["store", "code", "action", "bucket", "key"])
             if apply_ and extra:
-                more_backups = apply_root(more)
-                write_report(report_beside(more_backups[0]), {
-                    "root": str(found.path), "backups": more_backups,
-                    "changes": [dict(store=p, **c.as_dict()) for p, c in extra]})
-                backups += more_backups
+                backups += apply_root(more)
         except InUse as e:
             click.echo(f"Error: {e}", err=True)
             raise SystemExit(8)
@@ -540,7 +535,8 @@ def repair(root, apply_, start_only, prune_more, config_path, listing, as_json):
     total = len(changes) + len(extra)
     if as_json:
         emit_json({"type": "summary", "root": str(found.path), "changes": total, "applied": bool(backups),
-                   "backups": backups, "blocked": blocked})
+                   "backups": backups, "blocked": blocked,
+                   "reports": [report_beside(b) for b in backups]})    # one per store, written as it was swapped
     elif blocked is not None:
         click.echo(f"Error: {blocked}", err=True)
     elif not total:
