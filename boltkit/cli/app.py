@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 
 import click
 
@@ -24,10 +26,24 @@ def failure(e: Exception) -> click.ClickException:
     return err
 
 
+def _exit_on_signals() -> None:
+    """SIGTERM and SIGHUP end the command like Ctrl-C does, through every `finally`: temp copies (--snapshot) and
+    unfinished new files are removed, never left behind (a repair's swap is one rename either way)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) in (signal.SIG_DFL, None):
+            signal.signal(sig, stop)
+
+
 class BoltkitGroup(click.Group):
     """Library errors become `Error: ...` and exit 1 (8: file in use), never a traceback."""
 
     def invoke(self, ctx):
+        _exit_on_signals()
         try:
             return super().invoke(ctx)
         except (OpenError, NotFound, CorruptionError, BoltkitError) as e:
