@@ -140,7 +140,8 @@ def temp_name(target: str) -> str:
     return f"{target}{TEMP_MARK}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-_TEMP_RE = re.compile(re.escape(TEMP_MARK) + r"(?:-(\d+)-[0-9a-f]+)?$")
+# after the store's name: the store's own temp, or that of a report beside it (`.boltkit-<UTC>.report.json`)
+_TEMP_RE = re.compile(r"(?:\.boltkit-[0-9TZ-]+\.report\.json)?" + re.escape(TEMP_MARK) + r"(?:-(\d+)-[0-9a-f]+)?")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -154,8 +155,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def stale_temps(target: str) -> list[str]:
-    """Temps a killed run left beside ``target``: the fixed name older versions used, and unique names whose
-    process is gone. A temp of a run that is still alive is not stale."""
+    """Temps a killed run left beside ``target`` (its own, and its reports'): the fixed name older versions
+    used, and unique names whose process is gone. A temp of a run that is still alive is not stale."""
     d, base = os.path.split(target)
     out = []
     try:
