@@ -237,8 +237,9 @@ def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, 
     except BoltkitError as e:
         raise failure(e)
     if result.daemon_running:
-        warn(f"{root}/buildkitd.lock is held: buildkitd is running; stores can change while they are read "
-             "(use --snapshot)")
+        warn(f"{root}/buildkitd.lock is held: buildkitd is running; " + (
+            "each store is read from a copy taken while its metas stood still" if snapshot else
+            "a store read while a commit lands is read again (or use --snapshot)"))
     rows = []
     for path, rep in result.reports.items():
         rel = str(__import__("pathlib").Path(path).relative_to(found.path))

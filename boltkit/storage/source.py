@@ -227,8 +227,9 @@ def _consistent_copy(src_fd: int, path: str, attempts: int, named: bool) -> tupl
 
 
 def copy_sparse(src_fd: int, dst_fd: int, chunk: int = 1 << 20) -> int:
-    """Copy the data of ``src_fd`` into ``dst_fd`` (empty), skipping its holes and all-zero chunks, and give the
-    copy the source's size; returns the bytes written."""
+    """Copy the data of ``src_fd`` into ``dst_fd`` (empty) and give the copy the source's size, keeping holes:
+    only the data segments SEEK_DATA/SEEK_HOLE report are copied (in the kernel, by copy_file_range, when it can);
+    where the filesystem cannot say, all-zero chunks are skipped instead. Returns the bytes copied."""
     size = os.fstat(src_fd).st_size
     written = 0
     off = 0
@@ -236,21 +237,41 @@ def copy_sparse(src_fd: int, dst_fd: int, chunk: int = 1 << 20) -> int:
         try:
             data = os.lseek(src_fd, off, os.SEEK_DATA)
             hole = min(os.lseek(src_fd, data, os.SEEK_HOLE), size)
+            seekable = True
         except OSError as e:
             if e.errno == errno.ENXIO:      # only a hole is left
                 break
-            data, hole = off, size          # no SEEK_DATA here: the zero test below still keeps holes
-        pos = data
-        while pos < hole:
-            buf = os.pread(src_fd, min(chunk, hole - pos), pos)
-            if not buf:
-                break
-            if buf.count(0) != len(buf):
-                os.pwrite(dst_fd, buf, pos)
-                written += len(buf)
-            pos += len(buf)
+            data, hole, seekable = off, size, False
+        written += _copy_range(src_fd, dst_fd, data, hole, chunk, skip_zeros=not seekable)
         off = max(hole, off + 1)
     os.ftruncate(dst_fd, size)
+    return written
+
+
+def _copy_range(src_fd: int, dst_fd: int, start: int, end: int, chunk: int, skip_zeros: bool) -> int:
+    pos = start
+    written = 0
+    cfr = getattr(os, "copy_file_range", None)
+    while pos < end:
+        n = min(chunk, end - pos)
+        if cfr is not None and not skip_zeros:
+            try:
+                done = cfr(src_fd, dst_fd, n, pos, pos)
+            except OSError:
+                cfr = None
+                continue
+            if done <= 0:
+                break
+            pos += done
+            written += done
+            continue
+        buf = os.pread(src_fd, n, pos)
+        if not buf:
+            break
+        if not skip_zeros or buf.count(0) != len(buf):
+            os.pwrite(dst_fd, buf, pos)
+            written += len(buf)
+        pos += len(buf)
     return written
 
 

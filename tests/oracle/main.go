@@ -1882,8 +1882,10 @@ func cmdMutate(args []string) (code int) {
 // does) and commits transactions in a loop for -duration: puts of small,
 // page-sized and overflowing values, deletes, and nested buckets made and
 // dropped, within a bounded key space, so pages are freed and reused all the
-// time. It prints "ready" once the first transaction has committed, and
-// "commits N" at the end; boltkit's reads of a live file are tested against it.
+// time. Every transaction also writes its number to live/!first, live/~last
+// and zz-counter/n. It prints "ready" once the first transaction has
+// committed, and "commits N" at the end; boltkit's reads of a live file are
+// tested against it.
 func cmdLive(args []string) (code int) {
 	fs := newFlags("live", "[-seed N] [-duration D] [-interval D] FILE")
 	seed := fs.Int64("seed", 1, "random seed")
@@ -1906,6 +1908,21 @@ func cmdLive(args []string) (code int) {
 			top, err := tx.CreateBucketIfNotExists([]byte("live"))
 			if err != nil {
 				return err
+			}
+			// the same counter at both ends of "live" and in a bucket of its own: a
+			// reader that saw one transaction sees three equal values
+			n := []byte(fmt.Sprintf("%012d", commits+1))
+			tail, err := tx.CreateBucketIfNotExists([]byte("zz-counter"))
+			if err != nil {
+				return err
+			}
+			for _, put := range []struct {
+				b *bolt.Bucket
+				k string
+			}{{top, "!first"}, {top, "~last"}, {tail, "n"}} {
+				if err := put.b.Put([]byte(put.k), n); err != nil {
+					return err
+				}
 			}
 			for i, n := 0, 1+rng.Intn(40); i < n; i++ {
 				k := []byte(fmt.Sprintf("key-%05d", rng.Intn(3000)))
