@@ -166,12 +166,20 @@ def test_a_whole_root_is_refused_before_any_store_is_written(tmp_path):
     write_store(worker / "metadata_v2.db", t)
     planted_store(root)
     r = run("buildkit", "repair", "--json", root)
-    planned = {json.loads(x).get("store") for x in r.output.splitlines()[:-1]}
-    assert planned == {str(worker / "metadata_v2.db"), str(root / "cache.db")}
+    planned = {json.loads(x)["store"] for x in r.output.splitlines()[:-1]} & {"runc-overlayfs/metadata_v2.db",
+                                                                               "cache.db"}
+    assert len(planned) == 2, r.output
     before = {p: p.read_bytes() for p in root.rglob("*.db")}
+    from boltkit.buildkit.repair import apply_root, plan_root
+    from boltkit.buildkit.root import discover
+    from boltkit.errors import InUse
+    tidy = plan_root(discover(root))                # the prune/rehome plan (`--prune`, fsck --repair)
+    assert {os.path.relpath(p, root) for p, _ in tidy.changes} == {"runc-overlayfs/metadata_v2.db", "cache.db"}
     fd = hold(root / "cache.db")                # cache.db held, metadata_v2.db free
     try:
         r = run("buildkit", "repair", "--apply", root)
+        with pytest.raises(InUse, match="cache.db is locked"):
+            apply_root(tidy)
     finally:
         os.close(fd)
     assert r.exit_code == 8 and "cache.db is locked" in r.output
@@ -180,7 +188,7 @@ def test_a_whole_root_is_refused_before_any_store_is_written(tmp_path):
     r = run("buildkit", "repair", "--apply", "--json", root)
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output.splitlines()[-1])
-    changed = {json.loads(open(p).read())["store"] for p in summary["reports"]}
+    changed = {os.path.relpath(json.loads(open(p).read())["store"], root) for p in summary["reports"]}
     assert changed == planned and len(summary["backups"]) == len(planned)
 
 
