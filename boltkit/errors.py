@@ -36,3 +36,20 @@ class CorruptionError(BoltkitError):
         if self.offset is not None:
             where.append(f"offset {self.offset}")
         return (", ".join(where) + ": " if where else "") + self.message
+
+
+class InUse(BoltkitError):
+    """A process (buildkitd, a bbolt writer) holds the file or its root's lock, so a repair or a read that needs
+    the file to stand still was refused. ``holders`` names each lock found held."""
+
+    def __init__(self, message: str, *, holders: list[str] | None = None):
+        self.holders = list(holders or [])
+        super().__init__(message)
+
+
+class Unsettled(InUse):
+    """Reads of a file a writer holds never finished inside one transaction: every attempt saw a commit land."""
+
+    def __init__(self, message: str, *, attempts: int):
+        self.attempts = attempts
+        super().__init__(message)

@@ -120,6 +120,10 @@ class CacheLeaves:
     is not a cache.db."""
 
     def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what was kept (a read of a live file that did not settle is read again)."""
         self.parts: list[tuple] = []
         self.scan = None
         self.wanted = True

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import BoltkitError, CorruptionError
-from ..repair.preflight import report_beside, require_sound, write_report
+from ..repair.preflight import require_sound
 from .repair import apply_start_repair, plan_start_repair
 from .root import discover
 from .startconfig import StartConfig
@@ -44,15 +44,12 @@ class PreenResult:
 
 
 def preen_root(root: str, *, config: StartConfig | None = None) -> PreenResult:
-    from ..repair.replace import InUse, holder_check
+    from ..repair.replace import InUse, refuse_if_held
     from ..repair.salvage import salvage_in_place
     found = discover(root)
     result = PreenResult()
     try:
-        if found.lock is not None:
-            holder_check(str(found.lock))
-        for s in found.stores:
-            holder_check(str(s.path))
+        refuse_if_held([str(s.path) for s in found.stores] + ([str(found.lock)] if found.lock is not None else []))
         from .fsck import fsck_root
         first = fsck_root(str(found.path), simulate=False)
         errors = False
@@ -65,11 +62,11 @@ def preen_root(root: str, *, config: StartConfig | None = None) -> PreenResult:
             else:
                 errors |= any(p.severity.value == "error" for p in first.reports[str(s.path)].problems)
                 continue
-            res, backup = salvage_in_place(str(s.path))
-            if backup is None:
+            res, done = salvage_in_place(str(s.path))        # which writes its report beside the backup
+            if done is None:
                 raise PreenError(f"{rel}: the salvaged copy did not verify; {rel} is untouched (the attempt is "
                                  f"{res.dst})")
-            write_report(report_beside(backup), res.report())
+            backup = done.backup
             result.steps.append(PreenStep(rel, "salvage", backup, {"pairs": res.pairs, "buckets": res.buckets,
                                                                     "damage": len(res.damage)}))
         if result.steps or errors:
@@ -79,10 +76,7 @@ def preen_root(root: str, *, config: StartConfig | None = None) -> PreenResult:
             from .repair import apply_root, plan_root
             tidy = plan_root(discover(found.path))
             if tidy.changes:
-                backups = apply_root(tidy)
-                write_report(report_beside(backups[0]), {"root": str(found.path), "backups": backups,
-                                                         "changes": [dict(store=p, **c.as_dict())
-                                                                     for p, c in tidy.changes]})
+                backups = apply_root(tidy)          # a report per store beside its backup
                 for b in backups:
                     result.steps.append(PreenStep(os.path.relpath(b.split(".boltkit-")[0], found.path), "rehome", b,
                                                   {"changes": len(tidy.changes)}))
@@ -93,11 +87,7 @@ def preen_root(root: str, *, config: StartConfig | None = None) -> PreenResult:
         if not rep.changes:
             rep.close()
             return result
-        backups = apply_start_repair(rep)
-        if not backups:
-            return result
-        write_report(report_beside(backups[0][1]), {"root": str(found.path), "backups": [b for _, b in backups],
-                                                    "changes": [c.as_dict() for c in rep.changes]})
+        backups = apply_start_repair(rep, {"operation": "buildkit fsck --repair"})   # a report per store
         for rel, backup in backups:
             result.steps.append(PreenStep(rel, "repair", backup, {"changes": sum(1 for c in rep.changes
                                                                                  if c.store == rel)}))

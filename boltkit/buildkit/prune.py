@@ -198,40 +198,50 @@ def plan_file(path: str, *, break_cycles: bool = False, records: set[str] | None
     return PrunePlan(path, pruned, moved + changes, page_size, taken)
 
 
-def apply_prune(plan: PrunePlan) -> str:
+def apply_prune(plan: PrunePlan, report: dict | None = None) -> str:
     """Write the pruned store beside the original, verify it (structure, and no dangling link or index fault
-    left), and swap it in through the safe-replace protocol; returns the backup's path."""
-    import os
+    left), and swap it in through the one repair primitive (which writes the JSON report of the changes, with
+    ``report``'s fields, beside the backup); returns the backup's path."""
+    return prepare_prune(plan).commit(lambda done: prune_report(plan, report)).backup
 
+
+def prune_report(plan: PrunePlan, extra: dict | None = None) -> dict:
+    counts: dict[str, int] = {}
+    for c in plan.changes:
+        counts[c.action] = counts.get(c.action, 0) + 1
+    return {"operation": "buildkit prune", "file": plan.path, **(extra or {}), "actions": counts,
+            "changes": [c.as_dict() for c in plan.changes]}
+
+
+def prepare_prune(plan: PrunePlan, *, check_holders: bool = True):
+    """The pruned store written beside the original and verified, not yet swapped in (`replace.Prepared`)."""
     from ..check import check_file
-    from ..errors import BoltkitError
-    from ..repair.replace import holder_check, replace
+    from ..repair.replace import prepare
     from ..repair.rewrite import stream
     from ..storage import Database
     from ..write import BoltWriter
     from .cachecheck import check_cache_db
     path, pruned, taken = plan.path, plan.pruned, plan.taken
-    new = path + ".boltkit-new"
-    if os.path.exists(new):
-        raise BoltkitError(f"{new} exists (an interrupted run?); remove it first")
-    holder_check(path)
-    with Database(path) as src, BoltWriter(new, page_size=plan.page_size) as w:
-        # buckets BuildKit does not use are carried over untouched
-        root = src.root()
-        foreign = {}
-        for item in src.tree.items(root):
-            if item.is_bucket and item.key not in TOP_BUCKETS:
-                child = src.tree.child(root, item)
-                if (item.key,) in taken:
-                    continue
-                foreign[item.key] = lambda writer, child=child: stream(
-                    src, child, writer, lambda p, k, is_bucket: not is_bucket or p + (k,) not in taken)
-        write_pruned(pruned, w, foreign)
-    ok = check_file(new, revert=False)
-    with Database(new) as db:
-        left = check_cache_db(db).counts()
-    bad = sorted({code for code in left if code in ("D1", "D2", "D3", "D4", "D5", "C4", "C5", "C9", "C12")})
-    if not ok.clean or bad:
-        raise BoltkitError(f"the pruned store did not verify ({bad or 'structure'}); {path} is untouched, "
-                           f"the attempt is in {new}")
-    return replace(path, new)
+
+    def write(new: str) -> None:
+        with Database(path) as src, BoltWriter(new, page_size=plan.page_size) as w:
+            # buckets BuildKit does not use are carried over untouched
+            root = src.root()
+            foreign = {}
+            for item in src.tree.items(root):
+                if item.is_bucket and item.key not in TOP_BUCKETS:
+                    child = src.tree.child(root, item)
+                    if (item.key,) in taken:
+                        continue
+                    foreign[item.key] = lambda writer, child=child: stream(
+                        src, child, writer, lambda p, k, is_bucket: not is_bucket or p + (k,) not in taken)
+            write_pruned(pruned, w, foreign)
+
+    def verify(new: str) -> str | None:
+        ok = check_file(new, revert=False)
+        with Database(new) as db:
+            left = check_cache_db(db).counts()
+        bad = sorted({code for code in left if code in ("D1", "D2", "D3", "D4", "D5", "C4", "C5", "C9", "C12")})
+        return None if ok.clean and not bad else f"the pruned store still has {', '.join(bad) or 'structure'} faults"
+
+    return prepare(path, write, verify, check_holders=check_holders)

@@ -163,38 +163,42 @@ def rehome_history(db: Database) -> tuple[dict[bytes, bytes], set[tuple[tuple, b
     return found, where
 
 
-def apply_history(path: str, found: dict[bytes, bytes], where: set[tuple[tuple, bytes]]) -> str:
+def apply_history(path: str, found: dict[bytes, bytes], where: set[tuple[tuple, bytes]],
+                  report: dict | None = None) -> str:
     """Write the history.db with ``found`` merged into `_records` and the taken pairs left out elsewhere,
-    verify it, and swap it in (safe-replace); returns the backup's path."""
-    import os
+    verify it, and swap it in (the one repair primitive, which writes the report); returns the backup's path."""
+    return prepare_history(path, found, where).commit(report or {"operation": "history rehome"}).backup
 
+
+def prepare_history(path: str, found: dict[bytes, bytes], where: set[tuple[tuple, bytes]], *,
+                    check_holders: bool = True):
+    """The repaired history.db written beside the original and verified, not yet swapped in."""
     from ..check import check_file
-    from ..errors import BoltkitError
-    from ..repair.replace import holder_check, replace
+    from ..repair.replace import prepare
     from ..repair.rewrite import stream
     from ..write import BoltWriter
     from .history import check_history, load_history
-    holder_check(path)
-    new = path + ".boltkit-new"
-    if os.path.exists(new):
-        raise BoltkitError(f"{new} exists (an interrupted run?); remove it first")
-    with Database(path) as src, BoltWriter(new, page_size=src.page_size) as w:
-        tree, root = src.tree, src.root()
-        tops = {it.key: it for it in tree.items(root) if it.is_bucket}
-        for name in sorted(set(tops) | {b"_records"}):
-            child = tree.child(root, tops[name]) if name in tops else None
-            w.begin_bucket(name, child.sequence if child is not None else 0)
-            if name == b"_records":
-                records = dict(found)
-                if child is not None:
-                    records.update({it.key: src.value(it) for it in tree.items(child) if not it.is_bucket})
-                for k in sorted(records):
-                    w.put(k, records[k])
-            else:
-                stream(src, child, w, lambda p, k, is_bucket: is_bucket or (p, k) not in where)
-            w.end_bucket()
-    with Database(new) as db:
-        bad = check_history(load_history(db), new)
-    if not check_file(new, revert=False).clean or bad:
-        raise BoltkitError(f"the repaired {path} did not verify; it is untouched, the attempt is in {new}")
-    return replace(path, new)
+
+    def write(new: str) -> None:
+        with Database(path) as src, BoltWriter(new, page_size=src.page_size) as w:
+            tree, root = src.tree, src.root()
+            tops = {it.key: it for it in tree.items(root) if it.is_bucket}
+            for name in sorted(set(tops) | {b"_records"}):
+                child = tree.child(root, tops[name]) if name in tops else None
+                w.begin_bucket(name, child.sequence if child is not None else 0)
+                if name == b"_records":
+                    records = dict(found)
+                    if child is not None:
+                        records.update({it.key: src.value(it) for it in tree.items(child) if not it.is_bucket})
+                    for k in sorted(records):
+                        w.put(k, records[k])
+                else:
+                    stream(src, child, w, lambda p, k, is_bucket: is_bucket or (p, k) not in where)
+                w.end_bucket()
+
+    def verify(new: str) -> str | None:
+        with Database(new) as db:
+            bad = check_history(load_history(db), new)
+        return None if check_file(new, revert=False).clean and not bad else "history records still misplaced"
+
+    return prepare(path, write, verify, check_holders=check_holders)

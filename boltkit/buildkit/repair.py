@@ -1,5 +1,5 @@
-"""`buildkit repair ROOT`: the safe fixes for a whole root, planned first and applied store by store through
-the safe-replace protocol.
+"""`buildkit repair ROOT`: the safe fixes for a whole root, planned first and applied through the one repair
+primitive (repair/replace.py): every store is prepared and verified before any is swapped in.
 
 metadata_v2.db: drop values that are not JSON envelopes (buildkitd refuses to start on them; a missing key
 reads as unset), index keys without '::' or naming missing records, buckets inside records and externals of no
@@ -19,8 +19,8 @@ from ..repair.preflight import require_sound
 from ..storage import Database
 from .containerd import SUFFIXES, snapshots, worker_snapshotter
 from .metadata import load_metadata_store
-from .prune import Change, PrunePlan, apply_prune, plan_file
-from .rehome import apply_history, rehome_history
+from .prune import Change, PrunePlan, plan_file, prepare_prune, prune_report
+from .rehome import prepare_history, rehome_history
 from .root import Root, discover
 from .startconfig import StartConfig
 from .startup import Cause, Fix, StartPlan, close_plan, simulate_start
@@ -114,20 +114,26 @@ def plan_leases(cm_path: str, gone: set[str]) -> StorePlan:
     return plan
 
 
-def apply_plan(plan: StorePlan) -> str:
-    """Write the store without the dropped entries beside it, verify, and swap it in; returns the backup."""
+def apply_plan(plan: StorePlan, report: dict | None = None) -> str:
+    """Write the store without the dropped entries beside it, verify, and swap it in (the one repair primitive,
+    which writes the report of its changes); returns the backup."""
+    return prepare_plan(plan).commit(_store_report(plan.path, plan.changes, report)).backup
+
+
+def prepare_plan(plan: StorePlan, *, check_holders: bool = True):
+    """The store without the dropped entries, written beside it and verified, not yet swapped in."""
     from ..check import check_file
-    from ..errors import BoltkitError
-    from ..repair.replace import holder_check, replace
+    from ..repair.replace import prepare
     from ..repair.rewrite import rewrite
-    holder_check(plan.path)
-    new = plan.path + ".boltkit-new"
-    if os.path.exists(new):
-        raise BoltkitError(f"{new} exists (an interrupted run?); remove it first")
-    rewrite(plan.path, new, lambda path, key, is_bucket: (path, key) not in plan.drop)
-    if not check_file(new, revert=False).clean:
-        raise BoltkitError(f"the repaired {plan.path} did not verify; it is untouched, the attempt is in {new}")
-    return replace(plan.path, new)
+
+    def verify(new: str) -> str | None:
+        return None if check_file(new, revert=False).clean else "the rewritten store does not check clean"
+    return prepare(plan.path, lambda new: rewrite(plan.path, new, lambda path, key, is_bucket:
+                                                  (path, key) not in plan.drop), verify, check_holders=check_holders)
+
+
+def _store_report(path: str, changes, extra: dict | None = None) -> dict:
+    return {"operation": "buildkit repair", **(extra or {}), "changes": [c.as_dict() for c in changes]}
 
 
 @dataclass
@@ -185,16 +191,43 @@ def _snapshot_keys(worker) -> set[str] | None:
         return set(snapshots(db, name))
 
 
+def written_stores(plan: RootPlan) -> list[str]:
+    """Every store `apply_root` would write."""
+    return [p.path for p in plan.stores if p.changes] + \
+        ([plan.cache.path] if plan.cache is not None and plan.cache.changes else []) + \
+        ([plan.history_path] if plan.history_changes else [])
+
+
 def apply_root(plan: RootPlan) -> list[str]:
-    """Apply a root plan store by store (each verified and swapped in); returns the backups made."""
-    from ..repair.replace import holder_check
-    if plan.root.lock is not None:
-        holder_check(str(plan.root.lock))
-    backups = [apply_plan(p) for p in plan.stores if p.changes]
-    if plan.cache is not None and plan.cache.changes:
-        backups.append(apply_prune(plan.cache))
-    if plan.history_changes:
-        backups.append(apply_history(plan.history_path, plan.history_found, plan.history_where))
+    """Apply a root plan: refused before any write when the root's lock or any store it writes is held; then every
+    store is written beside itself and verified, and only when all verified are they swapped in, each with a
+    report of its own changes beside its backup. Returns the backups made."""
+    from ..repair.replace import refuse_if_held
+    stores = written_stores(plan)
+    refuse_if_held(stores + ([str(plan.root.lock)] if plan.root.lock is not None else []))
+    extra = {"root": str(plan.root.path)}
+    prepared = []
+    try:
+        for p in plan.stores:
+            if p.changes:
+                prepared.append((prepare_plan(p), _store_report(p.path, p.changes, extra)))
+        if plan.cache is not None and plan.cache.changes:
+            prepared.append((prepare_prune(plan.cache), prune_report(plan.cache, extra)))
+        if plan.history_changes:
+            prepared.append((prepare_history(plan.history_path, plan.history_found, plan.history_where),
+                             _store_report(plan.history_path, plan.history_changes, extra)))
+    except BaseException:
+        for pr, _ in prepared:
+            pr.discard()
+        raise
+    backups = []
+    for i, (pr, record) in enumerate(prepared):
+        try:
+            backups.append(pr.commit(dict(record, stores=stores)).backup)
+        except BaseException:
+            for later, _ in prepared[i + 1:]:
+                later.discard()
+            raise
     return backups
 
 
@@ -249,35 +282,48 @@ def plan_start_repair(root: str | os.PathLike, *, config: StartConfig | None = N
         close_plan(plan)
 
 
-def apply_start_repair(rep: StartRepair) -> list[tuple[str, str]]:
-    """Write every store the repair changes beside itself, verify it, and swap it in; returns (store, backup)
-    pairs. Every store is checked for holders before the first write, so a root is never half repaired."""
+def apply_start_repair(rep: StartRepair, report: dict | None = None) -> list[tuple[str, str]]:
+    """Write every store the repair changes beside itself and verify it; only when all verified are they swapped
+    in (the one repair primitive, each with a report of its own beside its backup). Returns (store, backup) pairs.
+    Every store, and the root's lock, is checked for holders before the first write, so a root is never half
+    repaired."""
     from ..check import check_file
     from ..errors import BoltkitError
     from ..repair.apply import write_overlay
-    from ..repair.replace import holder_check, replace
+    from ..repair.replace import prepare, refuse_if_held
     why = rep.blocked
     if why is not None:
         raise BoltkitError(why)
     # a store the root does not have is created by buildkitd itself: nothing to write for it
     changed = [(rel, ov) for rel, ov in rep.start.overlays.items() if ov.changed and (rep.root / rel).exists()]
-    if rep.root is not None and (rep.root / "buildkitd.lock").exists():
-        holder_check(str(rep.root / "buildkitd.lock"))
-    for rel, _ in changed:
-        holder_check(str(rep.root / rel))
-    written = []
+    lock = rep.root / "buildkitd.lock"
+    refuse_if_held([str(rep.root / rel) for rel, _ in changed] + ([str(lock)] if os.path.lexists(lock) else []))
+
+    def verify(new: str) -> str | None:
+        checked = check_file(new, revert=False)
+        return None if checked.clean else (checked.problems[0].message if checked.problems else "not clean")
+    prepared = []
     try:
         for rel, ov in changed:
-            path = str(rep.root / rel)
-            new = path + ".boltkit-new"
-            if os.path.exists(new):
-                os.unlink(new)          # ours, from a run that was killed: nothing else uses the name
-            write_overlay(ov, new)
-            report = check_file(new, revert=False)
-            if not report.clean:
-                raise BoltkitError(f"the repaired {rel} did not verify ({report.problems[0].message}); "
-                                   f"{rel} is untouched, the attempt is in {new}")
-            written.append((rel, path, new))
+            prepared.append((rel, prepare(str(rep.root / rel), lambda new, ov=ov: write_overlay(ov, new), verify)))
+    except BaseException:
+        for _, pr in prepared:
+            pr.discard()
+        raise
     finally:
         rep.close()
-    return [(rel, replace(path, new)) for rel, path, new in written]
+    by_store: dict[str, list[StartChange]] = {}
+    for c in rep.changes:
+        by_store.setdefault(c.store, []).append(c)
+    done = []
+    for i, (rel, pr) in enumerate(prepared):
+        record = {"operation": "buildkit repair", "root": str(rep.root), **(report or {}),
+                  "changes": [c.as_dict() for c in by_store.get(rel, [])]}
+        try:
+            done.append((rel, pr.commit(record).backup))
+        except BaseException:
+            for _, later in prepared[i + 1:]:
+                later.discard()
+            raise
+    return done
+

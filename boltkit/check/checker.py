@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import CorruptionError, OpenError
+from ..storage.live import settled_read
 from ..storage import Database, Pager, decode_meta, read_freelist
 from ..storage.meta import Meta
 from .problems import Problem, Problems, Severity
@@ -55,18 +56,27 @@ class CheckReport:
 def check_file(path: str, *, meta: int | None = None, quick: bool = False, revert: bool = True,
                snapshot: bool = False, progress: Progress | None = None, on_leaves=None) -> CheckReport:
     """Check one file. Never raises for anything found in the file; OpenError only for I/O on the path.
-    ``on_leaves``: see TreeScan; it sees the tree of the meta that is checked."""
+    ``on_leaves``: see TreeScan; it sees the tree of the meta that is checked. A file a writer holds is checked
+    again while a commit lands during the check (`storage.live`); Unsettled when that never stops."""
+    return settled_read(str(path), lambda: _check_once(path, meta, quick, revert, snapshot, progress, on_leaves))
+
+
+def _check_once(path, meta, quick, revert, snapshot, progress, on_leaves) -> tuple[CheckReport, bool]:
     report = CheckReport(file=str(path))
+    if hasattr(on_leaves, "reset"):
+        on_leaves.reset()
     try:
         db = Database(path, meta=meta, snapshot=snapshot)
     except OpenError as e:
         report.readable = False
         _unreadable_problems(report, str(path), str(e))
-        return report
+        return report, True
+    settled = True
     try:
         report.warnings = list(db.warnings)
         _check_open(db, report, quick, progress, on_leaves)
-        if revert and meta is None and not report.clean:
+        if revert and meta is None and not report.clean and not db.source.locked_by_writer:
+            # the other meta's tree is the one a live writer reuses first: judged only on a file at rest
             report.revert = _revert_candidate(db, quick)
             if report.revert is not None:
                 r = report.revert
@@ -75,9 +85,10 @@ def check_file(path: str, *, meta: int | None = None, quick: bool = False, rever
                 report.problems.append(Problem(
                     "B050", f"reading through meta {r['meta']} (txid {r['txid']}) {verdict}"
                     + (" (bbolt surgery revert-meta-page)" if r["clean"] else ""), file=report.file, details=r))
+        settled = db.settled()
     finally:
         db.close()
-    return report
+    return report, settled
 
 
 def _unreadable_problems(report: CheckReport, path: str, message: str) -> None:
@@ -103,6 +114,10 @@ def _check_metas(db: Database, report: CheckReport) -> None:
         for e in m.errors:
             report.problems.append(Problem("B001", f"meta {i}: {e}", file=f, pgid=i, offset=m.offset))
         for e in m.faults:
+            if e is m.root_page_fault and m is not db.meta and db.source.locked_by_writer:
+                # the older meta's tree is what a live writer reuses first (freed by the current transaction,
+                # released when the next begins): its root page holding something else is no damage
+                continue
             details = {"span": [m.root, m.root]} if m.bad_root and "root page" in e else {}
             report.problems.append(Problem("B002", f"meta {i}: {e}", file=f, pgid=i, offset=m.offset,
                                            details=details))

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 
 import click
 
 from .. import __version__
-from ..errors import BoltkitError, CorruptionError, NotFound, OpenError
-from ..repair.replace import InUse
+from ..errors import BoltkitError, CorruptionError, InUse, NotFound, OpenError
 from ..storage import Database
+from . import live
 from .output import warn
 
 
@@ -24,10 +26,24 @@ def failure(e: Exception) -> click.ClickException:
     return err
 
 
+def _exit_on_signals() -> None:
+    """SIGTERM and SIGHUP end the command like Ctrl-C does, through every `finally`: temp copies (--snapshot) and
+    unfinished new files are removed, never left behind (a repair's swap is one rename either way)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) in (signal.SIG_DFL, None):
+            signal.signal(sig, stop)
+
+
 class BoltkitGroup(click.Group):
     """Library errors become `Error: ...` and exit 1 (8: file in use), never a traceback."""
 
     def invoke(self, ctx):
+        _exit_on_signals()
         try:
             return super().invoke(ctx)
         except (OpenError, NotFound, CorruptionError, BoltkitError) as e:
@@ -68,4 +84,5 @@ def opened(path: str, meta: int | None = None, snapshot: bool = False):
                 warn(f"{path}: reading through {db.choice.reason}")
         yield db
     finally:
+        live.note(db)
         db.close()

@@ -5,9 +5,10 @@ import click
 
 from ..buildkit.fsck import check_store
 from ..errors import BoltkitError
-from ..repair.preflight import report_beside, write_report
+from ..repair.replace import report_beside
 from .app import failure, main
 from .check import FsckCommand, run_checks
+from .live import settled_reads
 
 
 @main.group()
@@ -77,6 +78,7 @@ def buildkit_check(files, max_errors, snapshot, as_json):
               help="Render it to SVG with Graphviz's `dot` program (must be installed).")
 @click.option("--snapshot", is_flag=True, help="Copy the file first (buildkitd running).")
 @click.option("--json", "as_json", is_flag=True, help="The summary as one JSON object.")
+@settled_reads
 def graph(file, top, dot_path, svg_path, snapshot, as_json):
     """The cache-key graph of a cache.db: size, roots, cycles, fan-out/fan-in, depth and path counts.
 
@@ -249,8 +251,9 @@ def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, 
     except BoltkitError as e:
         raise failure(e)
     if result.daemon_running:
-        warn(f"{root}/buildkitd.lock is held: buildkitd is running; stores can change while they are read "
-             "(use --snapshot)")
+        warn(f"{root}/buildkitd.lock is held: buildkitd is running; " + (
+            "each store is read from a copy taken while its metas stood still" if snapshot else
+            "a store read while a commit lands is read again (or use --snapshot)"))
     rows = []
     for path, rep in result.reports.items():
         rel = str(__import__("pathlib").Path(path).relative_to(found.path))
@@ -346,12 +349,11 @@ def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, as_
     summary = {"file": file, "changes": len(changes), "actions": counts, "applied": False, "backup": None}
     if changes and apply_:
         try:
-            summary["backup"] = apply_prune(plan)
+            summary["backup"] = apply_prune(plan)     # which writes the report beside the backup
         except BoltkitError as e:
             raise failure(e) from None
         summary["applied"] = True
-        summary["report"] = write_report(report_beside(summary["backup"]),
-                                         dict(summary, changes=[c.as_dict() for c in changes]))
+        summary["report"] = report_beside(summary["backup"])
     if as_json:
         emit_json(summary)
     elif not changes:
@@ -368,6 +370,7 @@ def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, as_
 @click.argument("file", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per build.")
 @click.option("--snapshot", is_flag=True, help="Copy the file first (buildkitd running).")
+@settled_reads
 def history(file, as_json, snapshot):
     """Build records of a history.db: ref, created, duration, steps (cached/completed/total), pinned, error."""
     import datetime
@@ -518,10 +521,7 @@ def repair(root, apply_, start_only, prune_more, config_path, listing, as_json):
                              c.key[:70]] for p, c in extra], ["store", "code", "action", "bucket", "key"])
                 click.echo()
             if apply_ and extra:
-                backups += apply_root(more)
-                write_report(report_beside(backups[0]), {
-                    "root": str(found.path), "backups": list(backups),
-                    "changes": [dict(store=p, **c.as_dict()) for p, c in extra]})
+                backups += apply_root(more)         # each store's report is written beside its backup
         except InUse as e:
             click.echo(f"Error: {e}", err=True)
             raise SystemExit(8)
@@ -547,16 +547,14 @@ def repair(root, apply_, start_only, prune_more, config_path, listing, as_json):
             raise SystemExit(8)
         except BoltkitError as e:
             raise failure(e) from None
-        if done:
-            write_report(report_beside(done[0]), {"root": str(found.path), "backups": done,
-                                                  "changes": [c.as_dict() for c in changes]})
         backups += done
     else:
         rep.close()
     total = len(changes) + len(extra)
     if as_json:
         emit_json({"type": "summary", "root": str(found.path), "changes": total, "applied": bool(backups),
-                   "backups": backups, "blocked": blocked})
+                   "backups": backups, "blocked": blocked,
+                   "reports": [report_beside(b) for b in backups]})    # one per store, written as it was swapped
     elif blocked is not None:
         click.echo(f"Error: {blocked}", err=True)
     elif not total:

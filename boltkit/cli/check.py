@@ -6,6 +6,7 @@ import sys
 import click
 
 from ..check import check_file
+from ..errors import Unsettled
 from .app import main
 from .output import emit_json, warn
 
@@ -86,7 +87,14 @@ def run_checks(files, as_json: bool, max_errors: int, make_report) -> None:
             def progress(done, total, bar=bar):
                 bar.length = max(total, 1)
                 bar.update(done - bar.pos)
-        report = make_report(path, progress)
+        try:
+            report = make_report(path, progress)
+        except Unsettled as e:      # a live file that never stood still long enough: not damage, not read
+            if bar is not None:
+                bar.render_finish()
+            click.echo(f"Error: {e}", err=True)
+            status = max(status, EXIT_UNREADABLE)
+            continue
         if bar is not None:
             bar.render_finish()
         for w in report.warnings:

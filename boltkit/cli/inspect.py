@@ -12,6 +12,7 @@ from ..storage.describe import describe_page
 from ..storage.pagemap import page_map
 from ..storage.stats import gather_stats
 from .app import main, opened
+from .live import settled_reads
 from .output import (ENCODINGS, emit_json, emit_table, encode_bytes, hex_option, json_option,
                      output_options, parse_name, read_options, show_bytes, show_path)
 
@@ -37,6 +38,7 @@ def report_damage(errors: list, what: str = "output") -> None:
 @file_argument
 @read_options
 @output_options
+@settled_reads
 def info(file, meta, snapshot, as_json, table_fmt):
     """Both meta pages, which one is current and why, sizes and the freelist.
 
@@ -95,6 +97,7 @@ def info(file, meta, snapshot, as_json, table_fmt):
 @click.option("--map", "map_path", type=click.Path(), default=None,
               help="Also draw the pages as an SVG, one coloured cell per page (open it in a browser).")
 @output_options
+@settled_reads
 def pages(file, meta, snapshot, map_path, as_json, table_fmt):
     """Every page below the high-water mark: type, items, overflow, owning bucket, free or pending.
 
@@ -128,6 +131,7 @@ def pages(file, meta, snapshot, map_path, as_json, table_fmt):
 @read_options
 @click.option("--hex", "hexdump", is_flag=True, help="Hex dump of the page's bytes (with its overflow span).")
 @json_option
+@settled_reads
 def page(file, page_ids, meta, snapshot, hexdump, as_json):
     """Decode pages by id: header, then elements (meta fields, branch children, leaf pairs, freelist ids).
 
@@ -221,6 +225,7 @@ def bucket_path_argument(f):
 @read_options
 @hex_option
 @output_options
+@settled_reads
 def buckets(file, path, meta, snapshot, as_hex, as_json, table_fmt):
     """Buckets directly under PATH (top-level buckets when no PATH is given), with their key counts."""
     with opened(file, meta, snapshot) as db:
@@ -252,6 +257,7 @@ def buckets(file, path, meta, snapshot, as_hex, as_json, table_fmt):
 @hex_option
 @encoding_option
 @json_option
+@settled_reads
 def keys(file, path, meta, snapshot, as_hex, encoding, as_json):
     """Keys of the bucket at PATH, one per line (sub-bucket names end with /)."""
     with opened(file, meta, snapshot) as db:
@@ -272,6 +278,7 @@ def keys(file, path, meta, snapshot, as_hex, encoding, as_json):
 @click.option("--encoding", "-e", type=click.Choice(ENCODINGS + ("raw",)), default="auto", show_default=True,
               help="raw writes the value's bytes unchanged to stdout.")
 @json_option
+@settled_reads
 def get(file, path_and_key, meta, snapshot, as_hex, encoding, as_json):
     """The value of KEY in the bucket at PATH."""
     if len(path_and_key) < 2:
@@ -296,6 +303,7 @@ def get(file, path_and_key, meta, snapshot, as_hex, encoding, as_json):
 @read_options
 @click.option("--max-depth", type=int, default=None, help="Show buckets down to this nesting level only.")
 @output_options
+@settled_reads
 def tree(file, meta, snapshot, max_depth, as_json, table_fmt):
     """Nested buckets with their key counts, inline or paged."""
     with opened(file, meta, snapshot) as db:
@@ -330,6 +338,7 @@ def tree(file, meta, snapshot, max_depth, as_json, table_fmt):
 @file_argument
 @read_options
 @output_options
+@settled_reads
 def stats(file, meta, snapshot, as_json, table_fmt):
     """Page counts, fill ratios, depth, inline vs paged buckets (like `bbolt stats`), per top-level bucket."""
     with opened(file, meta, snapshot) as db:
@@ -376,6 +385,7 @@ def stats(file, meta, snapshot, as_json, table_fmt):
 @encoding_option
 @click.option("--count", "count_only", is_flag=True,
               help="Only count buckets, pairs and key+value bytes of the whole file (a fast bulk traversal).")
+@settled_reads
 def export(file, path, meta, snapshot, as_hex, encoding, count_only):
     """Every bucket and pair under PATH (everything by default) as JSON lines, in bbolt cursor order.
 

@@ -7,9 +7,13 @@ import click
 
 from ..errors import BoltkitError
 from ..repair import compact as compact_file
-from ..repair.preflight import report_beside
 from .app import failure, main
 from .output import emit_json
+
+
+_snapshot = click.option("--snapshot", is_flag=True,
+                         help="SRC is held by a writer (buildkitd running): work from a consistent copy of it "
+                              "(without this, such a SRC is refused with exit 8).")
 
 
 @main.command()
@@ -20,8 +24,9 @@ from .output import emit_json
               help="How full to pack pages; 1.0 is densest (what `bbolt compact` does), 0.5 leaves room for writes.")
 @click.option("--no-freelist", is_flag=True, help="Store no freelist (bbolt rebuilds it at open, as with NoFreelistSync).")
 @click.option("--meta", type=click.IntRange(0, 1), default=None, help="Copy the tree of meta page 0 or 1.")
+@_snapshot
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def compact(src, dst, page_size, fill_percent, no_freelist, meta, as_json):
+def compact(src, dst, page_size, fill_percent, no_freelist, meta, snapshot, as_json):
     """Copy every bucket, key, value and sequence of SRC into a fresh, dense file.
 
     BuildKit's stores never shrink after a prune; this gives the space back. SRC is only read. The
@@ -38,11 +43,9 @@ def compact(src, dst, page_size, fill_percent, no_freelist, meta, as_json):
             bar.update(max(page - bar.pos, 0))
     try:
         result = compact_file(src, dst, page_size=page_size, fill_percent=fill_percent, freelist=not no_freelist,
-                              meta=meta, progress=progress)
-    except FileExistsError as e:
-        raise failure(e)
-    except ValueError as e:
-        raise failure(e)
+                              meta=meta, progress=progress, snapshot=snapshot)
+    except (FileExistsError, ValueError, BoltkitError) as e:
+        raise failure(e) from None
     finally:
         if bar is not None:
             bar.render_finish()
@@ -62,8 +65,9 @@ def compact(src, dst, page_size, fill_percent, no_freelist, meta, as_json):
 @click.option("--report", "report_path", type=click.Path(), default=None,
               help="Where to write the JSON report (default: OUTPUT.report.json, or beside the backup).")
 @click.option("--no-lost-found", is_flag=True, help="Do not scan for leaf pages no tree reaches.")
+@_snapshot
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def salvage(src, dst, in_place, report_path, no_lost_found, as_json):
+def salvage(src, dst, in_place, report_path, no_lost_found, snapshot, as_json):
     """Recover everything recoverable from a damaged SRC into a new, valid file.
 
     Takes every intact part of the current tree; where it is damaged, what the previous transaction's
@@ -79,18 +83,21 @@ def salvage(src, dst, in_place, report_path, no_lost_found, as_json):
       boltkit buildkit fsck /var/lib/buildkit && systemctl start buildkit
     or all three at once: boltkit buildkit fsck --repair /var/lib/buildkit
     """
-    from ..repair.salvage import WARNING, salvage as salvage_file, salvage_in_place, write_report
+    from ..repair.salvage import WARNING, salvage as salvage_file, salvage_in_place
     if (dst is None) == (not in_place):
         raise click.UsageError("give either -o OUTPUT or --in-place")
+    if in_place and snapshot:
+        raise click.UsageError("--snapshot reads a copy of a file a writer holds; --in-place needs the writer gone")
     try:
         if in_place:
-            result, backup = salvage_in_place(src, lost_found=not no_lost_found)
+            result, done = salvage_in_place(src, lost_found=not no_lost_found, report_path=report_path)
+            backup = done.backup if done else None
         else:
-            result, backup = salvage_file(src, dst, lost_found=not no_lost_found), None
+            result, backup = salvage_file(src, dst, lost_found=not no_lost_found, snapshot=snapshot,
+                                          report=report_path or True), None
     except (FileExistsError, BoltkitError) as e:
         raise failure(e) from None
-    report_path = report_path or (report_beside(backup) if backup else result.dst + ".report.json")
-    write_report(result, report_path)
+    report_path = result.report_path
     if as_json:
         emit_json(result.report())
     else:
@@ -116,40 +123,47 @@ def surgery():
     """
 
 
-def _surgery(fn, src, dst, *args):
-    """Run one edit; its outcome is printed and recorded in DST.report.json beside the edited copy."""
-    from ..repair.preflight import write_report
+def _surgery(fn, src, dst, snapshot, *args):
+    """Run one edit; its outcome is printed and recorded in DST.report.json beside the edited copy. A source a
+    writer holds is refused (exit 8) unless --snapshot: then the edit starts from a consistent copy."""
+    from ..repair.preflight import readable_source
+    from ..repair.replace import check_report_path, write_report
     from ..repair.surgery import Refused
     try:
-        message = fn(src, dst, *args)
-    except (Refused, FileExistsError) as e:
-        raise failure(e)
-    write_report(dst + ".report.json",
-                 {"operation": fn.__name__, "src": src, "dst": dst, "arguments": list(args), "result": message})
+        check_report_path(dst + ".report.json")
+        with readable_source(src, snapshot) as path:
+            message = fn(path, dst, *args)
+        write_report(dst + ".report.json", {"operation": fn.__name__, "src": src, "dst": dst,
+                                            "arguments": list(args), "snapshot": snapshot, "result": message})
+    except (Refused, FileExistsError, BoltkitError) as e:
+        raise failure(e) from None
     click.echo(message)
 
 
-_out = click.option("-o", "--output", "dst", required=True, type=click.Path(), help="The edited copy (must not exist).")
+def _out(f):
+    f = _snapshot(f)
+    return click.option("-o", "--output", "dst", required=True, type=click.Path(),
+                        help="The edited copy (must not exist).")(f)
 
 
 @surgery.command("revert-meta")
 @click.argument("src", type=click.Path())
 @_out
-def revert_meta(src, dst):
+def revert_meta(src, dst, snapshot):
     """Make the older meta current: the last transaction is undone (its data was not written, say)."""
     from ..repair.surgery import revert_meta as fn
-    _surgery(fn, src, dst)
+    _surgery(fn, src, dst, snapshot)
 
 
 @surgery.command("freelist")
 @click.argument("action", type=click.Choice(["abandon", "rebuild"]))
 @click.argument("src", type=click.Path())
 @_out
-def freelist(action, src, dst):
+def freelist(action, src, dst, snapshot):
     """abandon: store no freelist (bbolt rebuilds it at the next read-write open); rebuild: write a new one
     from the pages the tree does not use."""
     from ..repair.surgery import freelist_abandon, freelist_rebuild
-    _surgery(freelist_abandon if action == "abandon" else freelist_rebuild, src, dst)
+    _surgery(freelist_abandon if action == "abandon" else freelist_rebuild, src, dst, snapshot)
 
 
 @surgery.command("drop-element")
@@ -157,17 +171,17 @@ def freelist(action, src, dst):
 @_out
 @click.option("--page", "pgid", type=int, required=True, help="The branch or leaf page.")
 @click.option("--index", type=int, required=True, help="The element to drop (0-based).")
-def drop_element(src, dst, pgid, index):
+def drop_element(src, dst, pgid, index, snapshot):
     """Drop one element from a page (a broken child pointer, a bad key); orphaned pages are freed."""
     from ..repair.surgery import drop_element as fn
-    _surgery(fn, src, dst, pgid, index)
+    _surgery(fn, src, dst, snapshot, pgid, index)
 
 
 @surgery.command("clear-page")
 @click.argument("src", type=click.Path())
 @_out
 @click.option("--page", "pgid", type=int, required=True, help="The leaf page to empty.")
-def clear_page(src, dst, pgid):
+def clear_page(src, dst, pgid, snapshot):
     """Empty a leaf page (refused for branches: an empty branch crashes bbolt)."""
     from ..repair.surgery import clear_page as fn
-    _surgery(fn, src, dst, pgid)
+    _surgery(fn, src, dst, snapshot, pgid)

@@ -1,3 +1,4 @@
 """Layer 5: repairs that write a new file and never touch the original."""
 from .compact import CompactResult, compact
-from .salvage import SalvageResult, salvage, write_report
+from .replace import InUse, Replaced, refuse_if_held, replace_file, write_report
+from .salvage import SalvageResult, salvage

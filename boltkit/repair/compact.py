@@ -18,7 +18,7 @@ from ..errors import CorruptionError
 from ..schemas import BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, LEAF_ELEMENT, PAGE_HEADER
 from ..storage import Database, Item
 from ..write import BoltWriter, Run
-from .preflight import require_sound
+from .preflight import readable_source, require_sound
 
 _COUNT = PAGE_HEADER.offset_of("count")
 
@@ -132,12 +132,18 @@ class _Copier:
 
 def compact(src: str, dst: str, *, page_size: int | None = None, fill_percent: float = 1.0,
             freelist: bool = True, meta: int | None = None,
-            progress: Callable[[int], None] | None = None) -> CompactResult:
-    """Compact ``src`` into the new file ``dst`` (which must not exist)."""
+            progress: Callable[[int], None] | None = None, snapshot: bool = False) -> CompactResult:
+    """Compact ``src`` into the new file ``dst`` (which must not exist). A source a writer holds is refused
+    (InUse) unless ``snapshot``: then a consistent copy of it is compacted."""
     if os.path.exists(dst):
         raise FileExistsError(f"{dst} already exists; refusing to overwrite it")
-    require_sound(src, meta)
-    with Database(src, meta=meta) as db:
+    with readable_source(src, snapshot) as path:
+        return _compact(src, path, dst, page_size, fill_percent, freelist, meta, progress)
+
+
+def _compact(src, path, dst, page_size, fill_percent, freelist, meta, progress) -> CompactResult:
+    require_sound(path, meta, name=src)
+    with Database(path, meta=meta, refuse_held=True) as db:
         writer = BoltWriter(dst, page_size=page_size or db.page_size, fill_percent=fill_percent, freelist=freelist)
         try:
             copier = _Copier(db, writer, progress)

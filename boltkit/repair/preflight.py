@@ -1,18 +1,36 @@
 """What every repair shares: refusing damaged input, and leaving a JSON account of what it did."""
 from __future__ import annotations
 
-import json
+import contextlib
 
 from ..check import Severity, check_file
-from ..errors import CorruptionError
+from ..errors import CorruptionError, InUse
+from ..storage.source import consistent_copy, held_by_writer
+from .replace import report_beside, write_report  # noqa: F401  (their home is replace.py)
 
 # problems that do not change what the tree holds: leaked pages, meta txid gaps, revert information
 HARMLESS = {"B040", "B003", "B050"}
 
 
-def require_sound(path: str, meta: int | None = None) -> None:
-    """Raise CorruptionError unless ``path`` is structurally sound (the repairs that copy a tree need that)."""
+@contextlib.contextmanager
+def readable_source(path: str, snapshot: bool):
+    """The path a repair that writes a new file should read for ``path``: ``path`` itself, refused (InUse) while a
+    writer holds it, or with ``snapshot`` the name of a consistent temp copy (removed afterwards)."""
+    if snapshot:
+        with consistent_copy(path) as copy:
+            yield copy
+        return
+    if held_by_writer(path):
+        raise InUse(f"{path} is locked by a writer (is buildkitd running?): stop it, or give --snapshot to work "
+                    "from a consistent copy", holders=[path])
+    yield path
+
+
+def require_sound(path: str, meta: int | None = None, name: str | None = None) -> None:
+    """Raise CorruptionError unless ``path`` is structurally sound (the repairs that copy a tree need that).
+    ``name``: what to call the file in messages (the source, when ``path`` is a snapshot of it)."""
     report = check_file(path, meta=meta, revert=False)
+    path = name or path
     if not report.readable:
         raise CorruptionError(f"{path} cannot be read: {report.problems[0].message if report.problems else ''}; "
                               "salvage it (boltkit salvage)")
@@ -21,15 +39,3 @@ def require_sound(path: str, meta: int | None = None) -> None:
     if damage:
         raise CorruptionError(f"{path} is structurally damaged ({', '.join(damage)}): salvage it first "
                               "(boltkit salvage); `boltkit check` shows where")
-
-
-def write_report(path: str, record: dict) -> str:
-    with open(path, "w") as f:
-        json.dump(record, f, indent=1)
-        f.write("\n")
-    return path
-
-
-def report_beside(backup: str) -> str:
-    """The report's name for a repair that kept ``backup``: `<name>.boltkit-<UTC>.report.json`."""
-    return (backup[:-len(".bak")] if backup.endswith(".bak") else backup) + ".report.json"

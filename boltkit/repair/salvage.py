@@ -17,7 +17,7 @@ from ..schemas import BUCKET_LEAF_FLAG, PageFlag
 from ..storage import Database, Item, Pager, Tree
 from ..storage import Bucket as TreeBucket
 from ..write import BoltWriter
-from . import preflight
+from .replace import NotVerified, Replaced, check_report_path, replace_file, write_report
 
 LOST_FOUND = b"lost+found"
 
@@ -40,6 +40,7 @@ class SalvageResult:
     damage: list[str]
     orphan_pages: list[int]
     clean: bool                     # the new file checks clean
+    report_path: str | None = None  # where the JSON report was written
 
     def report(self) -> dict:
         return {"src": self.src, "dst": self.dst, "pairs": self.pairs, "buckets": self.buckets,
@@ -204,16 +205,16 @@ def _write(writer: BoltWriter, bucket: _Bucket) -> None:
             writer.put(key, value)
 
 
-def _open_any(src: str) -> Database:
+def _open_any(src: str, snapshot: bool = False) -> Database:
     """The current meta if it is usable; else any meta whose checksum holds (a truncated file still has
     its metas: the tree is read as far as the file goes)."""
     try:
-        return Database(src)
+        return Database(src, snapshot=snapshot, refuse_held=True)
     except OpenError as first:
         opened = []
         for m in (0, 1):
             try:
-                opened.append(Database(src, meta=m))
+                opened.append(Database(src, meta=m, snapshot=snapshot, refuse_held=True))
             except OpenError:
                 pass
         if opened:
@@ -225,10 +226,17 @@ def _open_any(src: str) -> Database:
         raise OpenError(f"{first}; salvage needs at least one readable meta page") from None
 
 
-def salvage(src: str, dst: str, *, lost_found: bool = True, page_size: int | None = None) -> SalvageResult:
+def salvage(src: str, dst: str, *, lost_found: bool = True, page_size: int | None = None, snapshot: bool = False,
+            report: str | bool = True) -> SalvageResult:
+    """Salvage ``src`` into the new file ``dst`` and write the JSON report (to ``report`` when it is a path, beside
+    ``dst`` as `DST.report.json` when True, none when False). A source a writer holds is refused (InUse) unless
+    ``snapshot``: then a consistent copy of it is read."""
     if os.path.exists(dst):
         raise FileExistsError(f"{dst} already exists; refusing to overwrite it")
-    db = _open_any(src)
+    report_path = (dst + ".report.json") if report is True else (report or None)
+    if report_path is not None:
+        check_report_path(report_path)
+    db = _open_any(src, snapshot)
     with db:
         col = _Collector(db)
         col.tree(db.tree, db.meta.root, f"meta {db.meta.index} (txid {db.meta.txid})")
@@ -258,19 +266,37 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, page_size: int | Non
         except BaseException:
             writer.abort()
             raise
-    report = check_file(dst, revert=False)
-    return SalvageResult(src, dst, col.pairs, col.buckets, col.damage, orphan_pages, report.clean)
+    checked = check_file(dst, revert=False)
+    result = SalvageResult(src, dst, col.pairs, col.buckets, col.damage, orphan_pages, checked.clean)
+    if report_path is not None:
+        result.report_path = write_report(report_path, result.report())
+    return result
 
 
-def salvage_in_place(src: str, *, lost_found: bool = True) -> tuple[SalvageResult, str | None]:
-    """Salvage ``src`` into a new file beside it and, when that checks clean, swap it in through the
-    safe-replace protocol (refused while a process holds ``src``). Returns the result and the backup's path
-    (None when the new file did not check clean: ``src`` is untouched, the attempt stays beside it)."""
-    from .replace import holder_check, replace
-    holder_check(src)
-    result = salvage(src, src + ".boltkit-new", lost_found=lost_found)
-    return result, (replace(src, result.dst) if result.clean else None)
+def salvage_in_place(src: str, *, lost_found: bool = True,
+                     report_path: str | None = None) -> tuple[SalvageResult, Replaced | None]:
+    """Salvage ``src`` into a new file beside it and, when that checks clean, swap it in through the one repair
+    primitive (`replace.replace_file`: refused while a process holds ``src`` or its BuildKit root; the original
+    kept as a unique backup; owner, mode and a symlink kept). The report goes beside the backup (or to
+    ``report_path``). Returns the result and the replacement (None when the new file did not check clean: ``src``
+    is untouched, the attempt is kept as ``result.dst`` with its report beside it)."""
+    box: list[SalvageResult] = []
 
+    def write(tmp: str) -> None:
+        box.append(salvage(src, tmp, lost_found=lost_found, report=False))
 
-def write_report(result: SalvageResult, path: str) -> str:
-    return preflight.write_report(path, result.report())
+    def verify(tmp: str) -> str | None:
+        return None if box[-1].clean else "the salvaged file does not check clean"
+
+    try:
+        done = replace_file(src, write, verify, report_path=report_path,
+                            report=lambda d: dict(box[-1].report(), dst=d.path, in_place=True))
+    except NotVerified as e:
+        result = box[-1]
+        result.dst = e.attempt or result.dst
+        result.report_path = write_report(report_path or result.dst + ".report.json", result.report())
+        return result, None
+    result = box[-1]
+    result.dst = src
+    result.report_path = done.report
+    return result, done

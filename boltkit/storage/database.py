@@ -16,9 +16,10 @@ class Database:
     like bbolt does, falling back to the other one when the newest is damaged.
     """
 
-    def __init__(self, path: str, *, meta: int | None = None, snapshot: bool = False, lock: bool = True):
+    def __init__(self, path: str, *, meta: int | None = None, snapshot: bool = False, lock: bool = True,
+                 refuse_held: bool = False):
         self.path = str(path)
-        self.source = Source(self.path, snapshot=snapshot, lock=lock)
+        self.source = Source(self.path, snapshot=snapshot, lock=lock, refuse_held=refuse_held)
         try:
             self.choice = discover(self.source.data, self.source.size, force=meta)
         except Exception:
@@ -36,6 +37,16 @@ class Database:
     @property
     def warnings(self) -> list[str]:
         return self.source.warnings
+
+    @property
+    def live(self) -> bool:
+        """Read straight from a file a writer holds (see `settled`)."""
+        return self.source.live
+
+    def settled(self) -> bool:
+        """True unless a writer committed since this file was opened (then what was read may mix transactions and
+        must be read again: `boltkit.storage.live`)."""
+        return self.source.settled()
 
     def __enter__(self):
         return self

@@ -34,6 +34,7 @@ class Meta:
     errors: list[str] = field(default_factory=list)    # why bbolt itself would reject it
     faults: list[str] = field(default_factory=list)    # why we would not read through it
     bad_root: bool = False                               # its root page is not a tree page
+    root_page_fault: str | None = None                   # that fault: the one judged from another page's content
 
     @property
     def valid(self) -> bool:
@@ -98,8 +99,9 @@ def _judge(m: Meta, data, file_size: int) -> None:
         rid, rflags, _, _ = PAGE_HEADER.unpack_from(data, m.root * ps)
         if rid != m.root or rflags not in (PageFlag.BRANCH, PageFlag.LEAF):
             m.bad_root = True
-            m.faults.append(f"root page {m.root} is not a tree page (header id {rid}, "
-                            f"type {PageFlag.name_of(rflags)})")
+            m.root_page_fault = (f"root page {m.root} is not a tree page (header id {rid}, "
+                                 f"type {PageFlag.name_of(rflags)})")
+            m.faults.append(m.root_page_fault)
     if m.page_flags != PageFlag.META:
         m.faults.append(f"meta page flags 0x{m.page_flags:02x}, expected 0x04")
 

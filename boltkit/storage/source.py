@@ -3,40 +3,59 @@
 The map is read-only and opened O_RDONLY, so no code path of the reader can write to a user's
 file. bbolt's readers take a shared flock; a running buildkitd holds an exclusive one. We take the
 shared lock without blocking: if a writer holds the file we read anyway (a `bbolt check` would hang
-forever here) and record a warning that the caller shows, because a live NoSync file can be torn.
+forever here) and record a warning that the caller shows.
+
+A file a writer holds is read consistently without its lock by bbolt's own reuse rule: pages of transaction T's
+tree are freed by T+1 and handed out again only once T+2 has begun, so whatever was read while the metas still
+said T is T's tree. `Source.settled()` tells whether the metas are still the ones seen at open (the reader then
+retries, see `boltkit.storage.live`); `--snapshot` copies the file under the same rule, into a temp file that is
+unlinked as soon as it exists (no signal can leave it behind) and keeps the source's holes.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import mmap
 import os
-import shutil
 import stat
 import tempfile
+import time
 
 import numpy as np
 
-from ..errors import OpenError
+from ..errors import InUse, OpenError, Unsettled
+from ..schemas import MAGIC, MAX_PAGE_SIZE, META, META1_PROBE_OFFSETS, META_OFFSET, MIN_PAGE_SIZE
+
+SNAPSHOT_ATTEMPTS = 10          # copies tried before a busy file is given up on
+_META_HEAD = META_OFFSET + META.size
 
 
 class Source:
     """A mapped file. ``data`` is a bytes-like view, ``array`` the same bytes as a numpy uint8 array."""
 
-    def __init__(self, path: str, *, snapshot: bool = False, lock: bool = True):
+    def __init__(self, path: str, *, snapshot: bool = False, lock: bool = True, refuse_held: bool = False):
+        """``refuse_held``: raise InUse instead of reading a file a writer holds (without ``snapshot``): commands
+        that turn what they read into a new file do not gamble on a retry."""
         self.path = os.fspath(path)
         self.warnings: list[str] = []
-        self.snapshot_path: str | None = None
+        self.snapshot = snapshot
         self.locked_by_writer = False
         self._fd = -1
         self._mm = None
-        read_path = self.path
         self._fd = _open_readonly(self.path)
         if lock:
-            self._take_shared_lock()
-        if snapshot:
-            read_path = self._snapshot()
+            self._take_shared_lock(snapshot)
+        if self.locked_by_writer and refuse_held and not snapshot:
             os.close(self._fd)
-            self._fd = _open_readonly(read_path)
+            self._fd = -1
+            raise InUse(f"{self.path} is locked by a writer (is buildkitd running?): stop it, or give --snapshot "
+                        "to work from a consistent copy", holders=[self.path])
+        if snapshot:
+            copy = snapshot_copy(self._fd, self.path)
+            os.close(self._fd)
+            self._fd = copy
+        self.stamp = meta_stamp(self._fd)
         self.size = os.fstat(self._fd).st_size
         if self.size == 0:
             self.close()
@@ -55,24 +74,30 @@ class Source:
         self.data = self._mm
         self.array = np.frombuffer(self._mm, dtype=np.uint8)
 
-    def _take_shared_lock(self) -> None:
+    def _take_shared_lock(self, snapshot: bool) -> None:
         try:
             fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             self.locked_by_writer = True
-            self.warnings.append(
-                f"{self.path} is locked by a writer (is buildkitd running?); reading it anyway. "
-                "A live file can change or be torn while it is read: use --snapshot to read a copy.")
+            if snapshot:
+                self.warnings.append(f"{self.path} is locked by a writer (is buildkitd running?); reading a copy "
+                                     "taken while its metas stood still")
+            else:
+                self.warnings.append(f"{self.path} is locked by a writer (is buildkitd running?); reading it anyway, "
+                                     "and again whenever a commit lands before the read ends")
         except OSError:
             pass  # filesystems without flock support: nothing to coordinate with
 
-    def _snapshot(self) -> str:
-        fd, tmp = tempfile.mkstemp(prefix="boltkit-snapshot-", suffix=".db")
-        os.close(fd)
-        with open(self.path, "rb") as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        self.snapshot_path = tmp
-        return tmp
+    @property
+    def live(self) -> bool:
+        """Read straight from a file a writer holds: what was read counts only if `settled()`."""
+        return self.locked_by_writer and not self.snapshot
+
+    def settled(self) -> bool:
+        """Whether the metas are still the ones seen at open, so everything read since is that transaction's."""
+        if not self.live:
+            return True
+        return self._fd >= 0 and meta_stamp(self._fd) == self.stamp
 
     def advise_sequential(self) -> None:
         if self._mm is not None and hasattr(mmap, "MADV_SEQUENTIAL"):
@@ -110,12 +135,144 @@ class Source:
                 pass
             os.close(self._fd)
             self._fd = -1
-        if self.snapshot_path:
+
+
+def held_by_writer(path: str) -> bool:
+    """Whether a process holds bbolt's exclusive flock on ``path`` (never blocks, never creates)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def meta_stamp(fd: int) -> bytes:
+    """The bytes of both meta pages' headers and metas: unchanged exactly while no transaction commits."""
+    head = os.pread(fd, _META_HEAD, 0)
+    ps = None
+    if len(head) == _META_HEAD and int.from_bytes(head[META_OFFSET:META_OFFSET + 4], "little") == MAGIC:
+        cand = int.from_bytes(head[META_OFFSET + 8:META_OFFSET + 12], "little")
+        if MIN_PAGE_SIZE <= cand <= MAX_PAGE_SIZE:
+            ps = cand
+    if ps is None:
+        for off in META1_PROBE_OFFSETS:
+            probe = os.pread(fd, _META_HEAD, off)
+            if len(probe) < _META_HEAD:
+                break
+            if int.from_bytes(probe[META_OFFSET:META_OFFSET + 4], "little") == MAGIC:
+                ps = off
+                break
+    return head + (os.pread(fd, _META_HEAD, ps) if ps else b"")
+
+
+def snapshot_copy(src_fd: int, path: str, attempts: int = SNAPSHOT_ATTEMPTS) -> int:
+    """A descriptor of a private copy of the file behind ``src_fd``, taken while its metas stood still (the same
+    stamp before the copy, after it, and in the copy). The copy is unlinked the moment it is created, so it goes
+    with the descriptor whatever ends the process; holes stay holes. Raises Unsettled when every attempt saw a
+    commit land."""
+    return _consistent_copy(src_fd, path, attempts, named=False)[0]
+
+
+@contextlib.contextmanager
+def consistent_copy(path: str, attempts: int = SNAPSHOT_ATTEMPTS):
+    """The name of a temp copy of ``path`` taken under `snapshot_copy`'s rule, for code that needs a path (compact,
+    surgery); removed when the block ends, however it ends (the CLI turns SIGTERM and SIGHUP into an exit)."""
+    src = _open_readonly(path)
+    try:
+        fd, name = _consistent_copy(src, path, attempts, named=True)
+    finally:
+        os.close(src)
+    os.close(fd)
+    try:
+        yield name
+    finally:
+        try:
+            os.unlink(name)
+        except OSError:
+            pass
+
+
+def _consistent_copy(src_fd: int, path: str, attempts: int, named: bool) -> tuple[int, str]:
+    for attempt in range(attempts):
+        before = meta_stamp(src_fd)
+        fd, tmp = tempfile.mkstemp(prefix="boltkit-snapshot-", suffix=".db")
+        try:
+            if not named:
+                os.unlink(tmp)
+            copy_sparse(src_fd, fd)
+            if meta_stamp(src_fd) == before == meta_stamp(fd):
+                return fd, tmp
+        except BaseException:
+            os.close(fd)
+            if named:
+                os.unlink(tmp)
+            raise
+        os.close(fd)
+        if named:
+            os.unlink(tmp)
+        time.sleep(0.005 * (attempt + 1))
+    raise Unsettled(f"{path}: {attempts} copies in a row saw a writer commit while they were taken; try again at "
+                    "a quiet moment (or stop the writer)", attempts=attempts)
+
+
+def copy_sparse(src_fd: int, dst_fd: int, chunk: int = 1 << 20) -> int:
+    """Copy the data of ``src_fd`` into ``dst_fd`` (empty) and give the copy the source's size, keeping holes:
+    only the data segments SEEK_DATA/SEEK_HOLE report are copied (in the kernel, by copy_file_range, when it can);
+    where the filesystem cannot say, all-zero chunks are skipped instead. Returns the bytes copied."""
+    size = os.fstat(src_fd).st_size
+    written = 0
+    off = 0
+    while off < size:
+        try:
+            data = os.lseek(src_fd, off, os.SEEK_DATA)
+            hole = min(os.lseek(src_fd, data, os.SEEK_HOLE), size)
+            seekable = True
+        except OSError as e:
+            if e.errno == errno.ENXIO:      # only a hole is left
+                break
+            data, hole, seekable = off, size, False
+        written += _copy_range(src_fd, dst_fd, data, hole, chunk, skip_zeros=not seekable)
+        off = max(hole, off + 1)
+    os.ftruncate(dst_fd, size)
+    return written
+
+
+def _copy_range(src_fd: int, dst_fd: int, start: int, end: int, chunk: int, skip_zeros: bool) -> int:
+    pos = start
+    written = 0
+    cfr = getattr(os, "copy_file_range", None)
+    while pos < end:
+        n = min(chunk, end - pos)
+        if cfr is not None and not skip_zeros:
             try:
-                os.unlink(self.snapshot_path)
+                done = cfr(src_fd, dst_fd, n, pos, pos)
             except OSError:
-                pass
-            self.snapshot_path = None
+                cfr = None
+                continue
+            if done <= 0:
+                break
+            pos += done
+            written += done
+            continue
+        buf = os.pread(src_fd, n, pos)
+        if not buf:
+            break
+        if not skip_zeros or buf.count(0) != len(buf):
+            os.pwrite(dst_fd, buf, pos)
+            written += len(buf)
+        pos += len(buf)
+    return written
 
 
 def _open_readonly(path: str) -> int:

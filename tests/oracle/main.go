@@ -16,6 +16,7 @@
 //	compact [-tx-max-size N] [-page-size N] SRC DST
 //	mutate [-seed N] FILE
 //	check-freelist FILE
+//	live [-seed N] [-duration D] [-interval D] FILE
 package main
 
 import (
@@ -50,6 +51,7 @@ const usage = `usage: oracle <subcommand> [flags] args
   compact [-tx-max-size N] [-page-size N] SRC DST
   mutate [-seed N] FILE
   check-freelist FILE
+  live [-seed N] [-duration 10s] [-interval 0s] FILE
 `
 
 // childEnv marks the re-executed child of check, check-freelist and mutate.
@@ -98,6 +100,8 @@ func main() {
 		code = cmdWalk(args)
 	case "compact":
 		code = cmdCompact(args)
+	case "live":
+		code = cmdLive(args)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(os.Stdout, usage)
 	default:
@@ -1871,5 +1875,105 @@ func cmdMutate(args []string) (code int) {
 		return 1
 	}
 	fmt.Fprintln(w, "OK")
+	return 0
+}
+
+// cmdLive holds FILE open read-write (bbolt's exclusive flock, as buildkitd
+// does) and commits transactions in a loop for -duration: puts of small,
+// page-sized and overflowing values, deletes, and nested buckets made and
+// dropped, within a bounded key space, so pages are freed and reused all the
+// time. Every transaction also writes its number to live/!first, live/~last
+// and zz-counter/n. It prints "ready" once the first transaction has
+// committed, and "commits N" at the end; boltkit's reads of a live file are
+// tested against it.
+func cmdLive(args []string) (code int) {
+	fs := newFlags("live", "[-seed N] [-duration D] [-interval D] FILE")
+	seed := fs.Int64("seed", 1, "random seed")
+	duration := fs.Duration("duration", 10*time.Second, "how long to keep committing")
+	interval := fs.Duration("interval", 0, "pause between transactions")
+	fs.Parse(args)
+	path := positional(fs, 1)[0]
+	defer recoverTo(os.Stdout, &code)
+	db, err := bolt.Open(path, 0o644, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "error: %v\n", err)
+		return 4
+	}
+	defer db.Close()
+	rng := rand.New(rand.NewSource(*seed))
+	end := time.Now().Add(*duration)
+	commits := 0
+	for time.Now().Before(end) {
+		err := db.Update(func(tx *bolt.Tx) error {
+			top, err := tx.CreateBucketIfNotExists([]byte("live"))
+			if err != nil {
+				return err
+			}
+			// the same counter at both ends of "live" and in a bucket of its own: a
+			// reader that saw one transaction sees three equal values
+			n := []byte(fmt.Sprintf("%012d", commits+1))
+			tail, err := tx.CreateBucketIfNotExists([]byte("zz-counter"))
+			if err != nil {
+				return err
+			}
+			for _, put := range []struct {
+				b *bolt.Bucket
+				k string
+			}{{top, "!first"}, {top, "~last"}, {tail, "n"}} {
+				if err := put.b.Put([]byte(put.k), n); err != nil {
+					return err
+				}
+			}
+			for i, n := 0, 1+rng.Intn(40); i < n; i++ {
+				k := []byte(fmt.Sprintf("key-%05d", rng.Intn(3000)))
+				if rng.Intn(4) == 0 {
+					if err := top.Delete(k); err != nil {
+						return err
+					}
+					continue
+				}
+				size := 16 + rng.Intn(300)
+				if rng.Intn(20) == 0 {
+					size = 3000 + rng.Intn(9000)
+				}
+				v := make([]byte, size)
+				rng.Read(v)
+				if err := top.Put(k, v); err != nil {
+					return err
+				}
+			}
+			name := []byte(fmt.Sprintf("sub-%02d", rng.Intn(20)))
+			if rng.Intn(3) == 0 {
+				if top.Bucket(name) != nil {
+					return top.DeleteBucket(name)
+				}
+				return nil
+			}
+			sub, err := top.CreateBucketIfNotExists(name)
+			if err != nil {
+				return err
+			}
+			for i, n := 0, rng.Intn(30); i < n; i++ {
+				v := make([]byte, 8+rng.Intn(200))
+				rng.Read(v)
+				if err := sub.Put([]byte(fmt.Sprintf("k%04d", rng.Intn(500))), v); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "error: %v\n", err)
+			return 4
+		}
+		commits++
+		if commits == 1 {
+			fmt.Println("ready")
+		}
+		if *interval > 0 {
+			time.Sleep(*interval)
+		}
+	}
+	fmt.Printf("commits %d\n", commits)
 	return 0
 }
