@@ -36,7 +36,7 @@ def test_real_root_repair_releases_what_buildkitd_would(tmp_path, oracle):
     assert recs[-1]["changes"] == len(recs) - 1 > 0 and not recs[-1]["applied"]
     # what the next start does: every result whose record is gone released (no prune beyond it)
     assert sum(x["what"] == "result" and x["why"] == "result-unloadable" for x in recs[:-1]) == 87
-    assert {x["why"] for x in recs[:-1]} == {"result-unloadable", "empty-branch", "temporary-lease"}
+    assert {x["why"] for x in recs[:-1]} == {"result-unloadable", "empty-branch", "temporary-lease", "unreferenced"}
     r = run("buildkit", "repair", "--apply", root)
     assert r.exit_code == 0, r.output
     assert list(root.glob("cache.db.boltkit-*.bak"))
