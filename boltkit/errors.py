@@ -11,7 +11,45 @@ class BoltkitError(Exception):
 
 
 class OpenError(BoltkitError):
-    """The file cannot be opened as a bbolt database at all (missing, empty, not bbolt, both metas bad)."""
+    """The file cannot be opened as a bbolt database at all (missing, empty, not bbolt, both metas bad).
+
+    ``kind`` says which, as a word a caller can test (fsck tells a permission error from a store
+    SafeOpen would reset): missing, directory, not-a-file, permission, empty, io, not-bbolt."""
+
+    kind = "not-bbolt"
+
+    def __init__(self, message: str, *, kind: str | None = None):
+        super().__init__(message)
+        if kind is not None:
+            self.kind = kind
+
+
+class PermissionDenied(OpenError):
+    """The file exists but this user may not read it: nothing is known about its contents."""
+
+    kind = "permission"
+
+
+class NotAFile(OpenError):
+    """A FIFO, socket, device or directory where a bbolt file was expected: refused before any read, since
+    opening a FIFO blocks and a device has no size."""
+
+    kind = "not-a-file"
+
+
+class WrongStore(BoltkitError):
+    """A readable bbolt file, but not the kind of store the command works on (a history.db given to
+    `buildkit graph`, which reads cache.db)."""
+
+    def __init__(self, message: str, *, expected: str, found: str):
+        super().__init__(message)
+        self.expected = expected
+        self.found = found
+
+
+class OutputError(BoltkitError):
+    """A file boltkit was asked to write cannot be created there (missing directory, a directory in the
+    way, no permission); raised before any work, so nothing is left half-written."""
 
 
 class NotFound(BoltkitError):

@@ -119,7 +119,7 @@ def test_refuses_while_the_file_is_held(tmp_path):
 def test_refuses_structurally_damaged_input(tmp_path):
     torn = [p for p in corpus_files("torn") if p.name == "daemon4-cache-cp-during-build-136.db"][0]
     r = run("buildkit", "prune", "--apply", torn)
-    assert r.exit_code == 1 and "salvage it first" in r.output
+    assert r.exit_code == 8 and "salvage it first" in r.output
 
 
 def test_release_missing_drops_results_without_records_then_collapses(tmp_path):

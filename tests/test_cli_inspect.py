@@ -56,7 +56,7 @@ def test_keys_and_get_round_trip(example_db):
 
 def test_get_missing_key_is_one_clear_line(example_db):
     r = run("get", example_db, "_result", "nope")
-    assert r.exit_code == 1
+    assert r.exit_code == 8
     assert r.output.strip() == "Error: key not found: nope in _result"
 
 
@@ -127,14 +127,14 @@ def test_bad_inputs_give_one_line_and_nonzero_exit(tmp_path, example_db, command
     }
     for path, words in expected.items():
         r = run(command, path)
-        assert r.exit_code == 1, (path, r.output)
+        assert r.exit_code == 8, (path, r.output)
         lines = r.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("Error: ") and words in lines[0], (path, r.output)
 
 
 def test_directory_is_refused(tmp_path):
     r = run("info", tmp_path)
-    assert r.exit_code == 1 and "is a directory" in r.output
+    assert r.exit_code == 8 and "is a directory" in r.output
 
 
 def test_reading_never_writes(tmp_path, example_db):

@@ -82,7 +82,7 @@ def test_refuses_existing_output(tmp_path, example_db):
     out = tmp_path / "s.db"
     out.write_bytes(b"x")
     r = CliRunner().invoke(main, ["salvage", str(example_db), "-o", str(out)])
-    assert r.exit_code == 1 and "already exists" in r.output and out.read_bytes() == b"x"
+    assert r.exit_code == 8 and "already exists" in r.output and out.read_bytes() == b"x"
 
 
 @pytest.mark.parametrize("case", ["zeroed page", "truncated", "swapped keys", "meta 1", "child beyond EOF",
@@ -131,4 +131,4 @@ def test_in_place_salvage_keeps_the_original_and_refuses_a_held_file(tmp_path):
     assert backup.read_bytes() == src.read_bytes()
     assert check_file(str(path)).clean
     assert json.loads(next(tmp_path.glob("cache.db.boltkit-*.report.json")).read_text())
-    assert CliRunner().invoke(main, ["salvage", str(path)]).exit_code == 2           # -o or --in-place
+    assert CliRunner().invoke(main, ["salvage", str(path)]).exit_code == 16          # -o or --in-place

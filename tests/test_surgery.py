@@ -62,15 +62,15 @@ def test_revert_meta_brings_back_the_previous_transaction(tmp_path, example_db):
 
 def test_refusals(tmp_path, example_db):
     r = run("surgery", "clear-page", example_db, "-o", tmp_path / "a.db", "--page", "9")
-    assert r.exit_code == 1 and "is a branch" in r.output and not (tmp_path / "a.db").exists()
+    assert r.exit_code == 8 and "is a branch" in r.output and not (tmp_path / "a.db").exists()
     r = run("surgery", "drop-element", example_db, "-o", tmp_path / "b.db", "--page", "52", "--index", "9")
-    assert r.exit_code == 1 and "no element 9" in r.output
+    assert r.exit_code == 8 and "no element 9" in r.output
     broken = damage.copy(example_db, tmp_path / "broken.db")
     damage.zero_page(broken, 24)        # the root of the older tree: reverting to it would break the file
     r = run("surgery", "revert-meta", broken, "-o", tmp_path / "c.db")
-    assert r.exit_code == 1 and "would leave a broken file" in r.output and not (tmp_path / "c.db").exists()
+    assert r.exit_code == 8 and "would leave a broken file" in r.output and not (tmp_path / "c.db").exists()
     r = run("surgery", "freelist", "abandon", example_db, "-o", example_db)
-    assert r.exit_code == 1 and "already exists" in r.output
+    assert r.exit_code == 8 and "already exists" in r.output
 
 
 def test_revert_repairs_the_torn_meta_of_the_corpus(tmp_path, oracle):

@@ -86,10 +86,10 @@ def test_compact_refuses_existing_output_and_damaged_source(tmp_path, example_db
     out = tmp_path / "c.db"
     out.write_bytes(b"keep me")
     r = CliRunner().invoke(main, ["compact", str(example_db), "-o", str(out)])
-    assert r.exit_code == 1 and "already exists" in r.output and out.read_bytes() == b"keep me"
+    assert r.exit_code == 8 and "already exists" in r.output and out.read_bytes() == b"keep me"
     torn = [p for p in corpus_files("torn") if p.name == "daemon4-cache-cp-during-build-136.db"][0]
     r = CliRunner().invoke(main, ["compact", str(torn), "-o", str(tmp_path / "d.db")])
-    assert r.exit_code == 1 and r.output.startswith("Error: ") and not (tmp_path / "d.db").exists()
+    assert r.exit_code == 8 and r.output.startswith("Error: ") and not (tmp_path / "d.db").exists()
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))

@@ -103,9 +103,11 @@ class CacheColumns:
         for i, (kid, rid, value) in enumerate(zip(self.result_kid.tolist(), self.result_rid.tolist(),
                                                   raw(self.result_value))):
             r = errors.get(i)
-            if r is None:
-                created = _RESULT.fullmatch(value).group(1).decode()
-                r = CacheResult(names[kid], names[rid], created, names[rid], value)
+            m = _RESULT.fullmatch(value) if r is None else None
+            if m is not None:
+                r = CacheResult(names[kid], names[rid], m.group(1).decode(), names[rid], value)
+            elif r is None:     # valid JSON, but not in Go's byte form (order, spaces, escapes): decode it
+                r = decode_result(names[kid], names[rid].encode("utf-8", "surrogateescape"), value)
             s.results[names[kid]].append(r)
         for rid, kid in zip(self.byresult_rid.tolist(), self.byresult_kid.tolist()):
             s.byresult[names[rid]].add(names[kid])

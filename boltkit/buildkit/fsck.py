@@ -108,7 +108,7 @@ def daemon_holds_lock(root: Root) -> bool:
     if root.lock is None:
         return False
     try:
-        fd = os.open(root.lock, os.O_RDONLY)
+        fd = os.open(root.lock, os.O_RDONLY | os.O_NONBLOCK)    # a FIFO must not block us
     except OSError:
         return False
     try:

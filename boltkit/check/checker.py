@@ -23,6 +23,7 @@ from .problems import Problem, Problems, Severity
 from .scan import TreeScan
 
 Progress = Callable[[int, int], None]
+LEAK_RUN = 1024     # consecutive leaked pages from which B040 names the run instead of each page
 
 
 @dataclass
@@ -40,6 +41,7 @@ class CheckReport:
     keys: int = 0
     revert: dict | None = None
     warnings: list[str] = field(default_factory=list)
+    open_error: str | None = None       # why it could not be opened: OpenError.kind (permission, missing, ...)
 
     @property
     def clean(self) -> bool:
@@ -69,7 +71,8 @@ def _check_once(path, meta, quick, revert, snapshot, progress, on_leaves) -> tup
         db = Database(path, meta=meta, snapshot=snapshot)
     except OpenError as e:
         report.readable = False
-        _unreadable_problems(report, str(path), str(e))
+        report.open_error = e.kind
+        report.problems.append(Problem("B001", str(e), file=str(path), details={"open_error": e.kind}))
         return report, True
     settled = True
     try:
@@ -89,10 +92,6 @@ def _check_once(path, meta, quick, revert, snapshot, progress, on_leaves) -> tup
     finally:
         db.close()
     return report, settled
-
-
-def _unreadable_problems(report: CheckReport, path: str, message: str) -> None:
-    report.problems.append(Problem("B001", message, file=path))
 
 
 def _check_open(db: Database, report: CheckReport, quick: bool, progress: Progress | None, on_leaves=None) -> None:
@@ -216,8 +215,19 @@ class _Walker:
         if not self.meta.has_freelist:
             return  # bbolt rebuilds the free set from reachability: nothing can leak
         leaked = np.flatnonzero((self.refs[2:] == 0) & ~self.freed[2:]) + 2
-        for p in leaked.tolist():
-            self.problem("B040", "unreachable unfreed", pgid=p)
+        if not leaked.size:
+            return
+        # one problem per page, as bbolt prints them; a long run (a sparse or preallocated tail below the
+        # high-water mark: millions of pages) is one problem with its span, so memory follows the findings
+        cuts = np.flatnonzero(np.diff(leaked) != 1) + 1
+        for run in np.split(leaked, cuts):
+            if run.size < LEAK_RUN:
+                for p in run.tolist():
+                    self.problem("B040", "unreachable unfreed", pgid=p)
+            else:
+                a, b = int(run[0]), int(run[-1])
+                self.problem("B040", f"unreachable unfreed: pages {a}-{b} ({run.size} pages)", pgid=a,
+                             details={"span": [a, b]})
 
 
 @dataclass

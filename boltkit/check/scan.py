@@ -172,6 +172,10 @@ class TreeScan:
     # -- the pass ---------------------------------------------------------------------------------
 
     def run(self) -> None:
+        if not 0 <= self.meta.root < 1 << 63:     # a checksum-valid meta (--meta N) may still name any page
+            self.problem("B020", f"out of bounds: high-water mark is {self.hwm} (stack: [{self.meta.root}])",
+                         pgid=self.meta.root, bucket=0, details={"stack": [self.meta.root]})
+            return
         f = Frontier(_a([self.meta.root]), _a([NONE]), _a([0]), _a([NONE]), _a([0]), _a([NONE]), _a([0]),
                      _a([NONE]))
         inl = None

@@ -1,4 +1,21 @@
-"""The `boltkit` command: one group, errors turned into one clear line and an exit code."""
+"""The `boltkit` command: one group, and the one place where an outcome becomes an exit status.
+
+Every command exits with a code of one table (fsck(8)'s), whatever went wrong and wherever:
+
+    0   done; the file read (or checked, or was written) in full
+    1   done, but damaged parts were skipped: the output holds everything intact, not everything
+    4   problems found (check, fsck, buildkit check): the file reads, but is not sound
+    8   unreadable input or refused: missing, not a regular file, permission denied, not bbolt, the wrong
+        kind of store, a bucket/key/page that is not there, a bad output path, a file in use, a damaged
+        source a copy refuses
+    16  usage: a missing argument, an unknown option, a bad value (click's own usage errors included)
+
+As in fsck(8) the codes are bits: `buildkit fsck` may OR them (4|8: problems, and a store unreadable);
+every other command exits with exactly one of them. `in_table` is the test the attack campaign applies.
+
+Library errors are typed (boltkit/errors.py); `exit_code` maps each type to its row, and BoltkitGroup
+applies it to everything a subcommand raises, so no command picks its own number.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -8,21 +25,51 @@ import threading
 import click
 
 from .. import __version__
-from ..errors import BoltkitError, CorruptionError, InUse, NotFound, OpenError
+from ..errors import BoltkitError, InUse, OutputError
 from ..storage import Database
 from . import live
 from .output import warn
 
+EXIT_OK = 0
+EXIT_DAMAGE = 1          # read with damage skipped
+EXIT_PROBLEMS = 4        # problems found
+EXIT_UNREADABLE = 8      # unreadable input, or refused
+EXIT_USAGE = 16          # usage error
+EXIT_CODES = (EXIT_OK, EXIT_DAMAGE, EXIT_PROBLEMS, EXIT_UNREADABLE, EXIT_USAGE)
+EXIT_IN_USE = EXIT_UNREADABLE
 
-EXIT_IN_USE = 8
+
+def in_table(code: int) -> bool:
+    """Whether an exit status is one the table allows (a single code, or fsck's OR of 1, 4 and 8)."""
+    return code in EXIT_CODES or (0 < code < EXIT_USAGE and not code & ~(EXIT_DAMAGE | EXIT_PROBLEMS | EXIT_UNREADABLE))
 
 
-def failure(e: Exception) -> click.ClickException:
-    """What a library error becomes: `Error: ...` and exit 1, or exit 8 when a repair refused because a
-    process (buildkitd) holds the file."""
-    err = click.ClickException(str(e))
-    if isinstance(e, InUse):
-        err.exit_code = EXIT_IN_USE
+def exit_code(e: BaseException) -> int:
+    """The row of the table an error belongs to."""
+    if isinstance(e, click.UsageError):
+        return EXIT_USAGE
+    if isinstance(e, DamageSkipped):
+        return EXIT_DAMAGE
+    return EXIT_UNREADABLE          # BoltkitError of every kind, OSError: cannot read, cannot write, refused
+
+
+class DamageSkipped(click.ClickException):
+    """A reading command finished, but skipped damaged parts (exit 1)."""
+
+    exit_code = EXIT_DAMAGE
+
+
+def failure(e: BaseException) -> click.ClickException:
+    """What an error becomes on the terminal: `Error: ...` and its exit code from the table."""
+    if isinstance(e, click.ClickException):
+        e.exit_code = exit_code(e)
+        return e
+    if isinstance(e, OSError) and not isinstance(e, BrokenPipeError):
+        text = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+    else:
+        text = str(e)
+    err = click.ClickException(text)
+    err.exit_code = exit_code(e)
     return err
 
 
@@ -40,16 +87,28 @@ def _exit_on_signals() -> None:
 
 
 class BoltkitGroup(click.Group):
-    """Library errors become `Error: ...` and exit 1 (8: file in use), never a traceback."""
+    """Applies the exit-code table to every subcommand (and sub-group): typed library errors and I/O
+    errors become `Error: ...` with their code, click's usage errors exit 16 instead of 2. Never a
+    traceback for anything a user can cause."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:
+            e.exit_code = EXIT_USAGE
+            raise
 
     def invoke(self, ctx):
         _exit_on_signals()
         try:
             return super().invoke(ctx)
-        except (OpenError, NotFound, CorruptionError, BoltkitError) as e:
-            raise failure(e) from None
+        except click.ClickException as e:      # sub-groups and sub-commands run inside: one place for all
+            e.exit_code = exit_code(e)
+            raise
         except BrokenPipeError:
-            ctx.exit(0)
+            ctx.exit(EXIT_OK)
+        except (BoltkitError, OSError) as e:
+            raise failure(e) from None
 
 
 @click.group(cls=BoltkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,6 +120,10 @@ def main():
     read as far as they are intact; what is broken is reported on stderr.
 
     \b
+    Exit status, every command: 0 ok, 1 read with damaged parts skipped, 4 problems found,
+    8 unreadable input or refused, 16 usage error.
+
+    \b
     Examples:
       boltkit buildkit fsck /var/lib/buildkit   before a restart: every store, and what buildkitd will do
       boltkit check cache.db             structural check (exit 0 clean, 4 problems, 8 unreadable)
@@ -70,6 +133,26 @@ def main():
       boltkit keys cache.db _links       keys of a bucket
       boltkit export cache.db | jq .     every bucket and pair as JSON lines
     """
+
+
+def destinations(*paths: str | None, replace: bool = False) -> None:
+    """Refuse bad output paths (exit 8) before a command does any work."""
+    from ..write.destination import check_destination
+    for p in paths:
+        if p is not None:
+            check_destination(p, replace=replace)
+
+
+@contextlib.contextmanager
+def output_file(path: str):
+    """A text file the command writes (a page map, a graph): bad paths are an OutputError, exit 8."""
+    from ..write.destination import output_error
+    try:
+        f = open(path, "w")
+    except OSError as e:
+        raise output_error(path, e) from None
+    with f:
+        yield f
 
 
 @contextlib.contextmanager
@@ -86,3 +169,8 @@ def opened(path: str, meta: int | None = None, snapshot: bool = False):
     finally:
         live.note(db)
         db.close()
+
+
+__all__ = ["main", "opened", "failure", "exit_code", "in_table", "destinations", "output_file", "DamageSkipped",
+           "OutputError",
+           "EXIT_OK", "EXIT_DAMAGE", "EXIT_PROBLEMS", "EXIT_UNREADABLE", "EXIT_USAGE", "EXIT_CODES", "EXIT_IN_USE"]

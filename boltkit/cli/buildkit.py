@@ -6,7 +6,7 @@ import click
 from ..buildkit.fsck import check_store
 from ..errors import BoltkitError
 from ..repair.replace import report_beside
-from .app import failure, main
+from .app import destinations, failure, main, output_file
 from .check import FsckCommand, run_checks
 from .live import settled_reads
 
@@ -17,7 +17,7 @@ def buildkit():
 
 
 @buildkit.command("check", cls=FsckCommand)
-@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.argument("files", nargs=-1, required=True, type=click.Path(readable=False))
 @click.option("--max-errors", type=click.IntRange(0), default=100, show_default=True,
               help="List at most this many problems per file (counts are never capped).")
 @click.option("--snapshot", is_flag=True, help="Copy each file first and check the copy (buildkitd running).")
@@ -70,11 +70,11 @@ def buildkit_check(files, max_errors, snapshot, as_json):
 
 
 @buildkit.command()
-@click.argument("file", type=click.Path())
+@click.argument("file", type=click.Path(readable=False))
 @click.option("--top", type=click.IntRange(1), default=10, show_default=True, help="How many keys in each top list.")
-@click.option("--dot", "dot_path", type=click.Path(), default=None,
+@click.option("--dot", "dot_path", type=click.Path(readable=False), default=None,
               help="Write the graph as Graphviz to this file (problem keys and cycles in red).")
-@click.option("--svg", "svg_path", type=click.Path(), default=None,
+@click.option("--svg", "svg_path", type=click.Path(readable=False), default=None,
               help="Render it to SVG with Graphviz's `dot` program (must be installed).")
 @click.option("--snapshot", is_flag=True, help="Copy the file first (buildkitd running).")
 @click.option("--json", "as_json", is_flag=True, help="The summary as one JSON object.")
@@ -93,8 +93,11 @@ def graph(file, top, dot_path, svg_path, snapshot, as_json):
     from ..buildkit.graph import to_dot
     from .app import opened
     from .inspect import report_damage
+    from ..buildkit.kinds import require_store
     from .output import emit_json, emit_table
+    destinations(dot_path, svg_path, replace=True)
     with opened(file, None, snapshot) as db:
+        require_store(db, "cache.db")
         damage: list = []
         cols = load_cache_columns(db, on_damage=damage.append)
     problems = check_cache_columns(cols, file)
@@ -107,14 +110,17 @@ def graph(file, top, dot_path, svg_path, snapshot, as_json):
         store = cols.to_store()
         text = to_dot(store.edges(), store.with_results(), marked)
         if dot_path:
-            with open(dot_path, "w") as f:
+            with output_file(dot_path) as f:
                 f.write(text)
         if svg_path:
             dot = shutil.which("dot")
             if dot is None:
                 raise click.ClickException("--svg needs Graphviz's `dot` program (apt-get install graphviz); "
                                            "use --dot to write the graph and render it elsewhere")
-            subprocess.run([dot, "-Tsvg", "-o", svg_path], input=text.encode(), check=True)
+            done = subprocess.run([dot, "-Tsvg", "-o", svg_path], input=text.encode(), capture_output=True)
+            if done.returncode:
+                raise click.ClickException(f"`dot` could not render {svg_path}: "
+                                           + done.stderr.decode(errors="replace").strip()[-500:])
     if as_json:
         emit_json({"nodes": s.nodes, "edges": s.edges, "roots": len(s.roots), "with_results": s.with_results,
                    "depth": s.depth, "max_paths": s.max_paths, "cycles": s.cycles,
@@ -146,7 +152,7 @@ def _root_or_exit(root):
 
 
 @buildkit.command("ls")
-@click.argument("root", type=click.Path())
+@click.argument("root", type=click.Path(readable=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per store.")
 def ls(root, as_json):
     """The bolt stores under a BuildKit root: kind, worker, sizes, txid, last modified.
@@ -188,12 +194,12 @@ def ls(root, as_json):
 
 
 @buildkit.command(cls=FsckCommand)
-@click.argument("root", type=click.Path())
+@click.argument("root", type=click.Path(readable=False))
 @click.option("--jobs", "-j", type=click.IntRange(1), default=1, show_default=True, help="Check stores in parallel.")
 @click.option("--max-errors", type=click.IntRange(0), default=20, show_default=True,
               help="List at most this many problems per store (counts are never capped).")
 @click.option("--snapshot", is_flag=True, help="Copy each store first (when buildkitd may be running).")
-@click.option("--config", "config_path", type=click.Path(), default=None,
+@click.option("--config", "config_path", type=click.Path(readable=False), default=None,
               help="buildkitd.toml: its GC switch and history retention (BuildKit's defaults otherwise).")
 @click.option("--strict", is_flag=True, help="Warnings count too: exit 4 on any problem.")
 @click.option("--repair", "preen", is_flag=True,
@@ -296,11 +302,11 @@ def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, 
 
 
 @buildkit.command()
-@click.argument("file", type=click.Path())
+@click.argument("file", type=click.Path(readable=False))
 @click.option("--apply", "apply_", is_flag=True,
               help="Write the pruned store beside FILE, verify it, keep FILE as a .bak and move the new one in.")
 @click.option("--break-cycles", is_flag=True, help="Also drop the links inside every cycle of the key graph.")
-@click.option("--release-missing", "metadata_db", type=click.Path(), default=None,
+@click.option("--release-missing", "metadata_db", type=click.Path(readable=False), default=None,
               help="The worker's metadata_v2.db: release results whose record is gone, as buildkitd does at start.")
 @click.option("--rehome", is_flag=True,
               help="After a salvage: merge id buckets found away from their top-level bucket (at the top level, "
@@ -327,6 +333,9 @@ def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, as_
     from ..buildkit.prune import apply_prune, plan_file
     from ..storage import Database
     from .output import emit_json, emit_table
+    from ..buildkit.kinds import require_store
+    with Database(file) as db:
+        require_store(db, "cache.db")
     try:
         records = None
         if metadata_db is not None:
@@ -367,7 +376,7 @@ def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, as_
 
 
 @buildkit.command()
-@click.argument("file", type=click.Path())
+@click.argument("file", type=click.Path(readable=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per build.")
 @click.option("--snapshot", is_flag=True, help="Copy the file first (buildkitd running).")
 @settled_reads
@@ -378,7 +387,9 @@ def history(file, as_json, snapshot):
     from ..buildkit.history import load_history
     from .app import opened
     from .output import emit_json, emit_table
+    from ..buildkit.kinds import require_store
     with opened(file, None, snapshot) as db:
+        require_store(db, "history.db")
         damage: list = []
         records = load_history(db, on_damage=damage.append)
     records.sort(key=lambda r: r.created_at or "")
@@ -403,7 +414,7 @@ def history(file, as_json, snapshot):
 
 
 @buildkit.command()
-@click.argument("target", type=click.Path())
+@click.argument("target", type=click.Path(readable=False))
 @click.option("--sort", type=click.Choice(["size", "created", "last-used", "usage"]), default="size", show_default=True)
 @click.option("--type", "record_type", multiple=True, help="Only records of this type (regular, internal, "
                                                          "frontend, source.local, source.git.checkout, exec.cachemount).")
@@ -435,9 +446,23 @@ def du(target, sort, record_type, older_than, as_json):
     else:
         dbs = [path]
     rows = []
+    from ..buildkit.kinds import require_store
+    damage: list = []
+    unreadable = []
     for p in dbs:
-        with opened(str(p)) as db:
-            rows += usage(load_metadata_store(db, on_damage=lambda e: None))
+        if not path.is_dir():
+            with opened(str(p)) as db:
+                require_store(db, "metadata_v2.db")
+                rows += usage(load_metadata_store(db, on_damage=damage.append))
+            continue
+        try:        # a root: one unreadable store is reported and skipped, the others are still counted
+            with opened(str(p)) as db:
+                rows += usage(load_metadata_store(db, on_damage=damage.append))
+        except BoltkitError as e:
+            unreadable.append(f"{e} (its records are not counted)")
+    if unreadable and len(unreadable) == len(dbs):
+        raise click.ClickException(f"{target}: no metadata_v2.db could be read: " + "; ".join(unreadable))
+    damage = unreadable + damage
     if record_type:
         rows = [r for r in rows if r.record_type in record_type]
     if older_than:
@@ -457,7 +482,14 @@ def du(target, sort, record_type, older_than, as_json):
         for r in rows:
             emit_json(r.as_dict())
         emit_json({"records": len(rows), "total": total, "notes": notes})
-        return
+    else:
+        _du_table(rows, total, notes)
+    from .inspect import report_damage
+    report_damage(damage, "usage listing")
+
+
+def _du_table(rows, total, notes) -> None:
+    from .output import emit_table
     emit_table([[r.id, r.kind, r.record_type, "?" if r.size is None else r.size,
                  r.created.strftime("%Y-%m-%d %H:%M") if r.created else "",
                  r.last_used.strftime("%Y-%m-%d %H:%M") if r.last_used else "", r.usage_count, len(r.parents),
@@ -469,7 +501,7 @@ def du(target, sort, record_type, older_than, as_json):
 
 
 @buildkit.command()
-@click.argument("root", type=click.Path())
+@click.argument("root", type=click.Path(readable=False))
 @click.option("--apply", "apply_", is_flag=True,
               help="Apply the fixes: each store is rewritten beside itself, verified, kept as .bak and swapped in.")
 @click.option("--start-only", is_flag=True,
@@ -477,7 +509,7 @@ def du(target, sort, record_type, older_than, as_json):
 @click.option("--prune", "prune_more", is_flag=True,
               help="Also what BuildKit never does at start: ghost keys, dead chains, dangling links and stale "
                    "indexes in cache.db, id buckets a salvage left misplaced, metadata leftovers (M2, M10, M11).")
-@click.option("--config", "config_path", type=click.Path(), default=None,
+@click.option("--config", "config_path", type=click.Path(readable=False), default=None,
               help="buildkitd.toml: its GC switch and history retention (BuildKit's defaults otherwise).")
 @click.option("--list", "listing", is_flag=True, help="Every change, not only the counts by kind.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per change, then a summary.")

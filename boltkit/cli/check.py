@@ -7,25 +7,17 @@ import click
 
 from ..check import check_file
 from ..errors import Unsettled
-from .app import main
+from .app import EXIT_DAMAGE, EXIT_OK, EXIT_PROBLEMS, EXIT_UNREADABLE, EXIT_USAGE, destinations, main, output_file
 from .output import emit_json, warn
 
-EXIT_CLEAN, EXIT_REPAIRED, EXIT_PROBLEMS, EXIT_UNREADABLE, EXIT_USAGE = 0, 1, 4, 8, 16
+EXIT_CLEAN, EXIT_REPAIRED = EXIT_OK, EXIT_DAMAGE
 
-
-class FsckCommand(click.Command):
-    """Usage errors exit 16, as fsck(8) does, instead of click's 2."""
-
-    def parse_args(self, ctx, args):
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as e:
-            e.show()
-            ctx.exit(EXIT_USAGE)
+# usage errors exit 16 for every command now (cli/app.py); the name stays for the commands that use it
+FsckCommand = click.Command
 
 
 @main.command(cls=FsckCommand)
-@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.argument("files", nargs=-1, required=True, type=click.Path(readable=False))
 @click.option("--meta", type=click.IntRange(0, 1), default=None,
               help="Check the tree under meta page 0 or 1 (what `bbolt surgery revert-meta-page` would give).")
 @click.option("--quick", is_flag=True, help="Pages and tree only: skip key order, bounds and inline contents.")
@@ -33,7 +25,7 @@ class FsckCommand(click.Command):
               help="List at most this many problems per file (counts are never capped).")
 @click.option("--snapshot", is_flag=True, help="Copy each file first and check the copy.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per problem, then one summary record per file.")
-@click.option("--map", "map_path", type=click.Path(), default=None,
+@click.option("--map", "map_path", type=click.Path(readable=False), default=None,
               help="Also draw the file as an SVG: one cell per page, damaged pages in red (one file only).")
 def check(files, meta, quick, max_errors, snapshot, as_json, map_path):
     """Check the structure of bbolt files: every fault, not just the first.
@@ -50,8 +42,8 @@ def check(files, meta, quick, max_errors, snapshot, as_json, map_path):
     Exit status (fsck): 0 clean, 4 problems found, 8 a file could not be read, 16 usage error.
     """
     if map_path and len(files) != 1:
-        click.echo("Error: --map draws one file; give exactly one", err=True)
-        raise SystemExit(EXIT_USAGE)
+        raise click.UsageError("--map draws one file; give exactly one")
+    destinations(map_path, replace=True)
 
     def make_report(path, progress):
         report = check_file(path, meta=meta, quick=quick, snapshot=snapshot, progress=progress)
@@ -71,7 +63,7 @@ def draw_map(path, meta, problems, map_path) -> None:
             damaged.setdefault(p.pgid, f"{p.code} {p.message}")
     with Database(path, meta=meta) as db:
         infos, _ = page_map(db)
-    with open(map_path, "w") as f:
+    with output_file(map_path) as f:
         f.write(render(infos, damaged, f"{path}: {len(infos)} pages"))
 
 

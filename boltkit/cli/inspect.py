@@ -11,12 +11,13 @@ from ..schemas import PageFlag
 from ..storage.describe import describe_page
 from ..storage.pagemap import page_map
 from ..storage.stats import gather_stats
-from .app import main, opened
+from .app import EXIT_UNREADABLE, DamageSkipped, destinations, main, opened, output_file
 from .live import settled_reads
+from .values import SMALL, plain_pieces, write_json_value, write_raw_value, write_text_value
 from .output import (ENCODINGS, emit_json, emit_table, encode_bytes, hex_option, json_option,
                      output_options, parse_name, read_options, show_bytes, show_path)
 
-file_argument = click.argument("file", type=click.Path())
+file_argument = click.argument("file", type=click.Path(readable=False))
 encoding_option = click.option("--encoding", "-e", type=click.Choice(ENCODINGS), default="auto", show_default=True,
                                help="How keys, values and bucket names appear in JSON: auto = text when printable "
                                     "UTF-8, else {\"hex\": ...}.")
@@ -30,7 +31,7 @@ def report_damage(errors: list, what: str = "output") -> None:
         click.echo(f"damage: {e}", err=True)
     if len(errors) > 50:
         click.echo(f"damage: ... and {len(errors) - 50} more", err=True)
-    raise click.ClickException(f"{len(errors)} damaged part(s) skipped; the {what} holds everything intact. "
+    raise DamageSkipped(f"{len(errors)} damaged part(s) skipped; the {what} holds everything intact. "
                                "Run `boltkit check` for a full diagnosis.")
 
 
@@ -94,7 +95,7 @@ def info(file, meta, snapshot, as_json, table_fmt):
 @main.command()
 @file_argument
 @read_options
-@click.option("--map", "map_path", type=click.Path(), default=None,
+@click.option("--map", "map_path", type=click.Path(readable=False), default=None,
               help="Also draw the pages as an SVG, one coloured cell per page (open it in a browser).")
 @output_options
 @settled_reads
@@ -102,23 +103,30 @@ def pages(file, meta, snapshot, map_path, as_json, table_fmt):
     """Every page below the high-water mark: type, items, overflow, owning bucket, free or pending.
 
     Types: meta, freelist, branch, leaf, overflow (continuation of the page in OF), free, pending
-    (free, but the previous meta's tree still uses it), leaked (neither reachable nor free).
+    (free, but the previous meta's tree still uses it), leaked (neither reachable nor free),
+    beyond-eof (below the high-water mark, past the end of the file). Consecutive never-written
+    (all-zero) pages and pages past the end are one row, `A-B` (in JSON: "run": the page count).
     """
+    destinations(map_path, replace=True)
     with opened(file, meta, snapshot) as db:
         infos, errors = page_map(db)
         if map_path:
             from .pagemap_svg import render
-            with open(map_path, "w") as f:
+            with output_file(map_path) as f:
                 f.write(render(infos, {e.pgid: str(e) for e in errors if e.pgid is not None},
                                f"{file}: {len(infos)} pages"))
         rows = []
         for p in infos:
             if as_json:
-                emit_json({"id": p.pgid, "type": p.kind, "items": p.items, "overflow": p.overflow,
-                           "bucket": None if p.bucket is None else [encode_bytes(b, "auto") for b in p.bucket],
-                           "of": p.of})
+                rec = {"id": p.pgid, "type": p.kind, "items": p.items, "overflow": p.overflow,
+                       "bucket": None if p.bucket is None else [encode_bytes(b, "auto") for b in p.bucket],
+                       "of": p.of}
+                if p.run > 1:       # pages id .. id+run-1, all alike (never written, or past the end)
+                    rec["run"] = p.run
+                emit_json(rec)
             else:
-                rows.append([p.pgid, p.kind, "" if p.items is None else p.items, p.overflow or "",
+                rows.append([p.pgid if p.run == 1 else f"{p.pgid}-{p.pgid + p.run - 1}", p.kind,
+                             "" if p.items is None else p.items, p.overflow or "",
                              "" if p.bucket is None else show_path(p.bucket), "" if p.of is None else p.of])
         if not as_json:
             emit_table(rows, ["id", "type", "items", "overflow", "bucket", "of"], table_fmt)
@@ -138,12 +146,14 @@ def page(file, page_ids, meta, snapshot, hexdump, as_json):
     Works on damaged pages too: the header is shown as stored and elements are decoded as far as
     their bounds allow.
     """
+    missing = 0
     with opened(file, meta, snapshot) as db:
         for n, pgid in enumerate(page_ids):
             try:
                 rec = page_record(db, pgid)
             except CorruptionError as e:
                 rec = {"id": pgid, "error": str(e)}
+                missing += 1
             if as_json:
                 if hexdump and "error" not in rec:
                     rec["hex"] = bytes(db.data[rec["offset"]:rec["offset"] + rec["size"]]).hex()
@@ -152,7 +162,7 @@ def page(file, page_ids, meta, snapshot, hexdump, as_json):
             if n:
                 click.echo("=" * 60)
             if "error" in rec:
-                click.echo(f"page {pgid}: {rec['error']}")
+                click.echo(f"Error: page {pgid}: {rec['error']}", err=True)
                 continue
             click.echo(f"page {pgid}: {rec['type']}, {rec['count']} item(s), overflow {rec['overflow']}, "
                        f"header id {rec['header_id']}, offset {rec['offset']}, {rec['size']} bytes")
@@ -162,6 +172,8 @@ def page(file, page_ids, meta, snapshot, hexdump, as_json):
                 click.echo(f"  damage: {rec['element_error']}")
             if hexdump:
                 _hexdump(db.data[rec["offset"]:rec["offset"] + rec["size"]], rec["offset"])
+    if missing:     # a page that is not in the file is an answer the file cannot give
+        raise SystemExit(EXIT_UNREADABLE)
 
 
 def page_record(db, pgid: int) -> dict:
@@ -285,17 +297,24 @@ def get(file, path_and_key, meta, snapshot, as_hex, encoding, as_json):
         raise click.UsageError("give a bucket path and a key: boltkit get FILE BUCKET [SUBBUCKET...] KEY")
     names = [parse_name(p, as_hex) for p in path_and_key]
     with opened(file, meta, snapshot) as db:
-        value = db.get(names[:-1], names[-1])
+        item = db.item(names[:-1], names[-1])
+        data, start, end, release = db.data, item.value_start, item.value_end, db.source.release
+        out = sys.stdout
         if as_json:
-            emit_json({"key": encode_bytes(names[-1], "auto"),
-                       "value": encode_bytes(value, "hex" if encoding == "raw" else encoding)})
+            out.write('{"key":%s,"value":' % _encoder("auto")(names[-1]))
+            write_json_value(out.write, data, start, end, "hex" if encoding == "raw" else encoding, release)
+            out.write("}\n")
         elif encoding == "raw":
-            sys.stdout.buffer.write(value)
-            sys.stdout.flush()
+            out.flush()
+            write_raw_value(out.buffer.write, data, start, end, release)
         elif encoding == "auto":
-            click.echo(show_bytes(value))
+            write_text_value(out.write, data, start, end, release)
+            out.write("\n")
         else:
-            click.echo(encode_bytes(value, encoding))
+            for text in plain_pieces(data, start, end, encoding, release):
+                out.write(text)
+            out.write("\n")
+        out.flush()
 
 
 @main.command()
@@ -415,8 +434,14 @@ def export(file, path, meta, snapshot, as_hex, encoding, count_only):
                     p = paths.get(parent.path)
                     if p is None:
                         p = paths[parent.path] = ",".join(enc(x) for x in parent.path)
-                    write('{"kind":"pair","path":[%s],"key":%s,"value":%s}\n'
-                          % (p, enc(item.key), enc(data[item.value_start:item.value_end])))
+                    vs, ve = item.value_start, item.value_end
+                    if ve - vs > SMALL:       # streamed: a huge value costs a chunk, not copies of itself
+                        write('{"kind":"pair","path":[%s],"key":%s,"value":' % (p, enc(item.key)))
+                        write_json_value(write, data, vs, ve, encoding, db.source.release)
+                        write("}\n")
+                    else:
+                        write('{"kind":"pair","path":[%s],"key":%s,"value":%s}\n'
+                              % (p, enc(item.key), enc(data[vs:ve])))
                 else:
                     write('{"kind":"bucket","path":[%s],"sequence":%d}\n'
                           % (",".join(enc(x) for x in child.path), child.sequence))

@@ -11,7 +11,7 @@ COLOURS = {
 
 def render(infos, damaged: dict[int, str], title: str, cell: int = 10, per_row: int = 64) -> str:
     """``infos``: PageInfo list; ``damaged``: page id -> the first problem naming it (shown as the tooltip)."""
-    n = len(infos)
+    n = (infos[-1].pgid + getattr(infos[-1], "run", 1)) if infos else 0
     rows = (n + per_row - 1) // per_row
     legend_h = 24
     width, height = per_row * cell + 2, rows * cell + legend_h + 30
@@ -25,6 +25,11 @@ def render(infos, damaged: dict[int, str], title: str, cell: int = 10, per_row: 
             tip += " " + "/".join(b.decode("utf-8", "replace") for b in p.bucket)
         if p.pgid in damaged:
             tip += " - " + damaged[p.pgid]
+        run = getattr(p, "run", 1)
+        if run > 1:     # a run of alike pages: at most three rectangles (first row, full rows, last row)
+            tip = f"pages {p.pgid}-{p.pgid + run - 1}: {kind}"
+            out.extend(_run_rects(p.pgid, run, per_row, cell, COLOURS.get(kind, "#999999"), escape(tip)))
+            continue
         out.append(f'<rect x="{x}" y="{y}" width="{cell - 1}" height="{cell - 1}" '
                    f'fill="{COLOURS.get(kind, "#999999")}"><title>{escape(tip)}</title></rect>')
     x, y = 1, 18 + rows * cell + 16
@@ -34,3 +39,19 @@ def render(infos, damaged: dict[int, str], title: str, cell: int = 10, per_row: 
         x += 12 + 7 * len(kind) + 10
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def _run_rects(first: int, run: int, per_row: int, cell: int, colour: str, tip: str):
+    last = first + run - 1
+    spans = []
+    r0, r1 = first // per_row, last // per_row
+    if r0 == r1:
+        spans.append((r0, first % per_row, last % per_row + 1, 1))
+    else:
+        spans.append((r0, first % per_row, per_row, 1))
+        if r1 - r0 > 1:
+            spans.append((r0 + 1, 0, per_row, r1 - r0 - 1))
+        spans.append((r1, 0, last % per_row + 1, 1))
+    for row, c0, c1, nrows in spans:
+        yield (f'<rect x="{1 + c0 * cell}" y="{18 + row * cell}" width="{(c1 - c0) * cell - 1}" '
+               f'height="{nrows * cell - 1}" fill="{colour}"><title>{tip}</title></rect>')

@@ -7,7 +7,7 @@ import click
 
 from ..errors import BoltkitError
 from ..repair import compact as compact_file
-from .app import failure, main
+from .app import EXIT_DAMAGE, destinations, failure, main
 from .output import emit_json
 
 
@@ -17,9 +17,11 @@ _snapshot = click.option("--snapshot", is_flag=True,
 
 
 @main.command()
-@click.argument("src", type=click.Path())
-@click.option("-o", "--output", "dst", required=True, type=click.Path(), help="The new file (must not exist).")
-@click.option("--page-size", type=int, default=None, help="Page size of the new file (default: the source's).")
+@click.argument("src", type=click.Path(readable=False))
+@click.option("-o", "--output", "dst", required=True, type=click.Path(readable=False),
+              help="The new file (must not exist).")
+@click.option("--page-size", type=click.IntRange(1024, 1 << 24), default=None,
+              help="Page size of the new file (default: the source's).")
 @click.option("--fill-percent", type=click.FloatRange(0.1, 1.0), default=1.0, show_default=True,
               help="How full to pack pages; 1.0 is densest (what `bbolt compact` does), 0.5 leaves room for writes.")
 @click.option("--no-freelist", is_flag=True, help="Store no freelist (bbolt rebuilds it at open, as with NoFreelistSync).")
@@ -33,6 +35,7 @@ def compact(src, dst, page_size, fill_percent, no_freelist, meta, snapshot, as_j
     new file is written beside it, fsynced, and left for you to move into place while buildkitd is
     stopped. A damaged SRC is refused: use `boltkit salvage` for that.
     """
+    destinations(dst)
     bar = None
     progress = None
     if not as_json and sys.stderr.isatty():
@@ -57,12 +60,13 @@ def compact(src, dst, page_size, fill_percent, no_freelist, meta, snapshot, as_j
 
 
 @main.command()
-@click.argument("src", type=click.Path())
-@click.option("-o", "--output", "dst", type=click.Path(), default=None, help="The new file (must not exist).")
+@click.argument("src", type=click.Path(readable=False))
+@click.option("-o", "--output", "dst", type=click.Path(readable=False), default=None,
+              help="The new file (must not exist).")
 @click.option("--in-place", is_flag=True,
               help="Replace SRC with what is recovered: written beside it and verified first, SRC kept as "
                    "SRC.boltkit-<UTC>.bak; refused (exit 8) while a process such as buildkitd holds SRC.")
-@click.option("--report", "report_path", type=click.Path(), default=None,
+@click.option("--report", "report_path", type=click.Path(readable=False), default=None,
               help="Where to write the JSON report (default: OUTPUT.report.json, or beside the backup).")
 @click.option("--no-lost-found", is_flag=True, help="Do not scan for leaf pages no tree reaches.")
 @_snapshot
@@ -88,6 +92,8 @@ def salvage(src, dst, in_place, report_path, no_lost_found, snapshot, as_json):
         raise click.UsageError("give either -o OUTPUT or --in-place")
     if in_place and snapshot:
         raise click.UsageError("--snapshot reads a copy of a file a writer holds; --in-place needs the writer gone")
+    destinations(dst)      # before the salvage pass: a bad path costs nothing and leaves nothing behind
+    destinations(report_path, replace=True)
     try:
         if in_place:
             result, done = salvage_in_place(src, lost_found=not no_lost_found, report_path=report_path)
@@ -111,7 +117,7 @@ def salvage(src, dst, in_place, report_path, no_lost_found, snapshot, as_json):
         click.echo(f"report: {report_path}")
         click.echo(f"warning: {WARNING}", err=True)
     if not result.clean:
-        raise SystemExit(1)
+        raise SystemExit(EXIT_DAMAGE)
 
 
 @main.group()
@@ -129,6 +135,8 @@ def _surgery(fn, src, dst, snapshot, *args):
     from ..repair.preflight import readable_source
     from ..repair.replace import check_report_path, write_report
     from ..repair.surgery import Refused
+    destinations(dst)
+    destinations(dst + ".report.json", replace=True)
     try:
         check_report_path(dst + ".report.json")
         with readable_source(src, snapshot) as path:
@@ -142,12 +150,12 @@ def _surgery(fn, src, dst, snapshot, *args):
 
 def _out(f):
     f = _snapshot(f)
-    return click.option("-o", "--output", "dst", required=True, type=click.Path(),
+    return click.option("-o", "--output", "dst", required=True, type=click.Path(readable=False),
                         help="The edited copy (must not exist).")(f)
 
 
 @surgery.command("revert-meta")
-@click.argument("src", type=click.Path())
+@click.argument("src", type=click.Path(readable=False))
 @_out
 def revert_meta(src, dst, snapshot):
     """Make the older meta current: the last transaction is undone (its data was not written, say)."""
@@ -157,7 +165,7 @@ def revert_meta(src, dst, snapshot):
 
 @surgery.command("freelist")
 @click.argument("action", type=click.Choice(["abandon", "rebuild"]))
-@click.argument("src", type=click.Path())
+@click.argument("src", type=click.Path(readable=False))
 @_out
 def freelist(action, src, dst, snapshot):
     """abandon: store no freelist (bbolt rebuilds it at the next read-write open); rebuild: write a new one
@@ -167,7 +175,7 @@ def freelist(action, src, dst, snapshot):
 
 
 @surgery.command("drop-element")
-@click.argument("src", type=click.Path())
+@click.argument("src", type=click.Path(readable=False))
 @_out
 @click.option("--page", "pgid", type=int, required=True, help="The branch or leaf page.")
 @click.option("--index", type=int, required=True, help="The element to drop (0-based).")
@@ -178,7 +186,7 @@ def drop_element(src, dst, pgid, index, snapshot):
 
 
 @surgery.command("clear-page")
-@click.argument("src", type=click.Path())
+@click.argument("src", type=click.Path(readable=False))
 @_out
 @click.option("--page", "pgid", type=int, required=True, help="The leaf page to empty.")
 def clear_page(src, dst, pgid, snapshot):

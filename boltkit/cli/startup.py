@@ -71,10 +71,10 @@ def echo_plan(plan: StartPlan, *, listing: bool, limit: int = 20) -> None:
 
 
 @buildkit.command("simulate-start", cls=FsckCommand)
-@click.argument("root", type=click.Path())
-@click.option("-o", "--output", "out", type=click.Path(), default=None,
+@click.argument("root", type=click.Path(readable=False))
+@click.option("-o", "--output", "out", type=click.Path(readable=False), default=None,
               help="Write a copy of the root's stores as buildkitd leaves them after its start (a new directory).")
-@click.option("--config", "config_path", type=click.Path(), default=None,
+@click.option("--config", "config_path", type=click.Path(readable=False), default=None,
               help="buildkitd.toml: its GC switch and history retention (BuildKit's defaults otherwise).")
 @click.option("--list", "listing", is_flag=True, help="Every change, not only the counts by kind.")
 @click.option("--json", "as_json", is_flag=True,

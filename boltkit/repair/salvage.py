@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..check import check_file
 from ..errors import CorruptionError, OpenError
 from ..schemas import BUCKET_LEAF_FLAG, PageFlag
 from ..storage import Database, Item, Pager, Tree
 from ..storage import Bucket as TreeBucket
+from ..storage.pagemap import written_headers
 from ..write import BoltWriter
 from .replace import NotVerified, Replaced, check_report_path, replace_file, write_report
 
@@ -56,8 +59,13 @@ class _Collector:
         self.buckets = 0
         self.damage: list[str] = []
         self.reached: set[int] = set()
+        self._last: dict[tuple, _Bucket] = {}
 
     def bucket(self, path) -> _Bucket | None:
+        path = tuple(path)
+        b = self._last.get(path)        # pairs come bucket by bucket: don't walk a deep path for each of them
+        if b is not None:
+            return b
         b = self.root
         for name in path:
             nxt = b.values.get(name)
@@ -70,6 +78,7 @@ class _Collector:
                                    "kept, the bucket's pairs went to lost+found/name-conflicts")
                 return None
             b = nxt
+        self._last = {path: b}
         return b
 
     def put(self, path, key: bytes, value: bytes, source: str) -> None:
@@ -125,6 +134,8 @@ class _Collector:
             """Where a pair of bucket ``path`` on ``page`` goes: None for its own path."""
             if page in suspect:
                 return (LOST_FOUND, f"page-{suspect[page]}-doubtful".encode()) + path
+            if not suspect_paths:       # the common case; the prefix scan is quadratic in the nesting depth
+                return None
             for i in range(len(path), 0, -1):
                 if path[:i] in suspect_paths:
                     return (LOST_FOUND, f"page-{suspect_paths[path[:i]]}-doubtful".encode()) + path
@@ -151,7 +162,10 @@ class _Collector:
         found = []
         tree = Tree(pager)
         data = self.db.data
-        for pgid in range(2, pager.limit_pages):
+        # candidates in bulk: written pages (holes and zero pages skipped) whose header says "leaf <own id>"
+        pg, pid, flags, count, _ = written_headers(self.db, 2, pager.limit_pages)
+        leaf = (pid == pg.astype(np.uint64)) & (flags == PageFlag.LEAF) & (count > 0)
+        for pgid in pg[leaf].tolist():
             if pgid in self.reached:
                 continue
             try:

@@ -27,7 +27,19 @@ class Refused(BoltkitError):
 def _copy(src: str, dst: str) -> None:
     if os.path.exists(dst):
         raise FileExistsError(f"{dst} already exists; refusing to overwrite it")
+    with Database(src):     # a readable bbolt file, not a FIFO or a text file: refused before anything is written
+        pass
     shutil.copyfile(src, dst)
+
+
+def _discard_on_failure(dst: str, edit) -> None:
+    """Run ``edit()`` on the copy; if it fails the copy goes, so a refused edit leaves nothing behind."""
+    try:
+        edit()
+    except BaseException:
+        if os.path.exists(dst):
+            os.unlink(dst)
+        raise
 
 
 def _verify(dst: str, what: str) -> None:
@@ -73,13 +85,16 @@ def freelist_abandon(src: str, dst: str) -> str:
     """Both metas stop naming a freelist; bbolt rebuilds it from the tree at the next read-write open
     (and panics there if the tree has any fault, so a faulty tree is refused)."""
     _copy(src, dst)
-    with Database(dst, lock=False) as db:
-        metas = [(m.index, m.offset, _meta_fields(m)) for m in db.metas if m is not None and m.valid]
-    with open(dst, "r+b") as f:
-        for index, offset, fields in metas:
-            fields["freelist"] = PGID_NO_FREELIST
-            _write_meta(f, offset, fields, index)
-    _verify(dst, "abandoning the freelist")
+
+    def edit():
+        with Database(dst, lock=False) as db:
+            metas = [(m.index, m.offset, _meta_fields(m)) for m in db.metas if m is not None and m.valid]
+        with open(dst, "r+b") as f:
+            for index, offset, fields in metas:
+                fields["freelist"] = PGID_NO_FREELIST
+                _write_meta(f, offset, fields, index)
+        _verify(dst, "abandoning the freelist")
+    _discard_on_failure(dst, edit)
     return "the freelist was abandoned in both meta pages; bbolt rebuilds it at the next read-write open"
 
 
@@ -87,8 +102,7 @@ def freelist_rebuild(src: str, dst: str) -> str:
     """A new freelist = every page below the high-water mark the tree does not use, written past the old
     high-water mark, and committed as a new transaction in the other meta slot (the old meta stays)."""
     _copy(src, dst)
-    _rebuild_in_place(dst)
-    _verify(dst, "rebuilding the freelist")
+    _discard_on_failure(dst, lambda: (_rebuild_in_place(dst), _verify(dst, "rebuilding the freelist")))
     return "the freelist was rebuilt"
 
 

@@ -1,7 +1,7 @@
 """One opened bbolt file under one chosen meta: the entry point of every reader."""
 from __future__ import annotations
 
-from ..errors import CorruptionError, NotFound
+from ..errors import CorruptionError, NotFound, OpenError
 from .freelist import Freelist, read_freelist
 from .meta import discover
 from .pages import Pager
@@ -22,6 +22,9 @@ class Database:
         self.source = Source(self.path, snapshot=snapshot, lock=lock, refuse_held=refuse_held)
         try:
             self.choice = discover(self.source.data, self.source.size, force=meta)
+        except OpenError as e:
+            self.source.close()
+            raise OpenError(f"{self.path}: {e}", kind=e.kind) from None
         except Exception:
             self.source.close()
             raise
@@ -74,13 +77,18 @@ class Database:
             b = self.tree.child(b, item)
         return b
 
-    def get(self, path, key: bytes) -> bytes:
+    def item(self, path, key: bytes) -> Item:
+        """The pair ``key`` of the bucket at ``path``: its value is ``data[item.value_start:item.value_end]``,
+        in the map (a caller that streams a big value never holds a copy of it)."""
         item = self.tree.get(self.bucket(path), key)
         if item is None:
             raise NotFound(f"key not found: {_show_path([key])} in {_show_path(path)}")
         if item.is_bucket:
             raise NotFound(f"{_show_path([key])} in {_show_path(path)} is a bucket, not a key")
-        return self.value(item)
+        return item
+
+    def get(self, path, key: bytes) -> bytes:
+        return self.value(self.item(path, key))
 
     def value(self, item: Item) -> bytes:
         return self.data[item.value_start:item.value_end]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import CorruptionError
-from ..schemas import PAGE_HEADER, PageFlag
+from ..schemas import PAGE_HEADER, PAGE_HEADER_SIZE, PageFlag
 from .database import Database
 from .meta import Meta
 from .pages import Node
@@ -26,6 +26,34 @@ class PageInfo:
     overflow: int = 0
     bucket: tuple[bytes, ...] | None = None
     of: int | None = None     # for overflow pages: the page whose span they continue
+    run: int = 1              # consecutive pages this row stands for: never-written (all-zero) leaked pages,
+    #                           pages past the end of the file; a 10 GiB sparse file is a few rows, not millions
+
+
+def written_headers(db: Database, lo: int, hi: int) -> tuple[np.ndarray, ...]:
+    """(pgid, id, flags, count, overflow) of the pages in [lo, hi) that hold a non-zero header, in bulk.
+
+    Only the file's data extents are read (the holes of a sparse file are zeros), a chunk of pages at a
+    time, and each chunk's pages are released from memory after it: a scan of a huge file stays small."""
+    ps = db.page_size
+    u8 = db.source.array
+    parts = []
+    hi = min(hi, db.file_size // ps)
+    step = 1 << 16
+    for start, end in db.source.data_extents():
+        a, b = max(lo, start // ps), min(hi, -(-end // ps))
+        for c in range(a, b, step):
+            pg = np.arange(c, min(c + step, b), dtype=np.int64)
+            raw = u8[(pg * ps)[:, None] + np.arange(PAGE_HEADER_SIZE)]
+            db.source.release(int(pg[0]) * ps, (int(pg[-1]) + 1) * ps)
+            hdr = raw.view(PAGE_HEADER.dtype).reshape(-1)
+            nz = raw.any(axis=1)
+            parts.append((pg[nz], hdr["id"][nz].astype(np.uint64), hdr["flags"][nz].astype(np.int64),
+                          hdr["count"][nz].astype(np.int64), hdr["overflow"][nz].astype(np.int64)))
+    if not parts:
+        z = np.zeros(0, np.int64)
+        return z, z.astype(np.uint64), z, z, z
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(5))
 
 
 def reachable_pages(db: Database, meta: Meta, errors: list | None = None) -> dict[int, tuple[Node, Bucket]]:
@@ -51,13 +79,16 @@ def reachable_pages(db: Database, meta: Meta, errors: list | None = None) -> dic
 
 
 def page_map(db: Database) -> tuple[list[PageInfo], list]:
+    """One row per page below the high-water mark, in page order; runs of never-written pages and of
+    pages past the end of the file are one row each (``run``)."""
     meta = db.meta
     errors: list = []
-    # pages the file really has, and a bounded run of "beyond-eof" rows for a truncated file
-    infos: list[PageInfo | None] = [None] * min(meta.pgid, db.file_size // db.page_size + 65536)
+    limit = db.file_size // db.page_size
+    known: dict[int, PageInfo] = {}
+    end = meta.pgid
     for i in (0, 1):
-        if i < len(infos):
-            infos[i] = PageInfo(i, "meta")
+        if i < end:
+            known[i] = PageInfo(i, "meta")
     free = np.zeros(0, dtype=np.uint64)
     try:
         fl = db.freelist()
@@ -67,29 +98,38 @@ def page_map(db: Database) -> tuple[list[PageInfo], list]:
     if fl is not None:
         free = fl.ids
         for p in fl.pages:
-            if p < len(infos):
-                infos[p] = PageInfo(p, "freelist" if p == fl.pgid else "overflow",
-                                    items=len(fl.ids) if p == fl.pgid else None, overflow=fl.overflow if p == fl.pgid else 0,
+            if p < end:
+                known[p] = PageInfo(p, "freelist" if p == fl.pgid else "overflow",
+                                    items=len(fl.ids) if p == fl.pgid else None,
+                                    overflow=fl.overflow if p == fl.pgid else 0,
                                     of=None if p == fl.pgid else fl.pgid)
     for pgid, (node, bucket) in reachable_pages(db, meta, errors).items():
-        if pgid >= len(infos):
+        if pgid >= end:
             continue
-        infos[pgid] = PageInfo(pgid, PageFlag.name_of(node.flags), node.count, node.overflow, bucket.path)
-        for o in range(pgid + 1, min(pgid + node.overflow + 1, len(infos))):
-            infos[o] = PageInfo(o, "overflow", bucket=bucket.path, of=pgid)
+        known[pgid] = PageInfo(pgid, PageFlag.name_of(node.flags), node.count, node.overflow, bucket.path)
+        for o in range(pgid + 1, min(pgid + node.overflow + 1, end)):
+            known[o] = PageInfo(o, "overflow", bucket=bucket.path, of=pgid)
     other = db.metas[1 - meta.index]
     still_used = set()
     if other is not None and other.usable and other.txid < meta.txid:
         still_used = set(reachable_pages(db, other))
     for p in free.tolist():
-        if p < len(infos) and infos[p] is None:
-            infos[p] = PageInfo(p, "pending" if p in still_used else "free")
-    limit = db.file_size // db.page_size
-    for p in range(len(infos)):
-        if infos[p] is None:
-            if p >= limit:
-                infos[p] = PageInfo(p, "beyond-eof")
-            else:
-                _, flags, count, overflow = PAGE_HEADER.unpack_from(db.data, p * db.page_size)
-                infos[p] = PageInfo(p, "leaked", items=count, overflow=overflow)
+        if p < end and p not in known:
+            known[p] = PageInfo(p, "pending" if p in still_used else "free")
+    # every other page below the end of the file is leaked: its header as stored, or a run of zeros
+    pg, _, _, count, overflow = written_headers(db, 0, min(end, limit))
+    keep = np.fromiter((p not in known for p in pg.tolist()), bool, pg.size) if known else np.ones(pg.size, bool)
+    for p, c, o in zip(pg[keep].tolist(), count[keep].tolist(), overflow[keep].tolist()):
+        known[p] = PageInfo(p, "leaked", items=c, overflow=o)
+    infos: list[PageInfo] = []
+    nxt = 0
+    for p in sorted(known) + [end]:
+        if p > nxt:     # pages nothing names and whose header is zero: never written (or a hole)
+            if nxt < min(p, limit):
+                infos.append(PageInfo(nxt, "leaked", items=0, overflow=0, run=min(p, limit) - nxt))
+            if max(nxt, limit) < p:
+                infos.append(PageInfo(max(nxt, limit), "beyond-eof", run=p - max(nxt, limit)))
+        if p < end:
+            infos.append(known[p])
+        nxt = p + 1
     return infos, errors

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from ..errors import InUse, OpenError, Unsettled
+from ..errors import InUse, NotAFile, OpenError, PermissionDenied, Unsettled
 from ..schemas import MAGIC, MAX_PAGE_SIZE, META, META1_PROBE_OFFSETS, META_OFFSET, MIN_PAGE_SIZE
 
 SNAPSHOT_ATTEMPTS = 10          # copies tried before a busy file is given up on
@@ -43,7 +43,8 @@ class Source:
         self.locked_by_writer = False
         self._fd = -1
         self._mm = None
-        self._fd = _open_readonly(self.path)
+        self._extents: list[tuple[int, int]] | None = None
+        self._fd = open_input(self.path)
         if lock:
             self._take_shared_lock(snapshot)
         if self.locked_by_writer and refuse_held and not snapshot:
@@ -59,7 +60,7 @@ class Source:
         self.size = os.fstat(self._fd).st_size
         if self.size == 0:
             self.close()
-            raise OpenError(f"{self.path}: file is empty (0 bytes), not a bbolt database")
+            raise OpenError(f"{self.path}: file is empty (0 bytes), not a bbolt database", kind="empty")
         try:
             self._mm = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as e:
@@ -98,6 +99,14 @@ class Source:
         if not self.live:
             return True
         return self._fd >= 0 and meta_stamp(self._fd) == self.stamp
+
+    def data_extents(self) -> list[tuple[int, int]]:
+        """Byte ranges [start, end) of the file that hold data. The holes of a sparse file read as zeros and
+        hold no page bbolt wrote, so whole-file scans skip them instead of faulting in gigabytes of zeros
+        (SEEK_DATA/SEEK_HOLE; the whole file where the filesystem does not say)."""
+        if self._extents is None:
+            self._extents = _extents(self._fd, self.size)
+        return self._extents
 
     def advise_sequential(self) -> None:
         if self._mm is not None and hasattr(mmap, "MADV_SEQUENTIAL"):
@@ -188,7 +197,7 @@ def snapshot_copy(src_fd: int, path: str, attempts: int = SNAPSHOT_ATTEMPTS) -> 
 def consistent_copy(path: str, attempts: int = SNAPSHOT_ATTEMPTS):
     """The name of a temp copy of ``path`` taken under `snapshot_copy`'s rule, for code that needs a path (compact,
     surgery); removed when the block ends, however it ends (the CLI turns SIGTERM and SIGHUP into an exit)."""
-    src = _open_readonly(path)
+    src = open_input(path)
     try:
         fd, name = _consistent_copy(src, path, attempts, named=True)
     finally:
@@ -275,20 +284,65 @@ def _copy_range(src_fd: int, dst_fd: int, start: int, end: int, chunk: int, skip
     return written
 
 
-def _open_readonly(path: str) -> int:
+def _extents(fd: int, size: int) -> list[tuple[int, int]]:
+    if not hasattr(os, "SEEK_DATA") or fd < 0:
+        return [(0, size)]
+    out: list[tuple[int, int]] = []
+    pos = 0
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:      # no data after pos
+                    break
+                raise
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            if end <= start:
+                break
+            out.append((start, end))
+            pos = end
+    except OSError:
+        return [(0, size)]
+    return out
+
+
+def open_input(path: str, what: str = "a bbolt file") -> int:
+    """A read-only descriptor of the regular file at ``path``, or a typed OpenError.
+
+    Opened with O_NONBLOCK so that a FIFO (which blocks in open() until a writer appears) or a device
+    is refused at once instead of hanging; the flag is cleared again for a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
-        raise OpenError(f"{path}: no such file") from None
+        raise OpenError(f"{path}: no such file", kind="missing") from None
     except IsADirectoryError:
-        raise OpenError(f"{path}: is a directory, not a bbolt file") from None
+        raise NotAFile(f"{path}: is a directory, not {what}", kind="directory") from None
     except PermissionError:
-        raise OpenError(f"{path}: permission denied") from None
+        raise PermissionDenied(f"{path}: permission denied (cannot read it as this user)") from None
     except OSError as e:
-        raise OpenError(f"{path}: cannot open: {e.strerror or e}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
+        if e.errno == errno.ENXIO:      # a socket, or a FIFO nobody writes to (with O_NONBLOCK)
+            raise NotAFile(f"{path}: is a socket or FIFO, not {what}") from None
+        raise OpenError(f"{path}: cannot open: {e.strerror or e}", kind="io") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = _file_type(st.st_mode)
+            raise NotAFile(f"{path}: is {kind}, not {what}", kind="directory" if kind == "a directory" else None)
+        os.set_blocking(fd, True)
+    except BaseException:
         os.close(fd)
-        what = "is a directory" if stat.S_ISDIR(st.st_mode) else "is not a regular file"
-        raise OpenError(f"{path}: {what}, not a bbolt file")
+        raise
     return fd
+
+
+def _file_type(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+
+

@@ -42,16 +42,18 @@ class Run:
     def slice(self, a: int, b: int) -> "Run":
         return Run(self.buf, self.flags[a:b], self.ks[a:b], self.ke[a:b], self.ve[a:b])
 
-    def data(self) -> bytes:
-        """The packed keys and values: one slice per stretch that is contiguous in ``buf``."""
+    def stretches(self) -> list[tuple[int, int]]:
+        """(start, end) in ``buf`` of each stretch of packed keys and values that is contiguous there."""
         ks, ve = self.ks, self.ve
         if not len(ks):
-            return b""
+            return []
         breaks = (np.flatnonzero(ks[1:] != ve[:-1]) + 1).tolist()
-        starts = [0] + breaks
-        ends = breaks + [len(ks)]
+        return [(int(ks[a]), int(ve[b - 1])) for a, b in zip([0] + breaks, breaks + [len(ks)])]
+
+    def data(self) -> bytes:
+        """The packed keys and values: one slice per stretch that is contiguous in ``buf``."""
         buf = self.buf
-        return b"".join(bytes(buf[int(ks[a]):int(ve[b - 1])]) for a, b in zip(starts, ends))
+        return b"".join(bytes(buf[a:b]) for a, b in self.stretches())
 
     @classmethod
     def concat(cls, runs: list["Run"]) -> "Run":
@@ -93,7 +95,7 @@ def encode_leaf_pairs(pairs: list[tuple[bytes, bytes, int]], pgid: int, page_siz
     return _finish(PageFlag.LEAF, pgid, n, bytes(elems), b"".join(b for k, v, _ in pairs for b in (k, v)), page_size)
 
 
-def encode_leaves(run: Run, cuts: list[tuple[int, int]], pgids: list[int], page_size: int) -> bytes:
+def encode_leaves(run: Run, cuts: list[tuple[int, int]], pgids: list[int], page_size: int) -> bytearray:
     """Many leaf pages at once: page k holds elements cuts[k] of ``run`` and has id pgids[k]; pages are
     laid out back to back, each padded to its whole pages, exactly as encode_leaf would write them."""
     run = run.slice(0, cuts[-1][1])      # cuts are contiguous from element 0
@@ -121,11 +123,13 @@ def encode_leaves(run: Run, cuts: list[tuple[int, int]], pgids: list[int], page_
         blob[off:off + PAGE_HEADER_SIZE] = PAGE_HEADER.struct.pack(pgids[k], PageFlag.LEAF, n, int(npages[k]) - 1)
         t = off + PAGE_HEADER_SIZE
         blob[t:t + ELEMENT_SIZE * n] = raw[ELEMENT_SIZE * a:ELEMENT_SIZE * b]
-        d = run.slice(a, b).data()
         t += ELEMENT_SIZE * n
-        blob[t:t + len(d)] = d
+        with memoryview(run.buf) as view:      # straight from the source map: a huge value is copied once
+            for s, e in run.slice(a, b).stretches():
+                blob[t:t + e - s] = view[s:e]
+                t += e - s
         off += int(npages[k]) * page_size
-    return bytes(blob)
+    return blob
 
 
 def encode_branch(entries: list[BranchEntry], pgid: int, page_size: int) -> bytes:
@@ -151,7 +155,8 @@ def _finish(flags: int, pgid: int, count: int, elems: bytes, data: bytes, page_s
         return PAGE_HEADER.struct.pack(pgid, flags, count, 0) + elems + data
     pages = -(-size // page_size)
     header = PAGE_HEADER.struct.pack(pgid, flags, count, pages - 1)
-    return header + elems + data + bytes(pages * page_size - size)
+    # one join, not three concatenations: a page holding a 400 MB value is copied once, not three times
+    return b"".join((header, elems, data, bytes(pages * page_size - size)))
 
 
 def pages_for(size: int, page_size: int) -> int:

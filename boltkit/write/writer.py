@@ -12,6 +12,7 @@ from ..schemas import (BUCKET_HEADER, BUCKET_LEAF_FLAG, MAGIC, MAX_PAGE_SIZE, ME
                        MIN_PAGE_SIZE, PAGE_HEADER, PAGE_HEADER_SIZE, PGID_NO_FREELIST, VERSION, PageFlag,
                        fnv1a64)
 from .builder import BucketBuilder, PageSink
+from .destination import output_error
 from .encode import Run
 
 
@@ -39,7 +40,12 @@ class BoltWriter:
         self.store_freelist = freelist
         self.txid = max(txid, 1)
         self.sync = sync
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise
+        except OSError as e:        # no such directory, a directory in the way, no permission
+            raise output_error(self.path, e) from None
         self.f = os.fdopen(fd, "wb", buffering=1 << 20)
         self.sink = PageSink(self.f, page_size)
         self.stack: list[tuple[bytes, int, BucketBuilder]] = [(b"", 0, BucketBuilder(self.sink, self.fill_percent,

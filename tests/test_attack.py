@@ -1,0 +1,232 @@
+"""The project's own attack campaign (testdata/attack.py): extreme meta, page and element fields, huge
+freelist counts, deep nesting, _result values in another JSON form, FIFO locks, damaged roots, huge values
+and sparse files — every command, asserting 0 tracebacks, 0 hangs, 0 exit codes outside the table, and for
+the huge value and the sparse file bounded time and memory (measured in a child process)."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from boltkit.cli import main
+from boltkit.cli.output import encode_bytes
+from testdata import attack, damage
+from testdata.campaign import _survey
+
+from .conftest import CORPUS, EXAMPLE, ROOT
+from .test_exit_codes import deadline, invoke
+
+CORPUS_ROOT = CORPUS / "daemon1-overlayfs" / "01-after-30-builds"
+
+
+def every_reader(db: Path, out: Path, meta: str | None = None) -> list[list]:
+    """The commands that read one file, each as an argument list."""
+    m = ["--meta", meta] if meta is not None else []
+    return [["info", *m, db], ["pages", *m, db], ["tree", *m, db], ["stats", *m, db], ["export", *m, db],
+            ["buckets", *m, db], ["check", *m, db], ["page", db, "0", "1", "2", "3"],
+            ["compact", *m, db, "-o", out / f"compact-{meta}.db"], ["buildkit", "check", db],
+            ["buildkit", "graph", db]]
+
+
+def attack_file(db: Path, tmp: Path, metas=(None,)) -> list[tuple]:
+    outcomes = []
+    for meta in metas:
+        for args in every_reader(db, tmp, meta):
+            r = invoke(args, seconds=60)
+            outcomes.append((args[0], r.exit_code))
+    r = invoke(["salvage", db, "-o", tmp / "salvaged.db"], seconds=60)
+    outcomes.append(("salvage", r.exit_code))
+    for p in tmp.glob("compact-*"):
+        p.unlink()
+    for p in tmp.glob("salvaged.db*"):
+        p.unlink()
+    return outcomes
+
+
+def _meta_cases():
+    rng = random.Random(12)
+    picked = [(1, "root", 2**63 + 7), (0, "root", 2**64 - 1), (1, "freelist", 2**63 + 7), (0, "pgid", 2**64 - 1),
+              (1, "pgid", 2**63), (0, "page_size", 2**32 - 1), (1, "page_size", 0), (0, "txid", 2**64 - 1)]
+    for _ in range(8):
+        picked.append((rng.randrange(2), rng.choice(attack.META_FIELDS), rng.choice(attack.EXTREMES)))
+    return picked
+
+
+@pytest.mark.parametrize("index,field,value", _meta_cases())
+def test_extreme_meta_fields(index, field, value, tmp_path):
+    db = tmp_path / "x.db"
+    attack.meta_extreme(EXAMPLE, db, index, field, value)
+    attack_file(db, tmp_path, metas=(None, "0", "1"))
+    assert db.read_bytes() != EXAMPLE.read_bytes()      # the damage is in place: the reads did not "fix" it
+
+
+def test_extreme_page_headers_elements_and_freelist_counts(tmp_path):
+    s = _survey(EXAMPLE)
+    branch, leaf = s["branches"][0], s["leaves"][len(s["leaves"]) // 2]
+    cases = []
+    for pg in (branch, leaf):
+        for field, value in (("overflow", 2**32 - 1), ("overflow", 2**31), ("count", 0xFFFF), ("flags", 0xFFFF),
+                             ("id", 2**64 - 1)):
+            cases.append(lambda dst, pg=pg, f=field, v=value: attack.page_header_extreme(EXAMPLE, dst, pg, f, v))
+        for field, value in (("pos", 2**32 - 1), ("ksize", 2**32 - 1), ("vsize", 2**32 - 1), ("vsize", 2**64 - 1)):
+            cases.append(lambda dst, pg=pg, f=field, v=value: attack.element_extreme(EXAMPLE, dst, pg, 0, f, v))
+    fl = s["freelist"][0]
+    for count in (2**63, 2**64 - 1, 10**12):
+        cases.append(lambda dst, c=count: attack.freelist_count(EXAMPLE, dst, fl, c))
+    for i, make in enumerate(cases):
+        db = tmp_path / f"case{i}.db"
+        make(db)
+        attack_file(db, tmp_path)
+
+
+def test_deep_nesting(tmp_path):
+    db = tmp_path / "deep.db"
+    attack.deep(db, 1100)       # deeper than Python's recursion limit: every walk must be iterative
+    outcomes = dict(attack_file(db, tmp_path))
+    assert outcomes["check"] == 0 and outcomes["compact"] == 0 and outcomes["salvage"] == 0, outcomes
+    r = invoke(["export", db])
+    assert r.exit_code == 0 and r.output.count('"kind":"bucket"') == 1100
+    assert json.loads(r.output.splitlines()[-1])["value"] == "bottom"
+
+
+def test_result_values_in_another_json_form(tmp_path):
+    """Valid `_result` JSON not in Go's byte form used to crash prune and repair (to_store's regex)."""
+    db = tmp_path / "cache.db"
+    assert attack.result_not_go_form(EXAMPLE, db).split()[0] != "0"
+    r = invoke(["buildkit", "prune", db])
+    assert r.exit_code == 0, r.output
+    ref = invoke(["buildkit", "prune", EXAMPLE])
+    assert r.output.replace(str(db), "F") == ref.output.replace(str(EXAMPLE), "F")
+    assert invoke(["buildkit", "prune", "--rehome", "--drop-unreachable", db]).exit_code == 0
+    assert invoke(["buildkit", "graph", "--dot", tmp_path / "g.dot", db]).exit_code == 0
+    root = attack.copy_root(CORPUS_ROOT, tmp_path / "root")
+    attack.result_not_go_form(CORPUS_ROOT / "cache.db", root / "cache.db.new")
+    os.replace(root / "cache.db.new", root / "cache.db")
+    for args in (["buildkit", "repair", root], ["buildkit", "repair", "--apply", root], ["buildkit", "fsck", root]):
+        r = invoke(args, seconds=120)
+        assert "Traceback" not in r.output
+
+
+def test_fifo_lock_does_not_hang(tmp_path):
+    root = attack.copy_root(CORPUS_ROOT, tmp_path / "root")
+    attack.fifo(root / "buildkitd.lock")
+    for args in (["buildkit", "fsck", root], ["buildkit", "repair", "--apply", root],
+                 ["buildkit", "prune", "--apply", root / "cache.db"], ["salvage", "--in-place", root / "cache.db"],
+                 ["buildkit", "ls", root], ["buildkit", "check", root], ["buildkit", "du", root]):
+        invoke(args, seconds=120)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_damaged_stores_in_a_root_get_a_report_each(seed, tmp_path):
+    root = attack.copy_root(CORPUS_ROOT, tmp_path / "root")
+    rng = random.Random(seed)
+    victim = root / rng.choice(["runc-overlayfs/metadata_v2.db", "cache.db", "history.db",
+                                "runc-overlayfs/containerdmeta.db"])
+    damage.random_bytes(victim, rng, rng.choice([8, 64]))
+    if seed % 2:
+        damage.damage_meta(victim, 0)
+    stores = ["cache.db", "history.db", "metadata_v2.db", "containerdmeta.db"]
+    for args in (["buildkit", "fsck", root], ["buildkit", "check", root]):
+        r = invoke(args, seconds=120)
+        assert all(s in r.output for s in stores), r.output[-2000:]      # every store has its line
+        assert r.exit_code & 12 or r.exit_code == 0, r.output[-500:]
+    r = invoke(["buildkit", "du", root], seconds=120)
+    assert r.exit_code in (0, 1, 8)
+
+
+# -- huge values and sparse files: time and memory, in a child process -----------------------------------
+
+_CHILD = r"""
+import resource, sys
+sys.argv = ["boltkit"] + sys.argv[1:]
+from boltkit.cli import main
+try:
+    main()
+finally:
+    sys.stderr.write("\nMAXRSS %d\n" % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def measured(args, timeout=120, stdout=subprocess.DEVNULL) -> tuple[int, int, str]:
+    """(exit status, peak RSS in bytes, stderr) of one boltkit run in a child process."""
+    proc = subprocess.run([sys.executable, "-c", _CHILD, *map(str, args)], stdout=stdout, stderr=subprocess.PIPE,
+                          timeout=timeout, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    err = proc.stderr.decode(errors="replace")
+    rss = int(err.rsplit("MAXRSS", 1)[1]) * 1024
+    assert "Traceback" not in err, err[-2000:]
+    return proc.returncode, rss, err
+
+
+def _baseline_rss(tmp_path) -> int:
+    return measured(["info", EXAMPLE])[1]
+
+
+def test_huge_value_is_streamed(tmp_path):
+    size = 32 << 20
+    db = tmp_path / "huge.db"
+    value = attack.huge_value(db, size)
+    base = _baseline_rss(tmp_path)
+    out = tmp_path / "value.bin"
+    for args in (["export", "-e", "hex", db], ["get", "--json", db, "big", "huge"],
+                 ["get", "-e", "raw", db, "big", "huge"]):
+        with open(out, "wb") as f:
+            code, rss, err = measured(args, stdout=f)
+        assert code == 0, err[-1000:]
+        assert rss - base <= 2 * size, (args, rss, base)    # issue 12: peak RSS <= 2x the value (was 8x)
+    assert out.read_bytes() == value
+
+
+@pytest.mark.parametrize("kind", ["binary", "text", "multibyte", "non-printable"])
+def test_streamed_json_equals_the_one_shot_encoding(kind, tmp_path, monkeypatch):
+    """Tiny chunks, so that multi-byte characters and base64 groups straddle chunk boundaries."""
+    from boltkit.cli import inspect as inspect_cli
+    from boltkit.cli import values
+    from boltkit.write import BoltWriter
+    monkeypatch.setattr(values, "CHUNK", 7)
+    monkeypatch.setattr(values, "SMALL", 64)
+    monkeypatch.setattr(inspect_cli, "SMALL", 64)
+    value = {"binary": random.Random(3).randbytes(5000), "text": b"0123456789abcdef" * 300,
+             "multibyte": "a\u00e9\u20ac\U0001F600\u2028z".encode() * 300,
+             "non-printable": "x\u00e9\n".encode() * 1000 + b"\xff\xfe" + "\u20ac".encode() * 50}[kind]
+    db = tmp_path / "v.db"
+    with BoltWriter(str(db), sync=False) as w:
+        w.begin_bucket(b"big")
+        w.put(b"huge", value)
+        w.end_bucket()
+    for enc in ("auto", "hex", "base64", "utf8"):
+        r = CliRunner().invoke(main, ["export", "-e", enc, str(db)])
+        rec = [json.loads(x) for x in r.output.split("\n") if x][1]     # (U+2028 is no line break in JSON)
+        assert rec["value"] == encode_bytes(value, enc), enc
+        r = CliRunner().invoke(main, ["get", "--json", "-e", enc, str(db), "big", "huge"])
+        assert json.loads(r.output)["value"] == encode_bytes(value, enc), enc
+        if enc != "auto":
+            r = CliRunner().invoke(main, ["get", "-e", enc, str(db), "big", "huge"])
+            assert r.output[:-1] == (value.hex() if enc == "hex" else encode_bytes(value, enc)), enc
+    r = CliRunner().invoke(main, ["get", str(db), "big", "huge"])
+    from boltkit.cli.output import show_bytes
+    assert r.output[:-1] == show_bytes(value)
+
+
+def test_sparse_file_whose_hwm_covers_it(tmp_path):
+    size = 4 << 30
+    db = tmp_path / "sparse.db"
+    attack.sparse(EXAMPLE, db, size)
+    assert db.stat().st_blocks * 512 < 8 << 20
+    base = _baseline_rss(tmp_path)
+    listing = tmp_path / "pages.json"
+    for args, code_wanted in ((["pages", "--json", db], 0), (["check", db], 4),
+                              (["salvage", db, "-o", tmp_path / "s.db"], 0)):
+        with open(listing if args[0] == "pages" else os.devnull, "wb") as f:
+            code, rss, err = measured(args, timeout=90, stdout=f)
+        assert code == code_wanted, (args, code, err[-1000:])
+        assert rss - base < 128 << 20, (args, rss, base)     # was 8-12 GB for 10 GiB, and minutes
+    last = json.loads(listing.read_text().splitlines()[-1])
+    assert last["type"] == "leaked" and last["id"] + last["run"] == size // 4096
+    text = invoke(["pages", db]).output.splitlines()
+    assert len(text) < 200 and f"-{size // 4096 - 1}" in text[-1]
