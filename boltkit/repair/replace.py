@@ -271,12 +271,14 @@ def write_report(path: str, record: dict) -> str:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        raise BoltkitError(f"cannot write the report {path}: {e.strerror or e}") from None
+        if isinstance(e, OSError):
+            raise BoltkitError(f"cannot write the report {path}: {e.strerror or e}") from None
+        raise
     return path
 
 
@@ -384,5 +386,6 @@ def replace_file(path: str, write: Writer, verify: Verifier | None = None, *,
                    report_path=report_path).commit(report, report_path)
 
 
-__all__ = ["InUse", "NotVerified", "Replaced", "Prepared", "prepare", "replace_file", "refuse_if_held", "holder_check", "root_locks",
-           "stale_temps", "clear_stale", "backup_name", "write_report", "report_beside", "check_report_path"]
+__all__ = ["InUse", "NotVerified", "Replaced", "Prepared", "prepare", "replace_file", "refuse_if_held", "holder_check",
+           "root_locks", "stale_temps", "clear_stale", "backup_name", "write_report", "report_beside",
+           "check_report_path"]
