@@ -280,3 +280,18 @@ def test_one_runbook_everywhere():
     for text in [readme] + helps:
         flat = " ".join(text.split())
         assert all(" ".join(s.split()) in flat for s in steps), text[:400]
+
+
+def test_a_store_this_user_cannot_read_is_not_a_reset(cases, tmp_path):
+    """Permission denied says nothing about the file: no SafeOpen reset is predicted, and the verdict is 8
+    (a store cannot be read), with the store named."""
+    import os
+    root = tmp_path / "root"
+    shutil.copytree(cases / "01-clean-start" / "before", root)
+    os.chmod(root / "cache.db", 0)
+    code = ("import json, sys; from boltkit.buildkit.startup import simulate_start; "
+            f"p = simulate_start({str(root)!r}); print(json.dumps([p.outcome.value, p.resets, p.unreadable, "
+            "p.exit_class]))")
+    out = subprocess.run(["setpriv", "--bounding-set", "-dac_override,-dac_read_search", sys.executable, "-c", code],
+                         capture_output=True, cwd=ROOT)
+    assert json.loads(out.stdout) == ["starts", [], ["cache.db"], 8], out.stderr.decode()

@@ -152,6 +152,7 @@ class StartPlan:
     cause_key: bytes | None = None           # the key of the bad value
     changes: list[Change] = field(default_factory=list)
     resets: list[str] = field(default_factory=list)       # stores SafeOpen replaces (renamed to <name>.<id>.bak)
+    unreadable: list[str] = field(default_factory=list)   # stores this user cannot read: not predicted
     notes: list[Note] = field(default_factory=list)
     overlays: dict[str, Overlay] = field(default_factory=dict)   # each store's state after the start
     starts_replayed: int = 1                 # consecutive starts the plan covers (until_stable)
@@ -173,7 +174,7 @@ class StartPlan:
     def exit_class(self) -> int:
         """The fsck contract: 8 the daemon will not start or a store is reset, 4 it starts but discards data,
         0 it starts and changes nothing or only its routine clean-up."""
-        if not self.starts or self.resets:
+        if not self.starts or self.resets or self.unreadable:
             return 8
         return 4 if self.discards else 0
 
@@ -544,7 +545,7 @@ class _Worker:
 
     def exists(self, ref: bytes) -> bool:
         """The worker half of cacheResultStorage.Exists: LoadRef -> cacheManager.Get."""
-        if not ref:
+        if not ref or self.md is None:       # (metadata_v2.db not readable here: nothing is predicted for it)
             return True
         try:
             self.get_record(ref)
@@ -580,7 +581,15 @@ class _Model:
             if safe:
                 return EmptyOverlay()
             return None
-        meta, failure, panic = bbolt_open(path)
+        try:
+            meta, failure, panic = bbolt_open(path)
+        except OpenError as e:
+            if e.kind == "empty":           # bolt.Open initialises an empty file: a new store, nothing lost
+                self.plan.overlays[rel] = EmptyOverlay()
+                return self.plan.overlays[rel]
+            self.note("unreadable", rel, f"{e}: what buildkitd does with this store is not predicted")
+            self.plan.unreadable.append(rel)
+            return None
         if failure is None:
             db = Database(str(path), meta=meta, lock=False)
             self._dbs.append(db)
@@ -657,7 +666,9 @@ class _Model:
                               "not in this root (a partial copy?): lease, snapshot and content effects are not "
                               "predicted; a daemon given this root creates it empty and clears every mutable record")
             md = self.open_store(w.dir / "metadata_v2.db", safe=False, stage=Stage.WORKER)
-            worker.md = md if md is not None else EmptyOverlay()
+            if md is None:
+                continue            # not readable here: this worker's records are not predicted
+            worker.md = md
             for fix in self.fixes:
                 if fix.worker == worker.rel:
                     with self._guard(Stage.REPAIR, worker.store("metadata_v2.db"), "the repair"):
@@ -672,23 +683,27 @@ class _Model:
                 worker.drop_temporary_leases()
         cache_path = self.root.path / "cache.db"
         cache = self.open_store(cache_path, safe=True, stage=Stage.CACHE_OPEN)
-        self.plan.overlays.setdefault("cache.db", cache)
-        with self._guard(Stage.CACHE_OPEN, "cache.db", "bboltcachestorage.NewStore"):
-            for name in CACHE_TOP:
-                cache.root.create_bucket_if_not_exists(name, ("bucket", Why.TOP_BUCKET_CREATED, name,
-                                                              Stage.CACHE_OPEN))
+        if cache is not None:
+            self.plan.overlays.setdefault("cache.db", cache)
+            with self._guard(Stage.CACHE_OPEN, "cache.db", "bboltcachestorage.NewStore"):
+                for name in CACHE_TOP:
+                    cache.root.create_bucket_if_not_exists(name, ("bucket", Why.TOP_BUCKET_CREATED, name,
+                                                                  Stage.CACHE_OPEN))
         history_path = self.root.path / "history.db"
         history = self.open_store(history_path, safe=True, stage=Stage.HISTORY_OPEN)
-        self.plan.overlays.setdefault("history.db", history)
-        with self._guard(Stage.RELEASE, "cache.db", "solver.(*cacheManager).ReleaseUnreferenced"):
-            self.release_unreferenced(cache)
-        with self._guard(Stage.HISTORY, "history.db", "history.(*Queue).clearOrphans"):
-            self.history(history)
+        if history is not None:
+            self.plan.overlays.setdefault("history.db", history)
+        if cache is not None:
+            with self._guard(Stage.RELEASE, "cache.db", "solver.(*cacheManager).ReleaseUnreferenced"):
+                self.release_unreferenced(cache)
+        if history is not None:
+            with self._guard(Stage.HISTORY, "history.db", "history.(*Queue).clearOrphans"):
+                self.history(history)
         if self.config.gc:
-            for worker in self.workers:
+            for worker in [w for w in self.workers if w.md is not None]:
                 with self._guard(Stage.STARTUP_GC, worker.store("metadata_v2.db"), "the start-up GC"):
                     self.startup_gc(worker)
-            for worker in self.workers:
+            for worker in [w for w in self.workers if w.md is not None]:
                 with self._guard(Stage.CONTAINERD_GC, worker.store("containerdmeta.db"), "containerd's GC"):
                     self.containerd_gc(worker)
 
@@ -1018,6 +1033,9 @@ def _lease_resources(lease: OBucket) -> int:
     return n
 
 
+_NOT_KNOWN = {"permission", "io", "not-a-file", "directory", "empty"}
+
+
 def bbolt_open(path: Path) -> tuple[int | None, str | None, bool]:
     """What ``bolt.Open`` (bbolt v1.5, read-write) makes of a file: (the meta it reads through, the failure
     message or None, whether the failure is a panic). It finds the page size from meta 0 or by probing for
@@ -1028,6 +1046,8 @@ def bbolt_open(path: Path) -> tuple[int | None, str | None, bool]:
     try:
         src = Source(str(path), lock=False)
     except OpenError as e:
+        if e.kind in _NOT_KNOWN:
+            raise                   # says nothing about what bbolt would make of the file
         return None, str(e), False
     try:
         metas = []

@@ -31,7 +31,7 @@ def prediction_record(plan: StartPlan) -> dict:
     kinds = Counter((c.store, c.what, c.why.value) for c in plan.changes)
     return {"type": "prediction", "root": str(plan.root), "outcome": plan.outcome.value,
             "daemon_exit": plan.daemon_exit, "stage": plan.stage.value if plan.stage else None, "store": plan.store,
-            "message": plan.message, "resets": plan.resets, "changes": len(plan.changes),
+            "message": plan.message, "resets": plan.resets, "unreadable": plan.unreadable, "changes": len(plan.changes),
             "discards": len(plan.discards), "exit": plan.exit_class,
             "by_kind": [{"store": s, "what": w, "why": y, "count": n} for (s, w, y), n in sorted(kinds.items())]}
 
