@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from ..check.problems import _show as _text         # bytes as a report shows them: text, else 0x-hex
 from ..errors import BoltkitError, CorruptionError, OpenError
 from ..storage import Database
 from ..storage.overlay import EmptyOverlay, OBucket, Overlay
@@ -122,14 +123,6 @@ class Change:
                 "routine": self.routine}
 
 
-def _text(b: bytes) -> str:
-    try:
-        s = b.decode("utf-8")
-        if s.isprintable():
-            return s
-    except UnicodeDecodeError:
-        pass
-    return "0x" + b.hex()
 
 
 @dataclass(frozen=True)
