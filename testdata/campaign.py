@@ -32,13 +32,15 @@ def _survey(path: Path) -> dict:
              "leaves": [p.pgid for p in infos if p.kind == "leaf"],
              "free": [p.pgid for p in infos if p.kind in ("free", "pending")],
              "freelist": None if fl is None else (fl.pgid, fl.overflow, len(fl.ids), fl.raw_count),
-             "inline": [], "branch_children": {}, "leaf_pairs": []}
+             "inline": [], "branch_children": {}, "leaf_pairs": [], "leaf_counts": {}}
         for pg in s["branches"]:
             node = db.pager.node(pg)
             s["branch_children"][pg] = [(i, c) for i, (_, _, c) in enumerate(db.pager.branch_elements(node))]
         for pg in s["leaves"]:
             node = db.pager.node(pg)
             elems = db.pager.leaf_elements(node)
+            if node.overflow == 0:
+                s["leaf_counts"][pg] = len(elems)
             for i, (flags, ks, ke, ve) in enumerate(elems):
                 if flags & BUCKET_LEAF_FLAG and ve - ke >= 32 and BUCKET_HEADER.unpack_from(db.data, ke)[0] == 0:
                     s["inline"].append(ke + BUCKET_HEADER.size)     # offset of the inline page header
@@ -127,3 +129,72 @@ def go_pages(output: str) -> set[int]:
     pages |= {int(m) for m in re.findall(r"invalid page type: (\d+)", output)}
     pages |= {int(m) for m in re.findall(r"Page expected to be: (\d+)", output)}
     return pages
+
+
+def _set_meta_ps(p: Path, index: int, ps: int, base_ps: int) -> None:
+    from boltkit.schemas import META_OFFSET, fnv1a64
+    from boltkit.schemas.layout import META, META_CHECKSUMMED
+    base = index * base_ps + META_OFFSET
+    data = bytearray(p.read_bytes()[base:base + META.size])
+    struct.pack_into("<I", data, META.offset_of("page_size"), ps)
+    struct.pack_into("<Q", data, META_CHECKSUMMED, fnv1a64(bytes(data[:META_CHECKSUMMED])))
+    damage.write_at(p, base, bytes(data))
+
+
+def salvage_cases(path: Path, rng: random.Random) -> list[Case]:
+    """The damage classes of the meta-ladder and element-recovery issue, aimed at one valid file: metas that lie
+    (checksums, page sizes, overwritten, zeroed), leaves with one bad element or a header that lies, and pages
+    swapped whole."""
+    s = _survey(path)
+    ps = s["ps"]
+    cases: list[Case] = []
+
+    def add(name, fn):
+        cases.append((name, fn))
+    add("both checksums", lambda p: damage.damage_meta(p, 1) + damage.damage_meta(p, 0))
+    add("pages 0-1 zeroed", lambda p: damage.write_at(p, 0, bytes(2 * ps)) or "pages 0-1 zeroed")
+    add("first 64 KiB zeroed", lambda p: damage.write_at(p, 0, bytes(min(64 << 10, s["size"]))) or "64 KiB zeroed")
+    bogus = rng.choice([12288, 4097, 3000]) if ps == 4096 else ps * 3
+    add("page size not 2^n (meta 0)", lambda p, v=bogus: _set_meta_ps(p, 0, v, ps) or f"meta 0 page size {v}")
+    add("page size not 2^n (both)", lambda p, v=bogus: _set_meta_ps(p, 1, v, ps) or _set_meta_ps(p, 0, v, ps)
+        or f"both page sizes {v}")
+    wrong = ps // 2 if ps > 512 else ps * 2
+    add("wrong page size (meta 0)", lambda p, v=wrong: _set_meta_ps(p, 0, v, ps) or f"meta 0 page size {v}")
+    add("wrong page size (both)", lambda p, v=wrong: _set_meta_ps(p, 1, v, ps) or _set_meta_ps(p, 0, v, ps)
+        or f"both page sizes {v}")
+    victim = rng.choice([0, 1])
+    add("meta overwritten", lambda p, v=victim: damage.write_at(p, v * ps, bytes(rng.randrange(256) for _ in range(ps)))
+        or f"meta {v} overwritten")
+    leaves = [pg for pg in s["leaves"] if pg in s["leaf_counts"] and s["leaf_counts"][pg] >= 4]
+    if leaves:
+        pg = rng.choice(leaves)
+        n = s["leaf_counts"][pg]
+
+        def bad_element(p, pg=pg, n=n):
+            i = rng.randrange(n)
+            field = rng.choice([4, 8, 12])        # pos, ksize, vsize
+            damage.write_at(p, pg * ps + PAGE_HEADER_SIZE + i * ELEMENT_SIZE + field, struct.pack("<I", 0x7FFF0000))
+            return f"page {pg} element {i} field {field} out of bounds"
+        add("one bad element", bad_element)
+        add("lying count", lambda p, pg=pg: damage.write_at(p, pg * ps + 10, struct.pack("<H", 0xFFFF)) or
+            f"page {pg} count 65535")
+        add("lying overflow", lambda p, pg=pg: damage.write_at(p, pg * ps + 12, struct.pack("<I", 0xFFFFFFFF)) or
+            f"page {pg} overflow 2^32-1")
+        add("header bit flips", lambda p, pg=pg: [damage.flip_bits(p, pg * ps + rng.choice([8, 10, 11, 12]),
+                                                                  1 << rng.randrange(8)) for _ in range(5)] and
+            f"page {pg}: 5 header bits")
+    single = [pg for pg in s["leaves"] if pg in s["leaf_counts"]]
+    if len(single) >= 2:
+        a, b = rng.sample(single, 2)
+
+        def swap(p, a=a, b=b):
+            raw = p.read_bytes()
+            pa, pb = raw[a * ps:(a + 1) * ps], raw[b * ps:(b + 1) * ps]
+            damage.write_at(p, a * ps, pb)
+            damage.write_at(p, b * ps, pa)
+            return f"pages {a} and {b} swapped"
+        add("two leaves swapped", swap)
+        if s["branches"]:
+            br = rng.choice([q for q in s["branches"] if q not in (a,)] or s["branches"])
+            add("leaf and branch swapped", lambda p, a=a, br=br: swap(p, a, br))
+    return cases

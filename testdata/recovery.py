@@ -16,11 +16,31 @@ LOST = b"lost+found"
 
 def pairs_with_pages(path: Path) -> dict[tuple, int]:
     """(bucket path, key, value) -> the leaf page that holds it."""
+    return {k: v[0] for k, v in pairs_with_places(path).items()}
+
+
+def pairs_with_places(path: Path) -> dict[tuple, tuple[int, list[tuple[int, int]]]]:
+    """(bucket path, key, value) -> (the leaf page that holds it, the byte ranges that make its element: the
+    element record and the key and value; for a pair inside an inline bucket, the bucket's element too)."""
     out = {}
     with Database(path) as db:
+        index: dict[int, dict[int, int]] = {}
+
+        def element(node, ks):
+            key = (node.base, node.end)
+            if key not in index:
+                index[key] = {e[1]: i for i, e in enumerate(db.pager.leaf_elements(node))}
+            i = index[key][ks]
+            return (node.base + 16 + i * 16, node.base + 32 + i * 16)
+        holder = {}
         for parent, child, item in db.tree.walk(db.root()):
-            if child is None:
-                out[(parent.path, item.key, db.value(item))] = item.node.owner
+            ks = item.value_start - len(item.key)
+            ranges = [element(item.node, ks), (ks, item.value_end)]
+            if child is not None:
+                holder[child.path] = ranges
+                continue
+            ranges += holder.get(parent.path, []) if item.node.inline else []
+            out[(parent.path, item.key, db.value(item))] = (item.node.owner, ranges)
     return out
 
 
@@ -37,20 +57,32 @@ class Recovery:
     recovered: int
     recovered_on_intact: int
     invented: int          # pairs in the main namespace that the original file never held
+    wellformed_on_damaged: int = 0     # pairs on damaged leaves whose element, key and value are intact
+    recovered_wellformed: int = 0
 
     @property
     def share_intact(self) -> float:
         return self.recovered_on_intact / self.on_intact_leaves if self.on_intact_leaves else 1.0
 
+    @property
+    def share_wellformed(self) -> float:
+        return self.recovered_wellformed / self.wellformed_on_damaged if self.wellformed_on_damaged else 1.0
+
 
 def measure(original: Path, damaged: Path, rescued: Path | None) -> Recovery:
-    orig = pairs_with_pages(original)
+    places = pairs_with_places(original)
+    orig = {k: v[0] for k, v in places.items()}
     ps = int.from_bytes(original.read_bytes()[24:28], "little")
     a, b = original.read_bytes(), damaged.read_bytes()
+    elsewhere = {b[q * ps:(q + 1) * ps] for q in range(len(b) // ps)}
 
     def intact(pg: int) -> bool:
-        return a[pg * ps:(pg + 1) * ps] == b[pg * ps:(pg + 1) * ps]
+        # the same bytes at its place, or moved whole to another page's place (swapped pages)
+        page = a[pg * ps:(pg + 1) * ps]
+        return page == b[pg * ps:(pg + 1) * ps] or page in elsewhere
     intact_pairs = {k for k, pg in orig.items() if intact(pg)}
+    wellformed = {k for k, (pg, ranges) in places.items() if k not in intact_pairs
+                  and all(a[x:y] == b[x:y] for x, y in ranges)}
     got = pairs_of(rescued) if rescued is not None else set()
     main = {p for p in got if not p[0] or p[0][0] != LOST}
     lost = {(k, v) for path, k, v in got if path and path[0] == LOST}
@@ -66,4 +98,5 @@ def measure(original: Path, damaged: Path, rescued: Path | None) -> Recovery:
     except Exception:
         pass
     invented = {p for p in main if p not in orig and p not in older}
-    return Recovery(len(orig), len(intact_pairs), len(back), len(back & intact_pairs), len(invented))
+    return Recovery(len(orig), len(intact_pairs), len(back), len(back & intact_pairs), len(invented),
+                    len(wellformed), len(back & wellformed))

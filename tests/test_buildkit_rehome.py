@@ -161,8 +161,7 @@ def salvaged_root(tmp_path, cache: str, history: str, metadata: str):
                                       "metadata_v2-cp-during-build-54"])
 def test_salvaged_root_repairs_to_stores_without_errors(tmp_path, oracle, metadata):
     root = salvaged_root(tmp_path, "cache-slowcopy-during-build-354", "history-slowcopy-during-build-223", metadata)
-    with Database(root / "history.db") as db:
-        assert db.tree.get(db.root(), b"_records") is None          # the torn root lost the bucket itself
+    # (salvage now reads the torn history.db's pages past their damaged elements and keeps _records itself)
     assert run("buildkit", "repair", "--apply", "--prune", root).exit_code == 0
     report = run("buildkit", "fsck", "--json", root)
     summaries = {r["store"]: r for r in map(json.loads, report.output.splitlines()) if r.get("summary")}

@@ -71,8 +71,9 @@ def test_forced_meta_checks_that_tree(example_db):
 
 def test_unreadable_exits_8(tmp_path, example_db):
     both = damage.copy(example_db, tmp_path / "both.db")
-    damage.damage_meta(both, 0)
-    damage.damage_meta(both, 1)
+    damage.zero_page(both, 1)
+    damage.zero_page(both, 0)
+    damage.truncate(both, 2 * 4096 + 100)     # nothing left that identifies itself
     r = run("check", both)
     assert r.exit_code == 8
     assert "cannot be read" in r.output and "B001" in r.output
@@ -117,10 +118,10 @@ def test_absurd_high_water_mark_is_reported_not_allocated(tmp_path, example_db):
     sized by that claim is allocated."""
     db = damage.copy(example_db, tmp_path / "c.db")
     damage.set_meta_field(db, 1, "pgid", 2 ** 40)
-    r = run("check", db)
-    assert r.exit_code == 4 and "B002" in r.output and "B004" in r.output
+    r = run("check", db)     # bbolt reads meta 1 (its tree is in the file): so do we, with the claim reported
+    assert r.exit_code == 4 and "B006" in r.output and "B004" not in r.output
     r = run("check", "--meta", "1", db)
     assert r.exit_code == 4 and r.exception is None or isinstance(r.exception, SystemExit)
-    assert "B002" in r.output
+    assert "B006" in r.output
     assert run("pages", "--meta", "1", "--json", db).exit_code == 0
     assert run("export", "--count", "--meta", "1", db).exit_code == 0

@@ -79,7 +79,7 @@ def test_torn_copy_exports_what_is_intact(path):
     for p in pairs:
         assert bytes.fromhex(p["key"]) + bytes.fromhex(p["value"]) in raw
     if r.exit_code == 1:
-        assert "damaged part(s) skipped" in r.stderr
+        assert "damaged part(s) skipped" in r.stderr or "older transaction than bbolt reads" in r.stderr
 
 
 def test_cycle_files_terminate():

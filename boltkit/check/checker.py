@@ -39,6 +39,7 @@ class CheckReport:
     buckets: int = 0
     inline_buckets: int = 0
     keys: int = 0
+    pairs: int = 0          # plain key/value pairs of the tree (sub-bucket entries not counted)
     revert: dict | None = None
     warnings: list[str] = field(default_factory=list)
     open_error: str | None = None       # why it could not be opened: OpenError.kind (permission, missing, ...)
@@ -112,7 +113,7 @@ def _check_metas(db: Database, report: CheckReport) -> None:
             continue
         for e in m.errors:
             report.problems.append(Problem("B001", f"meta {i}: {e}", file=f, pgid=i, offset=m.offset))
-        for e in m.faults:
+        for e in m.soft + m.faults:
             if e is m.root_page_fault and m is not db.meta and db.source.locked_by_writer:
                 # the older meta's tree is what a live writer reuses first (freed by the current transaction,
                 # released when the next begins): its root page holding something else is no damage
@@ -122,11 +123,21 @@ def _check_metas(db: Database, report: CheckReport) -> None:
                                            details=details))
     m0, m1 = db.metas
     cur = db.meta
-    other = db.metas[1 - cur.index]
-    if other is not None and other.valid and other.txid > cur.txid and db.choice.reason.find("chosen by") < 0:
+    other = db.other_meta
+    for w in db.choice.warnings:
+        if w.startswith("page size"):
+            report.problems.append(Problem("B002", w, file=f))
+    if db.choice.rung in ("checksum", "rebuilt"):
+        report.problems.append(Problem("B005", f"reading through the {db.choice.reason}", file=f,
+                                       pgid=cur.index))
+    if not cur.rebuilt:
+        for note in cur.notes:
+            report.problems.append(Problem("B006", f"meta {cur.index}: {note}", file=f, pgid=cur.index))
+    if db.choice.older_than_bbolt:
+        new = db.choice.bbolt
         report.problems.append(Problem(
-            "B004", f"meta {other.index} has the newer txid {other.txid} but is unusable; reading meta "
-            f"{cur.index} (txid {cur.txid}) loses the last transaction", file=f, pgid=other.index))
+            "B004", f"meta {new.index} has the newer txid {new.txid} (bbolt reads it) but is unusable; reading "
+            f"{cur.label} (txid {cur.txid}) loses the last transaction", file=f, pgid=new.index))
     if m0 is not None and m1 is not None and m0.usable and m1.usable:
         if m0.page_size != m1.page_size:
             report.problems.append(Problem("B003", f"page sizes differ: meta 0 {m0.page_size}, meta 1 {m1.page_size}",
@@ -207,6 +218,7 @@ class _Walker:
         self.report.buckets += scan.buckets
         self.report.inline_buckets += scan.inline_buckets
         self.report.keys += scan.keys
+        self.report.pairs += scan.pairs
         self.report.pages_reachable = int(np.count_nonzero(self.refs))
 
     # -- leaks ----------------------------------------------------------------------------------
@@ -249,7 +261,7 @@ def count_tree(db: Database) -> TreeCounts:
 
 def _revert_candidate(db: Database, quick: bool) -> dict | None:
     """Check the tree of the other meta: would `revert-meta-page` give a clean file?"""
-    other = db.metas[1 - db.meta.index]
+    other = db.other_meta
     if other is None or not other.usable:
         return None
     sub = CheckReport(file=db.path)

@@ -21,6 +21,10 @@ CATALOGUE: dict[str, tuple[Severity, str]] = {
     "B002": (Severity.ERROR, "meta page points outside the file (root, freelist, high-water mark, page size)"),
     "B003": (Severity.WARNING, "the two meta pages disagree (page size, txid sequence)"),
     "B004": (Severity.ERROR, "the current meta is not the newest: bbolt falls back and the last transaction is lost"),
+    "B005": (Severity.ERROR, "no meta passes bbolt's validation: read through a meta whose checksum fails but whose "
+                             "fields agree with the file, or through a root rebuilt from the tree pages"),
+    "B006": (Severity.WARNING, "the file ends before the high-water mark (a copy cut short); bbolt still reads it "
+                               "while the pages its tree needs are there"),
     "B010": (Severity.ERROR, "freelist page unreadable"),
     "B011": (Severity.ERROR, "page listed twice in the freelist (bbolt: already freed)"),
     "B012": (Severity.ERROR, "freelist lists a meta page"),

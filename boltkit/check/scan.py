@@ -17,6 +17,7 @@ import numpy as np
 
 from ..schemas import (BRANCH_ELEMENT, BUCKET_HEADER, BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, ELEMENT_SIZE,
                        LEAF_ELEMENT, PAGE_HEADER, PAGE_HEADER_SIZE, PageFlag)
+from ..storage.pages import Pager, pages_in
 from .gather import Gather, compare_keys
 from .problems import Problem
 
@@ -111,8 +112,9 @@ class TreeScan:
         self.progress = progress
         self.ps = db.page_size
         self.hwm = meta.pgid
-        self.limit = min(self.hwm, db.file_size // self.ps)
+        self.limit = min(self.hwm, pages_in(db.file_size, self.ps))
         self.g = Gather(db.data, db.file_size)
+        self.pager = Pager(db.data, db.file_size, self.ps, self.hwm)
         self.refs = refs
         self.freed = freed
         self.parent_of = np.full(self.limit, NONE, I64)
@@ -297,15 +299,33 @@ class TreeScan:
             else:
                 self.problem("B022", f"invalid type: {PageFlag.name_of(int(flags[i]))} (stack: {st})", pgid=pg[i],
                              offset=int(base[i]) + 8, bucket=f.bucket[i], details=details)
-        end = (last + 1) * ps
+        end = np.minimum((last + 1) * ps, self.db.file_size)
         cbad = ~(idbad | tbad) & (base + PAGE_HEADER_SIZE + count * ELEMENT_SIZE > end)
         for i in np.flatnonzero(cbad).tolist():
             self.problem("B027", f"{int(count[i])} elements do not fit in {int(last[i] - pg[i]) + 1} page(s)",
                          pgid=pg[i], offset=int(base[i]) + 10, bucket=f.bucket[i])
         ok = ~(idbad | tbad | cbad)
+        # a header that lies (id, type, count) is read past where the elements tell the truth, as the tolerant
+        # readers do (Pager.node_lenient): the page's good elements are checked and followed like any others
+        for i in np.flatnonzero(~ok).tolist():
+            got = self._recover(int(pg[i]))
+            if got is not None:
+                base[i], end[i], flags[i], count[i] = got
+                ok[i] = True
         neg = np.full(int(ok.sum()), NONE, I64)
         return Nodes(pg[ok], pg[ok], base[ok], end[ok], flags[ok], count[ok], f.bucket[ok], f.lo_off[ok],
                      f.lo_len[ok], f.hi_off[ok], f.hi_len[ok], f.hidden[ok], neg)
+
+    def _recover(self, pgid: int):
+        """(base, end, flags, count) of a page whose header lies, when its element table chains up."""
+        try:
+            node, _ = self.pager.node_lenient(pgid)
+        except Exception:      # noqa: BLE001 - nothing to recover: the problem is already reported
+            return None
+        n, good = self.pager._chain_count(node.base, node.end, node.is_leaf, node.count)
+        if good <= 0 or good < n // 2:
+            return None
+        return node.base, node.end, node.flags, n
 
     def _enter_inline(self, inl: Inline) -> Nodes:
         vs, ve = inl.vs, inl.ve
@@ -353,20 +373,21 @@ class TreeScan:
         off = nodes.base[node] + PAGE_HEADER_SIZE + local * ELEMENT_SIZE
         return node, local, off
 
-    def _drop_bad_nodes(self, nodes: Nodes, node, local, off, end_of_key, inline_msg: bool):
-        """Elements whose data runs past their node's end: report the first per node, drop those nodes."""
-        bad = end_of_key > nodes.end[node]
+    def _drop_bad_elements(self, nodes: Nodes, node, local, off, key_start, end_of_key, inline_msg: bool):
+        """Elements whose data runs past their node's end (or into its element table, or that have an empty
+        key): report the first per node and drop just those elements; the rest of the page is read."""
+        table_end = nodes.base[node] + PAGE_HEADER_SIZE + nodes.count[node] * ELEMENT_SIZE
+        bad = (end_of_key > nodes.end[node]) | (key_start < table_end)
         if not bad.any():
             return None
-        bad_nodes, first = np.unique(node[bad], return_index=True)
+        bad_nodes, first, counts = np.unique(node[bad], return_index=True, return_counts=True)
         idx = np.flatnonzero(bad)[first]
-        for n_, e in zip(bad_nodes.tolist(), idx.tolist()):
+        for n_, e, c in zip(bad_nodes.tolist(), idx.tolist(), counts.tolist()):
             what = "inline bucket element" if nodes.pgid[n_] == 0 and inline_msg else "element"
-            self.problem("B030", f"{what} {int(local[e])}: key/value extends past the end of its page",
+            more = f" ({c} bad elements, the other {int(nodes.count[n_]) - c} read)" if c > 1 else ""
+            self.problem("B030", f"{what} {int(local[e])}: key/value extends past the end of its page{more}",
                          pgid=nodes.owner[n_], offset=int(off[e]), bucket=nodes.bucket[n_])
-        keep_node = np.ones(nodes.pgid.size, bool)
-        keep_node[bad_nodes] = False
-        return keep_node
+        return ~bad
 
     def _elements(self, nodes: Nodes):
         is_branch = nodes.flags == PageFlag.BRANCH
@@ -387,12 +408,9 @@ class TreeScan:
         r = self.g.records(BRANCH_ELEMENT.dtype, off)
         ks = off + r["pos"].astype(I64)
         klen = r["ksize"].astype(I64)
-        keep_node = self._drop_bad_nodes(nodes, node, local, off, ks + klen, inline_msg=False)
-        if keep_node is not None:
-            keep = keep_node[node]
-            remap = np.cumsum(keep_node) - 1
-            nodes = nodes.take(keep_node)
-            node, local, off, ks, klen, r = remap[node[keep]], local[keep], off[keep], ks[keep], klen[keep], r[keep]
+        keep = self._drop_bad_elements(nodes, node, local, off, ks, ks + klen, inline_msg=False)
+        if keep is not None:
+            node, local, off, ks, klen, r = node[keep], local[keep], off[keep], ks[keep], klen[keep], r[keep]
         if not self.quick:
             self._check_keys(nodes, node, local, ks, klen)
         # child i gets [key i, key i+1); the last child inherits the node's upper bound
@@ -412,13 +430,10 @@ class TreeScan:
         klen = r["ksize"].astype(I64)
         ke = ks + klen
         ve = ke + r["vsize"].astype(I64)
-        keep_node = self._drop_bad_nodes(nodes, node, local, off, ve, inline_msg=True)
-        if keep_node is not None:
-            keep = keep_node[node]
-            remap = np.cumsum(keep_node) - 1
-            nodes = nodes.take(keep_node)
-            node, local, off, ks, klen, ke, ve, r = (remap[node[keep]], local[keep], off[keep], ks[keep],
-                                                     klen[keep], ke[keep], ve[keep], r[keep])
+        keep = self._drop_bad_elements(nodes, node, local, off, ks, ve, inline_msg=True)
+        if keep is not None:
+            node, local, off, ks, klen, ke, ve, r = (node[keep], local[keep], off[keep], ks[keep], klen[keep],
+                                                     ke[keep], ve[keep], r[keep])
         flags = r["flags"].astype(I64)
         if self.on_leaves is not None:
             self.on_leaves(self, nodes.bucket[node], flags, ks, klen, ve)

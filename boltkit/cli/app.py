@@ -161,11 +161,17 @@ def opened(path: str, meta: int | None = None, snapshot: bool = False):
     try:
         for w in db.warnings:
             warn(w)
-        if meta is None and db.meta.index is not None:
-            other = db.metas[1 - db.meta.index]
+        if meta is None and db.meta.index is not None and not db.choice.damaged:
+            other = db.other_meta
             if other is None or not other.usable:
                 warn(f"{path}: reading through {db.choice.reason}")
         yield db
+        if meta is None and db.choice.damaged:
+            # an older transaction than bbolt reads, or a tree bbolt cannot open: the output is not what bbolt
+            # would give, and a script must notice (exit 1)
+            what = {"checksum": "a meta bbolt rejects", "broken": "a meta whose tree cannot be entered",
+                    "rebuilt": "a rebuilt root"}.get(db.choice.rung, "an older transaction than bbolt reads")
+            raise DamageSkipped(f"{path}: read through {what}: {db.choice.reason}")
     finally:
         live.note(db)
         db.close()

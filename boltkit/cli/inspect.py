@@ -85,7 +85,7 @@ def info(file, meta, snapshot, as_json, table_fmt):
             if m is None:
                 rows.append([i, "missing", "", "", "", "", "", ""])
                 continue
-            state = "ok" if m.usable else "; ".join(m.errors + m.faults)
+            state = "ok" if m.usable else "; ".join(m.errors + m.soft + m.faults)
             rows.append([i, m.txid, m.root, "-" if not m.has_freelist else m.freelist, m.pgid,
                          m.page_size, f"{m.checksum:016x}", state])
         click.echo()

@@ -69,16 +69,23 @@ def compact(src, dst, page_size, fill_percent, no_freelist, meta, snapshot, as_j
 @click.option("--report", "report_path", type=click.Path(readable=False), default=None,
               help="Where to write the JSON report (default: OUTPUT.report.json, or beside the backup).")
 @click.option("--no-lost-found", is_flag=True, help="Do not scan for leaf pages no tree reaches.")
+@click.option("--include-freed", is_flag=True,
+              help="Also take every pair of freed pages (older versions of keys); by default a freed page gives "
+                   "only keys the recovered tree lacks, and lost+found is scanned only when the tree is damaged.")
 @_snapshot
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def salvage(src, dst, in_place, report_path, no_lost_found, snapshot, as_json):
+def salvage(src, dst, in_place, report_path, no_lost_found, include_freed, snapshot, as_json):
     """Recover everything recoverable from a damaged SRC into a new, valid file.
 
     Takes every intact part of the current tree; where it is damaged, what the previous transaction's
     tree still holds; and (unless --no-lost-found) the pairs of leaf pages no tree reaches, under
-    lost+found/page-<id> (suffix -free when the page was on the freelist, i.e. older data). Nothing is
-    invented: every pair is copied from an element in SRC. SRC is only read, unless --in-place. A JSON
-    report lists what came from where and what could not be read.
+    lost+found/page-<id> (suffix -free when the page was on the freelist, i.e. older data: only keys the
+    recovered tree lacks, unless --include-freed). A sound SRC salvages to the same content, with no
+    lost+found. Nothing is invented: every pair is copied from an element in SRC. SRC is only read, unless
+    --in-place. A JSON report lists what came from where and what could not be read.
+
+    Never a file with less: when the result would hold fewer pairs than a tolerant read of SRC gives, or
+    nothing at all from a damaged SRC, salvage stops with exit 8 and writes (and swaps) nothing.
 
     \b
     A torn BuildKit store, start to finish (buildkitd stopped):
@@ -96,11 +103,12 @@ def salvage(src, dst, in_place, report_path, no_lost_found, snapshot, as_json):
     destinations(report_path, replace=True)
     try:
         if in_place:
-            result, done = salvage_in_place(src, lost_found=not no_lost_found, report_path=report_path)
+            result, done = salvage_in_place(src, lost_found=not no_lost_found, include_freed=include_freed,
+                                            report_path=report_path)
             backup = done.backup if done else None
         else:
-            result, backup = salvage_file(src, dst, lost_found=not no_lost_found, snapshot=snapshot,
-                                          report=report_path or True), None
+            result, backup = salvage_file(src, dst, lost_found=not no_lost_found, include_freed=include_freed,
+                                          snapshot=snapshot, report=report_path or True), None
     except (FileExistsError, BoltkitError) as e:
         raise failure(e) from None
     report_path = result.report_path

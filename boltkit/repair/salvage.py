@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..check import check_file
-from ..errors import CorruptionError, OpenError
+from ..errors import BoltkitError, CorruptionError
 from ..schemas import BUCKET_LEAF_FLAG, PageFlag
 from ..storage import Database, Item, Pager, Tree
 from ..storage import Bucket as TreeBucket
+from ..storage.meta import newer_by_freelist
 from ..storage.pagemap import written_headers
+from ..storage.pages import pages_in
 from ..write import BoltWriter
 from .replace import NotVerified, Replaced, check_report_path, replace_file, write_report
 
@@ -43,12 +45,14 @@ class SalvageResult:
     damage: list[str]
     orphan_pages: list[int]
     clean: bool                     # the new file checks clean
+    input_pairs: int = 0            # distinct pairs a tolerant read of the input gives (the floor)
+    output_pairs: int = 0           # pairs the written file holds, counted by reading it back
     report_path: str | None = None  # where the JSON report was written
 
     def report(self) -> dict:
         return {"src": self.src, "dst": self.dst, "pairs": self.pairs, "buckets": self.buckets,
                 "damage": self.damage, "orphan_pages": self.orphan_pages, "output_clean": self.clean,
-                "warning": WARNING}
+                "input_pairs": self.input_pairs, "output_pairs": self.output_pairs, "warning": WARNING}
 
 
 class _Collector:
@@ -59,13 +63,24 @@ class _Collector:
         self.buckets = 0
         self.damage: list[str] = []
         self.reached: set[int] = set()
-        self._last: dict[tuple, _Bucket] = {}
+        self.tolerant_pairs = 0
+        self._cache: dict[tuple, _Bucket] = {(): self.root}
 
     def bucket(self, path) -> _Bucket | None:
-        path = tuple(path)
-        b = self._last.get(path)        # pairs come bucket by bucket: don't walk a deep path for each of them
+        """The bucket at ``path``, made on the way. Looked up whole first: walking the path from the root on
+        every pair would make salvage quadratic in nesting depth."""
+        b = self._cache.get(path)
         if b is not None:
             return b
+        parent = self._cache.get(path[:-1]) if path else None
+        if parent is not None:
+            nxt = parent.values.get(path[-1])
+            if nxt is None:
+                nxt = parent.values[path[-1]] = _Bucket()
+                self.buckets += 1
+            if isinstance(nxt, _Bucket):
+                self._cache[path] = nxt
+                return nxt
         b = self.root
         for name in path:
             nxt = b.values.get(name)
@@ -78,7 +93,7 @@ class _Collector:
                                    "kept, the bucket's pairs went to lost+found/name-conflicts")
                 return None
             b = nxt
-        self._last = {path: b}
+        self._cache[tuple(path)] = b
         return b
 
     def put(self, path, key: bytes, value: bytes, source: str) -> None:
@@ -89,7 +104,7 @@ class _Collector:
             b.values[key] = value
             self.pairs[source] = self.pairs.get(source, 0) + 1
 
-    def tree(self, tree: Tree, root_page: int, source: str) -> None:
+    def tree(self, tree: Tree, root_page: int, source: str, tally: bool = False) -> None:
         """Walk one tree. Pairs whose place is doubtful stay, but out of the live namespace: pages whose keys
         are out of order (a key was overwritten, its value may now sit under another key), pages whose keys
         fall outside the range their parent branch gives them (a child pointer was redirected), and
@@ -107,7 +122,8 @@ class _Collector:
 
         def on_page(bucket, node, depth, elems):
             if node.pgid:
-                self.reached.update(range(node.pgid, node.pgid + node.overflow + 1))
+                at = node.base // self.db.page_size      # where it sits (a swapped page is not at its id)
+                self.reached.update(range(at, at + node.overflow + 1))
             key_of = (lambda e: data[e[1]:e[2]]) if node.is_leaf else (lambda e: data[e[0]:e[1]])
             keys = [key_of(e) for e in elems]
             page = node.pgid or node.owner
@@ -125,20 +141,19 @@ class _Collector:
         def on_error(e: CorruptionError):
             self.damage.append(f"{source}: {e}")
         try:
-            root = tree.bucket_at((), root_page, 0)
+            root = tree.bucket_at((), root_page, 0, on_error)
         except CorruptionError as e:
             on_error(e)
             return
+        seen: dict[tuple, set] = {}       # the tolerant read's distinct pairs per bucket: salvage's floor
 
         def aside(path: tuple, page: int) -> tuple | None:
             """Where a pair of bucket ``path`` on ``page`` goes: None for its own path."""
             if page in suspect:
                 return (LOST_FOUND, f"page-{suspect[page]}-doubtful".encode()) + path
-            if not suspect_paths:       # the common case; the prefix scan is quadratic in the nesting depth
-                return None
-            for i in range(len(path), 0, -1):
-                if path[:i] in suspect_paths:
-                    return (LOST_FOUND, f"page-{suspect_paths[path[:i]]}-doubtful".encode()) + path
+            origin = suspect_paths.get(path)     # every bucket below a doubtful one has its own entry
+            if origin is not None:
+                return (LOST_FOUND, f"page-{origin}-doubtful".encode()) + path
             return None
 
         for parent, child, item in tree.walk(root, on_error=on_error, on_page=on_page):
@@ -154,14 +169,21 @@ class _Collector:
                 if b is not None and b.sequence == 0:
                     b.sequence = child.sequence
                 continue
+            if tally:
+                seen.setdefault(parent.path, set()).add(item.key)
             path = aside(parent.path, page) or parent.path or (LOST_FOUND, b"root-bucket-keys")
             self.put(path, item.key, data[item.value_start:item.value_end], source)
+        if tally:
+            self.tolerant_pairs += sum(len(k) for k in seen.values())
 
-    def orphans(self, pager: Pager, free: set[int]) -> list[int]:
-        """Leaf pages no tree reached: their plain pairs (and inline buckets' pairs) go to lost+found."""
+    def orphans(self, pager: Pager, free: set[int] | None, include_freed: bool) -> list[int]:
+        """Leaf pages no tree reached: their plain pairs (and inline buckets' pairs) go to lost+found. A freed
+        page (``free`` None: every unreached page may be one) gives only keys the recovered tree lacks, unless
+        ``include_freed``."""
         found = []
         tree = Tree(pager)
         data = self.db.data
+        known = None if include_freed else _key_index(self.root)
         # candidates in bulk: written pages (holes and zero pages skipped) whose header says "leaf <own id>"
         pg, pid, flags, count, _ = written_headers(self.db, 2, pager.limit_pages)
         leaf = (pid == pg.astype(np.uint64)) & (flags == PageFlag.LEAF) & (count > 0)
@@ -172,32 +194,35 @@ class _Collector:
                 pid, flags, count, overflow = pager.header(pgid)
                 if pid != pgid or flags != PageFlag.LEAF or count == 0:
                     continue
-                node = pager.node(pgid)
-                elems = pager.leaf_elements(node)
+                node, _ = pager.node_lenient(pgid)
+                elems, _ = pager.leaf_elements_lenient(node)
             except CorruptionError:
                 continue
-            label = f"page-{pgid}" + ("-free" if pgid in free else "")
+            freed = free is None or pgid in free
+            label = f"page-{pgid}" + ("-free" if freed and free is not None else "")
             base = (LOST_FOUND, label.encode())
+            keep = (lambda k: True) if known is None or not freed else (lambda k: k not in known)
             taken = 0
             for flags_, ks, ke, ve in elems:
                 key = data[ks:ke]
                 if not flags_ & BUCKET_LEAF_FLAG:
-                    self.put(base, key, data[ke:ve], "lost+found")
-                    taken += 1
+                    if keep(key):
+                        self.put(base, key, data[ke:ve], "lost+found")
+                        taken += 1
                     continue
                 try:      # an inline bucket carries its own pairs
                     parent = TreeBucket(base, pgid, 0, node)
-                    child = tree.child(parent, Item(key, flags_, ke, ve, node))
+                    child = tree.child(parent, Item(key, flags_, ke, ve, node), lambda e: None)
                     if child.inline:
-                        for it in tree.items(child):
-                            if not it.is_bucket:
+                        for it in tree.items(child, on_error=lambda e: None):
+                            if not it.is_bucket and keep(it.key):
                                 self.put(child.path, it.key, data[it.value_start:it.value_end], "lost+found")
                                 taken += 1
                 except CorruptionError:
                     pass
             if taken:
                 found.append(pgid)
-            self.reached.update(range(pgid, pgid + overflow + 1))
+            self.reached.update(range(pgid, pgid + node.overflow + 1))
         return found
 
 
@@ -219,85 +244,118 @@ def _write(writer: BoltWriter, bucket: _Bucket) -> None:
             writer.put(key, value)
 
 
-def _open_any(src: str, snapshot: bool = False) -> Database:
-    """The current meta if it is usable; else any meta whose checksum holds (a truncated file still has
-    its metas: the tree is read as far as the file goes)."""
-    try:
-        return Database(src, snapshot=snapshot, refuse_held=True)
-    except OpenError as first:
-        opened = []
-        for m in (0, 1):
-            try:
-                opened.append(Database(src, meta=m, snapshot=snapshot, refuse_held=True))
-            except OpenError:
-                pass
-        if opened:
-            best = max(opened, key=lambda d: d.meta.txid)
-            for d in opened:
-                if d is not best:
-                    d.close()
-            return best
-        raise OpenError(f"{first}; salvage needs at least one readable meta page") from None
+class SalvageRefused(BoltkitError):
+    """Salvage stopped before writing or swapping a file that would hold less than the input reads as."""
 
 
-def salvage(src: str, dst: str, *, lost_found: bool = True, page_size: int | None = None, snapshot: bool = False,
-            report: str | bool = True) -> SalvageResult:
-    """Salvage ``src`` into the new file ``dst`` and write the JSON report (to ``report`` when it is a path, beside
-    ``dst`` as `DST.report.json` when True, none when False). A source a writer holds is refused (InUse) unless
-    ``snapshot``: then a consistent copy of it is read."""
+def _key_index(bucket: _Bucket) -> set[bytes]:
+    """Every key of the recovered tree, at any depth (for the freed-pages rule)."""
+    keys: set[bytes] = set()
+    stack = [bucket]
+    while stack:
+        b = stack.pop()
+        for k, v in b.values.items():
+            keys.add(k)
+            if isinstance(v, _Bucket):
+                stack.append(v)
+    return keys
+
+
+def salvage(src: str, dst: str, *, lost_found: bool = True, include_freed: bool = False,
+            page_size: int | None = None, snapshot: bool = False, report: str | bool = True) -> SalvageResult:
+    """Salvage ``src`` into the new file ``dst``. Raises SalvageRefused (and leaves no ``dst``) when the
+    output would hold fewer pairs than the tolerant read of ``src``, or nothing from a damaged file.
+
+    Freed pages (the freelist's, or every unreached page of a file that stores none) hold old versions of
+    keys: for a BuildKit store a resurrected record is worse than a lost one (it names snapshots that were
+    removed). So lost+found is only scanned when the live tree is damaged, and a freed page gives only keys
+    the recovered tree does not have anywhere; ``include_freed`` takes every freed pair.
+
+    The JSON report goes to ``report`` when it is a path, beside ``dst`` as `DST.report.json` when True, nowhere
+    when False. A source a writer holds is refused (InUse) unless ``snapshot``: then a consistent copy is read."""
     if os.path.exists(dst):
         raise FileExistsError(f"{dst} already exists; refusing to overwrite it")
     report_path = (dst + ".report.json") if report is True else (report or None)
     if report_path is not None:
         check_report_path(report_path)
-    db = _open_any(src, snapshot)
+    db = Database(src, snapshot=snapshot, refuse_held=True)
     with db:
         col = _Collector(db)
-        col.tree(db.tree, db.meta.root, f"meta {db.meta.index} (txid {db.meta.txid})")
-        other = db.metas[1 - db.meta.index]
+        col.damage.extend(db.choice.warnings)
+        primary = f"{db.meta.label} (txid {db.meta.txid})"
+        col.tree(db.tree, db.meta.root, primary, tally=True)
+        # a meta read past its lying checksum or page size still names an intact tree; an older transaction
+        # than bbolt's, or a rebuilt root, leaves the newest pages unreached: those are for lost+found
+        # a meta slot holding no meta at all (overwritten, zeroed) may have held the newest transaction: its
+        # pages are unreached, not freed, and go to lost+found like those of a damaged tree
+        meta_lost = any(m is None or not (m.valid or m.consistent) for m in db.metas)
+        live_damaged = (len(col.damage) > len(db.choice.warnings) or meta_lost
+                        or db.choice.rung in ("older", "broken", "rebuilt"))
         # the previous transaction fills gaps only where the current tree is damaged: on an intact tree it
         # would bring back keys the last transaction deleted
-        if col.damage and other is not None and other.valid and other.root * db.page_size < db.file_size:
-            pager = Pager(db.data, db.file_size, db.page_size, max(other.pgid, db.hwm))
-            col.tree(Tree(pager), other.root, f"meta {other.index} (txid {other.txid})")
+        for other in db.metas:
+            if other is None or other is db.meta or not (other.valid or other.consistent):
+                continue
+            # a meta whose checksum failed is the newest write attempt (bbolt writes the tree, syncs, then the
+            # meta): when it is the later transaction, its tree fills in the keys that transaction added
+            torn_newer = not other.valid and other.consistent and (
+                newer_by_freelist(other, db.meta, db.data, db.file_size) or
+                (other.txid > db.meta.txid and not newer_by_freelist(db.meta, other, db.data, db.file_size)))
+            if live_damaged or torn_newer:
+                if not 2 <= other.root < pages_in(db.file_size, db.page_size):
+                    continue
+                pager = Pager(db.data, db.file_size, db.page_size, max(other.pgid, db.hwm))
+                col.tree(Tree(pager), other.root, f"meta {other.index} (txid {other.txid})")
         orphan_pages: list[int] = []
-        if lost_found:
-            free: set[int] = set()
+        if lost_found and (live_damaged or include_freed):
+            free: set[int] | None = set()
             try:
                 fl = db.freelist()
-                if fl is not None:
+                if fl is None:
+                    free = None          # no freelist stored: any unreached page may be a freed one
+                else:
                     free = set(fl.ids.tolist())
             except CorruptionError:
-                pass
+                free = None
             hwm = max([m.pgid for m in db.metas if m is not None and m.valid] + [db.hwm])
             pager = Pager(db.data, db.file_size, db.page_size, hwm)
-            orphan_pages = col.orphans(pager, free)
-        root = col.root
+            orphan_pages = col.orphans(pager, free, include_freed)
+        expected = col.tolerant_pairs
+        empty_ok = not live_damaged and expected == 0
+        if not col.pairs and not col.buckets and not empty_ok:
+            raise SalvageRefused(f"nothing readable in {src}: no pair and no bucket could be recovered "
+                                 f"({'; '.join(col.damage[:3]) or 'no tree'}); nothing was written")
         writer = BoltWriter(dst, page_size=page_size or db.page_size)
         try:
-            _write(writer, root)
+            _write(writer, col.root)
             writer.close()
         except BaseException:
             writer.abort()
             raise
-    checked = check_file(dst, revert=False)
-    result = SalvageResult(src, dst, col.pairs, col.buckets, col.damage, orphan_pages, checked.clean)
+    checked = check_file(dst, revert=False)       # one pass over the new file: its check and its pair count
+    got = checked.pairs
+    if got < expected:
+        os.unlink(dst)
+        raise SalvageRefused(f"the salvaged file would hold {got} pairs, fewer than the {expected} that a tolerant "
+                             f"read of {src} gives; nothing was written")
+    result = SalvageResult(src, dst, col.pairs, col.buckets, col.damage, orphan_pages, checked.clean, expected, got)
     if report_path is not None:
         result.report_path = write_report(report_path, result.report())
     return result
 
 
-def salvage_in_place(src: str, *, lost_found: bool = True,
+def salvage_in_place(src: str, *, lost_found: bool = True, include_freed: bool = False,
                      report_path: str | None = None) -> tuple[SalvageResult, Replaced | None]:
     """Salvage ``src`` into a new file beside it and, when that checks clean, swap it in through the one repair
     primitive (`replace.replace_file`: refused while a process holds ``src`` or its BuildKit root; the original
     kept as a unique backup; owner, mode and a symlink kept). The report goes beside the backup (or to
     ``report_path``). Returns the result and the replacement (None when the new file did not check clean: ``src``
-    is untouched, the attempt is kept as ``result.dst`` with its report beside it)."""
+    is untouched, the attempt is kept as ``result.dst`` with its report beside it). SalvageRefused (nothing
+    swapped) when the new file would hold fewer pairs than the tolerant read of ``src``."""
     box: list[SalvageResult] = []
 
     def write(tmp: str) -> None:
-        box.append(salvage(src, tmp, lost_found=lost_found, report=False))
+        box.append(salvage(src, tmp, lost_found=lost_found, include_freed=include_freed, report=False))
 
     def verify(tmp: str) -> str | None:
         return None if box[-1].clean else "the salvaged file does not check clean"

@@ -39,7 +39,12 @@ class Database:
 
     @property
     def warnings(self) -> list[str]:
-        return self.source.warnings
+        return self.source.warnings + self.choice.warnings
+
+    @property
+    def other_meta(self):
+        """The meta not read through (None when it is missing or the root was rebuilt)."""
+        return None if self.meta.index is None else self.metas[1 - self.meta.index]
 
     @property
     def live(self) -> bool:

@@ -109,7 +109,7 @@ def page_map(db: Database) -> tuple[list[PageInfo], list]:
         known[pgid] = PageInfo(pgid, PageFlag.name_of(node.flags), node.count, node.overflow, bucket.path)
         for o in range(pgid + 1, min(pgid + node.overflow + 1, end)):
             known[o] = PageInfo(o, "overflow", bucket=bucket.path, of=pgid)
-    other = db.metas[1 - meta.index]
+    other = None if meta.index is None else db.metas[1 - meta.index]
     still_used = set()
     if other is not None and other.usable and other.txid < meta.txid:
         still_used = set(reachable_pages(db, other))

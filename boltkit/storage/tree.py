@@ -51,25 +51,39 @@ class Tree:
 
     # -- opening buckets ------------------------------------------------------------------------
 
-    def bucket_at(self, path: tuple[bytes, ...], root: int, sequence: int) -> Bucket:
-        return Bucket(path, root, sequence, self.pager.node(root))
+    def bucket_at(self, path: tuple[bytes, ...], root: int, sequence: int, on_error: OnError | None = None) -> Bucket:
+        if on_error is None:
+            return Bucket(path, root, sequence, self.pager.node(root))
+        node, problems = self.pager.node_lenient(root)
+        for p in problems:
+            p.path = path
+            on_error(p)
+        return Bucket(path, root, sequence, node)
 
-    def child(self, parent: Bucket, item: Item) -> Bucket:
-        """Open the bucket stored in a leaf item (which must carry the bucket flag)."""
+    def child(self, parent: Bucket, item: Item, on_error: OnError | None = None) -> Bucket:
+        """Open the bucket stored in a leaf item (which must carry the bucket flag). With ``on_error``, a root
+        page whose header lies is read past where its elements allow (Pager.node_lenient)."""
         path = parent.path + (item.key,)
         vs, ve = item.value_start, item.value_end
         if ve - vs < BUCKET_HEADER_SIZE:
             raise CorruptionError(f"bucket value of {ve - vs} bytes is shorter than a bucket header",
                                   pgid=item.node.owner, offset=vs, path=path)
         root, seq = BUCKET_HEADER.unpack_from(self.data, vs)
+        problems: list[CorruptionError] = []
         try:
-            if root == 0:
-                node = self.pager.inline_node(vs + BUCKET_HEADER_SIZE, ve, item.node.owner)
+            if on_error is None:
+                node = (self.pager.inline_node(vs + BUCKET_HEADER_SIZE, ve, item.node.owner) if root == 0
+                        else self.pager.node(root))
+            elif root == 0:
+                node, problems = self.pager.inline_node_lenient(vs + BUCKET_HEADER_SIZE, ve, item.node.owner)
             else:
-                node = self.pager.node(root)
+                node, problems = self.pager.node_lenient(root)
         except CorruptionError as e:
             e.path = path
             raise
+        for p in problems:
+            p.path = path
+            on_error(p)
         return Bucket(path, root, seq, node)
 
     # -- ordered iteration ----------------------------------------------------------------------
@@ -81,11 +95,20 @@ class Tree:
 
         ``on_page(node, depth, elements)`` sees every node entered, branches included. ``decode`` replaces
         Pager.leaf_elements for the leaves (bulk readers decode many leaves at once themselves).
+        With ``on_error``, damage is reported and read past: a page whose header lies or that holds bad
+        elements still yields every element bounded by the page; only what cannot be read at all is skipped.
         """
         pager, data = self.pager, self.data
         if visited is None:
             visited = set()
         seeking = start_key is not None
+        lenient = on_error is not None
+
+        def report(problems):
+            for p in problems:
+                if p.path is None:
+                    p.path = bucket.path
+                on_error(p)
         stack: list[Iterator] = [iter((bucket.node,))]
         trail: list[int] = []   # pages on the current descent, for error context
         while stack:
@@ -101,17 +124,31 @@ class Tree:
                 else:
                     if item in visited:
                         raise CorruptionError(f"page {item} is referenced again (cycle or shared subtree)", pgid=item)
-                    node = pager.node(item)
+                    if lenient:
+                        node, problems = pager.node_lenient(item)
+                        report(problems)
+                    else:
+                        node = pager.node(item)
                 if node.pgid:
                     visited.add(node.pgid)
                 if node.is_leaf:
-                    elems = pager.leaf_elements(node) if decode is None else decode(node)
+                    if decode is not None:
+                        elems = decode(node)
+                    elif lenient:
+                        elems, problems = pager.leaf_elements_lenient(node)
+                        report(problems)
+                    else:
+                        elems = pager.leaf_elements(node)
                     if on_page is not None:
                         on_page(node, len(trail), elems)
                     seeking = False
                     yield node, elems
                     continue
-                elems = pager.branch_elements(node)
+                if lenient:
+                    elems, problems = pager.branch_elements_lenient(node)
+                    report(problems)
+                else:
+                    elems = pager.branch_elements(node)
                 if on_page is not None:
                     on_page(node, len(trail), elems)
                 if not elems:
@@ -169,7 +206,7 @@ class Tree:
                 yield bucket, None, item
                 continue
             try:
-                child = self.child(bucket, item)
+                child = self.child(bucket, item, on_error)
                 if child.root:
                     if child.root in visited:
                         raise CorruptionError(f"bucket root page {child.root} is referenced again",

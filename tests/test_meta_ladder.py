@@ -1,0 +1,219 @@
+"""The meta ladder and salvage's floor, against real bbolt: files whose metas lie (page sizes, checksums,
+pages 0-1 gone) are read through whatever rung holds, files cut inside their last page are read as bbolt
+reads them, and salvage never writes a file with fewer pairs than the input's tolerant read."""
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+from click.testing import CliRunner
+
+from boltkit.check import check_file
+from boltkit.cli import main
+from boltkit.storage import Database
+from testdata import damage
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def export_lines(path, *extra) -> bytes:
+    return run("export", "-e", "hex", *extra, path).stdout_bytes
+
+
+def pair_set(dump: bytes) -> set:
+    recs = [json.loads(x) for x in dump.splitlines()]
+    return {(tuple(r["path"]), r["key"], r["value"]) for r in recs if r["kind"] == "pair"}
+
+
+def salvaged_pairs(path) -> set:
+    """(path, key, value) of a salvaged file, lost+found's prefix taken off."""
+    lf = b"lost+found".hex()
+    out = set()
+    for p, k, v in pair_set(export_lines(path)):
+        out.add((p[2:] if p and p[0] == lf else p, k, v))
+    return out
+
+
+def set_page_size(path, index, ps, base_ps=4096):
+    """Meta ``index``'s page size field, checksum fixed (the meta sits at index * base_ps)."""
+    from boltkit.schemas import META_OFFSET, fnv1a64
+    from boltkit.schemas.layout import META, META_CHECKSUMMED
+    base = index * base_ps + META_OFFSET
+    data = bytearray(path.read_bytes()[base:base + META.size])
+    struct.pack_into("<I", data, META.offset_of("page_size"), ps)
+    struct.pack_into("<Q", data, META_CHECKSUMMED, fnv1a64(bytes(data[:META_CHECKSUMMED])))
+    damage.write_at(path, base, bytes(data))
+
+
+@pytest.fixture
+def source(oracle_files):
+    return oracle_files("buildkit", 7)
+
+
+@pytest.mark.parametrize("case", ["meta0 12288", "both 2048", "both 4097", "both checksums", "pages 0-1 zeroed",
+                                  "meta 1 overwritten, meta 0 checksum"])
+def test_lying_metas_are_read_through_the_ladder_and_salvaged_whole(tmp_path, oracle, source, case):
+    bad = damage.copy(source, tmp_path / "bad.db")
+    if case == "meta0 12288":
+        set_page_size(bad, 0, 12288)
+    elif case.startswith("both 4") or case.startswith("both 2"):
+        ps = int(case.split()[1])
+        set_page_size(bad, 1, ps)
+        set_page_size(bad, 0, ps)
+    elif case == "both checksums":
+        damage.damage_meta(bad, 1)
+        damage.damage_meta(bad, 0)
+    elif case == "pages 0-1 zeroed":
+        damage.write_at(bad, 0, bytes(8192))
+    else:
+        damage.write_at(bad, 4096, b"\xab" * 4096)
+        damage.damage_meta(bad, 0)
+    with Database(bad) as db:
+        read = db.meta.index
+    # the tree read is the newest one whenever a meta that names it can be believed
+    newest = run("info", "--json", source)
+    newest = json.loads(newest.output)["current_meta"]
+    if case in ("meta0 12288", "both 2048", "both 4097"):
+        assert read == newest
+    expected = oracle.dump(source) if read in (newest, None) else export_lines(source, "--meta", read)
+    ours = run("export", "-e", "hex", bad)
+    assert ours.exit_code == 1 and "Error: " in ours.stderr, ours.output[-500:]    # said, never silent
+    if case != "pages 0-1 zeroed":
+        assert ours.stdout_bytes == expected, case          # the newest tree, read as a sound file would be
+    else:
+        assert pair_set(ours.stdout_bytes) <= pair_set(expected)
+    assert run("check", bad).exit_code in (1, 4)
+    r = run("info", bad)
+    assert "page size:    4096" in r.output
+    # salvage in place: every pair of the original, none lost from the live path, a file bbolt accepts
+    live = tmp_path / "live.db"
+    live.write_bytes(bad.read_bytes())
+    r = run("salvage", "--in-place", live)
+    assert r.exit_code == 0, r.output
+    assert "nothing readable" not in r.output
+    assert oracle.check(live)[0] == 0
+    assert pair_set(expected) <= salvaged_pairs(live)
+    if case != "pages 0-1 zeroed":      # the live namespace is the tree read; a lost meta slot adds lost+found
+        lf = b"lost+found".hex()
+        assert {p for p in pair_set(export_lines(live)) if not p[0] or p[0][0] != lf} == pair_set(expected)
+
+
+def test_page_size_must_be_a_power_of_two_in_range(tmp_path, source):
+    from boltkit.storage.meta import trusted_page_size
+    assert all(trusted_page_size(1 << i) for i in range(9, 17))
+    assert not any(trusted_page_size(x) for x in (256, 4097, 12288, 1 << 17, 0))
+    bad = damage.copy(source, tmp_path / "bad.db")
+    set_page_size(bad, 0, 12288)
+    with Database(bad) as db:
+        assert db.page_size == 4096 and db.choice.rung in ("bbolt", "checksum")
+        assert any("12288" in f for f in db.metas[0].soft) and not db.metas[0].usable
+
+
+def test_copy_cut_inside_its_last_page_reads_as_bbolt_does(tmp_path, oracle, oracle_files):
+    """Cut a few bytes off the end: where bbolt still opens, checks and dumps the file, boltkit's export is
+    bbolt's dump (the newest transaction, never the previous one), and exits 0."""
+    tried = agreed = 0
+    for profile, seed in (("mixed", 2), ("buildkit", 3), ("deletes", 1), ("mixed", 5), ("deep", 1)):
+        src = oracle_files(profile, seed)
+        for cut in (1, 100, 4000):
+            bad = damage.copy(src, tmp_path / "cut.db")
+            damage.truncate(bad, src.stat().st_size - cut)
+            proc = oracle.run("dump", bad, check=False)
+            if proc.returncode != 0:
+                continue
+            tried += 1
+            ours = run("export", "-e", "hex", bad)
+            assert ours.stdout_bytes == proc.stdout, (profile, seed, cut)
+            with Database(bad) as db:
+                assert db.choice.rung == "bbolt" and db.meta is db.choice.bbolt
+            if ours.exit_code == 0:
+                agreed += 1
+    assert tried >= 5 and agreed == tried
+
+
+def test_older_transaction_than_bbolt_is_damage(tmp_path, example_db):
+    """The newer meta bbolt reads has its root page overwritten: we read the older one, and say so (exit 1)."""
+    bad = damage.copy(example_db, tmp_path / "c.db")
+    with Database(bad) as db:
+        new = db.meta
+    damage.zero_page(bad, new.root)
+    r = run("export", "--count", bad)
+    assert r.exit_code == 1 and "older transaction than bbolt" in r.stderr
+    assert "B004" in run("check", bad).output
+
+
+def test_salvage_of_a_sound_file_is_its_dump_without_lost_found(tmp_path, oracle):
+    from tests.conftest import corpus_files
+    src = next(p for p in corpus_files("sound") if p.name == "cache.db")
+    with Database(src) as db:
+        assert db.freelist() is not None and len(db.freelist().ids)     # it has freed pages to resurrect
+    out = tmp_path / "s.db"
+    r = run("salvage", src, "-o", out)
+    assert r.exit_code == 0, r.output
+    assert oracle.dump(out) == oracle.dump(src)
+    assert b"lost+found".hex().encode() not in export_lines(out)
+
+
+def test_salvage_never_gives_fewer_pairs_than_the_tolerant_read(tmp_path, source):
+    """Over every damage class of the campaign, in place and not: the output holds at least as many pairs as
+    the input's tolerant read, and a file with nothing readable is refused (exit 8) and left as it was."""
+    import random
+
+    from testdata.campaign import damage_cases
+    src = source
+    for name, apply in damage_cases(src, random.Random(4)):
+        bad = damage.copy(src, tmp_path / "bad.db")
+        apply(bad)
+        before = bad.read_bytes()
+        tolerant = len({(p, k) for p, k, _ in pair_set(export_lines(bad))})
+        out = tmp_path / "out.db"
+        if out.exists():
+            out.unlink()
+        r = run("salvage", bad, "-o", out)
+        if r.exit_code == 8:
+            assert not out.exists() and tolerant == 0, (name, r.output)
+            continue
+        assert r.exit_code == 0, (name, r.output)
+        assert len(pair_set(export_lines(out))) >= tolerant, name
+        r = run("salvage", "--in-place", bad)
+        assert r.exit_code == 0, (name, r.output)
+        assert len(pair_set(export_lines(bad))) >= tolerant, name
+        for f in tmp_path.glob("bad.db.boltkit-*"):
+            f.unlink()
+    # nothing readable: every tree page gone, metas intact
+    bad = damage.copy(src, tmp_path / "gone.db")
+    with Database(bad) as db:
+        ps, n = db.page_size, db.file_size // db.page_size
+    damage.write_at(bad, 2 * ps, bytes((n - 2) * ps))
+    before = bad.read_bytes()
+    r = run("salvage", "--in-place", bad)
+    assert r.exit_code == 8 and "nothing readable" in r.output
+    assert bad.read_bytes() == before and sorted(p.name for p in tmp_path.glob("gone.db*")) == ["gone.db"]
+
+
+def test_salvage_is_linear_in_nesting_depth(tmp_path):
+    """A chain of nested buckets: salvage (walk, write, check of the new file) within 2x compact's CPU time."""
+    import time
+
+    from boltkit.repair import compact, salvage
+    from boltkit.write import BoltWriter
+    src = tmp_path / "deep.db"
+    w = BoltWriter(str(src), page_size=4096)
+    depth = 600
+    for i in range(depth):
+        w.begin_bucket(b"b%05d" % i, 0)
+        w.put(b"a", b"v%d" % i)
+    for _ in range(depth):
+        w.end_bucket()
+    w.close()
+    t = time.process_time()
+    compact(str(src), str(tmp_path / "c.db"))
+    t_compact = time.process_time() - t
+    t = time.process_time()
+    r = salvage(str(src), str(tmp_path / "s.db"))
+    t_salvage = time.process_time() - t
+    assert r.clean and r.output_pairs == depth and r.buckets == depth
+    assert t_salvage <= 2 * t_compact, (t_salvage, t_compact)
