@@ -139,7 +139,7 @@ def test_buildkit_check_of_an_empty_store_agrees_with_ls(tmp_path):
 
 def test_key_not_found_prints_binary_as_hex():
     r = CliRunner().invoke(main, ["get", "--hex", str(SMALL_ROOT / "history.db"), b"_records".hex(), "00ff01"])
-    assert r.exit_code == 1
+    assert r.exit_code != 0            # which code: the exit-code table's (tests/test_exit_codes.py)
     assert "key not found: 0x00ff01 in _records" in r.output and "\x00" not in r.output
 
 
@@ -158,7 +158,7 @@ def test_graph_names_build_steps_and_shows_a_key_neighbourhood():
     assert rec["step"] == "[stage-2 2/2] COPY --from=build /w/SHA256SUMS /"
     assert len(rec["parents"]) == 4 and rec["targets"] == [] and len(rec["results"]) == 1
     assert any(p["step"] == "[stage-2 1/2] COPY --from=build /w/out /out" for p in rec["parents"])
-    assert run("buildkit", "graph", "--key", "nope", ROOT / "cache.db", exit_codes=(1,)).output.strip() \
+    assert run("buildkit", "graph", "--key", "nope", ROOT / "cache.db", exit_codes=(1, 8)).output.strip() \
         .endswith("nope: no such key in " + str(ROOT / "cache.db") + "'s link graph")
 
 
