@@ -25,10 +25,10 @@ def dump_lines(root: dict) -> list[str]:
             v = children[name]
             if isinstance(v, Bucket):
                 p = path + [name.hex()]
-                out.append(json.dumps({"kind": "bucket", "path": p, "sequence": v.sequence}, separators=(",", ":")))
+                out.append(json.dumps({"type": "bucket", "path": p, "sequence": v.sequence}, separators=(",", ":")))
                 rec(v.children, p)
             else:
-                out.append(json.dumps({"kind": "pair", "path": path, "key": name.hex(), "value": v.hex()},
+                out.append(json.dumps({"type": "pair", "path": path, "key": name.hex(), "value": v.hex()},
                                       separators=(",", ":")))
     rec(root, [])
     return out

@@ -216,4 +216,4 @@ def summarize_plainly(links: dict[str, list[str]], with_results: Iterable[str], 
         nodes=len(nodes), edges=edges, roots=sorted(k for k in nodes if k not in parents),
         with_results=len(set(with_results)), cycles=cycles(links), fan_out=fan_out[:top], fan_in=fan_in[:top],
         depth=max(depth.values(), default=0), paths=per_key_paths[:top],
-        max_paths=per_key_paths[0][1] if per_key_paths else 0)
+        max_paths=per_key_paths[0][1] if per_key_paths else 0, total_paths=sum(n for _, n in per_key_paths))

@@ -250,7 +250,7 @@ def test_buildkit_check_of_a_root_lists_every_store_with_the_checks_across_them(
     r = CliRunner().invoke(main, ["buildkit", "check", "--json", "--max-errors", "0", str(root)])
     assert r.exit_code == 0, r.output            # X2 is info: results buildkitd releases by itself
     summaries = {Path(s["file"]).relative_to(root).as_posix(): s
-                 for s in map(json.loads, r.stdout.splitlines()) if s.get("summary")}
+                 for s in map(json.loads, r.stdout.splitlines()) if s.get("type") == "summary"}
     assert set(summaries) == {"cache.db", "history.db", "runc-overlayfs/metadata_v2.db",
                               "runc-overlayfs/containerdmeta.db", "runc-overlayfs/snapshots/metadata.db"}
     assert summaries["cache.db"]["codes"] == {"X2": 87}       # what `buildkit fsck` predicts it releases
@@ -324,6 +324,8 @@ def test_graph_cli_summary_dot_and_json(tmp_path):
     assert text.startswith("digraph cache {") and "D2" in text and "[color=red]" in text
     summary = json.loads(CliRunner().invoke(main, ["buildkit", "graph", "--json", str(path)]).output)
     assert summary["cycles"] == [[CHILD, GRAND]] and summary["problems"]["ghost0000000000000000000dd"] == "D2"
+    assert summary["type"] == "graph" and (summary["keys"], summary["links"]) == (5, 5)
+    assert summary["risk"]["level"] == "high" and summary["risk"]["cycles"] == 1
 
 
 # -- the array checks against the plain reference, on random stores and on every corpus cache.db ---------
@@ -404,7 +406,7 @@ def test_torn_cache_db_is_checked_from_what_the_structural_pass_can_read(path):
     top-level buckets survived, their ids are decoded; where none did, the file is not taken for a cache.db."""
     r = CliRunner().invoke(main, ["buildkit", "check", "--json", "--max-errors", "0", str(path)])
     summary = json.loads(r.output.splitlines()[-1])
-    assert r.exit_code in (4, 8) and summary["summary"]
+    assert r.exit_code in (4, 8) and summary["type"] == "summary"
     with Database(path) as db:
         cols = load_cache_columns(db, on_damage=lambda e: None)
     reached = cols.links_ids.size + cols.results_ids.size + cols.byresult_ids.size + cols.backlinks_ids.size

@@ -106,8 +106,8 @@ def test_misplaced_id_buckets_go_back_and_empty_containers_go(tmp_path):
     path = write_store(tmp_path / "cache.db", t)
     r = run("buildkit", "prune", "--rehome", "--json", path)
     changes = [json.loads(x) for x in r.output.splitlines()[:-1]]
-    assert {"code": "C3", "action": "rehome", "bucket": f"_backlinks/_links/{child}", "key": f"_links/{child}"} \
-        in changes
+    assert {"type": "change", "code": "C3", "action": "rehome", "bucket": f"_backlinks/_links/{child}",
+            "key": f"_links/{child}"} in changes
     assert run("buildkit", "prune", "--rehome", "--apply", path).exit_code == 0
     with Database(path) as db:
         s = load_cache_store(db)
@@ -164,7 +164,7 @@ def test_salvaged_root_repairs_to_stores_without_errors(tmp_path, oracle, metada
     # (salvage now reads the torn history.db's pages past their damaged elements and keeps _records itself)
     assert run("buildkit", "repair", "--apply", "--prune", root).exit_code == 0
     report = run("buildkit", "fsck", "--json", root)
-    summaries = {r["store"]: r for r in map(json.loads, report.output.splitlines()) if r.get("summary")}
+    summaries = {r["store"]: r for r in map(json.loads, report.output.splitlines()) if r.get("type") == "summary"}
     for store in ("cache.db", "history.db", "runc-overlayfs/metadata_v2.db"):
         assert summaries[store]["problems"]["error"] == 0
         assert oracle.check(root / store)[0] == 0

@@ -28,8 +28,8 @@ def test_problems_exit_4_with_one_line_each_and_a_summary():
     r = run("check", path)
     assert r.exit_code == 4
     lines = r.output.splitlines()
-    assert lines[0] == f"{path}: B040 warning: page 2: unreachable unfreed"
-    assert lines[-1] == f"{path}: 0 error(s), 53 warning(s) [B040 x53, B050 x1]"
+    assert lines[0] == f"{path}: B040 error: page 2: unreachable unfreed"
+    assert lines[-1] == f"{path}: 53 error(s), 0 warning(s) [B040 x53, B050 x1]"
     assert f"{path}: B050 info: reading through meta 0 (txid 866) would still have 0 error(s)" not in r.output
 
 
@@ -39,7 +39,7 @@ def test_max_errors_caps_the_listing_not_the_counts():
     lines = r.output.splitlines()
     assert len(lines) == 4
     assert lines[2] == f"{path}: ... 216 more problem(s) not listed (--max-errors 2)"
-    assert "29 error(s), 188 warning(s)" in lines[3]
+    assert "217 error(s), 0 warning(s)" in lines[3]    # 188 unreachable unfreed: bbolt counts them as errors
 
 
 def test_json_records_then_summary():
@@ -49,7 +49,7 @@ def test_json_records_then_summary():
     recs = [json.loads(line) for line in r.output.splitlines()]
     summary = recs[-1]
     problems = recs[:-1]
-    assert summary["summary"] and not summary["clean"]
+    assert summary["type"] == "summary" and not summary["clean"]
     assert summary["problems"]["error"] == sum(p["severity"] == "error" for p in problems) > 20
     assert {"code", "severity", "page", "offset", "path", "key", "message", "details"} <= set(problems[0])
     assert any(p["code"] == "B021" and p["page"] == 8 and "516" in p["message"] for p in problems)
@@ -106,9 +106,12 @@ def test_map_draws_every_page_with_damage_in_red(tmp_path):
     assert r.exit_code == 4
     root = ET.parse(svg).getroot()
     ns = "{http://www.w3.org/2000/svg}"
-    cells = [e for e in root.iter(ns + "rect") if e.find(ns + "title") is not None]
-    assert len(cells) == 266                     # one per page below the high-water mark
-    red = {c.find(ns + "title").text.split(":")[0] for c in cells if c.get("fill") == "#e31a1c"}
+    cells = [(g.find(ns + "title").text, g.find(ns + "rect")) for g in root.iter(ns + "g")
+             if g.find(ns + "title") is not None]
+    used = [(t, r) for t, r in cells if "past the high-water mark" not in t]
+    assert len(used) == 266                      # one per page below the high-water mark
+    assert len(cells) == path.stat().st_size // 4096        # and the rest of the file after them
+    red = {t.split(":")[0] for t, r in used if r.get("fill") == "#e31a1c"}
     assert "page 225" in red and "page 122" in red    # the B033 and cycle pages of the MANIFEST
     assert run("check", "--map", svg, path, path).exit_code == 16
 
@@ -125,3 +128,28 @@ def test_absurd_high_water_mark_is_reported_not_allocated(tmp_path, example_db):
     assert "B006" in r.output
     assert run("pages", "--meta", "1", "--json", db).exit_code == 0
     assert run("export", "--count", "--meta", "1", db).exit_code == 0
+
+
+def test_what_bbolt_calls_errors_are_errors(oracle, oracle_files, tmp_path):
+    """etcd's corrupted-snapshot fixture, rebuilt: a freelist id overwritten by its neighbour, so one page is
+    listed twice and another is neither reachable nor free. bbolt: "page A: already freed", "page B:
+    unreachable unfreed", "2 errors found"; boltkit must count the same two errors."""
+    import shutil
+    import struct
+
+    from boltkit.storage import Database
+    path = tmp_path / "snapshot.db"
+    shutil.copy(oracle_files("deletes", 3), path)
+    with Database(str(path)) as db:
+        fl, ps = db.freelist(), db.page_size
+        first, second = int(fl.ids[0]), int(fl.ids[1])
+    assert len(fl.ids) < 0xFFFF
+    damage.write_at(path, fl.pgid * ps + 16 + 8, struct.pack("<Q", first))
+    status, said = oracle.check(path)
+    assert f"page {first}: already freed" in said and f"page {second}: unreachable unfreed" in said
+    assert "2 errors found" in said
+    r = run("check", "--json", path)
+    recs = [json.loads(x) for x in r.output.splitlines()]
+    errors = {(p["code"], p["page"]) for p in recs if p["type"] == "problem" and p["severity"] == "error"}
+    assert errors == {("B011", first), ("B040", second)}
+    assert recs[-1]["problems"]["error"] == 2 and r.exit_code == 4

@@ -38,7 +38,7 @@ def test_forced_meta_reads_the_older_tree(example_db):
 
 def test_buckets_lists_buildkit_top_level(example_db):
     r = run("buckets", "--json", example_db)
-    names = [json.loads(line)["name"] for line in r.output.splitlines()]
+    names = [json.loads(line)["path"][-1] for line in r.output.splitlines()]
     assert names == ["_backlinks", "_byresult", "_links", "_result"]
 
 
@@ -69,32 +69,33 @@ def test_tree_counts(example_db):
 
 
 def test_stats_matches_manifest_counts(example_db):
-    st = json.loads(run("stats", "--json", example_db).output)["total"]
+    st = json.loads(run("stats", "--json", example_db).output.splitlines()[0])
+    assert st["type"] == "stats" and st["path"] == []
     assert st["buckets"] == 720 and st["inline_buckets"] == 710
     assert st["keys"] == 1582      # bbolt's KeyN counts sub-bucket entries too
 
 
 def test_export_count_and_lines(example_db):
     counts = json.loads(run("export", "--count", example_db).output)
-    assert counts == {"buckets": 720, "pairs": 866, "bytes": 90941}
+    assert counts == {"type": "count", "buckets": 720, "pairs": 866, "bytes": 90941}
     lines = run("export", example_db).output.splitlines()
     assert len(lines) == 720 + 866
-    assert json.loads(lines[0]) == {"kind": "bucket", "path": ["_backlinks"], "sequence": 0}
+    assert json.loads(lines[0]) == {"type": "bucket", "path": ["_backlinks"], "sequence": 0}
 
 
 def test_export_subtree_hex(example_db):
     lines = run("export", "-e", "hex", example_db, "_links").output.splitlines()
     recs = [json.loads(x) for x in lines]
     assert all(r["path"][0] == b"_links".hex() for r in recs)
-    assert all(r["kind"] == "bucket" or r["value"] == "" for r in recs)
+    assert all(r["type"] == "bucket" or r["value"] == "" for r in recs)
 
 
 def test_pages_accounts_for_every_page(example_db):
     rows = [json.loads(line) for line in run("pages", "--json", example_db).output.splitlines()]
     assert [r["id"] for r in rows] == list(range(83))
-    kinds = {r["type"] for r in rows}
+    kinds = {r["page_type"] for r in rows}
     assert {"meta", "freelist", "branch", "leaf"} <= kinds
-    assert sum(r["type"] in ("free", "pending") for r in rows) == 8
+    assert sum(r["page_type"] in ("free", "pending") for r in rows) == 8
     assert "leaked" not in kinds
 
 

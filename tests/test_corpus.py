@@ -74,7 +74,7 @@ def test_torn_copy_exports_what_is_intact(path):
     assert r.exit_code in (0, 1), r.output
     raw = path.read_bytes()
     pairs = [json.loads(line) for line in r.stdout_bytes.splitlines()]
-    pairs = [p for p in pairs if p["kind"] == "pair"]
+    pairs = [p for p in pairs if p["type"] == "pair"]
     assert pairs, "nothing read from a store that is mostly intact"
     for p in pairs:
         assert bytes.fromhex(p["key"]) + bytes.fromhex(p["value"]) in raw

@@ -45,7 +45,7 @@ def counters(export_output: str) -> list[str]:
         if not line.startswith("{"):
             continue
         rec = json.loads(line)
-        if rec.get("kind") == "pair" and (rec["path"], rec["key"]) in ((["live"], "!first"), (["live"], "~last"),
+        if rec.get("type") == "pair" and (rec["path"], rec["key"]) in ((["live"], "!first"), (["live"], "~last"),
                                                                        (["zz-counter"], "n")):
             found[(rec["path"][0], rec["key"])] = rec["value"]
     return list(found.values())

@@ -19,7 +19,7 @@ def export(path) -> list[dict]:
 
 
 def pairs(recs) -> set[tuple]:
-    return {(tuple(r["path"]), r["key"], r["value"]) for r in recs if r["kind"] == "pair"}
+    return {(tuple(r["path"]), r["key"], r["value"]) for r in recs if r["type"] == "pair"}
 
 
 @pytest.mark.parametrize("path", corpus_files("torn"), ids=corpus_id)

@@ -77,7 +77,8 @@ def test_compact_corpus_store_identical_dump_and_clean(tmp_path, path):
     out = tmp_path / "c.db"
     r = CliRunner().invoke(main, ["compact", str(path), "-o", str(out)])
     assert r.exit_code == 0, r.output
-    assert r.output.startswith(f"{path.stat().st_size} -> {out.stat().st_size} bytes (gain=")
+    assert r.output.startswith(f"{path} (") and "smaller (" in r.output and "gain" not in r.output
+    assert out.stat().st_mode & 0o7777 == path.stat().st_mode & 0o7777    # the source's mode, not 0600
     assert export_lines(out) == export_lines(path)
     assert check_file(out).clean
 

@@ -24,6 +24,9 @@ class Usage:
     children: int
     description: str
     pinned_by_younger: bool     # a descendant used more recently keeps it (keepDuration pins ancestors)
+    mutable: bool = False       # buildctl's Mutable: the snapshot is not committed
+    reclaimable: bool | None = True    # buildctl's Reclaimable (= not in use); None: a running daemon decides
+    shared: bool | None = False        # buildctl's Shared (only Docker sets it: layers of its images); None: unknown
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -51,7 +54,13 @@ def kind_of(rec: Record) -> str:
     return "layer" if v.get("cache.parent") else "base"
 
 
-def usage(store: MetadataStore) -> list[Usage]:
+def usage(store: MetadataStore, *, daemon_running: bool = False, docker: bool = False) -> list[Usage]:
+    """One row per record, as `buildctl du -v` lists them. What is only known to a running daemon is said
+    as far as the files allow: with buildkitd stopped no record is in use (nothing holds a reference across
+    a restart), so every record is reclaimable; while it runs that is unknown. Shared is set only by Docker
+    (records whose layers its images use), which the BuildKit files do not record: unknown under Docker,
+    false for buildkitd. A size not recorded yet is taken from the record's equalMutable partner, as
+    BuildKit's DiskUsage does."""
     recs = store.records
     children: dict[str, list[str]] = {}
     for rid, rec in recs.items():
@@ -73,20 +82,48 @@ def usage(store: MetadataStore) -> list[Usage]:
             todo.extend(children.get(c, []))
         newest[rid] = best
     out = []
+    def known_size(v):
+        size = v.get("snapshot.size")
+        return size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None
+
     for rid, rec in recs.items():
         v = rec.values
-        size = v.get("snapshot.size")
+        size = known_size(v)
+        partner = recs.get(v.get("cache.equalMutable") or "")
+        if size is None and partner is not None:
+            size = known_size(partner.values)
         last = _time(v.get("cache.lastUsedAt"))
         own = _nanos(v.get("cache.lastUsedAt")) or _nanos(v.get("cache.createdAt"))
         out.append(Usage(
             id=rid, kind=kind_of(rec), record_type=v.get("cache.recordType") or "regular",
-            size=size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None,
+            size=size,
             created=_time(v.get("cache.createdAt")), last_used=last,
             usage_count=v.get("cache.usageCount") if isinstance(v.get("cache.usageCount"), int) else 0,
             parents=rec.parents(), children=len(children.get(rid, [])),
             description=str(v.get("cache.description") or ""),
-            pinned_by_younger=bool(own and newest[rid] and newest[rid] > own)))
+            pinned_by_younger=bool(own and newest[rid] and newest[rid] > own),
+            mutable=v.get("snapshot.committed") is not True,
+            reclaimable=None if daemon_running else True,
+            shared=None if docker else False))
     return out
+
+
+@dataclass
+class Totals:
+    """The summary `buildctl du` prints: Shared and Private (when anything is shared), Reclaimable, Total;
+    sizes not recorded count as 0, as there."""
+    records: int
+    total: int
+    reclaimable: int | None     # None: unknown (buildkitd running)
+    shared: int | None          # None: unknown (Docker)
+    unknown_sizes: int
+
+
+def totals(rows: list[Usage]) -> Totals:
+    total = sum(r.size or 0 for r in rows)
+    reclaimable = None if any(r.reclaimable is None for r in rows) else sum(r.size or 0 for r in rows if r.reclaimable)
+    shared = None if any(r.shared is None for r in rows) else sum(r.size or 0 for r in rows if r.shared)
+    return Totals(len(rows), total, reclaimable, shared, sum(r.size is None for r in rows))
 
 
 def explain(rows: list[Usage], bolt_bytes: int = 0, bak_bytes: int = 0) -> list[str]:
@@ -107,7 +144,8 @@ def explain(rows: list[Usage], bolt_bytes: int = 0, bak_bytes: int = 0) -> list[
                    "them as long as that descendant")
     unknown = [r for r in rows if r.size is None]
     if unknown:
-        out.append(f"{len(unknown)} record(s) have no recorded size: du shows them as 0 until computed")
+        out.append(f"{len(unknown)} record(s) have no recorded size (buildkitd computes it from the snapshot the next "
+                   "time `buildctl du` asks): counted as 0 here")
     if bolt_bytes:
         out.append(f"{bolt_bytes} bytes of bolt files are never counted by du and never shrink after a prune "
                    "(`boltkit compact` gives the space back)")

@@ -151,6 +151,32 @@ class GraphSummary:
     depth: int                             # longest root-to-key chain (cycles condensed)
     paths: list[tuple[str, int]]           # top N by distinct root-to-key paths
     max_paths: int
+    total_paths: int = 0                   # sum over keys of their root-to-key paths
+
+    @property
+    def export_risk(self) -> "ExportRisk":
+        return ExportRisk(self.total_paths, len(self.cycles))
+
+
+# From this many root-to-key paths (summed over keys) a pre-v0.25 cache export is slow: its loop removal
+# (checkLoops/removeLoops) is a depth-first walk whose visited set is per path, so it takes one step per
+# path, and a step is map work on strings; a million steps is seconds of CPU per export, and every extra
+# level of shared keys multiplies the count (reference/buildkit-stores.md §2, #2296, #6008).
+PATH_RISK_THRESHOLD = 1_000_000
+
+
+@dataclass
+class ExportRisk:
+    """What the graph's shape costs a cache export: ``paths`` steps for a pre-v0.25 exporter (v0.25 walks
+    the tree in order instead, #6129), and cycles, which broke exports before v0.9 and trip v0.25's
+    consistency check."""
+    paths: int
+    cycles: int
+    threshold: int = PATH_RISK_THRESHOLD
+
+    @property
+    def high(self) -> bool:
+        return self.paths >= self.threshold or self.cycles > 0
 
 
 def summarize(links: dict[str, list[str]], with_results: Iterable[str], top: int = 10) -> GraphSummary:
@@ -207,7 +233,7 @@ def summarize_arrays(src: np.ndarray, tgt: np.ndarray, is_node: np.ndarray, has_
         cycles=sorted(sorted(name(k) for k in c) for c in cyc),
         fan_out=_top(n_links, has_links & (n_links > 0), name, top), fan_in=_top(n_parents, n_parents > 0, name, top),
         depth=int(depth[nodes].max()) if nodes.size else 0, paths=_top(key_paths, is_node, name, top),
-        max_paths=int(max(key_paths[nodes], default=0)))
+        max_paths=int(max(key_paths[nodes], default=0)), total_paths=int(sum(key_paths[nodes].tolist())))
 
 
 def _top(values: np.ndarray, mask: np.ndarray, name, top: int) -> list[tuple[str, int]]:
@@ -220,26 +246,139 @@ def _top(values: np.ndarray, mask: np.ndarray, name, top: int) -> list[tuple[str
     return sorted(((name(k), int(values[k])) for k in idx[approx >= cut]), key=lambda x: (-x[1], x[0]))[:top]
 
 
-def to_dot(links: dict[str, list[str]], with_results: set[str], marked: dict[str, str]) -> str:
-    """Graphviz: keys with results filled, cycle members and problem keys in red with the problem code."""
+def neighbourhood(links: dict[str, list[str]], key: str, radius: int = 2) -> dict[str, list[str]]:
+    """The links within ``radius`` steps of ``key``, up (its parents, theirs, ...) and down (its targets, ...)."""
+    parents: dict[str, list[str]] = {}
+    for src, targets in links.items():
+        for t in targets:
+            parents.setdefault(t, []).append(src)
+    keep = {key}
+    for step in (lambda k: links.get(k, ()), lambda k: parents.get(k, ())):
+        frontier = {key}
+        for _ in range(radius):
+            frontier = {n for k in frontier for n in step(k)} - keep
+            keep |= frontier
+    return {src: [t for t in links.get(src, ()) if t in keep] for src in sorted(keep) if src in links or src == key}
+
+
+@dataclass
+class Condensed:
+    """A graph of groups of keys: ``members[g]`` the keys of group ``g``, ``links[g]`` the groups it links to."""
+    members: dict[str, list[str]]
+    links: dict[str, list[str]]
+
+
+def condense(links: dict[str, list[str]], keep: Iterable[str] = (), by_step: dict[str, str] | None = None) -> Condensed:
+    """A picture-sized version of the key graph, every key in exactly one group:
+    each cycle becomes one group; keys with the same parents and the same targets (the hundreds of root
+    keys of one context that all link to one key) become one group; a chain of keys that each have one
+    parent and one target becomes one group. Repeated until nothing merges. Keys in
+    ``keep`` (problem keys) stay groups of their own. With ``by_step`` (key -> build step), keys of the same
+    step start in one group: one box per Dockerfile step however many builds recorded it."""
+    keep = set(keep)
+    nodes = sorted(set(links) | {t for ts in links.values() for t in ts})
+    group = {k: k for k in nodes}
+    if by_step:
+        first: dict[str, str] = {}
+        for k in nodes:
+            step = by_step.get(k)
+            if step is not None and k not in keep:
+                group[k] = first.setdefault(step, k)
+    for c in components(links):
+        if len(c) > 1:
+            head = min(c)
+            for k in c:
+                group[k] = head
+
+    def graph():
+        out: dict[str, set[str]] = {g: set() for g in set(group.values())}
+        for src, targets in links.items():
+            for t in targets:
+                a, b = group[src], group[t]
+                if a != b:
+                    out[a].add(b)
+        return out
+
+    for _ in range(20):
+        g_links = graph()
+        parents: dict[str, set[str]] = {g: set() for g in g_links}
+        for a, bs in g_links.items():
+            for b in bs:
+                parents[b].add(a)
+        merge: dict[str, str] = {}
+        twins: dict[tuple, list[str]] = {}
+        for g in g_links:
+            if g not in keep:
+                twins.setdefault((frozenset(parents[g]), frozenset(g_links[g])), []).append(g)
+        for same in twins.values():
+            if len(same) > 1:
+                head = min(same)
+                merge.update((g, head) for g in same)
+        if not merge:
+            def passing(g):
+                return g not in keep and len(parents[g]) == 1 and len(g_links[g]) == 1
+            for g in sorted(g_links):
+                if not passing(g):
+                    continue
+                (p,) = parents[g]
+                if passing(p) and p not in merge and g not in merge.values():
+                    merge[g] = p
+        if not merge:
+            break
+        for k, g in group.items():
+            group[k] = merge.get(g, g)
+        # a chain merged into a twin's head, or the reverse: follow merges to their end
+        for k in group:
+            g = group[k]
+            while merge.get(g, g) != g:
+                g = merge[g]
+            group[k] = g
+    members: dict[str, list[str]] = {}
+    for k in nodes:
+        members.setdefault(group[k], []).append(k)
+    return Condensed(members, {g: sorted(ts) for g, ts in graph().items()})
+
+
+def to_dot(links: dict[str, list[str]], with_results: set[str], marked: dict[str, str],
+           steps: dict[str, str] | None = None, condensed: Condensed | None = None, focus: str | None = None) -> str:
+    """Graphviz: keys with results filled, cycle members and problem keys in red with the problem code,
+    each key labelled with its short id and the build step it stands for. With ``condensed``, one box per
+    group ("N keys"); ``focus`` (one key's neighbourhood) is drawn bold."""
+    steps = steps or {}
     in_cycle = {k for c in cycles(links) for k in c}
 
     def q(s: str) -> str:
-        return '"' + s.replace('"', '\\"') + '"'
+        return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    def short(text: str, n: int = 40) -> str:
+        return text if len(text) <= n else text[:n - 1] + "…"
     lines = ["digraph cache {", "  rankdir=LR;", '  node [shape=box, fontname="monospace", fontsize=9];']
-    nodes = set(links) | {t for ts in links.values() for t in ts}
-    for k in sorted(nodes):
+    if condensed is None:
+        nodes = sorted(set(links) | {t for ts in links.values() for t in ts})
+        condensed = Condensed({k: [k] for k in nodes}, {k: sorted(set(links.get(k, ()))) for k in nodes})
+        edge_list = [(src, t) for src in sorted(links) for t in links[src]]
+    else:
+        edge_list = [(g, t) for g in sorted(condensed.links) for t in condensed.links[g]]
+    for g in sorted(condensed.members):
+        ks = condensed.members[g]
         attrs = []
-        if k in with_results:
+        if any(k in with_results for k in ks):
             attrs.append('style=filled, fillcolor="#d8f0d8"')
-        if k in marked or k in in_cycle:
-            attrs.append('color=red, fontcolor=red')
-        label = k[:19] + ("\\n" + marked[k] if k in marked else "")
-        attrs.append(f"label={q(label)}")
-        lines.append(f"  {q(k)} [{', '.join(attrs)}];")
-    for src in sorted(links):
-        for t in links[src]:
-            extra = " [color=red]" if src in in_cycle and t in in_cycle else ""
-            lines.append(f"  {q(src)} -> {q(t)}{extra};")
+        codes = sorted({marked[k] for k in ks if k in marked})
+        if codes or any(k in in_cycle for k in ks):
+            attrs.append("color=red, fontcolor=red")
+        if focus in ks:
+            attrs.append("penwidth=3")
+        label = [short(g, 19) if len(ks) == 1 else f"{len(ks)} keys ({'cycle' if g in in_cycle else short(g, 12)}…)"]
+        step = next((steps[k] for k in ks if k in steps), None)
+        if step:
+            label.append(short(step))
+        if codes:
+            label.append(" ".join(codes))
+        attrs.append("label=" + '"' + "\\n".join(q(x)[1:-1] for x in label) + '"')
+        lines.append(f"  {q(g)} [{', '.join(attrs)}];")
+    for src, t in edge_list:
+        extra = " [color=red]" if src in in_cycle and t in in_cycle else ""
+        lines.append(f"  {q(src)} -> {q(t)}{extra};")
     lines.append("}")
     return "\n".join(lines) + "\n"

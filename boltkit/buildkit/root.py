@@ -36,12 +36,57 @@ class Root:
     workers: list[Worker] = field(default_factory=list)
     lock: Path | None = None
     backups: list[Path] = field(default_factory=list)   # *.bak files SafeOpen left behind
+    docker_root: Path | None = None    # the Docker data root given, whose buildkit/ directory this is
+    skipped: list[Path] = field(default_factory=list)   # bolt-looking files (*.db) that are none of the stores
+
+
+# Docker's own directories that hold no BuildKit store and can hold millions of files (layers, containers)
+_DOCKER_BULK = {"overlay2", "vfs", "btrfs", "zfs", "aufs", "fuse-overlayfs", "containers", "image", "tmp",
+                "plugins", "runtimes"}
+_SCAN_DEPTH = 3
 
 
 def discover(root: str | os.PathLike) -> Root:
+    """The stores under ``root``. A Docker data root (``/var/lib/docker``: no store of its own, a ``buildkit/``
+    directory that has them) means its ``buildkit/`` directory; what else looks like a bolt file and is no
+    store is listed in ``skipped``, so a report can say what it did not look at."""
     base = Path(root)
     if not base.is_dir():
         raise FileNotFoundError(f"{root}: not a directory")
+    inner = base / "buildkit"
+    if not _holds_stores(base) and inner.is_dir() and _holds_stores(inner):
+        found = _discover(inner)
+        found.docker_root = base
+        found.skipped = sorted(set(_bolt_files(base, skip={inner} | {base / d for d in _DOCKER_BULK}))
+                               | set(found.skipped))
+        return found
+    return _discover(base)
+
+
+def _holds_stores(d: Path) -> bool:
+    return any((d / n).is_file() for n in DAEMON_STORES + ("metadata_v2.db",))
+
+
+def _bolt_files(base: Path, skip: set[Path]) -> list[Path]:
+    """*.db files down to a few levels below ``base``, outside ``skip`` (bounded: never a walk of layers)."""
+    out, todo = [], [(base, 0)]
+    while todo:
+        d, depth = todo.pop()
+        try:
+            entries = list(os.scandir(d))
+        except OSError:
+            continue
+        for e in entries:
+            p = Path(e.path)
+            if e.is_dir(follow_symlinks=False):
+                if depth + 1 < _SCAN_DEPTH and p not in skip:
+                    todo.append((p, depth + 1))
+            elif e.name.endswith(".db") and e.is_file(follow_symlinks=False):
+                out.append(p)
+    return out
+
+
+def _discover(base: Path) -> Root:
     found = Root(base)
     lock = base / "buildkitd.lock"
     found.lock = lock if lock.exists() else None
@@ -62,4 +107,6 @@ def discover(root: str | os.PathLike) -> Root:
                 kind = "snapshots" if name.startswith("snapshots/") else name
                 found.stores.append(Store(p, kind, d.name))
     found.backups = sorted(p for p in base.rglob("*.bak") if p.is_file())
+    taken = {s.path for s in found.stores}
+    found.skipped = sorted(p for p in _bolt_files(base, skip=set()) if p not in taken)
     return found

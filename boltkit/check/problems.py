@@ -8,6 +8,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from ..textform import encode_bytes, encode_path, show_bytes
+
 
 class Severity(str, enum.Enum):
     ERROR = "error"
@@ -50,7 +52,7 @@ CATALOGUE: dict[str, tuple[Severity, str]] = {
     "B037": (Severity.ERROR, "the root bucket holds a plain key (only buckets are allowed there)"),
     "B038": (Severity.WARNING, "leaf element flags carry unknown bits"),
     "B039": (Severity.WARNING, "inline bucket holds a sub-bucket (bbolt never writes this)"),
-    "B040": (Severity.WARNING, "page neither reachable nor free (bbolt: unreachable unfreed)"),
+    "B040": (Severity.ERROR, "page neither reachable nor free (bbolt: unreachable unfreed, one of its errors)"),
     "B050": (Severity.INFO, "revert candidate: what the other meta's tree looks like"),
     # BuildKit cache.db (reference/buildkit-stores.md §1.5, §1.6)
     "C1": (Severity.INFO, "top-level buckets: one missing, or one BuildKit does not use"),
@@ -132,12 +134,13 @@ class Problem:
         loc = self.location()
         return f"{self.code} {self.severity.value}: " + (f"{loc}: " if loc else "") + self.message
 
-    def as_dict(self) -> dict:
+    def as_dict(self, encoding: str = "auto") -> dict:
+        """The `problem` record of docs/json.md: path a list and key a value in ``encoding``."""
         return {
-            "code": self.code, "severity": self.severity.value, "file": self.file, "page": self.pgid,
-            "offset": self.offset,
-            "path": None if self.path is None else [_show(p) for p in self.path],
-            "key": None if self.key is None else _show(self.key),
+            "type": "problem", "code": self.code, "severity": self.severity.value, "file": self.file,
+            "page": self.pgid, "offset": self.offset,
+            "path": None if self.path is None else encode_path(self.path, encoding),
+            "key": None if self.key is None else encode_bytes(self.key, encoding),
             "message": self.message, "details": self.details,
         }
 
@@ -262,11 +265,4 @@ def adder(out: list, file: str | None):
     return add
 
 
-def _show(b: bytes) -> str:
-    try:
-        s = b.decode("utf-8")
-        if s.isprintable():
-            return s
-    except UnicodeDecodeError:
-        pass
-    return "0x" + b.hex()
+_show = show_bytes

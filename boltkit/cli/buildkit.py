@@ -9,6 +9,7 @@ from ..repair.replace import report_beside
 from .app import destinations, failure, main, output_file
 from .check import FsckCommand, run_checks
 from .live import settled_reads
+from .output import wide_option
 
 
 @main.group()
@@ -72,30 +73,48 @@ def buildkit_check(files, max_errors, snapshot, as_json):
 @buildkit.command()
 @click.argument("file", type=click.Path(readable=False))
 @click.option("--top", type=click.IntRange(1), default=10, show_default=True, help="How many keys in each top list.")
-@click.option("--dot", "dot_path", type=click.Path(readable=False), default=None,
+@click.option("--key", "focus", default=None, help="Show one key's neighbourhood: its parents and targets, "
+              "--radius links away (and draw only that).")
+@click.option("--radius", type=click.IntRange(1), default=2, show_default=True, help="How far --key looks.")
+@click.option("--metadata", "metadata_dbs", multiple=True, type=click.Path(),
+              help="A worker's metadata_v2.db, to name the build step each key's results stand for (found by "
+                   "itself when FILE sits in a BuildKit root).")
+@click.option("--view", type=click.Choice(["auto", "full", "steps", "condensed"]), default="auto", show_default=True,
+              help="What --dot/--svg/--png draw: every key; one box per build step; or cycles, keys with the same "
+                   "parents and targets, and plain chains merged. auto: full up to 200 keys, else steps (condensed "
+                   "when no step is known).")
+@click.option("--dot", "dot_path", type=click.Path(), default=None,
               help="Write the graph as Graphviz to this file (problem keys and cycles in red).")
 @click.option("--svg", "svg_path", type=click.Path(readable=False), default=None,
               help="Render it to SVG with Graphviz's `dot` program (must be installed).")
+@click.option("--png", "png_path", type=click.Path(), default=None,
+              help="Render it to PNG with Graphviz's `dot` program (must be installed).")
 @click.option("--snapshot", is_flag=True, help="Copy the file first (buildkitd running).")
-@click.option("--json", "as_json", is_flag=True, help="The summary as one JSON object.")
+@click.option("--json", "as_json", is_flag=True, help="The summary as one JSON record (with --key: the key's).")
 @settled_reads
-def graph(file, top, dot_path, svg_path, snapshot, as_json):
-    """The cache-key graph of a cache.db: size, roots, cycles, fan-out/fan-in, depth and path counts.
+@wide_option
+def graph(file, top, focus, radius, metadata_dbs, view, dot_path, svg_path, png_path, snapshot, as_json):
+    """The cache-key graph of a cache.db: size, roots, cycles, fan-out/fan-in, depth and path counts, with
+    the build step each key stands for and what the graph's shape costs a cache export.
 
-    The number of distinct root-to-key paths is what made cache export before BuildKit v0.25
-    exponential ("preparing build cache for export" hanging); cycles broke exports before v0.9.
+    The number of root-to-key paths is what a cache export before BuildKit v0.25 walks one by one
+    (its loop removal keeps a visited set per path), so from about a million of them an export spends
+    seconds to hours in "preparing build cache for export"; v0.25 walks the keys in order instead.
+    Cycles broke exports before v0.9 and trip v0.25's consistency check.
+
+    \b
+    Examples:
+      boltkit buildkit graph /var/lib/buildkit/cache.db
+      boltkit buildkit graph --key 07kqnj6no2r1s1p9ndwpo1qr8 --png key.png cache.db
+      boltkit buildkit graph --view steps --svg steps.svg /var/lib/buildkit/cache.db
     """
-    import shutil
-    import subprocess
-
     from ..buildkit.cachecheck import check_cache_columns
     from ..buildkit.cachecolumns import load_cache_columns
-    from ..buildkit.graph import to_dot
     from .app import opened
     from .inspect import report_damage
     from ..buildkit.kinds import require_store
-    from .output import emit_json, emit_table
-    destinations(dot_path, svg_path, replace=True)
+    from .output import echo_wrapped, emit_json, emit_table
+    destinations(dot_path, svg_path, png_path, replace=True)
     with opened(file, None, snapshot) as db:
         require_store(db, "cache.db")
         damage: list = []
@@ -106,37 +125,136 @@ def graph(file, top, dot_path, svg_path, snapshot, as_json):
     for p in problems:
         if p.key is not None and p.code in ("D1", "D2", "C12", "C15"):
             marked.setdefault(p.key.decode("utf-8", "replace"), p.code)
-    if dot_path or svg_path:
-        store = cols.to_store()
-        text = to_dot(store.edges(), store.with_results(), marked)
-        if dot_path:
-            with output_file(dot_path) as f:
-                f.write(text)
-        if svg_path:
-            dot = shutil.which("dot")
-            if dot is None:
-                raise click.ClickException("--svg needs Graphviz's `dot` program (apt-get install graphviz); "
-                                           "use --dot to write the graph and render it elsewhere")
-            done = subprocess.run([dot, "-Tsvg", "-o", svg_path], input=text.encode(), capture_output=True)
-            if done.returncode:
-                raise click.ClickException(f"`dot` could not render {svg_path}: "
-                                           + done.stderr.decode(errors="replace").strip()[-500:])
+    store = cols.to_store()
+    steps = _steps(file, store, metadata_dbs)
+    links = store.edges()
+    if focus is not None and focus not in links and not any(focus in ts for ts in links.values()):
+        raise click.ClickException(f"{focus}: no such key in {file}'s link graph")
+    if dot_path or svg_path or png_path:
+        _draw(links, store.with_results(), marked, steps, focus, radius, view, dot_path, svg_path, png_path)
+    risk = s.export_risk
+    if focus is not None:
+        _show_key(focus, links, store, steps, marked, as_json)
+        report_damage(damage, "graph")
+        return
+    shown = {k for rows in (s.fan_out, s.fan_in, s.paths) for k, _ in rows} | {k for c in s.cycles for k in c}
     if as_json:
-        emit_json({"nodes": s.nodes, "edges": s.edges, "roots": len(s.roots), "with_results": s.with_results,
-                   "depth": s.depth, "max_paths": s.max_paths, "cycles": s.cycles,
-                   "fan_out": s.fan_out, "fan_in": s.fan_in, "paths": s.paths, "problems": marked,
+        emit_json({"type": "graph", "file": file, "keys": s.nodes, "links": s.edges, "roots": len(s.roots),
+                   "with_results": s.with_results, "depth": s.depth, "max_paths": s.max_paths,
+                   "total_paths": s.total_paths, "cycles": s.cycles, "fan_out": s.fan_out, "fan_in": s.fan_in,
+                   "paths": s.paths, "problems": marked, "steps": {k: steps[k] for k in sorted(shown) if k in steps},
+                   "risk": {"level": "high" if risk.high else "low", "paths": risk.paths,
+                            "threshold": risk.threshold, "cycles": risk.cycles},
                    "damage": [str(e) for e in damage]})
         return
-    click.echo(f"keys: {s.nodes}, links: {s.edges}, roots: {len(s.roots)}, keys with results: {s.with_results}, "
-               f"depth: {s.depth}, most root-to-key paths: {s.max_paths}")
+    echo_wrapped(f"keys: {s.nodes}, links: {s.edges}, roots: {len(s.roots)}, keys with results: {s.with_results}, "
+                 f"depth: {s.depth}, most root-to-key paths: {s.max_paths}")
+    echo_wrapped(_risk_line(risk))
     click.echo(f"cycles and self-loops: {len(s.cycles)}")
     for c in s.cycles[:top]:
         click.echo("  " + " -> ".join(c))
-    for title, rows in (("fan-out (links from the key)", s.fan_out), ("fan-in (parents of the key)", s.fan_in),
-                        ("root-to-key paths", s.paths)):
-        click.echo()
-        emit_table(rows, ["key", title])
+    for title, what, rows in (("fan-out: keys with the most links", "links", s.fan_out),
+                              ("fan-in: keys with the most parents", "parents", s.fan_in),
+                              ("keys with the most root-to-key paths", "paths", s.paths)):
+        click.echo(f"\n{title}")
+        emit_table([[k, n, steps.get(k, "")] for k, n in rows], ["key", what, "build step"], shrink=[0, 2])
+    if not steps and s.with_results:
+        click.echo("\n(build steps unknown: give --metadata runc-*/metadata_v2.db to name them)")
     report_damage(damage, "graph")
+
+
+def _risk_line(risk) -> str:
+    """The export risk in words: the count, the threshold, and why it is one."""
+    head = (f"export risk: {'HIGH' if risk.high else 'low'}: {risk.paths:,} root-to-key paths in all "
+            f"(high from {risk.threshold:,}")
+    if risk.cycles:
+        return head + f"; and {risk.cycles} cycle(s), which broke exports before v0.9 and fail v0.25's " \
+                      "consistency check)"
+    return head + ": a pre-v0.25 cache export walks every path once, so from there it spends seconds to hours " \
+                  "in 'preparing build cache for export'; v0.25 and later walk keys, not paths)"
+
+
+def _steps(file, store, metadata_dbs) -> dict:
+    """key -> build step, from the metadata_v2.db files given or, when FILE sits in a root, its workers'."""
+    import os
+
+    from ..buildkit.metadata import load_metadata_store
+    from ..buildkit.root import discover
+    from ..buildkit.steps import step_descriptions
+    from ..storage import Database
+    stores = {}
+    paths = [(None, p) for p in metadata_dbs]
+    if not paths:
+        try:
+            found = discover(os.path.dirname(os.path.abspath(file)))
+        except (FileNotFoundError, OSError):
+            found = None
+        if found is not None:
+            ids = {w.dir.name: w.worker_id for w in found.workers}
+            paths = [(ids.get(st.worker), st.path) for st in found.stores if st.kind == "metadata_v2.db"]
+    for worker, p in paths:
+        try:
+            with Database(str(p)) as mdb:
+                stores[worker] = load_metadata_store(mdb, on_damage=lambda e: None)
+        except BoltkitError as e:
+            from .output import warn
+            warn(f"{p}: cannot name build steps from it: {e}")
+    if not stores:
+        return {}
+    return step_descriptions(((k, r.result_id) for k, rs in store.results.items() for r in rs), stores)
+
+
+def _show_key(focus, links, store, steps, marked, as_json) -> None:
+    from .output import emit_json, emit_table
+    parents = sorted({src for src, ts in links.items() if focus in ts})
+    targets = sorted(set(links.get(focus, ())))
+    results = [r.result_id for r in store.results.get(focus, [])]
+    if as_json:
+        emit_json({"type": "graph-key", "key": focus, "step": steps.get(focus), "problem": marked.get(focus),
+                   "results": results, "parents": [{"key": k, "step": steps.get(k)} for k in parents],
+                   "targets": [{"key": k, "step": steps.get(k)} for k in targets]})
+        return
+    click.echo(f"key {focus}" + (f": {steps[focus]}" if focus in steps else "")
+               + (f" [{marked[focus]}]" if focus in marked else ""))
+    click.echo(f"{len(results)} result(s), {len(parents)} parent(s), {len(targets)} target(s)")
+    for title, ks in (("parents (keys that link to it)", parents), ("targets (keys it links to)", targets)):
+        if ks:
+            click.echo()
+            emit_table([[k, steps.get(k, ""), marked.get(k, "")] for k in ks], [title, "build step", "problem"],
+                       shrink=[0, 1])
+
+
+def _draw(links, with_results, marked, steps, focus, radius, view, dot_path, svg_path, png_path) -> None:
+    """Write the DOT, and render SVG/PNG through Graphviz when it is installed (it is optional)."""
+    import shutil
+    import subprocess
+
+    from ..buildkit.graph import condense, neighbourhood, to_dot
+    from .output import note
+    if focus is not None:
+        links = neighbourhood(links, focus, radius)
+    n = len(set(links) | {t for ts in links.values() for t in ts})
+    if view == "auto":
+        view = "full" if n <= 200 else "steps" if steps else "condensed"
+    grouped = None
+    if view in ("steps", "condensed"):
+        grouped = condense(links, keep=set(marked) | ({focus} if focus else set()),
+                           by_step=steps if view == "steps" else None)
+        note(f"drawing {len(grouped.members)} group(s) for {n} key(s) ({view} view)")
+    text = to_dot(links, with_results, marked, steps, grouped, focus)
+    if dot_path:
+        with output_file(dot_path) as f:
+            f.write(text)
+    for fmt, out in (("svg", svg_path), ("png", png_path)):
+        if not out:
+            continue
+        dot = shutil.which("dot")
+        if dot is None:
+            raise click.ClickException(f"--{fmt} needs Graphviz's `dot` program (apt-get install graphviz); "
+                                       "use --dot to write the graph and render it elsewhere")
+        proc = subprocess.run([dot, f"-T{fmt}", "-o", out], input=text.encode(), capture_output=True)
+        if proc.returncode != 0:
+            raise click.ClickException(f"dot failed to render {out}: {proc.stderr.decode(errors='replace')[-500:]}")
 
 
 def _root_or_exit(root):
@@ -148,28 +266,43 @@ def _root_or_exit(root):
     if not found.stores:
         raise click.ClickException(f"{root}: no BuildKit stores found (expected cache.db, a worker directory with "
                                    "metadata_v2.db, ...)")
+    from .output import note
+    if found.docker_root is not None:
+        note(f"{root} is a Docker data root: reading its BuildKit stores in {found.path}")
+    if found.skipped:
+        base = found.docker_root or found.path
+        names = [str(p.relative_to(base)) for p in found.skipped]
+        note(f"skipped {len(names)} file(s) that are not BuildKit stores: " + ", ".join(names[:8])
+             + (f", ... ({len(names) - 8} more)" if len(names) > 8 else ""))
     return found
 
 
 @buildkit.command("ls")
 @click.argument("root", type=click.Path(readable=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per store.")
+@wide_option
 def ls(root, as_json):
     """The bolt stores under a BuildKit root: kind, worker, sizes, txid, last modified.
 
     ROOT is buildkitd's --root (/var/lib/buildkit, ~/.local/share/buildkit for rootless, a buildx
-    state volume) or Docker's <data-root>/buildkit.
+    state volume) or Docker's <data-root>/buildkit (given /var/lib/docker, its buildkit/ directory is
+    read and the other bolt files found are named as skipped).
+
+    \b
+    Examples:
+      boltkit buildkit ls /var/lib/buildkit
+      boltkit buildkit ls --json /var/lib/docker | jq -r .file
     """
     import datetime
     import os
 
     from ..storage import Database
-    from .output import emit_json, emit_table
+    from .output import emit_json, emit_table, human_size
     found = _root_or_exit(root)
     rows = []
     for s in found.stores:
         st = os.stat(s.path)
-        rec = {"store": str(s.path.relative_to(found.path)), "kind": s.kind, "worker": s.worker,
+        rec = {"type": "store", "file": str(s.path), "store": str(s.path.relative_to(found.path)), "kind": s.kind, "worker": s.worker,
                "worker_id": next((w.worker_id for w in found.workers if w.dir.name == s.worker), None),
                "size": st.st_size,
                "modified": datetime.datetime.fromtimestamp(st.st_mtime, datetime.timezone.utc).isoformat(
@@ -184,10 +317,10 @@ def ls(root, as_json):
             emit_json(rec)
         else:
             used = "unreadable" if rec["error"] else f"{100.0 * rec['used'] / rec['size']:.0f}%"
-            rows.append([rec["store"], s.kind, rec["worker_id"] or "", rec["size"], used,
-                         rec["txid"] if rec["txid"] is not None else "", rec["modified"]])
+            rows.append([rec["store"], s.kind, rec["worker_id"] or "", human_size(rec["size"]), used,
+                         rec["txid"] if rec["txid"] is not None else "", rec["modified"][:16].replace("T", " ")])
     if not as_json:
-        emit_table(rows, ["store", "kind", "worker id", "bytes", "used", "txid", "modified (UTC)"])
+        emit_table(rows, ["store", "kind", "worker id", "size", "used", "txid", "modified (UTC)"], shrink=[0, 2])
         if found.backups:
             click.echo(f"\n{len(found.backups)} .bak file(s) left by SafeOpen resets: "
                        + ", ".join(str(p.relative_to(found.path)) for p in found.backups))
@@ -208,6 +341,7 @@ def ls(root, as_json):
 @click.option("--list", "listing", is_flag=True, help="Every change the start makes, not only the counts.")
 @click.option("--json", "as_json", is_flag=True,
               help="Problems, one summary per store, the start's changes and notes, then one prediction record.")
+@wide_option
 def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, as_json):
     """Before restarting buildkitd: check every store under ROOT and say exactly what the daemon will do.
 
@@ -272,7 +406,8 @@ def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, 
         status = "unreadable" if not rep.readable else ("ok" if rep.clean else "problems")
         codes = ", ".join(f"{c} x{n}" for c, n in sorted(rep.counts().items()))
         if as_json:
-            emit_json({"store": rel, "summary": True, "status": status, "problems": counts, "codes": rep.counts()})
+            emit_json({"type": "summary", "file": path, "store": rel, "status": status, "problems": counts,
+                       "codes": rep.counts()})
         rows.append([rel, status, counts["error"], counts["warning"], codes])
     for p in result.cross[:max_errors]:
         if as_json:
@@ -295,7 +430,7 @@ def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, 
         emit_json(rec)
     else:
         click.echo()
-        emit_table(rows, ["store", "status", "errors", "warnings", "codes"])
+        emit_table(rows, ["store", "status", "errors", "warnings", "codes"], shrink=[0, 4])
         click.echo("\nAt its next start: ", nl=False)
         echo_plan(plan, listing=listing)
     raise SystemExit(code)
@@ -315,6 +450,7 @@ def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, 
               help="Also drop derived keys that no chain of links from a root key reaches (C14), with their "
                    "results: BuildKit can never hit them, but its own rule keeps them.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per change, then a summary.")
+@wide_option
 def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, as_json):
     """Remove dangling links, ghost keys and stale index entries from a cache.db (dry run by default).
 
@@ -349,13 +485,14 @@ def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, as_
     changes = plan.changes
     if as_json:
         for c in changes:
-            emit_json(c.as_dict())
+            emit_json(dict(type="change", **c.as_dict()))
     else:
-        emit_table([[c.code, c.action, c.bucket, c.key[:90]] for c in changes], ["code", "action", "bucket", "key"])
+        emit_table([[c.code, c.action, c.bucket, c.key] for c in changes], ["code", "action", "bucket", "key"],
+                   shrink=[2, 3])
     counts: dict[str, int] = {}
     for c in changes:
         counts[c.action] = counts.get(c.action, 0) + 1
-    summary = {"file": file, "changes": len(changes), "actions": counts, "applied": False, "backup": None}
+    summary = {"type": "plan", "file": file, "changes": len(changes), "actions": counts, "applied": False, "backup": None}
     if changes and apply_:
         try:
             summary["backup"] = apply_prune(plan)     # which writes the report beside the backup
@@ -380,8 +517,15 @@ def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, as_
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per build.")
 @click.option("--snapshot", is_flag=True, help="Copy the file first (buildkitd running).")
 @settled_reads
+@wide_option
 def history(file, as_json, snapshot):
-    """Build records of a history.db: ref, created, duration, steps (cached/completed/total), pinned, error."""
+    """Build records of a history.db: ref, created, duration, steps (cached/completed/total), pinned, error.
+
+    \b
+    Examples:
+      boltkit buildkit history /var/lib/buildkit/history.db
+      boltkit buildkit history --json history.db | jq -r 'select(.error) | .ref'
+    """
     import datetime
 
     from ..buildkit.history import load_history
@@ -396,18 +540,18 @@ def history(file, as_json, snapshot):
     rows = []
     for r in records:
         if as_json:
-            emit_json(r.as_dict())
+            emit_json(dict(type="build", **r.as_dict()))
             continue
         took = ""
         if r.created_at and r.completed_at:
             parse = datetime.datetime.fromisoformat
             secs = (parse(r.completed_at[:26].rstrip("Z")) - parse(r.created_at[:26].rstrip("Z"))).total_seconds()
             took = f"{secs:.1f}s"
-        rows.append([r.ref or r.key, (r.created_at or "")[:19], took,
+        rows.append([r.ref or r.key, (r.created_at or "")[:16].replace("T", " "), took,
                      f"{r.num_cached_steps}/{r.num_completed_steps}/{r.num_total_steps}", "yes" if r.pinned else "",
-                     (r.error or r.decode_error or "")[:60]])
+                     (r.error or r.decode_error or "")])
     if not as_json:
-        emit_table(rows, ["ref", "created (UTC)", "took", "cached/done/total", "pinned", "error"])
+        emit_table(rows, ["ref", "created (UTC)", "took", "cached/done/total", "pinned", "error"], shrink=[0, 5])
         click.echo(f"{len(records)} build record(s)")
     for e in damage:
         click.echo(f"damage: {e}", err=True)
@@ -420,29 +564,44 @@ def history(file, as_json, snapshot):
                                                          "frontend, source.local, source.git.checkout, exec.cachemount).")
 @click.option("--older-than", default=None, help="Only records last used (or created) longer ago than this: 48h, 7d, 30m.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per cache record, then the totals.")
+@wide_option
 def du(target, sort, record_type, older_than, as_json):
     """Disk usage of cache records, offline (like `buildctl du -v`), from a root or a metadata_v2.db.
 
-    Lists id, kind, type, size, created, last used, usage count, parents and description, then the
-    totals and the reasons space will not be reclaimed that the files show (parents pinned by
-    descendants, types skipped by default prunes, bolt and .bak files du never counts).
+    Lists id, kind, type, mutable, reclaimable, shared, size, created, last used, usage count, parents and
+    description, then buildctl's totals (Shared and Private when anything is shared, Reclaimable, Total)
+    and the reasons space will not be reclaimed that the files show (parents pinned by descendants, types
+    skipped by default prunes, bolt and .bak files du never counts).
+
+    "In use" lives only in a running daemon: with buildkitd stopped nothing is in use, so every record is
+    reclaimable; while it runs (its lock is held) Reclaimable is unknown ("?"). Shared is only ever set by
+    Docker (layers of its images): unknown in a Docker data root, no elsewhere.
+
+    \b
+    Examples:
+      boltkit buildkit du /var/lib/buildkit                   biggest records first
+      boltkit buildkit du --sort last-used --older-than 7d /var/lib/buildkit
+      boltkit buildkit du --json /var/lib/buildkit | jq 'select(.type=="du-totals")'
     """
     import datetime
     import os
     import re
     from pathlib import Path
 
-    from ..buildkit.du import explain, usage
+    from ..buildkit.du import explain, totals, usage
+    from ..buildkit.fsck import daemon_holds_lock
     from ..buildkit.metadata import load_metadata_store
     from .app import opened
-    from .output import emit_json, emit_table
+    from .inspect import report_damage
+    from .output import echo_wrapped, emit_json, emit_table, human_size
     path = Path(target)
-    dbs, bolt_bytes, bak_bytes = [], 0, 0
+    dbs, bolt_bytes, bak_bytes, running, docker = [], 0, 0, False, False
     if path.is_dir():
         found = _root_or_exit(target)
         dbs = [s.path for s in found.stores if s.kind == "metadata_v2.db"]
         bolt_bytes = sum(os.path.getsize(s.path) for s in found.stores)
         bak_bytes = sum(os.path.getsize(p) for p in found.backups)
+        running, docker = daemon_holds_lock(found), found.docker_root is not None
     else:
         dbs = [path]
     rows = []
@@ -453,11 +612,11 @@ def du(target, sort, record_type, older_than, as_json):
         if not path.is_dir():
             with opened(str(p)) as db:
                 require_store(db, "metadata_v2.db")
-                rows += usage(load_metadata_store(db, on_damage=damage.append))
+                rows += usage(load_metadata_store(db, on_damage=damage.append), daemon_running=running, docker=docker)
             continue
         try:        # a root: one unreadable store is reported and skipped, the others are still counted
             with opened(str(p)) as db:
-                rows += usage(load_metadata_store(db, on_damage=damage.append))
+                rows += usage(load_metadata_store(db, on_damage=damage.append), daemon_running=running, docker=docker)
         except BoltkitError as e:
             unreadable.append(f"{e} (its records are not counted)")
     if unreadable and len(unreadable) == len(dbs):
@@ -476,28 +635,46 @@ def du(target, sort, record_type, older_than, as_json):
         tzinfo=datetime.timezone.utc), "last-used": lambda r: r.last_used or r.created or datetime.datetime.min.replace(
         tzinfo=datetime.timezone.utc), "usage": lambda r: -r.usage_count}[sort]
     rows.sort(key=key)
-    total = sum(r.size or 0 for r in rows)
+    t = totals(rows)
     notes = explain(rows, bolt_bytes, bak_bytes)
     if as_json:
         for r in rows:
-            emit_json(r.as_dict())
-        emit_json({"records": len(rows), "total": total, "notes": notes})
-    else:
-        _du_table(rows, total, notes)
-    from .inspect import report_damage
-    report_damage(damage, "usage listing")
+            emit_json(dict(type="cache-record", **r.as_dict()))
+        emit_json({"type": "du-totals", "records": t.records, "total": t.total, "reclaimable": t.reclaimable,
+                   "shared": t.shared, "private": None if t.shared is None else t.total - t.shared,
+                   "unknown_sizes": t.unknown_sizes, "daemon_running": running, "notes": notes})
+        report_damage(damage, "usage listing")
+        return
 
-
-def _du_table(rows, total, notes) -> None:
-    from .output import emit_table
-    emit_table([[r.id, r.kind, r.record_type, "?" if r.size is None else r.size,
-                 r.created.strftime("%Y-%m-%d %H:%M") if r.created else "",
-                 r.last_used.strftime("%Y-%m-%d %H:%M") if r.last_used else "", r.usage_count, len(r.parents),
-                 r.description[:50]] for r in rows],
-               ["id", "kind", "type", "size", "created", "last used", "uses", "parents", "description"])
-    click.echo(f"\n{len(rows)} record(s), {total} bytes")
+    def yes(v):
+        return "?" if v is None else "yes" if v else "no"
+    from .output import wide_requested
+    when = "%Y-%m-%d %H:%M"
+    if wide_requested():
+        emit_table([[r.id, r.kind, r.record_type, yes(r.mutable), yes(r.reclaimable), yes(r.shared), human_size(r.size),
+                     r.created.strftime(when) if r.created else "", r.last_used.strftime(when) if r.last_used else "",
+                     r.usage_count, " ".join(r.parents), r.description] for r in rows],
+                   ["id", "kind", "type", "mutable", "reclaimable", "shared", "size", "created", "last used", "uses",
+                    "parents", "description"])
+    else:   # what fits 80 columns; shared only when it can be anything but "no" (Docker)
+        with_shared = any(r.shared is not False for r in rows)
+        emit_table([[r.id, human_size(r.size), yes(r.reclaimable)] + ([yes(r.shared)] if with_shared else [])
+                    + [yes(r.mutable), (r.last_used or r.created).strftime("%Y-%m-%d") if (r.last_used or r.created)
+                       else "", r.description] for r in rows],
+                   ["id", "size", "reclaimable"] + (["shared"] if with_shared else []) + ["mutable", "last used",
+                                                                                         "description"],
+                   shrink=[0, 6 if with_shared else 5])
+    click.echo()
+    if t.shared:
+        click.echo(f"Shared:       {human_size(t.shared)}")
+        click.echo(f"Private:      {human_size(t.total - t.shared)}")
+    click.echo(f"Reclaimable:  {'? (buildkitd is running: only it knows what is in use)' if t.reclaimable is None else human_size(t.reclaimable)}")
+    echo_wrapped(f"Total:        {human_size(t.total)} in {t.records} record(s)"
+                 + (f", {t.unknown_sizes} without a recorded size (counted as 0)" if t.unknown_sizes else ""),
+                 indent=" " * 14)
     for n in notes:
-        click.echo(f"  - {n}")
+        echo_wrapped(f"  - {n}", indent="    ")
+    report_damage(damage, "usage listing")
 
 
 @buildkit.command()
@@ -513,6 +690,7 @@ def _du_table(rows, total, notes) -> None:
               help="buildkitd.toml: its GC switch and history retention (BuildKit's defaults otherwise).")
 @click.option("--list", "listing", is_flag=True, help="Every change, not only the counts by kind.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per change, then a summary.")
+@wide_option
 def repair(root, apply_, start_only, prune_more, config_path, listing, as_json):
     """Repair a whole BuildKit root so buildkitd starts cleanly (dry run by default; stop buildkitd first).
 
@@ -550,7 +728,7 @@ def repair(root, apply_, start_only, prune_more, config_path, listing, as_json):
                     emit_json(dict(type="change", store=path, **c.as_dict()))
             elif extra:
                 emit_table([[str(__import__("pathlib").Path(p).relative_to(found.path)), c.code, c.action, c.bucket,
-                             c.key[:70]] for p, c in extra], ["store", "code", "action", "bucket", "key"])
+                             c.key] for p, c in extra], ["store", "code", "action", "bucket", "key"], shrink=[0, 3, 4])
                 click.echo()
             if apply_ and extra:
                 backups += apply_root(more)         # each store's report is written beside its backup
@@ -584,7 +762,7 @@ def repair(root, apply_, start_only, prune_more, config_path, listing, as_json):
         rep.close()
     total = len(changes) + len(extra)
     if as_json:
-        emit_json({"type": "summary", "root": str(found.path), "changes": total, "applied": bool(backups),
+        emit_json({"type": "plan", "root": str(found.path), "changes": total, "applied": bool(backups),
                    "backups": backups, "blocked": blocked,
                    "reports": [report_beside(b) for b in backups]})    # one per store, written as it was swapped
     elif blocked is not None:

@@ -63,8 +63,9 @@ def draw_map(path, meta, problems, map_path) -> None:
             damaged.setdefault(p.pgid, f"{p.code} {p.message}")
     with Database(path, meta=meta) as db:
         infos, _ = page_map(db)
+        file_pages = db.file_size // db.page_size
     with output_file(map_path) as f:
-        f.write(render(infos, damaged, f"{path}: {len(infos)} pages"))
+        f.write(render(infos, damaged, f"{path}: {len(infos)} pages", file_pages))
 
 
 def run_checks(files, as_json: bool, max_errors: int, make_report) -> None:
@@ -99,7 +100,9 @@ def run_checks(files, as_json: bool, max_errors: int, make_report) -> None:
                 click.echo(f"{path}: {p.line()}")
         counts = report.severity_counts()
         if as_json:
-            emit_json({"file": path, "summary": True, "readable": report.readable, "clean": report.clean,
+            state = "unreadable" if not report.readable else "ok" if report.clean else "problems"
+            emit_json({"type": "summary", "file": path, "status": state, "readable": report.readable,
+                       "clean": report.clean,
                        "meta": report.meta_index, "txid": report.txid, "page_size": report.page_size,
                        "hwm": report.hwm, "pages_reachable": report.pages_reachable, "buckets": report.buckets,
                        "inline_buckets": report.inline_buckets, "keys": report.keys,

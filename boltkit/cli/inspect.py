@@ -14,7 +14,7 @@ from ..storage.stats import gather_stats
 from .app import EXIT_UNREADABLE, DamageSkipped, destinations, main, opened, output_file
 from .live import settled_reads
 from .values import SMALL, plain_pieces, write_json_value, write_raw_value, write_text_value
-from .output import (ENCODINGS, emit_json, emit_table, encode_bytes, hex_option, json_option,
+from .output import (ENCODINGS, emit_json, emit_table, encode_bytes, encode_path, hex_option, json_option,
                      output_options, parse_name, read_options, show_bytes, show_path)
 
 file_argument = click.argument("file", type=click.Path(readable=False))
@@ -56,7 +56,7 @@ def info(file, meta, snapshot, as_json, table_fmt):
             fl_error = str(e)
         used = db.hwm * db.page_size
         result = {
-            "file": file, "file_size": db.file_size, "page_size": db.page_size, "hwm": db.hwm,
+            "type": "info", "file": file, "file_size": db.file_size, "page_size": db.page_size, "hwm": db.hwm,
             "used_size": used, "txid": db.meta.txid, "current_meta": db.meta.index, "reason": db.choice.reason,
             "root": db.meta.root, "freelist": fl_info if db.meta.has_freelist else "not stored (NoFreelistSync)",
             "freelist_error": fl_error,
@@ -89,7 +89,7 @@ def info(file, meta, snapshot, as_json, table_fmt):
             rows.append([i, m.txid, m.root, "-" if not m.has_freelist else m.freelist, m.pgid,
                          m.page_size, f"{m.checksum:016x}", state])
         click.echo()
-        emit_table(rows, ["meta", "txid", "root", "freelist", "hwm", "page size", "checksum", "state"], table_fmt)
+        emit_table(rows, ["meta", "txid", "root", "freelist", "hwm", "page size", "checksum", "state"], table_fmt, shrink=[7])
 
 
 @main.command()
@@ -97,15 +97,22 @@ def info(file, meta, snapshot, as_json, table_fmt):
 @read_options
 @click.option("--map", "map_path", type=click.Path(readable=False), default=None,
               help="Also draw the pages as an SVG, one coloured cell per page (open it in a browser).")
+@encoding_option
 @output_options
 @settled_reads
-def pages(file, meta, snapshot, map_path, as_json, table_fmt):
+def pages(file, meta, snapshot, map_path, encoding, as_json, table_fmt):
     """Every page below the high-water mark: type, items, overflow, owning bucket, free or pending.
 
     Types: meta, freelist, branch, leaf, overflow (continuation of the page in OF), free, pending
     (free, but the previous meta's tree still uses it), leaked (neither reachable nor free),
     beyond-eof (below the high-water mark, past the end of the file). Consecutive never-written
     (all-zero) pages and pages past the end are one row, `A-B` (in JSON: "run": the page count).
+
+    \b
+    Examples:
+      boltkit pages cache.db                       the table
+      boltkit pages --map pages.svg cache.db       and the whole file as a picture (ids, legend)
+      boltkit pages --json cache.db | jq -c 'select(.page_type == "leaked")'
     """
     destinations(map_path, replace=True)
     with opened(file, meta, snapshot) as db:
@@ -114,13 +121,12 @@ def pages(file, meta, snapshot, map_path, as_json, table_fmt):
             from .pagemap_svg import render
             with output_file(map_path) as f:
                 f.write(render(infos, {e.pgid: str(e) for e in errors if e.pgid is not None},
-                               f"{file}: {len(infos)} pages"))
+                               f"{file}: {len(infos)} pages", db.file_size // db.page_size))
         rows = []
         for p in infos:
             if as_json:
-                rec = {"id": p.pgid, "type": p.kind, "items": p.items, "overflow": p.overflow,
-                       "bucket": None if p.bucket is None else [encode_bytes(b, "auto") for b in p.bucket],
-                       "of": p.of}
+                rec = {"type": "page", "id": p.pgid, "page_type": p.kind, "items": p.items, "overflow": p.overflow,
+                       "path": None if p.bucket is None else encode_path(p.bucket, encoding), "of": p.of}
                 if p.run > 1:       # pages id .. id+run-1, all alike (never written, or past the end)
                     rec["run"] = p.run
                 emit_json(rec)
@@ -129,7 +135,7 @@ def pages(file, meta, snapshot, map_path, as_json, table_fmt):
                              "" if p.items is None else p.items, p.overflow or "",
                              "" if p.bucket is None else show_path(p.bucket), "" if p.of is None else p.of])
         if not as_json:
-            emit_table(rows, ["id", "type", "items", "overflow", "bucket", "of"], table_fmt)
+            emit_table(rows, ["id", "type", "items", "overflow", "bucket", "of"], table_fmt, shrink=[4])
         report_damage(errors, "listing")
 
 
@@ -152,8 +158,9 @@ def page(file, page_ids, meta, snapshot, hexdump, as_json):
             try:
                 rec = page_record(db, pgid)
             except CorruptionError as e:
-                rec = {"id": pgid, "error": str(e)}
+                rec = {"type": "page", "id": pgid, "error": str(e)}
                 missing += 1
+            lines = rec.pop("lines", [])
             if as_json:
                 if hexdump and "error" not in rec:
                     rec["hex"] = bytes(db.data[rec["offset"]:rec["offset"] + rec["size"]]).hex()
@@ -164,9 +171,9 @@ def page(file, page_ids, meta, snapshot, hexdump, as_json):
             if "error" in rec:
                 click.echo(f"Error: page {pgid}: {rec['error']}", err=True)
                 continue
-            click.echo(f"page {pgid}: {rec['type']}, {rec['count']} item(s), overflow {rec['overflow']}, "
+            click.echo(f"page {pgid}: {rec['page_type']}, {rec['items']} item(s), overflow {rec['overflow']}, "
                        f"header id {rec['header_id']}, offset {rec['offset']}, {rec['size']} bytes")
-            for line in rec.get("lines", []):
+            for line in lines:
                 click.echo("  " + line)
             if rec.get("element_error"):
                 click.echo(f"  damage: {rec['element_error']}")
@@ -177,10 +184,10 @@ def page(file, page_ids, meta, snapshot, hexdump, as_json):
 
 
 def page_record(db, pgid: int) -> dict:
-    """describe_page's view as a JSON record plus text lines."""
+    """describe_page's view as a `page` record (docs/json.md) plus its text lines under "lines"."""
     v = describe_page(db, pgid)
-    rec = {"id": v.pgid, "header_id": v.header_id, "type": PageFlag.name_of(v.flags), "flags": v.flags,
-           "count": v.count, "overflow": v.overflow, "offset": v.offset, "size": v.size}
+    rec = {"type": "page", "id": v.pgid, "header_id": v.header_id, "page_type": PageFlag.name_of(v.flags),
+           "flags": v.flags, "items": v.count, "overflow": v.overflow, "offset": v.offset, "size": v.size}
     lines: list[str] = []
     if v.meta is not None:
         rec["meta"] = v.meta.as_dict()
@@ -236,10 +243,17 @@ def bucket_path_argument(f):
 @bucket_path_argument
 @read_options
 @hex_option
+@encoding_option
 @output_options
 @settled_reads
-def buckets(file, path, meta, snapshot, as_hex, as_json, table_fmt):
-    """Buckets directly under PATH (top-level buckets when no PATH is given), with their key counts."""
+def buckets(file, path, meta, snapshot, as_hex, encoding, as_json, table_fmt):
+    """Buckets directly under PATH (top-level buckets when no PATH is given), with their key counts.
+
+    \b
+    Examples:
+      boltkit buckets cache.db                     _backlinks, _byresult, _links, _result
+      boltkit buckets cache.db _result             one bucket per cache key
+    """
     with opened(file, meta, snapshot) as db:
         parent = db.bucket([parse_name(p, as_hex) for p in path])
         rows = []
@@ -251,7 +265,7 @@ def buckets(file, path, meta, snapshot, as_hex, as_json, table_fmt):
             for it in db.tree.items(child):
                 subs += it.is_bucket
                 keys += not it.is_bucket
-            rec = {"name": encode_bytes(item.key, "auto"), "keys": keys, "buckets": subs,
+            rec = {"type": "bucket", "path": encode_path(child.path, encoding), "keys": keys, "buckets": subs,
                    "inline": child.inline, "root": child.root, "sequence": child.sequence}
             if as_json:
                 emit_json(rec)
@@ -259,7 +273,7 @@ def buckets(file, path, meta, snapshot, as_hex, as_json, table_fmt):
                 rows.append([show_bytes(item.key), keys, subs, "inline" if child.inline else f"page {child.root}",
                              child.sequence])
         if not as_json:
-            emit_table(rows, ["bucket", "keys", "buckets", "root", "sequence"], table_fmt)
+            emit_table(rows, ["bucket", "keys", "buckets", "root", "sequence"], table_fmt, shrink=[0])
 
 
 @main.command()
@@ -271,12 +285,19 @@ def buckets(file, path, meta, snapshot, as_hex, as_json, table_fmt):
 @json_option
 @settled_reads
 def keys(file, path, meta, snapshot, as_hex, encoding, as_json):
-    """Keys of the bucket at PATH, one per line (sub-bucket names end with /)."""
+    """Keys of the bucket at PATH, one per line (sub-bucket names end with /).
+
+    \b
+    Examples:
+      boltkit keys history.db _records
+      boltkit keys --hex cache.db 5f726573756c74   the bucket name given in hex
+    """
     with opened(file, meta, snapshot) as db:
         b = db.bucket([parse_name(p, as_hex) for p in path])
         for item in db.tree.items(b):
             if as_json:
-                emit_json({"key": encode_bytes(item.key, encoding), "bucket": item.is_bucket})
+                emit_json({"type": "key", "path": encode_path(b.path, encoding), "key": encode_bytes(item.key, encoding),
+                           "bucket": item.is_bucket})
             else:
                 text = item.key.hex() if encoding == "hex" else show_bytes(item.key)
                 click.echo(text + ("/" if item.is_bucket else ""))
@@ -292,7 +313,14 @@ def keys(file, path, meta, snapshot, as_hex, encoding, as_json):
 @json_option
 @settled_reads
 def get(file, path_and_key, meta, snapshot, as_hex, encoding, as_json):
-    """The value of KEY in the bucket at PATH."""
+    """The value of KEY in the bucket at PATH.
+
+    \b
+    Examples:
+      boltkit get metadata_v2.db _main <record id> cache.description
+      boltkit get -e raw history.db _records <ref> > record.pb      the bytes as stored
+      boltkit get --json -e hex history.db _version version          path, key and value in hex
+    """
     if len(path_and_key) < 2:
         raise click.UsageError("give a bucket path and a key: boltkit get FILE BUCKET [SUBBUCKET...] KEY")
     names = [parse_name(p, as_hex) for p in path_and_key]
@@ -301,8 +329,10 @@ def get(file, path_and_key, meta, snapshot, as_hex, encoding, as_json):
         data, start, end, release = db.data, item.value_start, item.value_end, db.source.release
         out = sys.stdout
         if as_json:
-            out.write('{"key":%s,"value":' % _encoder("auto")(names[-1]))
-            write_json_value(out.write, data, start, end, "hex" if encoding == "raw" else encoding, release)
+            enc = "hex" if encoding == "raw" else encoding
+            out.write('{"type":"pair","path":[%s],"key":%s,"value":'
+                      % (",".join(_encoder(enc)(x) for x in names[:-1]), _encoder(enc)(names[-1])))
+            write_json_value(out.write, data, start, end, enc, release)
             out.write("}\n")
         elif encoding == "raw":
             out.flush()
@@ -321,10 +351,17 @@ def get(file, path_and_key, meta, snapshot, as_hex, encoding, as_json):
 @file_argument
 @read_options
 @click.option("--max-depth", type=int, default=None, help="Show buckets down to this nesting level only.")
+@encoding_option
 @output_options
 @settled_reads
-def tree(file, meta, snapshot, max_depth, as_json, table_fmt):
-    """Nested buckets with their key counts, inline or paged."""
+def tree(file, meta, snapshot, max_depth, encoding, as_json, table_fmt):
+    """Nested buckets with their key counts, inline or paged; each level indented under its parent.
+
+    \b
+    Examples:
+      boltkit tree --max-depth 3 containerdmeta.db
+      boltkit tree --wide cache.db                 names whole, however wide the terminal
+    """
     with opened(file, meta, snapshot) as db:
         order: list = []
         counts: dict = {}
@@ -343,28 +380,34 @@ def tree(file, meta, snapshot, max_depth, as_json, table_fmt):
                 continue
             k, sub, b = counts[p]
             if as_json:
-                emit_json({"path": [encode_bytes(x, "auto") for x in p], "keys": k, "buckets": sub,
+                emit_json({"type": "bucket", "path": encode_path(p, encoding), "keys": k, "buckets": sub,
                            "inline": b.inline, "root": b.root, "sequence": b.sequence})
             else:
-                rows.append(["  " * (len(p) - 1) + show_bytes(p[-1], 72), k, sub,
+                rows.append(["  " * (len(p) - 1) + show_bytes(p[-1]), k, sub,
                              "inline" if b.inline else f"page {b.root}"])
         if not as_json:
-            emit_table(rows, ["bucket", "keys", "buckets", "root"], table_fmt)
+            emit_table(rows, ["bucket", "keys", "buckets", "root"], table_fmt, shrink=[0])
         report_damage(errors, "tree")
 
 
 @main.command()
 @file_argument
 @read_options
+@encoding_option
 @output_options
 @settled_reads
-def stats(file, meta, snapshot, as_json, table_fmt):
-    """Page counts, fill ratios, depth, inline vs paged buckets (like `bbolt stats`), per top-level bucket."""
+def stats(file, meta, snapshot, encoding, as_json, table_fmt):
+    """Page counts, fill ratios, depth, inline vs paged buckets (like `bbolt stats`), per top-level bucket.
+
+    The numbers mean what bbolt's BucketStats mean: keys counts sub-bucket entries too, and a bucket's
+    depth adds its deepest sub-bucket's depth to its own levels.
+    """
     with opened(file, meta, snapshot) as db:
         st = gather_stats(db)
         if as_json:
-            emit_json({"total": st.total.as_dict(),
-                       "buckets": {show_bytes(k): v.as_dict() for k, v in st.by_top_bucket.items()}})
+            emit_json(dict(type="stats", path=[], **st.total.as_dict()))
+            for k, v in st.by_top_bucket.items():
+                emit_json(dict(type="stats", path=encode_path([k], encoding), **v.as_dict()))
         else:
             t = st.total
 
@@ -388,11 +431,11 @@ def stats(file, meta, snapshot, as_json, table_fmt):
             click.echo(f"\tTotal number on inlined buckets: {t.inline_buckets} ({pct(t.inline_buckets, t.buckets)})")
             click.echo(f"\tBytes used for inlined buckets: {t.inline_inuse} ({pct(t.inline_inuse, t.leaf_inuse)})")
             click.echo()
-            rows = [[show_bytes(k, 40), s.keys, s.buckets, s.inline_buckets, s.branch_pages, s.leaf_pages,
+            rows = [[show_bytes(k), s.keys, s.buckets, s.inline_buckets, s.branch_pages, s.leaf_pages,
                      s.leaf_overflow, s.depth, pct(s.leaf_inuse, s.leaf_alloc)]
                     for k, s in st.by_top_bucket.items()]
             emit_table(rows, ["bucket", "keys", "buckets", "inline", "branch", "leaf", "overflow", "depth",
-                              "leaf fill"], table_fmt)
+                              "leaf fill"], table_fmt, shrink=[0])
         report_damage(st.errors, "statistics")
 
 
@@ -409,8 +452,10 @@ def export(file, path, meta, snapshot, as_hex, encoding, count_only):
     """Every bucket and pair under PATH (everything by default) as JSON lines, in bbolt cursor order.
 
     \b
-    {"kind":"bucket","path":[...],"sequence":N}      a bucket, before its contents
-    {"kind":"pair","path":[...],"key":K,"value":V}    a key/value pair of the bucket at path
+    {"type":"bucket","path":[...],"sequence":N}      a bucket, before its contents
+    {"type":"pair","path":[...],"key":K,"value":V}    a key/value pair of the bucket at path
+
+    The same records as `buckets --json` and `get --json` (docs/json.md).
 
     On a damaged file every intact part is exported; damaged subtrees are listed on stderr and the
     exit status is 1.
@@ -423,7 +468,7 @@ def export(file, path, meta, snapshot, as_hex, encoding, count_only):
                 raise click.UsageError("--count counts the whole file; drop the bucket path")
             counts = count_tree(db)
             errors.extend(p.line() for p in counts.damage)
-            emit_json({"buckets": counts.buckets, "pairs": counts.pairs, "bytes": counts.bytes})
+            emit_json({"type": "count", "buckets": counts.buckets, "pairs": counts.pairs, "bytes": counts.bytes})
         else:
             write = sys.stdout.write
             enc = _encoder(encoding)
@@ -436,14 +481,14 @@ def export(file, path, meta, snapshot, as_hex, encoding, count_only):
                         p = paths[parent.path] = ",".join(enc(x) for x in parent.path)
                     vs, ve = item.value_start, item.value_end
                     if ve - vs > SMALL:       # streamed: a huge value costs a chunk, not copies of itself
-                        write('{"kind":"pair","path":[%s],"key":%s,"value":' % (p, enc(item.key)))
+                        write('{"type":"pair","path":[%s],"key":%s,"value":' % (p, enc(item.key)))
                         write_json_value(write, data, vs, ve, encoding, db.source.release)
                         write("}\n")
                     else:
-                        write('{"kind":"pair","path":[%s],"key":%s,"value":%s}\n'
+                        write('{"type":"pair","path":[%s],"key":%s,"value":%s}\n'
                               % (p, enc(item.key), enc(data[vs:ve])))
                 else:
-                    write('{"kind":"bucket","path":[%s],"sequence":%d}\n'
+                    write('{"type":"bucket","path":[%s],"sequence":%d}\n'
                           % (",".join(enc(x) for x in child.path), child.sequence))
             sys.stdout.flush()
         report_damage(errors, "export")

@@ -1,47 +1,13 @@
 """Shared output machinery: byte encodings, tables, JSON, and the options every command takes."""
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import sys
 
 import click
 
-ENCODINGS = ("auto", "hex", "base64", "utf8")
-
-
-def is_printable_text(b: bytes) -> bool:
-    try:
-        s = b.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return s.isprintable()
-
-
-def encode_bytes(b: bytes, encoding: str):
-    """A JSON value for ``b``. ``auto`` keeps printable UTF-8 as text and marks anything else as hex."""
-    if encoding == "hex":
-        return b.hex()
-    if encoding == "base64":
-        return base64.b64encode(b).decode("ascii")
-    if encoding == "utf8":
-        return b.decode("utf-8", "backslashreplace")
-    return b.decode("utf-8") if is_printable_text(b) else {"hex": b.hex()}
-
-
-def show_bytes(b: bytes | None, limit: int | None = None) -> str:
-    """Human form for tables: text when printable, otherwise 0x-prefixed hex."""
-    if b is None:
-        return ""
-    s = b.decode("utf-8") if is_printable_text(b) else "0x" + b.hex()
-    if limit is not None and len(s) > limit:
-        s = s[:limit - 1] + "…"
-    return s
-
-
-def show_path(path) -> str:
-    return "/".join(show_bytes(p) for p in path) if path else "/"
+from ..textform import ENCODINGS, encode_bytes, encode_path, is_printable_text, show_bytes, show_path  # noqa: F401
 
 
 def parse_name(text: str, as_hex: bool) -> bytes:
@@ -57,14 +23,130 @@ def emit_json(obj) -> None:
     click.echo(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
 
 
-def emit_table(rows, headers, fmt: str = "simple") -> None:
-    from tabulate import tabulate   # imported when a table is printed: JSON and check runs start faster
-    if rows:
-        click.echo(tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True))
+def emit_table(rows, headers, fmt: str = "simple", wide: bool | None = None, shrink=None) -> None:
+    """Print a table that fits the terminal: cells of the widest columns are cut short with "…" until the
+    rows fit (``--wide`` or ``wide=True`` prints them whole). ``shrink`` names the columns (indices) to cut
+    first, the free text (descriptions, keys, paths); the others are cut only if that is not enough.
+    Leading spaces are kept, so indented names (the tree) keep showing their nesting."""
+    import tabulate as tabulate_module   # imported when a table is printed: JSON and check runs start faster
+    if not rows:
+        return
+    rows = [["" if c is None else str(c) for c in r] for r in rows]
+    if wide is None:
+        wide = wide_requested()
+    width = None if wide else terminal_width()
+    if width is not None:
+        rows = fit_columns(rows, [str(h) for h in headers], width, SEPARATOR_WIDTH.get(fmt, 3), shrink)
+    keep = tabulate_module.PRESERVE_WHITESPACE, tabulate_module.MIN_PADDING
+    # keep the tree's indentation; no extra padding around headers (columns are as wide as their cells)
+    tabulate_module.PRESERVE_WHITESPACE, tabulate_module.MIN_PADDING = True, 0
+    try:
+        try:     # tabulate 0.10 takes it as an argument; 0.9 reads the module global set above
+            text = tabulate_module.tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True,
+                                            preserve_whitespace=True)
+        except TypeError:
+            text = tabulate_module.tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
+        click.echo(text)
+    finally:
+        tabulate_module.PRESERVE_WHITESPACE, tabulate_module.MIN_PADDING = keep
+
+
+# columns of space a table format spends between two cells (simple and plain: two spaces; grid, github: " | ")
+SEPARATOR_WIDTH = {"simple": 2, "plain": 2}
+
+
+def terminal_width() -> int | None:
+    """The width tables must fit: $COLUMNS when set, else the terminal's; None when stdout is not a terminal
+    (a pipe or a file gets whole cells, as `ls` does)."""
+    import os
+    import shutil
+    env = os.environ.get("COLUMNS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size((80, 24)).columns
+    return None
+
+
+def fit_columns(rows: list[list[str]], headers: list[str], width: int, sep: int, shrink=None) -> list[list[str]]:
+    """Cut columns down to one cap, the largest that lets every row fit in ``width``: first only the
+    ``shrink`` columns, then all. No column goes below its header or 6 characters, so a table too wide
+    even then overflows instead of vanishing."""
+    n = len(headers)
+    natural = [max([len(headers[i])] + [len(r[i]) for r in rows]) for i in range(n)]
+    budget = width - sep * (n - 1) - (sep if sep > 2 else 0) * 2
+    if sum(natural) <= budget:
+        return rows
+    floor = [min(natural[i], max(len(headers[i]), 6)) for i in range(n)]
+    caps = list(natural)
+    for group in ([i for i in range(n) if i in set(shrink)] if shrink else [], list(range(n))):
+        if not group or sum(caps) <= budget:
+            continue
+        fixed = sum(caps[i] for i in range(n) if i not in group)
+
+        def used(cap, group=group):
+            return fixed + sum(max(floor[i], min(caps[i], cap)) for i in group)
+        lo, hi = 1, max(caps[i] for i in group)
+        while lo < hi:   # the largest cap that fits
+            mid = (lo + hi + 1) // 2
+            if used(mid) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        for i in group:
+            caps[i] = max(floor[i], min(caps[i], lo))
+    return [[truncate(c, caps[i]) for i, c in enumerate(r)] for r in rows]
+
+
+def truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:max(limit - 1, 0)] + "…"
+
+
+def wide_requested() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.meta.get("boltkit.wide"))
+
+
+def _set_wide(ctx, param, value):
+    if value:
+        ctx.meta["boltkit.wide"] = True
+
+
+def wide_option(f):
+    """--wide: tables print whole cells instead of fitting the terminal."""
+    return click.option("--wide", is_flag=True, expose_value=False, callback=_set_wide,
+                        help="Print table cells whole instead of cutting them to fit the terminal width.")(f)
+
+
+def human_size(n: int | None) -> str:
+    """Bytes as people read them, with binary units like `buildctl du` (1.5MiB, 512B); "?" when unknown."""
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{int(size)}{unit}" if unit == "B" else f"{size:.3g}{unit}" if size < 100 else f"{size:.0f}{unit}"
+        size /= 1024
+    return f"{n}B"
+
+
+def echo_wrapped(text: str, indent: str = "  ") -> None:
+    """A long line of prose, wrapped to the terminal width (continuation lines indented); whole when piped."""
+    import textwrap
+    width = None if wide_requested() else terminal_width()
+    if width is None or len(text) <= width:
+        click.echo(text)
+    else:
+        click.echo(textwrap.fill(text, width=max(width, 40), subsequent_indent=indent, break_on_hyphens=False))
 
 
 def warn(message: str) -> None:
     click.echo(f"warning: {message}", err=True)
+
+
+def note(message: str) -> None:
+    """What a command did not do or read differently than asked, on stderr (nothing wrong with the data)."""
+    click.echo(f"note: {message}", err=True)
 
 
 def json_option(f):
@@ -92,6 +174,7 @@ def hex_option(f):
 def output_options(f):
     @json_option
     @table_format_option
+    @wide_option
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         return f(*args, **kwargs)

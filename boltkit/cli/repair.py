@@ -8,7 +8,7 @@ import click
 from ..errors import BoltkitError
 from ..repair import compact as compact_file
 from .app import EXIT_DAMAGE, destinations, failure, main
-from .output import emit_json
+from .output import emit_json, human_size
 
 
 _snapshot = click.option("--snapshot", is_flag=True,
@@ -53,10 +53,15 @@ def compact(src, dst, page_size, fill_percent, no_freelist, meta, snapshot, as_j
         if bar is not None:
             bar.render_finish()
     if as_json:
-        emit_json({"src": src, "dst": dst, "src_size": result.src_size, "dst_size": result.dst_size,
-                   "gain": round(result.gain, 4), "buckets": result.buckets, "pairs": result.pairs})
+        emit_json({"type": "compact", "src": src, "dst": dst, "src_size": result.src_size, "dst_size": result.dst_size,
+                   "saved": result.saved, "mode": f"{result.mode:04o}", "buckets": result.buckets,
+                   "pairs": result.pairs})
     else:
-        click.echo(f"{result.src_size} -> {result.dst_size} bytes (gain={result.gain:.2f}x)")
+        share = 100.0 * result.saved / result.src_size if result.src_size else 0.0
+        change = (f"{human_size(result.saved)} smaller ({share:.1f}% given back)" if result.saved >= 0 else
+                  f"{human_size(-result.saved)} larger")
+        click.echo(f"{src} ({human_size(result.src_size)}) -> {dst} ({human_size(result.dst_size)}): {change}; "
+                   f"{result.buckets} buckets, {result.pairs} pairs, mode {result.mode:04o} like the source")
 
 
 @main.command()
@@ -113,7 +118,7 @@ def salvage(src, dst, in_place, report_path, no_lost_found, include_freed, snaps
         raise failure(e) from None
     report_path = result.report_path
     if as_json:
-        emit_json(result.report())
+        emit_json(dict(type="salvage", **result.report()))
     else:
         total = sum(result.pairs.values())
         click.echo(f"{src} -> {src if backup else result.dst}: {total} pairs in {result.buckets} buckets "

@@ -29,10 +29,16 @@ class CompactResult:
     dst_size: int
     buckets: int
     pairs: int
+    mode: int = 0o600          # permission bits of the new file: the source's
 
     @property
     def gain(self) -> float:
         return self.src_size / self.dst_size if self.dst_size else 0.0
+
+    @property
+    def saved(self) -> int:
+        """Bytes given back (negative when the copy is larger, e.g. a smaller fill percent)."""
+        return self.src_size - self.dst_size
 
 
 def _skip(node):
@@ -149,7 +155,10 @@ def _compact(src, path, dst, page_size, fill_percent, freelist, meta, progress) 
             copier = _Copier(db, writer, progress)
             copier.run()
             writer.close()
+            # the copy gets the source's permission bits, as `bbolt compact` opens it with the source's mode
+            mode = os.stat(src).st_mode & 0o7777
+            os.chmod(dst, mode)
         except BaseException:
             writer.abort()
             raise
-        return CompactResult(db.file_size, os.path.getsize(dst), copier.buckets, copier.pairs)
+        return CompactResult(db.file_size, os.path.getsize(dst), copier.buckets, copier.pairs, mode)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..errors import CorruptionError, NotFound, OpenError
+from ..textform import show_path
 from .freelist import Freelist, read_freelist
 from .meta import discover
 from .pages import Pager
@@ -109,7 +110,8 @@ class Database:
 
 
 def _show_path(path) -> str:
-    return "/".join(p.decode("utf-8", "backslashreplace") for p in path) or "/"
+    """Names in messages as everywhere else: text when printable, 0x… otherwise (never raw binary)."""
+    return show_path(path)
 
 
 __all__ = ["Database", "CorruptionError", "NotFound"]

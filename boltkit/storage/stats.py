@@ -16,7 +16,7 @@ class BucketStats:
     leaf_pages: int = 0
     leaf_overflow: int = 0
     keys: int = 0              # leaf elements, sub-bucket entries included (bbolt's KeyN)
-    depth: int = 0             # B+tree levels
+    depth: int = 0             # B+tree levels, a sub-bucket's depth added to its parent's (bbolt's Depth)
     branch_alloc: int = 0
     branch_inuse: int = 0
     leaf_alloc: int = 0
@@ -44,16 +44,22 @@ class DatabaseStats:
 
 
 def gather_stats(db: Database) -> DatabaseStats:
-    """Aggregate over every top-level bucket and its descendants, like `bbolt stats` with no prefix."""
+    """Aggregate over every top-level bucket and its descendants, like `bbolt stats` with no prefix.
+
+    Depth is bbolt's: a bucket's own B+tree levels plus the deepest of its sub-buckets' depths (found in
+    its paged leaves; bbolt does not look inside inline buckets), so a top-level bucket two levels deep
+    holding one-level buckets has depth 3; the total takes the deepest top-level bucket."""
     per_top: dict[bytes, BucketStats] = {}
     errors: list = []
     ps = db.page_size
+    own_depth: dict[tuple, int] = {}
+    children: dict[tuple, list] = {}
 
     def on_page(bucket: Bucket, node: Node, depth: int, elems: list) -> None:
         if not bucket.path:
             return
+        own_depth[bucket.path] = max(own_depth.get(bucket.path, 0), depth + 1)
         s = per_top.setdefault(bucket.path[0], BucketStats())
-        s.depth = max(s.depth, depth + 1)
         used = _used(node, elems)
         if node.inline:
             s.inline_inuse += used
@@ -70,6 +76,7 @@ def gather_stats(db: Database) -> DatabaseStats:
             s.branch_inuse += used
 
     root = db.root()
+    order: list[tuple] = []
     for parent, child, item in db.tree.walk(root, on_error=errors.append, on_page=on_page):
         if parent.path:
             per_top[parent.path[0]].keys += 1
@@ -78,6 +85,15 @@ def gather_stats(db: Database) -> DatabaseStats:
             s.buckets += 1
             if child.inline:
                 s.inline_buckets += 1
+            order.append(child.path)
+            if parent.path and not parent.inline:
+                children.setdefault(parent.path, []).append(child.path)
+    nested: dict[tuple, int] = {}
+    for path in reversed(order):   # children come after their parent in walk order
+        nested[path] = own_depth.get(path, 1) + max((nested[c] for c in children.get(path, ())), default=0)
+    for path in order:
+        if len(path) == 1:
+            per_top[path[0]].depth = nested[path]
     total = BucketStats()
     for s in per_top.values():
         total.add(s)

@@ -17,6 +17,7 @@
 //	mutate [-seed N] FILE
 //	check-freelist FILE
 //	live [-seed N] [-duration D] [-interval D] FILE
+//	stats FILE
 package main
 
 import (
@@ -52,6 +53,7 @@ const usage = `usage: oracle <subcommand> [flags] args
   mutate [-seed N] FILE
   check-freelist FILE
   live [-seed N] [-duration 10s] [-interval 0s] FILE
+  stats FILE
 `
 
 // childEnv marks the re-executed child of check, check-freelist and mutate.
@@ -98,6 +100,9 @@ func main() {
 	case "walk":
 		startWatchdog(os.Stderr)
 		code = cmdWalk(args)
+	case "stats":
+		startWatchdog(os.Stderr)
+		code = cmdStats(args)
 	case "compact":
 		code = cmdCompact(args)
 	case "live":
@@ -298,7 +303,7 @@ type dumper struct {
 
 func (d *dumper) bucketRecord(path []byte, seq uint64) {
 	b := d.buf[:0]
-	b = append(b, `{"kind":"bucket","path":`...)
+	b = append(b, `{"type":"bucket","path":`...)
 	b = append(b, path...)
 	b = append(b, `,"sequence":`...)
 	b = strconv.AppendUint(b, seq, 10)
@@ -309,7 +314,7 @@ func (d *dumper) bucketRecord(path []byte, seq uint64) {
 
 func (d *dumper) pairRecord(path, k, v []byte) {
 	b := d.buf[:0]
-	b = append(b, `{"kind":"pair","path":`...)
+	b = append(b, `{"type":"pair","path":`...)
 	b = append(b, path...)
 	b = append(b, `,"key":"`...)
 	b = appendHex(b, k)
@@ -493,6 +498,55 @@ func cmdWalk(args []string) (code int) {
 	}
 	fmt.Printf("{\"buckets\":%d,\"pairs\":%d,\"bytes\":%d,\"seconds\":%s,\"acc\":%d}\n",
 		wk.buckets, wk.pairs, wk.bytes, strconv.FormatFloat(secs, 'f', 6, 64), wk.acc)
+	return 0
+}
+
+// ---------------------------------------------------------------------------
+// stats
+
+// cmdStats prints bbolt's own BucketStats as JSON lines: one per top-level
+// bucket ({"bucket":"<hex name>",...}), then the total over all of them
+// ({"bucket":null,...}), summed with BucketStats.Add exactly as `bbolt stats`
+// does without a prefix.
+func cmdStats(args []string) (code int) {
+	fs := newFlags("stats", "FILE")
+	fs.Parse(args)
+	path := positional(fs, 1)[0]
+	defer recoverTo(os.Stderr, &code)
+
+	db, err := openReadOnly(path)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "error: %v\n", err)
+		return 1
+	}
+	defer db.Close()
+	line := func(name *string, s bolt.BucketStats) {
+		n := "null"
+		if name != nil {
+			n = strconv.Quote(*name)
+		}
+		fmt.Printf("{\"bucket\":%s,\"branch_pages\":%d,\"branch_overflow\":%d,\"leaf_pages\":%d,"+
+			"\"leaf_overflow\":%d,\"keys\":%d,\"depth\":%d,\"branch_alloc\":%d,\"branch_inuse\":%d,"+
+			"\"leaf_alloc\":%d,\"leaf_inuse\":%d,\"buckets\":%d,\"inline_buckets\":%d,\"inline_inuse\":%d}\n",
+			n, s.BranchPageN, s.BranchOverflowN, s.LeafPageN, s.LeafOverflowN, s.KeyN, s.Depth, s.BranchAlloc,
+			s.BranchInuse, s.LeafAlloc, s.LeafInuse, s.BucketN, s.InlineBucketN, s.InlineBucketInuse)
+	}
+	err = db.View(func(tx *bolt.Tx) error {
+		var total bolt.BucketStats
+		err := tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+			s := b.Stats()
+			total.Add(s)
+			h := hex.EncodeToString(name)
+			line(&h, s)
+			return nil
+		})
+		line(nil, total)
+		return err
+	})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "error: %v\n", err)
+		return 1
+	}
 	return 0
 }
 
