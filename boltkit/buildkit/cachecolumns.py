@@ -154,9 +154,10 @@ class CacheLeaves:
         return tuple(np.concatenate(x) for x in zip(*parts))
 
 
-def load_cache_columns(db: Database, on_damage=None) -> CacheColumns:
+def load_cache_columns(db: Database, on_damage=None, progress=None) -> CacheColumns:
     """Read a cache.db into columns with one bulk pass over its tree. Damage (each error the pass finds)
-    goes to ``on_damage`` as a CorruptionError, or is raised; the damaged parts are left out."""
+    goes to ``on_damage`` as a CorruptionError, or is raised; the damaged parts are left out.
+    ``progress(done, total)``: pages of the pass."""
     def emit(p):
         if p.severity is Severity.ERROR:
             e = CorruptionError(p.message, pgid=p.pgid, offset=p.offset, path=p.path)
@@ -167,7 +168,7 @@ def load_cache_columns(db: Database, on_damage=None) -> CacheColumns:
     leaves = CacheLeaves()
     n = db.pager.limit_pages
     TreeScan(db, db.meta, emit, quick=True, refs=np.zeros(n, np.uint8), freed=np.zeros(n, bool),
-             on_leaves=leaves).run()
+             on_leaves=leaves, progress=progress).run()
     return columns_from_leaves(leaves)
 
 
