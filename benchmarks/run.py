@@ -1,6 +1,7 @@
 """boltkit against Go bbolt (the project's oracle, Debian's bbolt 1.3.6) on the same files, in one run.
 
     python3 benchmarks/run.py [--quick | --tiny] [--repeat N] [--files a,b] [--only row,row] [--data DIR]
+                              [--oracle BINARY]
 
 Needs only `pip install -e .` and the Go toolchain (for the oracle, built on the fly); no pytest. Generates
 its files once with real bbolt (`oracle gen`) into --data (default benchmarks/data/, git-ignored):
@@ -190,10 +191,11 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma-separated subset of the rows (by name, e.g. 'check warm')")
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("BOLTKIT_BENCH_DATA", HERE / "data")),
                     help="where the generated files are kept (default benchmarks/data/, git-ignored)")
+    ap.add_argument("--oracle", type=Path, default=None, help="an oracle binary already built (default: build one)")
     args = ap.parse_args()
     data = args.data
     data.mkdir(parents=True, exist_ok=True)
-    oracle = build_oracle(data)
+    oracle = args.oracle or build_oracle(data)
     if oracle is None:
         raise SystemExit("needs the Go toolchain (apt-get install golang-go golang-github-coreos-bbolt-dev)")
     div = 1000 if args.tiny else 20 if args.quick else 1
