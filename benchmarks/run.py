@@ -192,6 +192,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("BOLTKIT_BENCH_DATA", HERE / "data")),
                     help="where the generated files are kept (default benchmarks/data/, git-ignored)")
     ap.add_argument("--oracle", type=Path, default=None, help="an oracle binary already built (default: build one)")
+    ap.add_argument("--results", type=Path, default=None, help="where to keep the figures (default DATA/results.json)")
     args = ap.parse_args()
     data = args.data
     data.mkdir(parents=True, exist_ok=True)
@@ -240,7 +241,7 @@ def main() -> None:
     minutes = (time.time() - started) / 60
     result = {"load_before": load_before, "load_after": load_after, "minutes": minutes, "repeat": args.repeat,
               "cpus": os.cpu_count(), "rows": rows_out}
-    (data / "results.json").write_text(json.dumps(result, indent=1))
+    (args.results or data / "results.json").write_text(json.dumps(result, indent=1))
     print(f"{os.cpu_count()} CPUs; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
           f"({minutes:.0f} minutes); median of {args.repeat}\n")
     print("| file | size | command | reference | boltkit s | ref s | time ratio | target | met | "
