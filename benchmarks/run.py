@@ -233,15 +233,14 @@ def main() -> None:
                    "rss_ratio": None if own else br / rr,
                    "time_target": row.time_target, "rss_target": row.rss_target}
             rows_out.append(rec)
+            save(args, data, rows_out, load_before, started)
             rss = "" if own else f" {br:5d} MiB vs {rr:5d} MiB  rss x{br / rr:.2f}"
             print(f"{fname:6} {row.name:28} {bt:7.2f}s vs {row.ref} {rt:7.2f}s  time x{bt / rt:.2f}{rss}",
                   file=sys.stderr)
         shutil.rmtree(scratch, ignore_errors=True)
     load_after = os.getloadavg()
     minutes = (time.time() - started) / 60
-    result = {"load_before": load_before, "load_after": load_after, "minutes": minutes, "repeat": args.repeat,
-              "cpus": os.cpu_count(), "rows": rows_out}
-    (args.results or data / "results.json").write_text(json.dumps(result, indent=1))
+    save(args, data, rows_out, load_before, started)
     print(f"{os.cpu_count()} CPUs; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
           f"({minutes:.0f} minutes); median of {args.repeat}\n")
     print("| file | size | command | reference | boltkit s | ref s | time ratio | target | met | "
@@ -264,6 +263,13 @@ def main() -> None:
         print("|---|---|---|---|---|")
         for name, small, large in growth:
             print(f"| {name} | {small} | {large} | {large / small:.2f} | {verdict(large / small, 2.0)} |")
+
+
+def save(args, data: Path, rows: list[dict], load_before, started: float) -> None:
+    """The figures so far (after every row: a long run that is stopped keeps what it measured)."""
+    result = {"load_before": load_before, "load_now": os.getloadavg(), "minutes": (time.time() - started) / 60,
+              "repeat": args.repeat, "cpus": os.cpu_count(), "rows": rows}
+    (args.results or data / "results.json").write_text(json.dumps(result, indent=1))
 
 
 def scaling(rows: list[dict]) -> list[tuple[str, int, int]]:
