@@ -68,7 +68,7 @@ ROWS = [
     Row("check warm", "check", "go check", 1.0, 1.0),
     Row("check cold", "check", "go check", 1.0, 1.0, cold=True),
     Row("traversal (export --count)", "export --count", "go walk", 1.5, 1.0),
-    Row("traversal, in-process", "in-process walk", "go walk, own seconds", 1.5, None),
+    Row("traversal (in-process)", "in-process walk", "go walk, own seconds", 1.5, None),
     Row("compact", "compact", "go compact", 1.0, 2.0),
     Row("salvage of the sound file", "salvage", "go compact", 1.0, 1.5),
     Row("buildkit check", "buildkit check", "check", 2.0, 1.5, buildkit_only=True),
@@ -189,6 +189,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--files", default=",".join(FILES), help=f"comma-separated subset of {','.join(FILES)}")
     ap.add_argument("--only", default=None, help="comma-separated subset of the rows (by name, e.g. 'check warm')")
+    ap.add_argument("--skip", default=None, help="comma-separated rows to leave out")
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("BOLTKIT_BENCH_DATA", HERE / "data")),
                     help="where the generated files are kept (default benchmarks/data/, git-ignored)")
     ap.add_argument("--oracle", type=Path, default=None, help="an oracle binary already built (default: build one)")
@@ -201,6 +202,7 @@ def main() -> None:
         raise SystemExit("needs the Go toolchain (apt-get install golang-go golang-github-coreos-bbolt-dev)")
     div = 1000 if args.tiny else 20 if args.quick else 1
     only = {s.strip() for s in args.only.split(",")} if args.only else None
+    skip = {s.strip() for s in args.skip.split(",")} if args.skip else set()
     rows_out = []
     load_before = os.getloadavg()
     started = time.time()
@@ -223,7 +225,7 @@ def main() -> None:
         cmds = commands(oracle, path, scratch)
         cache: dict = {}
         for row in ROWS:
-            if only and row.name not in only or row.buildkit_only and fname == "flat":
+            if only and row.name not in only or row.name in skip or row.buildkit_only and fname == "flat":
                 continue
             (bt, br), (rt, rr) = measure_pair(cmds, row.ours, row.ref, path, scratch, args.repeat, row.cold, cache)
             own = cmds[row.ours][2]       # in-process: seconds only, RSS is not the operation's
