@@ -1,7 +1,8 @@
 """boltkit against Go bbolt (the project's oracle, Debian's bbolt 1.3.6) on the same files, in one run.
 
     python3 benchmarks/run.py [--quick | --tiny] [--repeat N] [--files a,b] [--only row,row] [--data DIR]
-                              [--oracle BINARY]
+                              [--oracle BINARY] [--results FILE] [--skip row,row]
+    python3 benchmarks/run.py --render RESULTS...      # the tables of earlier runs, merged
 
 Needs only `pip install -e .` and the Go toolchain (for the oracle, built on the fly); no pytest. Generates
 its files once with real bbolt (`oracle gen`) into --data (default benchmarks/data/, git-ignored):
@@ -194,7 +195,12 @@ def main() -> None:
                     help="where the generated files are kept (default benchmarks/data/, git-ignored)")
     ap.add_argument("--oracle", type=Path, default=None, help="an oracle binary already built (default: build one)")
     ap.add_argument("--results", type=Path, default=None, help="where to keep the figures (default DATA/results.json)")
+    ap.add_argument("--render", type=Path, nargs="+", default=None, metavar="RESULTS",
+                    help="only print the tables of results files kept by earlier runs")
     args = ap.parse_args()
+    if args.render:
+        print(render([json.loads(p.read_text()) for p in args.render]))
+        return
     data = args.data
     data.mkdir(parents=True, exist_ok=True)
     oracle = args.oracle or build_oracle(data)
@@ -240,15 +246,22 @@ def main() -> None:
             print(f"{fname:6} {row.name:28} {bt:7.2f}s vs {row.ref} {rt:7.2f}s  time x{bt / rt:.2f}{rss}",
                   file=sys.stderr)
         shutil.rmtree(scratch, ignore_errors=True)
-    load_after = os.getloadavg()
-    minutes = (time.time() - started) / 60
     save(args, data, rows_out, load_before, started)
-    print(f"{os.cpu_count()} CPUs; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
-          f"({minutes:.0f} minutes); median of {args.repeat}\n")
-    print("| file | size | command | reference | boltkit s | ref s | time ratio | target | met | "
-          "boltkit MiB | ref MiB | RSS ratio | target | met |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows_out:
+    print(render([json.loads((args.results or data / "results.json").read_text())]))
+
+
+def render(results: list[dict]) -> str:
+    """The markdown tables of one or more runs (their load averages first)."""
+    out = []
+    for res in results:
+        before, now = res["load_before"][0], (res.get("load_now") or res.get("load_after"))[0]
+        files = ",".join(dict.fromkeys(r["file"] for r in res["rows"]))
+        out.append(f"* {files}: {res['cpus']} CPUs, load average {before:.1f} at the start, {now:.1f} at the end "
+                   f"({res['minutes']:.0f} minutes); median of {res['repeat']}")
+    rows = [r for res in results for r in res["rows"]]
+    out += ["", "| file | size | command | reference | boltkit s | ref s | time ratio | target | met | "
+            "boltkit MiB | ref MiB | RSS ratio | target | met |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
         t_target = f"≤ {r['time_target']}" if r["time_target"] is not None else "-"
         if r["rss_ratio"] is None:
             rss = "- | - | - | - | -"
@@ -256,15 +269,16 @@ def main() -> None:
             r_target = f"≤ {r['rss_target']}" if r["rss_target"] is not None else "-"
             rss = (f"{r['ours_mib']} | {r['ref_mib']} | {r['rss_ratio']:.2f} | {r_target} | "
                    f"{verdict(r['rss_ratio'], r['rss_target'])}")
-        print(f"| {r['label']} | {r['size_mb']} MB | {r['row']} | {r['ref']} | {r['ours_s']:.2f} | {r['ref_s']:.2f} | "
-              f"{r['time_ratio']:.2f} | {t_target} | {verdict(r['time_ratio'], r['time_target'])} | {rss} |")
-    growth = scaling(rows_out)
+        out.append(f"| {r['label']} | {r['size_mb']} MB | {r['row']} | {r['ref']} | {r['ours_s']:.2f} | "
+                   f"{r['ref_s']:.2f} | {r['time_ratio']:.2f} | {t_target} | "
+                   f"{verdict(r['time_ratio'], r['time_target'])} | {rss} |")
+    growth = scaling(rows)
     if growth:
-        print("\nPeak RSS of each command on the largest BuildKit-like file against the 265 MB one (target ≤ 2):\n")
-        print("| command | 265 MB MiB | large MiB | ratio | met |")
-        print("|---|---|---|---|---|")
-        for name, small, large in growth:
-            print(f"| {name} | {small} | {large} | {large / small:.2f} | {verdict(large / small, 2.0)} |")
+        out += ["", "Peak RSS of each command on the largest BuildKit-like file against the 265 MB one (target ≤ 2):",
+                "", "| command | 265 MB MiB | large MiB | ratio | met |", "|---|---|---|---|---|"]
+        out += [f"| {name} | {small} | {large} | {large / small:.2f} | {verdict(large / small, 2.0)} |"
+                for name, small, large in growth]
+    return "\n".join(out)
 
 
 def save(args, data: Path, rows: list[dict], load_before, started: float) -> None:
