@@ -161,10 +161,11 @@ def prepare_root(path: Path, scratch: Path) -> None:
 
 def measure_pair(cmds: dict, ours: str, ref: str, path: Path, scratch: Path, repeat: int, cold: bool,
                  cache: dict) -> tuple[tuple[float, int], tuple[float, int]]:
-    """Median seconds and max peak RSS of both sides, alternating run by run. A side already measured
-    the same way in this run (e.g. `check` as the reference of several rows) is reused."""
+    """Median seconds and max peak RSS of both sides, alternating run by run. Both are measured afresh for
+    every row (the reference of a later row may run under another load); only a row whose two sides were
+    both measured already (the same command against the same reference) is reused."""
     keys = [(ours, cold), (ref, cold)]
-    todo = [k for k in keys if k not in cache]
+    todo = keys if any(k not in cache for k in keys) else []
     samples: dict = {k: [] for k in todo}
     for _ in range(repeat):
         for k in todo:
