@@ -88,8 +88,9 @@ print(json.dumps({"seconds": time.perf_counter() - t}))
 """
 
 
-def run(cmd: list[str], ok: tuple[int, ...], seconds_from_stdout: bool = False) -> tuple[float, int]:
-    """(seconds, peak RSS in MiB) of one command: wall time, or the seconds it reports itself on stdout."""
+def run(cmd: list[str], ok: tuple[int, ...], seconds_from_stdout: bool = False) -> tuple[float, int, float]:
+    """(seconds, peak RSS in MiB, CPU seconds) of one command: wall time, or the seconds it reports itself
+    on stdout. CPU time (user + system, all threads) is the figure least moved by other loads."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out if seconds_from_stdout else subprocess.DEVNULL, stderr=err,
@@ -103,7 +104,7 @@ def run(cmd: list[str], ok: tuple[int, ...], seconds_from_stdout: bool = False) 
         if seconds_from_stdout:
             out.seek(0)
             wall = json.loads(out.read())["seconds"]
-    return wall, usage.ru_maxrss // 1024
+    return wall, usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime
 
 
 def evict(path: Path) -> None:
@@ -174,7 +175,8 @@ def measure_pair(cmds: dict, ours: str, ref: str, path: Path, scratch: Path, rep
             samples[k].append(run(argv, ok, own))
             clean_scratch(scratch)
     for k in todo:
-        cache[k] = (statistics.median(s for s, _ in samples[k]), max(r for _, r in samples[k]))
+        cache[k] = (statistics.median(s for s, _, _ in samples[k]), max(r for _, r, _ in samples[k]),
+                    statistics.median(c for _, _, c in samples[k]))
     return cache[keys[0]], cache[keys[1]]
 
 
@@ -234,13 +236,15 @@ def main() -> None:
         for row in ROWS:
             if only and row.name not in only or row.name in skip or row.buildkit_only and fname == "flat":
                 continue
-            (bt, br), (rt, rr) = measure_pair(cmds, row.ours, row.ref, path, scratch, args.repeat, row.cold, cache)
+            (bt, br, bc), (rt, rr, rc) = measure_pair(cmds, row.ours, row.ref, path, scratch, args.repeat, row.cold,
+                                                      cache)
             own = cmds[row.ours][2]       # in-process: seconds only, RSS is not the operation's
             rec = {"file": fname, "label": label, "size_mb": round(size / 1e6), "row": row.name, "ours": row.ours,
                    "ref": row.ref, "ours_s": bt, "ref_s": rt, "time_ratio": bt / rt,
                    "ours_mib": None if own else br, "ref_mib": None if own else rr,
                    "rss_ratio": None if own else br / rr,
-                   "time_target": row.time_target, "rss_target": row.rss_target}
+                   "time_target": row.time_target, "rss_target": row.rss_target,
+                   "ours_cpu": None if own else bc, "ref_cpu": None if own else rc}
             rows_out.append(rec)
             save(args, data, rows_out, load_before, started)
             rss = "" if own else f" {br:5d} MiB vs {rr:5d} MiB  rss x{br / rr:.2f}"
@@ -261,7 +265,8 @@ def render(results: list[dict]) -> str:
                    f"({res['minutes']:.0f} minutes); median of {res['repeat']}")
     rows = [r for res in results for r in res["rows"]]
     out += ["", "| file | size | command | reference | boltkit s | ref s | time ratio | target | met | "
-            "boltkit MiB | ref MiB | RSS ratio | target | met |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "boltkit MiB | ref MiB | RSS ratio | target | met | CPU s ratio |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t_target = f"≤ {r['time_target']}" if r["time_target"] is not None else "-"
         if r["rss_ratio"] is None:
@@ -272,7 +277,7 @@ def render(results: list[dict]) -> str:
                    f"{verdict(r['rss_ratio'], r['rss_target'])}")
         out.append(f"| {r['label']} | {r['size_mb']} MB | {r['row']} | {r['ref']} | {r['ours_s']:.2f} | "
                    f"{r['ref_s']:.2f} | {r['time_ratio']:.2f} | {t_target} | "
-                   f"{verdict(r['time_ratio'], r['time_target'])} | {rss} |")
+                   f"{verdict(r['time_ratio'], r['time_target'])} | {rss} | {cpu_ratio(r)} |")
     growth = scaling(rows)
     if growth:
         out += ["", "Peak RSS of each command on the largest BuildKit-like file against the 265 MB one (target ≤ 2):",
@@ -280,6 +285,12 @@ def render(results: list[dict]) -> str:
         out += [f"| {name} | {small} | {large} | {large / small:.2f} | {verdict(large / small, 2.0)} |"
                 for name, small, large in growth]
     return "\n".join(out)
+
+
+def cpu_ratio(r: dict) -> str:
+    if not r.get("ours_cpu") or not r.get("ref_cpu"):
+        return "-"
+    return f"{r['ours_cpu']:.1f} / {r['ref_cpu']:.1f} = {r['ours_cpu'] / r['ref_cpu']:.2f}"
 
 
 def save(args, data: Path, rows: list[dict], load_before, started: float) -> None:
