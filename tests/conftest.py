@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from testdata.oracle import build_oracle
+
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("BOLTKIT_CORPUS", ROOT.parent / "shared" / "corpus"))
-ORACLE_SRC = ROOT / "tests" / "oracle"
 EXAMPLE = ROOT / "examples" / "cache.db"
 
 
@@ -54,17 +54,6 @@ class Oracle:
         except subprocess.TimeoutExpired:
             return -1, "timeout"
         return proc.returncode, (proc.stdout + proc.stderr).decode(errors="replace")
-
-
-def build_oracle(dest: Path) -> Path | None:
-    go = shutil.which("go")
-    if go is None:
-        return None
-    binary = dest / "oracle"
-    env = dict(os.environ, GO111MODULE="off", GOPATH="/usr/share/gocode", GOCACHE=str(dest / "gocache"),
-               GOFLAGS="")
-    subprocess.run([go, "build", "-o", str(binary), "."], check=True, env=env, cwd=ORACLE_SRC)
-    return binary
 
 
 @pytest.fixture(scope="session")

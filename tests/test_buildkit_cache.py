@@ -146,6 +146,38 @@ def test_non_canonical_link_json_is_a_poison_key(tmp_path):
     assert codes_of(tmp_path, t)["C9"] == 1
 
 
+def spelled_out(i: int, o: int, d: str, s: str, fields: str = "IODS") -> bytes:
+    """A CacheInfoLink written with the fields of ``fields`` always present, zero values included."""
+    parts = {"I": '"Input":%d' % i, "O": '"Output":%d' % o, "D": '"Digest":"%s"' % d, "S": '"Selector":"%s"' % s}
+    return ("{" + ",".join(parts[f] for f in fields) + "}").encode()
+
+
+def test_spelled_out_link_keys_are_poison_keys_in_bulk_and_canonical_neighbours_are_not(tmp_path):
+    """Keys of one length where spelled-out and canonical ones share a layout: every spelled-out one is a
+    C9, no canonical one is, and each still links to its target (the array pass says what the plain one says)."""
+    t = clean_tree()
+    links = lb(t, b"_links", GRAND)
+    spelled, canonical = set(), set()
+    for n in range(60):
+        tgt = f"t{n:024d}"
+        t[b"_backlinks"].children.setdefault(tgt.encode(), Bucket()).children[GRAND.encode()] = b""
+        i, o = n % 3, (n // 3) % 2
+        sel = S if n % 5 == 0 else ""
+        for fields in ("IODS", "IOD", "OD", "ID", "DS"):
+            key = spelled_out(i, o, D, sel, fields) + b"@" + tgt.encode()
+            info = CacheInfoLink(i * ("I" in fields), o * ("O" in fields), D, sel * ("S" in fields))
+            (canonical if key == info.encode() + b"@" + tgt.encode() else spelled).add(key)
+            links.children[key] = b""
+    path = write_store(tmp_path / "cache.db", t)
+    with Database(path) as db:
+        problems = check_cache_db(db, str(path))
+        assert problem_rows(problems) == problem_rows(check_cache_store(load_plainly(db), str(path)))
+        same_store(load_cache_store(db), load_plainly(db))
+    poison = {p.key for p in problems if p.code == "C9"}
+    assert spelled <= poison and not poison & canonical and len(canonical) >= 20
+    assert not [p for p in problems if p.code in ("D1", "D3", "D4")]
+
+
 def test_link_keys_round_trip_like_go():
     info = CacheInfoLink(1, 2, "sha256:" + "0" * 64, "sha256:" + "f" * 64)
     key = info.encode() + b"@k3m"
@@ -339,6 +371,8 @@ _LINK_KEYS = st.one_of(
     st.builds(lambda t, j: j + b"@" + t.encode(), _IDS,
               st.sampled_from([b'{"Input":01}', b'{"Digest": "x"}', b"{}", b'{"Output":1,"Input":1}', b"not json",
                                b'{"Input":-1}', b'{"Input":1}@x', b""])),
+    st.builds(lambda t, i, o, d, s, f: spelled_out(i, o, d, s, f) + b"@" + t.encode(), _IDS, st.integers(0, 12),
+              st.integers(0, 3), _DIGESTS, _DIGESTS, st.sampled_from(["IODS", "IO", "IS", "DS", "OD", "I", "S"])),
     st.binary(max_size=40))
 _RESULT_IDS = st.sampled_from([f"{WORKER}::ref1", f"{WORKER}::ref2", "noseparator", "a::b::c", f"{WORKER}::"])
 _RESULT_VALUES = st.one_of(st.builds(result_value, _RESULT_IDS), st.sampled_from([b"{not json", b"[]", b'{"ID":1}',

@@ -16,7 +16,7 @@ from ..check.problems import Problem, Problems, ProblemTable, adder
 from ..storage import Database
 from ..check.strings import Names, by_length
 from .cachecolumns import CacheColumns, load_cache_columns
-from .cachedb import TOP_BUCKETS, split_result_id
+from .cachedb import NOT_CANONICAL, TOP_BUCKETS, split_result_id
 from .graph import cycles_of_arrays, live_mask, pair_codes, sorted_unique
 
 _DERIVED = np.zeros(256, bool)                      # the 25 characters of identity.NewID: [0-9a-z]
@@ -90,6 +90,8 @@ def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
     for i, ln in sorted(c.link_errors.items()):
         code = "C17" if ("negative" in ln.error or "not a digest" in ln.error) else "C9"
         add(code, f"poison link key: {ln.error}", path=(b"_links", ln.src), key=ln.raw)
+    table("C9", c.link_spelled, lambda i: problem("C9", f"poison link key: {NOT_CANONICAL}",
+                                                  (b"_links", c.link_src[i]), c.raw(c.link_key, i)))
     linked = c.link_tgt >= 0
     src, tgt = c.link_src[linked], c.link_tgt[linked]
     link_rows = np.flatnonzero(linked)

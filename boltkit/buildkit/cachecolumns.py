@@ -23,7 +23,7 @@ from ..check.strings import Names, intern, string_at, string_hashes
 from ..errors import CorruptionError
 from ..schemas import BUCKET_LEAF_FLAG
 from ..storage import Database
-from .cachedb import LAZY, TOP_BUCKETS, Anomaly, CacheResult, CacheStore, Link, decode_result
+from .cachedb import LAZY, NOT_CANONICAL, TOP_BUCKETS, Anomaly, CacheResult, CacheStore, Link, decode_result
 from .graph import GraphSummary, summarize_arrays
 from .linkkeys import link_targets
 
@@ -57,6 +57,7 @@ class CacheColumns:
     link_tgt: np.ndarray = None         # -1: no readable target
     link_key: tuple = None              # (offsets, lengths) of the raw link keys
     link_errors: dict[int, Link] = field(default_factory=dict)      # link index -> poison key
+    link_spelled: np.ndarray = None     # link indices of the poison keys with zero values spelled out (C9)
     result_kid: np.ndarray = None       # per result
     result_rid: np.ndarray = None
     result_errors: dict[int, CacheResult] = field(default_factory=dict)
@@ -97,8 +98,12 @@ class CacheColumns:
         for table, ids in ((s.byresult, self.byresult_ids), (s.backlinks, self.backlinks_ids)):
             table.update((names[k], set()) for k in ids.tolist())
         errors = self.link_errors
-        for i, (src, tgt, key) in enumerate(zip(self.link_src.tolist(), self.link_tgt.tolist(), raw(self.link_key))):
-            s.links[names[src]].append(errors.get(i) or Link(names[src], names[tgt], LAZY, key))
+        spelled = np.zeros(self.link_src.size, bool)
+        spelled[self.link_spelled] = True
+        for i, (src, tgt, key, bad) in enumerate(zip(self.link_src.tolist(), self.link_tgt.tolist(),
+                                                     raw(self.link_key), spelled.tolist())):
+            s.links[names[src]].append(errors.get(i) or Link(names[src], names[tgt], LAZY, key,
+                                                             NOT_CANONICAL if bad else None))
         errors = self.result_errors
         for i, (kid, rid, value) in enumerate(zip(self.result_kid.tolist(), self.result_rid.tolist(),
                                                   raw(self.result_value))):
@@ -149,9 +154,10 @@ class CacheLeaves:
         return tuple(np.concatenate(x) for x in zip(*parts))
 
 
-def load_cache_columns(db: Database, on_damage=None) -> CacheColumns:
+def load_cache_columns(db: Database, on_damage=None, progress=None) -> CacheColumns:
     """Read a cache.db into columns with one bulk pass over its tree. Damage (each error the pass finds)
-    goes to ``on_damage`` as a CorruptionError, or is raised; the damaged parts are left out."""
+    goes to ``on_damage`` as a CorruptionError, or is raised; the damaged parts are left out.
+    ``progress(done, total)``: pages of the pass."""
     def emit(p):
         if p.severity is Severity.ERROR:
             e = CorruptionError(p.message, pgid=p.pgid, offset=p.offset, path=p.path)
@@ -162,7 +168,7 @@ def load_cache_columns(db: Database, on_damage=None) -> CacheColumns:
     leaves = CacheLeaves()
     n = db.pager.limit_pages
     TreeScan(db, db.meta, emit, quick=True, refs=np.zeros(n, np.uint8), freed=np.zeros(n, bool),
-             on_leaves=leaves).run()
+             on_leaves=leaves, progress=progress).run()
     return columns_from_leaves(leaves)
 
 
@@ -238,7 +244,7 @@ def _decode(cols: CacheColumns, g: Gather, links: Entries, results: Entries, byr
         found = pool.submit(link_targets, g, links)
         hashed = [string_hashes(g, *r) for r in ids + keys]
         cols.result_errors = _result_errors(g, results)
-        has_tgt, tgt_off, tgt_len, cols.link_errors, tgt_hashed = found.result()
+        has_tgt, tgt_off, tgt_len, cols.link_errors, tgt_hashed, cols.link_spelled = found.result()
     sources = ids + [(tgt_off, tgt_len)] + keys
     codes, cols.names = intern(g, [s[0] for s in sources], [s[1] for s in sources],
                                hashed[:4] + [tgt_hashed] + hashed[4:])

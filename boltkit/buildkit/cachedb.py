@@ -94,6 +94,18 @@ CANONICAL_LINK_KEY = re.compile(
     rb'(?:(?(1),|(?(2),|(?(3),)))"Selector":"((?:sha256|random):[0-9a-f]{64})")?'
     rb'\}@([^@]+)')
 
+NOT_CANONICAL = "link JSON is not in Go's canonical form (WalkLinks/HasLink never match it)"
+# The same fields in the same order, but zero values may be written out ("Input":0, "Digest":""): JSON that
+# decodes to a valid link, yet not the bytes Go writes, so BuildKit never matches it. Another tool writing
+# the keys, or a hand edit, gives these by the hundred thousand; a key that fits this and not the canonical
+# form is a poison key (C9, NOT_CANONICAL) by construction, as the slow path would find.
+SPELLED_OUT_LINK_KEY = re.compile(
+    rb'\{(?P<i>"Input":(?P<I>0|[1-9][0-9]*))?'
+    rb'(?P<o>(?(i),)"Output":(?P<O>0|[1-9][0-9]*))?'
+    rb'(?P<d>(?(i),|(?(o),))"Digest":"(?P<D>(?:sha256|random):[0-9a-f]{64})?")?'
+    rb'(?P<s>(?(i),|(?(o),|(?(d),)))"Selector":"(?P<S>(?:sha256|random):[0-9a-f]{64})?")?'
+    rb'\}@(?P<T>[^@]+)')
+
 
 def decode_link_key(src: str, key: bytes) -> Link:
     """Split a `_links/<src>` key at its single '@' and check it re-encodes byte for byte."""
@@ -130,7 +142,7 @@ def _decode_link_key_slowly(src: str, key: bytes) -> Link:
     elif info.digest and not _DIGEST.match(info.digest) or info.selector and not _DIGEST.match(info.selector):
         link.error = "Digest or Selector is not a digest"
     elif info.encode() + b"@" + target.encode() != key:
-        link.error = "link JSON is not in Go's canonical form (WalkLinks/HasLink never match it)"
+        link.error = NOT_CANONICAL
     return link
 
 

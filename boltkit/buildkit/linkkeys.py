@@ -3,8 +3,10 @@
 Every healthy `_links/<id>` key is Go's canonical CacheInfoLink JSON, '@', and the target id. Among the
 keys of one length, one is matched by cachedb's canonical regex and the others are compared with it
 column by column (literal bytes equal, digits where it has digits, hex where it has hex, no '@' in the
-target); the keys that differ start the next layout. Whatever no layout accepts is decoded by
-``decode_link_key``, exactly, one at a time.
+target); the keys that differ start the next layout. A representative that is not canonical but has
+every field in order with zero values spelled out (``SPELLED_OUT_LINK_KEY``: what another tool or a hand
+edit writes) starts a layout the same way, whose keys are poison keys (C9) by construction. Whatever no
+layout accepts is decoded by ``decode_link_key``, exactly, one at a time.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import numpy as np
 
 from ..check.gather import Gather
 from ..check.strings import by_length, chunks, hash_rows, rows_at, string_at, string_hashes
-from .cachedb import CANONICAL_LINK_KEY, Link, decode_link_key
+from .cachedb import CANONICAL_LINK_KEY, SPELLED_OUT_LINK_KEY, Link, decode_link_key
 
 _I64 = np.int64
 _DIGIT = np.zeros(256, bool)
@@ -25,16 +27,18 @@ _LAYOUTS_PER_LENGTH = 32          # past that, a length's remaining keys are dec
 
 def link_targets(g: Gather, links) -> tuple:
     """Of the link keys of ``links`` (cachecolumns.Entries): which have a target, the targets as file ranges
-    with their ``string_hashes``, and the poison keys (C9/C17) by index, with their reason."""
+    with their ``string_hashes``, the poison keys (C9/C17) found one by one, by index with their reason, and
+    the indices of the keys in a spelled-out layout (C9, ``NOT_CANONICAL``)."""
     off, length = links.key_off, links.key_len
     at = np.full(off.size, -1, _I64)                 # offset of the '@' inside the key; -1 = slow path
+    spelled = np.zeros(off.size, bool)
     h1 = np.zeros(off.size, np.uint64)               # the targets' string_hashes, from the rows at hand
     h2 = np.zeros(off.size, np.uint64)
     u8 = g.u8
     usable = np.flatnonzero((length >= 3) & (off + length <= g.size))
     for n_len, group in by_length(length[usable]):
         for idx in chunks(usable[group]):
-            _match_layouts(rows_at(u8, off[idx], n_len), idx, at, h1, h2)
+            _match_layouts(rows_at(u8, off[idx], n_len), idx, at, h1, h2, spelled)
 
     errors: dict[int, Link] = {}
     slow = np.flatnonzero(at < 0)
@@ -49,40 +53,58 @@ def link_targets(g: Gather, links) -> tuple:
     slow = slow[at[slow] >= 0]
     h1[slow], h2[slow] = string_hashes(g, off[slow] + at[slow] + 1, length[slow] - at[slow] - 1)
     has = at >= 0
-    return has, off[has] + at[has] + 1, length[has] - at[has] - 1, errors, (h1[has], h2[has])
+    return has, off[has] + at[has] + 1, length[has] - at[has] - 1, errors, (h1[has], h2[has]), \
+        np.flatnonzero(spelled)
 
 
-def _match_layouts(rows: np.ndarray, idx: np.ndarray, at: np.ndarray, h1: np.ndarray, h2: np.ndarray) -> None:
-    """Link keys of one length, as rows: for each canonical one, its '@' offset and its target's hashes."""
+def _match_layouts(rows: np.ndarray, idx: np.ndarray, at: np.ndarray, h1: np.ndarray, h2: np.ndarray,
+                   spelled: np.ndarray) -> None:
+    """Link keys of one length, as rows: for each one in a canonical or spelled-out layout, its '@' offset
+    and its target's hashes (and, spelled out, its flag)."""
     for _ in range(_LAYOUTS_PER_LENGTH):
         if not idx.size:
             return
-        m = CANONICAL_LINK_KEY.fullmatch(rows[0].tobytes())
-        fits = _fits_layout(rows, m) if m is not None else np.eye(1, idx.size, dtype=bool)[0]
+        rep = rows[0].tobytes()
+        m = CANONICAL_LINK_KEY.fullmatch(rep)
         if m is not None:
-            at[idx[fits]] = m.start(5) - 1
-            h1[idx[fits]], h2[idx[fits]] = hash_rows(rows[fits, m.start(5):])
+            spans, zero_ok = [m.span(g) for g in (1, 2, 3, 4, 5)], False
+        else:
+            m = SPELLED_OUT_LINK_KEY.fullmatch(rep)
+            spans, zero_ok = ([m.span(g) for g in "IODST"], True) if m is not None else (None, False)
+        fits = _fits_layout(rows, spans, zero_ok) if spans else np.eye(1, idx.size, dtype=bool)[0]
+        if spans:
+            t = spans[4][0]
+            at[idx[fits]] = t - 1
+            h1[idx[fits]], h2[idx[fits]] = hash_rows(rows[fits, t:])
+            if zero_ok:       # a row of a spelled-out layout may still be canonical: no "0", no "" written
+                empty = any(m.group(p) is not None and m.group(v) is None for p, v in (("d", "D"), ("s", "S")))
+                wrong = np.full(idx.size, empty)
+                for s, e in spans[:2]:
+                    if e - s == 1:
+                        wrong |= rows[:, s] == ord("0")
+                spelled[idx[fits & wrong]] = True
         idx, rows = idx[~fits], rows[~fits]
 
 
-def _fits_layout(rows: np.ndarray, m) -> np.ndarray:
-    """Rows (keys of one length) that have the layout of the canonical key matched by ``m``."""
+def _fits_layout(rows: np.ndarray, spans: list, zero_ok: bool) -> np.ndarray:
+    """Rows (keys of one length) that have the layout of the key whose value spans (Input, Output, Digest,
+    Selector, target) are ``spans``; ``zero_ok``: a lone '0' is a valid Input or Output (spelled out)."""
     rep = rows[0]
     literal = np.ones(rows.shape[1], bool)
     fits = np.ones(rows.shape[0], bool)
-    for grp in (1, 2):                                # Input, Output: decimal, no leading zero
-        s, e = m.span(grp)
+    for s, e in spans[:2]:                            # Input, Output: decimal, no leading zero
         if s >= 0:
-            fits &= _DIGIT[rows[:, s:e]].all(1) & (rows[:, s] != ord("0"))
+            fits &= _DIGIT[rows[:, s:e]].all(1)
+            if not (zero_ok and e - s == 1):
+                fits &= rows[:, s] != ord("0")
             literal[s:e] = False
-    for grp in (3, 4):                                # Digest, Selector: sha256:/random: and 64 hex
-        s, e = m.span(grp)
+    for s, e in spans[2:4]:                           # Digest, Selector: sha256:/random: and 64 hex
         if s >= 0:
             kind = rows[:, s:s + 7]
             fits &= (kind == _DIGEST_KINDS[0]).all(1) | (kind == _DIGEST_KINDS[1]).all(1)
             fits &= _HEX[rows[:, s + 7:e]].all(1)
             literal[s:e] = False
-    s = m.start(5)
+    s = spans[4][0]
     fits &= (rows[:, s:] != ord("@")).all(1)
     literal[s:] = False
     fits &= (rows[:, literal] == rep[literal]).all(1)

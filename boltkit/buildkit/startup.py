@@ -770,7 +770,8 @@ class _Model:
         if cols is None:
             damage: list = []
             cols = load_cache_columns(ov.db, on_damage=damage.append)
-            if damage or cols.result_errors or cols.anomalies or cols.link_errors:
+            if damage or cols.result_errors or cols.anomalies or cols.link_errors \
+                    or cols.link_spelled.size:
                 cols = False
             ov.columns = cols
         if cols is False:

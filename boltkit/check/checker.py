@@ -250,11 +250,12 @@ class TreeCounts:
     damage: list[Problem]
 
 
-def count_tree(db: Database) -> TreeCounts:
+def count_tree(db: Database, progress: Progress | None = None) -> TreeCounts:
     """A full traversal that only counts (buckets, pairs, key+value bytes): the bulk walk without key checks."""
     problems: list[Problem] = []
     n = db.pager.limit_pages
-    scan = TreeScan(db, db.meta, problems.append, quick=True, refs=np.zeros(n, np.uint8), freed=np.zeros(n, bool))
+    scan = TreeScan(db, db.meta, problems.append, quick=True, refs=np.zeros(n, np.uint8), freed=np.zeros(n, bool),
+                    progress=progress)
     scan.run()
     return TreeCounts(scan.buckets, scan.pairs, scan.pair_bytes, problems)
 

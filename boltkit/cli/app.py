@@ -28,7 +28,7 @@ from .. import __version__
 from ..errors import BoltkitError, InUse, OutputError
 from ..storage import Database
 from . import live
-from .output import warn
+from .output import quiet_option, warn
 
 EXIT_OK = 0
 EXIT_DAMAGE = 1          # read with damage skipped
@@ -113,6 +113,7 @@ class BoltkitGroup(click.Group):
 
 @click.group(cls=BoltkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="boltkit")
+@quiet_option
 def main():
     """Inspect, check and repair bbolt database files (BuildKit's cache.db, metadata_v2.db, ...).
 

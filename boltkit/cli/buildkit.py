@@ -9,7 +9,7 @@ from ..repair.replace import report_beside
 from .app import destinations, failure, main, output_file
 from .check import FsckCommand, run_checks
 from .live import settled_reads
-from .output import wide_option
+from .output import progress, quiet_option, wide_option
 
 
 @main.group()
@@ -23,6 +23,7 @@ def buildkit():
               help="List at most this many problems per file (counts are never capped).")
 @click.option("--snapshot", is_flag=True, help="Copy each file first and check the copy (buildkitd running).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per problem, then one summary record per file.")
+@quiet_option
 def buildkit_check(files, max_errors, snapshot, as_json):
     """Structural check plus BuildKit's own invariants, for cache.db, metadata_v2.db and history.db files,
     or every store of a BuildKit root directory (with the checks across its stores).
@@ -93,6 +94,7 @@ def buildkit_check(files, max_errors, snapshot, as_json):
 @click.option("--json", "as_json", is_flag=True, help="The summary as one JSON record (with --key: the key's).")
 @settled_reads
 @wide_option
+@quiet_option
 def graph(file, top, focus, radius, metadata_dbs, view, dot_path, svg_path, png_path, snapshot, as_json):
     """The cache-key graph of a cache.db: size, roots, cycles, fan-out/fan-in, depth and path counts, with
     the build step each key stands for and what the graph's shape costs a cache export.
@@ -118,7 +120,8 @@ def graph(file, top, focus, radius, metadata_dbs, view, dot_path, svg_path, png_
     with opened(file, None, snapshot) as db:
         require_store(db, "cache.db")
         damage: list = []
-        cols = load_cache_columns(db, on_damage=damage.append)
+        with progress(f"reading {file}", as_json=as_json) as p:
+            cols = load_cache_columns(db, on_damage=damage.append, progress=p)
     problems = check_cache_columns(cols, file)
     s = cols.graph_summary(top)
     marked = {}

@@ -1,14 +1,12 @@
 """`boltkit check`: structural check with fsck(8) exit codes."""
 from __future__ import annotations
 
-import sys
-
 import click
 
 from ..check import check_file
 from ..errors import Unsettled
 from .app import EXIT_DAMAGE, EXIT_OK, EXIT_PROBLEMS, EXIT_UNREADABLE, EXIT_USAGE, destinations, main, output_file
-from .output import emit_json, warn
+from .output import emit_json, progress, quiet_option, warn
 
 EXIT_CLEAN, EXIT_REPAIRED = EXIT_OK, EXIT_DAMAGE
 
@@ -27,6 +25,7 @@ FsckCommand = click.Command
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per problem, then one summary record per file.")
 @click.option("--map", "map_path", type=click.Path(readable=False), default=None,
               help="Also draw the file as an SVG: one cell per page, damaged pages in red (one file only).")
+@quiet_option
 def check(files, meta, quick, max_errors, snapshot, as_json, map_path):
     """Check the structure of bbolt files: every fault, not just the first.
 
@@ -72,24 +71,13 @@ def run_checks(files, as_json: bool, max_errors: int, make_report) -> None:
     """Check each file with ``make_report(path, progress)``; print its problems and summary; exit like fsck."""
     status = EXIT_CLEAN
     for path in files:
-        progress = None
-        bar = None
-        if not as_json and sys.stderr.isatty():
-            bar = click.progressbar(length=1, label=f"checking {path}", file=sys.stderr)
-
-            def progress(done, total, bar=bar):
-                bar.length = max(total, 1)
-                bar.update(done - bar.pos)
         try:
-            report = make_report(path, progress)
+            with progress(f"checking {path}", as_json=as_json) as p:
+                report = make_report(path, p)
         except Unsettled as e:      # a live file that never stood still long enough: not damage, not read
-            if bar is not None:
-                bar.render_finish()
             click.echo(f"Error: {e}", err=True)
             status = max(status, EXIT_UNREADABLE)
             continue
-        if bar is not None:
-            bar.render_finish()
         for w in report.warnings:
             warn(w)
         listed = report.problems[:max_errors]

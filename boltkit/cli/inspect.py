@@ -15,7 +15,7 @@ from .app import EXIT_UNREADABLE, DamageSkipped, destinations, main, opened, out
 from .live import settled_reads
 from .values import SMALL, plain_pieces, write_json_value, write_raw_value, write_text_value
 from .output import (ENCODINGS, emit_json, emit_table, encode_bytes, encode_path, hex_option, json_option,
-                     output_options, parse_name, read_options, show_bytes, show_path)
+                     output_options, parse_name, progress, quiet_option, read_options, show_bytes, show_path)
 
 file_argument = click.argument("file", type=click.Path(readable=False))
 encoding_option = click.option("--encoding", "-e", type=click.Choice(ENCODINGS), default="auto", show_default=True,
@@ -448,6 +448,7 @@ def stats(file, meta, snapshot, encoding, as_json, table_fmt):
 @click.option("--count", "count_only", is_flag=True,
               help="Only count buckets, pairs and key+value bytes of the whole file (a fast bulk traversal).")
 @settled_reads
+@quiet_option
 def export(file, path, meta, snapshot, as_hex, encoding, count_only):
     """Every bucket and pair under PATH (everything by default) as JSON lines, in bbolt cursor order.
 
@@ -466,32 +467,47 @@ def export(file, path, meta, snapshot, as_hex, encoding, count_only):
         if count_only:
             if path:
                 raise click.UsageError("--count counts the whole file; drop the bucket path")
-            counts = count_tree(db)
+            with progress(f"counting {file}") as p:
+                counts = count_tree(db, progress=p)
             errors.extend(p.line() for p in counts.damage)
             emit_json({"type": "count", "buckets": counts.buckets, "pairs": counts.pairs, "bytes": counts.bytes})
         else:
             write = sys.stdout.write
             enc = _encoder(encoding)
-            data = db.data
             paths: dict = {}
-            for parent, child, item in db.tree.walk(start, on_error=errors.append):
-                if child is None:
-                    p = paths.get(parent.path)
-                    if p is None:
-                        p = paths[parent.path] = ",".join(enc(x) for x in parent.path)
-                    vs, ve = item.value_start, item.value_end
-                    if ve - vs > SMALL:       # streamed: a huge value costs a chunk, not copies of itself
-                        write('{"type":"pair","path":[%s],"key":%s,"value":' % (p, enc(item.key)))
-                        write_json_value(write, data, vs, ve, encoding, db.source.release)
-                        write("}\n")
-                    else:
-                        write('{"type":"pair","path":[%s],"key":%s,"value":%s}\n'
-                              % (p, enc(item.key), enc(data[vs:ve])))
-                else:
-                    write('{"type":"bucket","path":[%s],"sequence":%d}\n'
-                          % (",".join(enc(x) for x in child.path), child.sequence))
+            with progress(f"exporting {file}", stdout_busy=True) as p:
+                on_page = None
+                if p is not None:
+                    seen, total = [0], db.pager.limit_pages
+
+                    def on_page(bucket, node, depth, elems):
+                        seen[0] += 1
+                        if not seen[0] & 255:
+                            p(seen[0], total)
+                _export(db, start, enc, encoding, write, paths, errors, on_page)
             sys.stdout.flush()
         report_damage(errors, "export")
+
+
+def _export(db, start, enc, encoding, write, paths: dict, errors: list, on_page) -> None:
+    """Every bucket and pair under ``start`` as JSON lines (the body of `export`)."""
+    data = db.data
+    for parent, child, item in db.tree.walk(start, on_error=errors.append, on_page=on_page):
+        if child is None:
+            p = paths.get(parent.path)
+            if p is None:
+                p = paths[parent.path] = ",".join(enc(x) for x in parent.path)
+            vs, ve = item.value_start, item.value_end
+            if ve - vs > SMALL:       # streamed: a huge value costs a chunk, not copies of itself
+                write('{"type":"pair","path":[%s],"key":%s,"value":' % (p, enc(item.key)))
+                write_json_value(write, data, vs, ve, encoding, db.source.release)
+                write("}\n")
+            else:
+                write('{"type":"pair","path":[%s],"key":%s,"value":%s}\n'
+                      % (p, enc(item.key), enc(data[vs:ve])))
+        else:
+            write('{"type":"bucket","path":[%s],"sequence":%d}\n'
+                  % (",".join(enc(x) for x in child.path), child.sequence))
 
 
 def _encoder(encoding: str):

@@ -1,9 +1,12 @@
 """Shared output machinery: byte encodings, tables, JSON, and the options every command takes."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import sys
+import time
 
 import click
 
@@ -181,5 +184,78 @@ def output_options(f):
     return wrapper
 
 
-def progress_enabled() -> bool:
+QUIET = "boltkit.quiet"          # ctx.meta key: --quiet was given (to the group or to the command)
+
+
+def _set_quiet(ctx, param, value):
+    if value:
+        ctx.meta[QUIET] = True
+
+
+def quiet_option(f):
+    """--quiet/-q on a long-running command: no progress bar."""
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_quiet,
+                        help="No progress bar on stderr.")(f)
+
+
+def progress_enabled(as_json: bool = False, stdout_busy: bool = False) -> bool:
+    """Progress is drawn only on a terminal's stderr, never with --json or --quiet, and not while the
+    command's own output streams to the same terminal (``stdout_busy``)."""
+    ctx = click.get_current_context(silent=True)
+    if as_json or (ctx is not None and ctx.meta.get(QUIET)):
+        return False
+    if stdout_busy and sys.stdout.isatty():
+        return False
     return sys.stderr.isatty()
+
+
+class Progress:
+    """The callback a library function reports its progress through, ``progress(done, total)``, drawn with
+    click's progress bar on stderr. Nothing is drawn for the first ``delay`` seconds, so commands that
+    finish quickly print nothing extra; ``finish()`` ends the bar's line before the command prints."""
+
+    def __init__(self, label: str, delay: float | None = None):
+        if delay is None:       # BOLTKIT_PROGRESS_DELAY: seconds before a bar appears (tests set 0)
+            try:
+                delay = float(os.environ.get("BOLTKIT_PROGRESS_DELAY", "1"))
+            except ValueError:
+                delay = 1.0
+        self.label, self.delay = label, delay
+        self.start = time.monotonic()
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            if time.monotonic() - self.start < self.delay:
+                return
+            self.bar = click.progressbar(length=max(total, 1), label=self.label, file=sys.stderr,
+                                         show_percent=True, show_eta=True)
+            self.bar.render_progress()
+        self.bar.length = max(total, 1)
+        step = min(done, self.bar.length) - self.bar.pos
+        if step > 0:
+            self.bar.update(step)
+
+    def finish(self, complete: bool = True) -> None:
+        """End the bar's line; ``complete``: the work is done (a pass that skips free pages ends short)."""
+        if self.bar is not None:
+            if complete and self.bar.pos < self.bar.length:
+                self.bar.update(self.bar.length - self.bar.pos)
+            self.bar.render_finish()
+            self.bar = None
+
+
+@contextlib.contextmanager
+def progress(label: str, *, as_json: bool = False, stdout_busy: bool = False):
+    """``with progress("checking x") as p: work(progress=p)``: ``p`` is a Progress, or None when no bar is
+    to be drawn (see ``progress_enabled``); the bar's line is ended when the block is left."""
+    if not progress_enabled(as_json, stdout_busy):
+        yield None
+        return
+    p = Progress(label)
+    try:
+        yield p
+    except BaseException:
+        p.finish(complete=False)
+        raise
+    p.finish()

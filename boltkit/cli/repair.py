@@ -1,14 +1,13 @@
 """Commands that write a new file: compact, salvage (also in place), surgery."""
 from __future__ import annotations
 
-import sys
 
 import click
 
 from ..errors import BoltkitError
 from ..repair import compact as compact_file
 from .app import EXIT_DAMAGE, destinations, failure, main
-from .output import emit_json, human_size
+from .output import emit_json, human_size, progress, quiet_option
 
 
 _snapshot = click.option("--snapshot", is_flag=True,
@@ -28,6 +27,7 @@ _snapshot = click.option("--snapshot", is_flag=True,
 @click.option("--meta", type=click.IntRange(0, 1), default=None, help="Copy the tree of meta page 0 or 1.")
 @_snapshot
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@quiet_option
 def compact(src, dst, page_size, fill_percent, no_freelist, meta, snapshot, as_json):
     """Copy every bucket, key, value and sequence of SRC into a fresh, dense file.
 
@@ -36,22 +36,12 @@ def compact(src, dst, page_size, fill_percent, no_freelist, meta, snapshot, as_j
     stopped. A damaged SRC is refused: use `boltkit salvage` for that.
     """
     destinations(dst)
-    bar = None
-    progress = None
-    if not as_json and sys.stderr.isatty():
-        bar = click.progressbar(length=1, label="compacting", file=sys.stderr)
-
-        def progress(page, bar=bar):
-            bar.length = max(bar.length, page + 1)
-            bar.update(max(page - bar.pos, 0))
     try:
-        result = compact_file(src, dst, page_size=page_size, fill_percent=fill_percent, freelist=not no_freelist,
-                              meta=meta, progress=progress, snapshot=snapshot)
+        with progress(f"compacting {src}", as_json=as_json) as p:
+            result = compact_file(src, dst, page_size=page_size, fill_percent=fill_percent,
+                                  freelist=not no_freelist, meta=meta, progress=p, snapshot=snapshot)
     except (FileExistsError, ValueError, BoltkitError) as e:
         raise failure(e) from None
-    finally:
-        if bar is not None:
-            bar.render_finish()
     if as_json:
         emit_json({"type": "compact", "src": src, "dst": dst, "src_size": result.src_size, "dst_size": result.dst_size,
                    "saved": result.saved, "mode": f"{result.mode:04o}", "buckets": result.buckets,

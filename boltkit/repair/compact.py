@@ -54,10 +54,12 @@ def _u16_at(u8: np.ndarray, off: np.ndarray) -> np.ndarray:
 
 
 class _Copier:
-    def __init__(self, db: Database, writer: BoltWriter, progress):
+    def __init__(self, db: Database, writer: BoltWriter, progress, pages: int = 1):
         self.db = db
         self.writer = writer
         self.progress = progress
+        self.pages = max(pages, 1)       # pages the copy visits (the check's count), for progress
+        self.seen = 0
         self.u8 = np.frombuffer(db.data, np.uint8)
         self.gather = Gather(db.data, db.file_size)
         self.inline_max = writer.page_size // 4        # largest inline page the destination keeps inline
@@ -96,8 +98,10 @@ class _Copier:
 
     def _batch(self, nodes: list):
         data, u8 = self.db.data, self.u8
-        if self.progress is not None:
-            self.progress(nodes[-1].owner)
+        if self.progress is not None:      # the check was the first half of the work, the copy is the second
+            self.seen += len(nodes)
+            hwm = self.db.pager.limit_pages
+            self.progress(hwm + min(self.seen * hwm // self.pages, hwm), 2 * hwm)
         flags, ks, ke, ve, node = self._elements(nodes)
         isb = np.flatnonzero(flags & BUCKET_LEAF_FLAG)
         special = isb[:0]
@@ -138,9 +142,10 @@ class _Copier:
 
 def compact(src: str, dst: str, *, page_size: int | None = None, fill_percent: float = 1.0,
             freelist: bool = True, meta: int | None = None,
-            progress: Callable[[int], None] | None = None, snapshot: bool = False) -> CompactResult:
+            progress: Callable[[int, int], None] | None = None, snapshot: bool = False) -> CompactResult:
     """Compact ``src`` into the new file ``dst`` (which must not exist). A source a writer holds is refused
-    (InUse) unless ``snapshot``: then a consistent copy of it is compacted."""
+    (InUse) unless ``snapshot``: then a consistent copy of it is compacted. ``progress(done, total)``: the
+    check of the source, then the copy, in pages."""
     if os.path.exists(dst):
         raise FileExistsError(f"{dst} already exists; refusing to overwrite it")
     with readable_source(src, snapshot) as path:
@@ -148,11 +153,12 @@ def compact(src: str, dst: str, *, page_size: int | None = None, fill_percent: f
 
 
 def _compact(src, path, dst, page_size, fill_percent, freelist, meta, progress) -> CompactResult:
-    require_sound(path, meta, name=src)
+    report = require_sound(path, meta, name=src,
+                           progress=None if progress is None else lambda d, t: progress(d, 2 * t))
     with Database(path, meta=meta, refuse_held=True) as db:
         writer = BoltWriter(dst, page_size=page_size or db.page_size, fill_percent=fill_percent, freelist=freelist)
         try:
-            copier = _Copier(db, writer, progress)
+            copier = _Copier(db, writer, progress, report.pages_reachable or db.pager.limit_pages)
             copier.run()
             writer.close()
             # the copy gets the source's permission bits, as `bbolt compact` opens it with the source's mode

@@ -26,10 +26,11 @@ def readable_source(path: str, snapshot: bool):
     yield path
 
 
-def require_sound(path: str, meta: int | None = None, name: str | None = None) -> None:
-    """Raise CorruptionError unless ``path`` is structurally sound (the repairs that copy a tree need that).
-    ``name``: what to call the file in messages (the source, when ``path`` is a snapshot of it)."""
-    report = check_file(path, meta=meta, revert=False)
+def require_sound(path: str, meta: int | None = None, name: str | None = None, progress=None):
+    """Raise CorruptionError unless ``path`` is structurally sound (the repairs that copy a tree need that);
+    the check's report otherwise. ``name``: what to call the file in messages (the source, when ``path`` is a
+    snapshot of it); ``progress(done, total)``: pages checked, as check_file reports them."""
+    report = check_file(path, meta=meta, revert=False, progress=progress)
     path = name or path
     if not report.readable:
         raise CorruptionError(f"{path} cannot be read: {report.problems[0].message if report.problems else ''}; "
@@ -39,3 +40,4 @@ def require_sound(path: str, meta: int | None = None, name: str | None = None) -
     if damage:
         raise CorruptionError(f"{path} is structurally damaged ({', '.join(damage)}): salvage it first "
                               "(boltkit salvage); `boltkit check` shows where")
+    return report

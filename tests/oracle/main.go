@@ -683,6 +683,10 @@ type generator struct {
 	keys     int
 	txs      int
 	note     string // for the -v summary
+	// buildkit profile options: one id in bkRoots is a sha256: root; bkNonCanonical of the link keys are
+	// written with every field spelled out ("Input":0, "Selector":""), as another tool or a hand edit would
+	bkRoots        int
+	bkNonCanonical float64
 }
 
 func (g *generator) bytes(n int) []byte {
@@ -1392,6 +1396,12 @@ func linkKey(input, output int, dgst, sel string) string {
 	return "{" + strings.Join(parts, ",") + "}"
 }
 
+// linkKeyVerbose is a CacheInfoLink JSON with every field written out, zero values included: valid JSON that
+// decodes to the same link, but not the bytes Go writes (so BuildKit's byte-for-byte lookups never match it).
+func linkKeyVerbose(input, output int, dgst, sel string) string {
+	return fmt.Sprintf(`{"Input":%d,"Output":%d,"Digest":%q,"Selector":%q}`, input, output, dgst, sel)
+}
+
 func genBuildkit(g *generator, db *bolt.DB, scale int) error {
 	n := 100 * scale
 	workers := []string{g.bkName(25), g.bkName(25)}
@@ -1430,7 +1440,7 @@ func genBuildkit(g *generator, db *bolt.DB, scale int) error {
 			for i := 0; i < m; i++ {
 				// a quarter root keys (sha256:), the rest derived 25-character ids, as BuildKit makes them
 				id := g.bkName(25)
-				if g.rng.Intn(4) == 0 {
+				if g.rng.Intn(g.bkRoots) == 0 {
 					id = g.sha()
 				}
 				lb, err := links.CreateBucketIfNotExists([]byte(id))
@@ -1450,7 +1460,11 @@ func genBuildkit(g *generator, db *bolt.DB, scale int) error {
 					if g.rng.Intn(8) == 0 {
 						sel = g.sha()
 					}
-					k := linkKey(g.rng.Intn(3), g.rng.Intn(2), g.sha(), sel) + "@" + target
+					encode := linkKey
+					if g.bkNonCanonical > 0 && g.rng.Float64() < g.bkNonCanonical {
+						encode = linkKeyVerbose
+					}
+					k := encode(g.rng.Intn(3), g.rng.Intn(2), g.sha(), sel) + "@" + target
 					if err := lb.Put([]byte(k), []byte{}); err != nil {
 						return err
 					}
@@ -1649,11 +1663,13 @@ func genLeak(g *generator, db *bolt.DB) error {
 var pageSizes = []int{1024, 2048, 4096, 8192, 16384, 32768, 65536}
 
 func cmdGen(args []string) (code int) {
-	fs := newFlags("gen", "[-seed N] [-profile P] [-page-size N] [-scale N] [-v] OUT")
+	fs := newFlags("gen", "[-seed N] [-profile P] [-page-size N] [-scale N] [-roots N] [-non-canonical F] [-v] OUT")
 	seed := fs.Int64("seed", 1, "random seed")
 	profile := fs.String("profile", "mixed", "mixed|deep|large-values|flat|nofreelist|buildkit|deletes|leak (leak: deliberately leaks pages, see deleteTree)")
 	pageSize := fs.Int("page-size", 4096, "page size; 0 picks one of 1024..65536 from the seed")
 	scale := fs.Int("scale", 1, "size multiplier for the flat (2000*scale keys) and buildkit (100*scale ids) profiles")
+	roots := fs.Int("roots", 4, "buildkit profile: one id in N is a sha256: root key")
+	nonCanonical := fs.Float64("non-canonical", 0, "buildkit profile: fraction of link keys written with every field spelled out (not Go's canonical JSON)")
 	verbose := fs.Bool("v", false, "print a one-line summary on stderr")
 	fs.Parse(args)
 	out := positional(fs, 1)[0]
@@ -1669,7 +1685,11 @@ func cmdGen(args []string) (code int) {
 		fmt.Fprintln(os.Stderr, "error: -scale must be >= 0")
 		return 2
 	}
-	g := &generator{rng: rand.New(rand.NewSource(*seed))}
+	if *roots < 1 || *nonCanonical < 0 || *nonCanonical > 1 {
+		fmt.Fprintln(os.Stderr, "error: -roots must be >= 1 and -non-canonical in 0..1")
+		return 2
+	}
+	g := &generator{rng: rand.New(rand.NewSource(*seed)), bkRoots: *roots, bkNonCanonical: *nonCanonical}
 	ps := *pageSize
 	if ps == 0 {
 		ps = pageSizes[g.rng.Intn(len(pageSizes))]

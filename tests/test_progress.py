@@ -1,0 +1,85 @@
+"""Progress bars: on a terminal's stderr only, never with --json or --quiet, never on stdout."""
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "cache.db"
+
+
+def run_on_tty(*args: str, tmp_path: Path) -> tuple[int, bytes, bytes]:
+    """(exit status, stdout, what the terminal on stderr showed) of `python -m boltkit ARGS`."""
+    master, slave = pty.openpty()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), BOLTKIT_PROGRESS_DELAY="0", COLUMNS="100")
+    proc = subprocess.Popen([sys.executable, "-m", "boltkit", *args], stdout=subprocess.PIPE, stderr=slave,
+                            cwd=tmp_path, env=env)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:          # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    out = proc.stdout.read()
+    code = proc.wait(timeout=60)
+    os.close(master)
+    return code, out, shown
+
+
+@pytest.mark.parametrize("args,label", [
+    (["check", str(EXAMPLE)], b"checking"),
+    (["buildkit", "check", str(EXAMPLE)], b"checking"),
+    (["export", "--count", str(EXAMPLE)], b"counting"),
+    (["compact", str(EXAMPLE), "-o", "out.db"], b"compacting"),
+    (["buildkit", "graph", str(EXAMPLE)], b"reading"),
+])
+def test_a_bar_on_a_terminal_finished_before_the_output(tmp_path, args, label):
+    code, out, shown = run_on_tty(*args, tmp_path=tmp_path)
+    assert code == 0, shown
+    assert label in shown and b"100%" in shown and shown.endswith(b"\r\n")
+    assert b"%" not in out and label not in out           # stdout carries the command's output only
+
+
+def test_quiet_and_json_silence_the_bar(tmp_path):
+    plain = run_on_tty("check", str(EXAMPLE), tmp_path=tmp_path)
+    for args in (["check", "--quiet", str(EXAMPLE)], ["-q", "check", str(EXAMPLE)],
+                 ["check", "--json", str(EXAMPLE)]):
+        code, out, shown = run_on_tty(*args, tmp_path=tmp_path)
+        assert code == 0 and b"%" not in shown and b"checking" not in shown, args
+        if "--json" not in args:
+            assert out == plain[1]
+
+
+def test_no_bar_when_stderr_is_not_a_terminal(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), BOLTKIT_PROGRESS_DELAY="0")
+    proc = subprocess.run([sys.executable, "-m", "boltkit", "check", str(EXAMPLE)], capture_output=True, env=env)
+    assert proc.returncode == 0 and proc.stderr == b""
+
+
+def test_export_draws_no_bar_over_its_own_output_on_the_same_terminal(tmp_path):
+    master, slave = pty.openpty()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), BOLTKIT_PROGRESS_DELAY="0")
+    proc = subprocess.Popen([sys.executable, "-m", "boltkit", "export", str(EXAMPLE)], stdout=slave, stderr=slave,
+                            env=env)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    assert proc.wait(timeout=60) == 0
+    os.close(master)
+    assert b'"kind":"pair"' in shown and b"exporting" not in shown
