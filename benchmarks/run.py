@@ -75,6 +75,7 @@ ROWS = [
     Row("buildkit check", "buildkit check", "check", 2.0, 1.5, buildkit_only=True),
     Row("buildkit prune (dry run)", "buildkit prune", "check", 1.5, None, buildkit_only=True),
     Row("buildkit fsck ROOT", "buildkit fsck", "go check", 2.0, 1.0, buildkit_only=True),
+    Row("buildkit simulate-start ROOT", "buildkit simulate-start", "go check", 2.0, 1.0, buildkit_only=True),
 ]
 
 INPROCESS = """
@@ -135,6 +136,7 @@ def commands(oracle: Path, path: Path, scratch: Path) -> dict:
         "buildkit check": (BOLTKIT + ["buildkit", "check", str(path)], (0, 4), False),
         "buildkit prune": (BOLTKIT + ["buildkit", "prune", str(path)], (0, 1, 4), False),
         "buildkit fsck": (BOLTKIT + ["buildkit", "fsck", str(root)], (0, 1, 4), False),
+        "buildkit simulate-start": (BOLTKIT + ["buildkit", "simulate-start", str(root)], (0, 4), False),
         "go check": ([str(oracle), "check", str(path)], (0, 1), False),
         "go walk": ([str(oracle), "walk", str(path)], (0,), False),
         "go walk, own seconds": ([str(oracle), "walk", str(path)], (0,), True),

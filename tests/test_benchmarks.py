@@ -19,7 +19,8 @@ def test_run_py_measures_every_command_on_a_tiny_buildkit_file(oracle, tmp_path)
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [r["row"] for r in rows] == ["check warm", "check cold", "traversal (export --count)",
                                         "traversal (in-process)", "compact", "salvage of the sound file",
-                                        "buildkit check", "buildkit prune (dry run)", "buildkit fsck ROOT"]
+                                        "buildkit check", "buildkit prune (dry run)", "buildkit fsck ROOT",
+                                        "buildkit simulate-start ROOT"]
     assert all(r["ours_s"] > 0 and r["ref_s"] > 0 for r in rows)
     assert all(r["ours_mib"] > 0 for r in rows if r["row"] != "traversal (in-process)")
     table = proc.stdout.decode()
