@@ -25,7 +25,7 @@ def export_lines(path, *extra) -> bytes:
 
 def pair_set(dump: bytes) -> set:
     recs = [json.loads(x) for x in dump.splitlines()]
-    return {(tuple(r["path"]), r["key"], r["value"]) for r in recs if r["kind"] == "pair"}
+    return {(tuple(r["path"]), r["key"], r["value"]) for r in recs if r.get("type", r.get("kind")) == "pair"}
 
 
 def salvaged_pairs(path) -> set:
