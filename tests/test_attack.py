@@ -91,7 +91,7 @@ def test_deep_nesting(tmp_path):
     outcomes = dict(attack_file(db, tmp_path))
     assert outcomes["check"] == 0 and outcomes["compact"] == 0 and outcomes["salvage"] == 0, outcomes
     r = invoke(["export", db])
-    assert r.exit_code == 0 and r.output.count('"kind":"bucket"') == 1100
+    assert r.exit_code == 0 and r.output.count('"type":"bucket"') == 1100
     assert json.loads(r.output.splitlines()[-1])["value"] == "bottom"
 
 
@@ -227,6 +227,6 @@ def test_sparse_file_whose_hwm_covers_it(tmp_path):
         assert code == code_wanted, (args, code, err[-1000:])
         assert rss - base < 128 << 20, (args, rss, base)     # was 8-12 GB for 10 GiB, and minutes
     last = json.loads(listing.read_text().splitlines()[-1])
-    assert last["type"] == "leaked" and last["id"] + last["run"] == size // 4096
+    assert last["page_type"] == "leaked" and last["id"] + last["run"] == size // 4096
     text = invoke(["pages", db]).output.splitlines()
     assert len(text) < 200 and f"-{size // 4096 - 1}" in text[-1]
