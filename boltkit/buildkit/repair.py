@@ -252,6 +252,9 @@ class StartRepair:
     @property
     def blocked(self) -> str | None:
         """Why the repair cannot be applied (None when it can)."""
+        if self.start.unreadable:
+            return (f"{', '.join(self.start.unreadable)} cannot be read by this user: nothing is repaired "
+                    "(run as the user buildkitd runs as)")
         if not self.start.starts:
             if self.start.cause in (Cause.DAMAGE, Cause.OPEN):
                 return (f"{self.start.store} is damaged where buildkitd reads it ({self.start.message}): salvage it "
