@@ -97,7 +97,6 @@ def _check_order(removals) -> None:
             assert r.path[1] == b"parents" and not r.is_bucket
 
 
-@pytest.mark.skipif(not CASES, reason="../shared/startup is not present")
 @pytest.mark.parametrize("case", CASES)
 def test_real_start(case):
     """Where the daemon started: containerdmeta.db as buildkitd left it before the GC (BEFORE minus the leases
@@ -128,7 +127,6 @@ def test_real_start(case):
     assert not any(p[:len(q)] == q for p in paths for q in paths if p != q)
 
 
-@pytest.mark.skipif(not CASES, reason="../shared/startup is not present")
 @pytest.mark.parametrize("case", [c for c in CASES if not c.startswith("22-")])
 def test_before_is_a_fixed_point(case):
     """With every lease in place (BEFORE, before buildkitd deleted any) nothing is collectable: the base state was
@@ -137,7 +135,6 @@ def test_before_is_a_fixed_point(case):
     assert collect(meta, {"native": backend}, now=NOW) == []
 
 
-@pytest.mark.skipif(not CASES, reason="../shared/startup is not present")
 def test_case_23_orphan_backend_row_waits_for_a_dirty_pass():
     """23's start left the backend row of the snapshot deleted from containerdmeta.db, because nothing of the
     native snapshotter was removed in that pass. The next pass that does remove one also collects it."""
@@ -153,7 +150,6 @@ def test_case_23_orphan_backend_row_waits_for_a_dirty_pass():
     assert orphan in names
 
 
-@pytest.mark.skipif(not (SOUND_ROOT / "containerdmeta.db").exists(), reason="corpus root not present")
 def test_sound_corpus_root():
     """daemon1 after 30 builds (overlayfs; real leases, flat leases, content with gc.ref labels, two namespaces) was
     copied after a clean stop, not after a GC: buildkitd only collects after a prune. The pass finds the garbage

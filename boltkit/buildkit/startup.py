@@ -35,6 +35,7 @@ from ..check.problems import _show as _text         # bytes as a report shows th
 from ..errors import BoltkitError, CorruptionError, OpenError
 from ..storage import Database
 from ..storage.overlay import EmptyOverlay, OBucket, Overlay
+from .gotime import parse_rfc3339, unix_ns
 from .root import Root, discover
 from .startconfig import StartConfig
 
@@ -423,10 +424,6 @@ class _Worker:
                 raise _LoadError(Why.LAZY_BLOB, rid, not_found=False)
             todo.extend(r.parents)
 
-    def get(self, rid: bytes) -> _Rec:
-        """cacheManager.get for a parent: getRecord, then (for a mutable record) its immutable partner."""
-        return self.get_record(rid)
-
     def get_record(self, rid: bytes) -> _Rec:
         if rid in self.records:
             rec = self.records[rid]
@@ -452,7 +449,7 @@ class _Worker:
         parents = md.parents()
         for p in parents:
             try:
-                self.get(p)
+                self.get_record(p)
             except _LoadError as e:
                 raise _LoadError(Why.PARENT_NOT_LOADED, e.subject if e.why is Why.PARENT_NOT_LOADED else p,
                                  e.not_found) from None
@@ -624,8 +621,6 @@ class _Model:
         return self.plan
 
     def _guard(self, stage: Stage, store: str, where: str):
-        model = self
-
         class _G:
             def __enter__(self):
                 return self
@@ -898,10 +893,10 @@ class _Model:
         limit = self.config.history_max_entries
         if len(kept) < limit:
             return
-        kept.sort(key=lambda kr: _timestamp(kr[1].completed_at), reverse=True)
-        cutoff = self.now - self.config.history_max_age
+        kept.sort(key=lambda kr: _completed_ns(kr[1]), reverse=True)
+        cutoff = unix_ns(self.now - self.config.history_max_age)
         for key, rec in kept[limit:]:
-            if cutoff > _timestamp(rec.completed_at) and not self._delete_history(ov, key, Why.HISTORY_RETENTION):
+            if cutoff > _completed_ns(rec) and not self._delete_history(ov, key, Why.HISTORY_RETENTION):
                 return      # the lease is missing: gc returns the error
 
     def _history_leases(self) -> OBucket | None:
@@ -1001,21 +996,14 @@ def _result_id(value) -> bytes | None:
                 return None
             rid = x or ""
         elif low == "createdat" and x is not None:
-            if not isinstance(x, str) or _parse_rfc3339(x) is None:
+            if not isinstance(x, str) or parse_rfc3339(x.encode("utf-8", "surrogateescape")) is None:
                 return None
     return _id(rid)
 
 
-def _parse_rfc3339(s: str) -> datetime.datetime | None:
-    try:
-        return datetime.datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def _timestamp(text: str | None) -> datetime.datetime:
-    t = _parse_rfc3339(text) if text else None
-    return t if t is not None else datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+def _completed_ns(rec) -> int:
+    """A build record's CompletedAt in Unix nanoseconds; a missing one is Go's zero Timestamp, the epoch."""
+    return (parse_rfc3339(rec.completed_at.encode()) if rec.completed_at else None) or 0
 
 
 def _lease_resources(lease: OBucket) -> int:
