@@ -64,6 +64,8 @@ class Stage(str, Enum):
     HISTORY = "history-queue"                # history.NewQueue: migration, clearOrphans, gc
     STARTUP_GC = "startup-gc"                # Controller.gc one second after the start
     CONTAINERD_GC = "containerd-gc"          # containerd metadata GC after the start-up GC
+    PRUNE = "prune"                          # `buildctl prune` on the started daemon (`buildkit gc --prune`)
+    LATER_RELEASE = "release-after-gc"       # ReleaseUnreferenced once a GC or prune removed something
 
 
 class Why(str, Enum):
@@ -89,6 +91,10 @@ class Why(str, Enum):
     PARTNERLESS_MUTABLE = "partnerless-mutable"          # start-up GC's DiskUsage commits and releases it
     UNREFERENCED = "unreferenced"                        # containerd GC: no lease or other root holds it
     SNAPSHOT_OF_LIVE_RECORD = "snapshot-of-live-record"  # containerd GC removes what a kept record still names
+    GC_POLICY = "gc-policy"                              # a GC rule or prune removes the record
+    GC_PAIR_HALF = "gc-pair-half"                        # ... the immutable half of the pair it removes
+    LAST_USED_STAMPED = "last-used-stamped"              # its last child went: updateLastUsed on the parent
+    SIZE_RECORDED = "size-recorded"                      # cacheRecord.size writes what it measured
     REPAIR_BAD_VALUE = "repair-bad-value"                # buildkit repair: drop a value that stops the start
     REPAIR_PARENT_CYCLE = "repair-parent-cycle"          # buildkit repair: clear the records of a parent cycle
 
@@ -96,7 +102,9 @@ class Why(str, Enum):
 # A mutable record no immutable one commits to is the scratch layer of a build that never finished (a killed
 # daemon leaves one per running step): the start-up GC removes it after every such stop, so it is routine.
 ROUTINE = {Why.TEMPORARY_LEASE, Why.TOP_BUCKET_CREATED, Why.RESULT_UNLOADABLE, Why.EMPTY_BRANCH,
-           Why.HISTORY_VERSION, Why.HISTORY_RETENTION, Why.UNREFERENCED, Why.PARTNERLESS_MUTABLE}
+           Why.HISTORY_VERSION, Why.HISTORY_RETENTION, Why.UNREFERENCED, Why.PARTNERLESS_MUTABLE,
+           Why.GC_POLICY, Why.GC_PAIR_HALF, Why.LAST_USED_STAMPED, Why.SIZE_RECORDED}
+GC_WHY = (Why.GC_POLICY, Why.GC_PAIR_HALF, Why.LAST_USED_STAMPED, Why.SIZE_RECORDED)
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,7 @@ class StartPlan:
     notes: list[Note] = field(default_factory=list)
     overlays: dict[str, Overlay] = field(default_factory=dict)   # each store's state after the start
     starts_replayed: int = 1                 # consecutive starts the plan covers (until_stable)
+    gc: list = field(default_factory=list)   # (stage, gc.GCResult) per worker and GC pass, in order
 
     @property
     def daemon_exit(self) -> int | None:
@@ -709,9 +718,12 @@ class _Model:
             return None
         return Why.RESULT_OF_CLEARED_RECORD if parts[1] in worker.cleared else Why.RESULT_UNLOADABLE
 
-    def release_unreferenced(self, ov: Overlay) -> None:
+    release_stage = Stage.RELEASE
+
+    def release_unreferenced(self, ov: Overlay, stage: Stage = Stage.RELEASE) -> None:
         """ReleaseUnreferenced: Walk over `_links`, WalkResults of each key, Release of every result whose ref
         does not exist, each in its own transaction. An undecodable result ends the walk (its error is logged)."""
+        self.release_stage = stage
         order = self._release_order(ov)
         if order is not None:
             for rid in order:
@@ -807,13 +819,13 @@ class _Model:
             results = ov.bucket(RESULT).bucket(kid)
             if results is None:
                 continue
-            results.delete(rid, ("result", why, rid, Stage.RELEASE))
+            results.delete(rid, ("result", why, rid, self.release_stage))
             ids = ov.bucket(BYRESULT).bucket(rid)
             if ids is None:
                 continue
-            ids.delete(kid, ("byresult", why, rid, Stage.RELEASE))
+            ids.delete(kid, ("byresult", why, rid, self.release_stage))
             if ids.is_empty():
-                ov.bucket(BYRESULT).delete_bucket(rid, ("byresult", why, rid, Stage.RELEASE))
+                ov.bucket(BYRESULT).delete_bucket(rid, ("byresult", why, rid, self.release_stage))
             self.empty_branch(ov, kid)
 
     def empty_branch(self, ov: Overlay, kid: bytes) -> None:
@@ -824,7 +836,7 @@ class _Model:
         links = ov.bucket(LINKS).bucket(kid)
         if not results.is_empty() or (links is not None and not links.is_empty()):
             return
-        why = (Why.EMPTY_BRANCH, kid, Stage.RELEASE)
+        why = (Why.EMPTY_BRANCH, kid, self.release_stage)
         back = ov.bucket(BACKLINKS).bucket(kid)
         if back is not None:
             for parent, _ in list(back.items()):
@@ -842,7 +854,7 @@ class _Model:
                     if sub.is_empty():
                         sr = ov.bucket(RESULT).bucket(parent)
                         if sr is None or sr.is_empty():
-                            ov.bucket(LINKS).delete_bucket(parent, ("links", Why.EMPTY_BRANCH, parent, Stage.RELEASE))
+                            ov.bucket(LINKS).delete_bucket(parent, ("links", Why.EMPTY_BRANCH, parent, self.release_stage))
                 self.empty_branch(ov, parent)
             ov.bucket(BACKLINKS).delete_bucket(kid, ("backlinks",) + why)
         ov.bucket(LINKS).delete_bucket(kid, ("links",) + why)
@@ -919,6 +931,31 @@ class _Model:
     # -- the start-up GC ------------------------------------------------------------------------
 
     def startup_gc(self, worker: _Worker) -> None:
+        """Controller.gc: the worker's policy, rule by rule (gc.py)."""
+        from .gc import DiskStat, collect, worker_policy
+        rules = worker_policy(self.config, DiskStat.of(self.root.path))
+        if rules:
+            self.plan.gc.append((Stage.STARTUP_GC, collect(self, worker, rules, self.now, Stage.STARTUP_GC,
+                                                            GC_WHY)))
+
+    def prune(self, rule) -> None:
+        """`buildctl prune` on the started daemon: the rule on every worker, containerd's GC, and the
+        release of the results whose records went (Controller.Prune's deferred ReleaseUnreferenced)."""
+        from .gc import collect
+        removed = False
+        for worker in [w for w in self.workers if w.md is not None]:
+            with self._guard(Stage.PRUNE, worker.store("metadata_v2.db"), "cacheManager.Prune"):
+                res = collect(self, worker, [rule], self.now, Stage.PRUNE, GC_WHY)
+            self.plan.gc.append((Stage.PRUNE, res))
+            removed = removed or bool(res.removed)
+            with self._guard(Stage.CONTAINERD_GC, worker.store("containerdmeta.db"), "containerd's GC"):
+                self.containerd_gc(worker)
+        cache = self.plan.overlays.get("cache.db")
+        if removed and cache is not None:
+            with self._guard(Stage.LATER_RELEASE, "cache.db", "solver.(*cacheManager).ReleaseUnreferenced"):
+                self.release_unreferenced(cache, Stage.LATER_RELEASE)
+
+    def partnerless(self, worker: _Worker, stage: Stage) -> None:
         """DiskUsage's get() of each record of unknown size: a mutable record with no immutable partner is
         committed to a temporary record and released, and without a retain policy both go (rule 12)."""
         for rid, rec in sorted(worker.records.items()):
@@ -928,7 +965,7 @@ class _Model:
                 continue
             if rec.md.int64("cache.cachePolicy") == 1:
                 continue        # retained (a cache mount): released, kept; nothing written (cases 01, 08)
-            worker.remove(rec, Why.PARTNERLESS_MUTABLE, rid, Stage.STARTUP_GC)
+            worker.remove(rec, Why.PARTNERLESS_MUTABLE, rid, stage)
 
     def containerd_gc(self, worker: _Worker) -> None:
         if worker.cd is None:

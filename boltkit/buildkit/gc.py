@@ -1,0 +1,676 @@
+"""BuildKit's garbage collection, replayed offline on the records the start model loaded.
+
+Written from BuildKit at 73ed6825 (the daemon of the start and GC recordings): ``cacheManager.prune`` /
+``pruneOnce`` / ``DiskUsage`` / ``sortDeleteRecords`` (cache/manager.go), ``cacheRecord.size`` and the
+reference counting of ``cache/refs.go``, the policy of ``cmd/buildkitd/config/gcpolicy.go`` and
+``getGCPolicy``, and buildctl prune's options (``client.WithKeepOpt``). The rules that decide what stays:
+
+- a record is a candidate only when nothing holds a reference to it. In an idle daemon the only holders are
+  the records loaded on top of it: every record holds one reference on each of its parents from
+  ``cacheManager.init`` on, so a parent can go only after all its descendants, and a prune repeats its pass
+  until a pass removes nothing;
+- an equal-mutable pair counts once, through its mutable half; removing it removes both;
+- internal and frontend records need ``--all``; ``keepDuration`` keeps a record used after the cut-off; a
+  rule's filters (containerd's filter syntax over id, description, type, mutable, immutable, shared,
+  private) must match;
+- with a byte budget (reservedSpace, maxUsedSpace, minFreeSpace) the records go one at a time, least
+  recently and least often used first, until the total is under what the rule keeps;
+- releasing the last reference on a parent stamps it as used *now* (``updateLastUsed``: usageCount + 1,
+  lastUsedAt = now). A keep-duration prune therefore keeps the parents of everything it removes, until
+  the next prune: the commonest answer to "why is this old record still here".
+
+Sizes are BuildKit's: ``snapshot.size`` where recorded, else the snapshotter's usage (a committed
+snapshot's size row in snapshots/metadata.db, an active one's directory walked as containerd's
+``fs.DiskUsage`` does: 512-byte blocks of each inode once) plus the blob's size in the content store; the
+size found is written back to the record, as ``queueSize`` does.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .gotime import unix_ns
+from .startconfig import ConfigError, StartConfig, go_duration
+
+if TYPE_CHECKING:
+    from .startup import _Model, _Rec, _Worker
+
+MAX_PRUNE_BATCH = 10            # maxPruneBatch: records removed per pass while the manager's lock is held
+SKIPPED_TYPES = ("internal", "frontend")
+
+
+# -- the policy -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DiskStat:
+    """util/disk.GetDiskStat: statfs of the root (Bsize × Blocks, Bsize × Bfree)."""
+    total: int
+    free: int
+
+    @classmethod
+    def of(cls, path: str | os.PathLike) -> "DiskStat":
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            return cls(0, 0)
+        return cls(st.f_bsize * st.f_blocks, st.f_bsize * st.f_bfree)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One client.PruneInfo: a GC policy rule, or the options of one `buildctl prune`."""
+    filters: tuple[str, ...] = ()
+    all: bool = False
+    keep_duration: datetime.timedelta = datetime.timedelta(0)
+    reserved_space: int = 0
+    max_used_space: int = 0
+    min_free_space: int = 0
+
+    @property
+    def has_budget(self) -> bool:
+        return bool(self.max_used_space or self.reserved_space or self.min_free_space)
+
+    def describe(self) -> str:
+        parts = []
+        if self.filters:
+            parts.append("filter " + " | ".join(self.filters))
+        if self.all:
+            parts.append("all")
+        if self.keep_duration:
+            parts.append(f"keep {_duration(self.keep_duration)}")
+        for name, v in (("reserved", self.reserved_space), ("max used", self.max_used_space),
+                        ("min free", self.min_free_space)):
+            if v:
+                parts.append(f"{name} {v / 1e6:g} MB")
+        return ", ".join(parts) or "everything"
+
+    def as_dict(self) -> dict:
+        return {"filters": list(self.filters), "all": self.all,
+                "keep_duration_s": self.keep_duration.total_seconds(), "reserved_space": self.reserved_space,
+                "max_used_space": self.max_used_space, "min_free_space": self.min_free_space}
+
+
+def _duration(d: datetime.timedelta) -> str:
+    s = int(d.total_seconds())
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n and s % n == 0:
+            return f"{s // n}{unit}"
+    return f"{s}s"
+
+
+_RAM = re.compile(r"^(\d+(?:\.\d+)*) ?([kKmMgGtTpP])?[iI]?[bB]?$")
+
+
+def ram_in_bytes(text: str) -> int:
+    """docker/go-units RAMInBytes: binary multiples ("5MB" is 5 MiB), a decimal number allowed."""
+    m = _RAM.match(text)
+    if not m:
+        raise ConfigError(f"invalid disk space {text!r}")
+    n = float(m.group(1))
+    exp = "kmgtp".find(m.group(2).lower()) + 1 if m.group(2) else 0
+    return int(n * 1024 ** exp)
+
+
+def disk_space(value, dstat: DiskStat) -> int:
+    """config.DiskSpace, then AsBytes: bytes, or a percentage of the disk rounded up to whole GB."""
+    if value is None or value == "":
+        return 0
+    if isinstance(value, bool):
+        raise ConfigError(f"invalid disk space {value!r}")
+    if isinstance(value, int):
+        return value
+    text = str(value).strip().strip('"')
+    if not text:
+        return 0
+    if text.endswith("%"):
+        try:
+            pct = int(text[:-1])
+        except ValueError:
+            raise ConfigError(f"invalid disk space {value!r}") from None
+        return _percent(pct, dstat)
+    return ram_in_bytes(text)
+
+
+def _percent(pct: int, dstat: DiskStat) -> int:
+    if pct == 0:
+        return 0
+    if dstat.total == 0:
+        return 2_000_000_000               # defaultCap
+    avail = dstat.total * pct // 100
+    return (avail // (1 << 30) + 1) * 1_000_000_000
+
+
+def default_policy(config: StartConfig, dstat: DiskStat) -> list[Rule]:
+    """DefaultGCPolicy with the worker's reservedSpace / maxUsedSpace / minFreeSpace (gckeepstorage as
+    reservedSpace), or DetectDefaultGCCap's 10 % / 80 % / 20 % of the disk (at most 10 GB / 100 GB)."""
+    space = config.gc_space
+    reserved = disk_space(space.get("reservedSpace"), dstat)
+    max_used = disk_space(space.get("maxUsedSpace"), dstat)
+    min_free = disk_space(space.get("minFreeSpace"), dstat)
+    if not (reserved or max_used or min_free):
+        reserved = disk_space(space.get("gckeepstorage"), dstat)
+    if not (reserved or max_used or min_free):
+        reserved = min(_percent(10, dstat), 10_000_000_000)
+        max_used = min(_percent(80, dstat), 100_000_000_000)
+        min_free = _percent(20, dstat)
+    budget = dict(reserved_space=reserved, max_used_space=max_used, min_free_space=min_free)
+    return [
+        Rule(filters=("type==source.local", "type==exec.cachemount", "type==source.git.checkout"),
+             keep_duration=datetime.timedelta(hours=48), max_used_space=512_000_000),
+        Rule(keep_duration=datetime.timedelta(days=60), **budget),
+        Rule(**budget),
+        Rule(all=True, **budget),
+    ]
+
+
+def worker_policy(config: StartConfig, dstat: DiskStat) -> list[Rule]:
+    """getGCPolicy: no rules with gc = false; the config's gcpolicy list as written (keepBytes standing in
+    for a missing reservedSpace), else the default policy."""
+    if not config.gc:
+        return []
+    if not config.gc_policy:
+        return default_policy(config, dstat)
+    rules = []
+    for i, raw in enumerate(config.gc_policy):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"worker.oci.gcpolicy[{i}] is not a table")
+        filters = raw.get("filters") or []
+        if not isinstance(filters, list) or not all(isinstance(f, str) for f in filters):
+            raise ConfigError(f"worker.oci.gcpolicy[{i}].filters must be a list of strings")
+        reserved = raw.get("reservedSpace") or raw.get("keepBytes")
+        rules.append(Rule(
+            filters=tuple(filters), all=raw.get("all") is True,
+            keep_duration=go_duration(raw.get("keepDuration", 0) or 0),
+            reserved_space=disk_space(reserved, dstat), max_used_space=disk_space(raw.get("maxUsedSpace"), dstat),
+            min_free_space=disk_space(raw.get("minFreeSpace"), dstat)))
+    for rule in rules:
+        for f in rule.filters:
+            parse_filter(f)
+    return rules
+
+
+# -- containerd's filters -----------------------------------------------------------------------------------
+
+class FilterError(ConfigError):
+    """A filter containerd's parser rejects: buildkitd fails the prune with it."""
+
+
+@dataclass(frozen=True)
+class _Selector:
+    field: str
+    op: str | None           # None: present; "==", "!=", "~="
+    value: str = ""
+
+
+_TOKEN = re.compile(r'\s*(?:(?P<op>==|!=|~=)|(?P<sep>,)|(?P<quoted>"(?:[^"\\]|\\.)*"|/(?:[^/\\]|\\.)*/|'
+                    r"\|(?:[^|\\]|\\.)*\|)|(?P<word>[^\s,=!~\"]+))")
+
+
+def parse_filter(text: str) -> list[_Selector]:
+    """filters.Parse: selectors joined by commas (all must match); a selector is a field, optionally an
+    operator and a value (quoted with "…", or /…/ and |…| for ~=)."""
+    if not text.strip():
+        return []
+    out, pos = [], 0
+    tokens = []
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            if text[pos:].strip() == "":
+                break
+            raise FilterError(f"invalid filter {text!r}: unexpected {text[pos]!r} at {pos}")
+        tokens.append(m)
+        pos = m.end()
+    i = 0
+    while i < len(tokens):
+        t = tokens[i]
+        if t.group("word") is None and t.group("quoted") is None:
+            raise FilterError(f"invalid filter {text!r}: a field name expected at {t.start()}")
+        name = _unquote(t.group("word") or t.group("quoted"))
+        i += 1
+        if i < len(tokens) and tokens[i].group("op"):
+            op = tokens[i].group("op")
+            i += 1
+            if i >= len(tokens) or tokens[i].group("sep"):
+                raise FilterError(f"invalid filter {text!r}: a value expected after {op}")
+            value = _unquote(tokens[i].group("word") or tokens[i].group("quoted"))
+            if op == "~=":
+                try:
+                    re.compile(value)
+                except re.error as e:
+                    raise FilterError(f"invalid filter {text!r}: {e}") from None
+            out.append(_Selector(name, op, value))
+            i += 1
+        else:
+            out.append(_Selector(name, None))
+        if i < len(tokens):
+            if not tokens[i].group("sep"):
+                raise FilterError(f"invalid filter {text!r}: expected ',' at {tokens[i].start()}")
+            i += 1
+    return out
+
+
+def _unquote(s: str) -> str:
+    if len(s) >= 2 and s[0] == s[-1] and s[0] in "\"/|":
+        body = s[1:-1]
+        return json.loads('"' + body.replace('"', '\\"') + '"') if s[0] == '"' else body
+    return s
+
+
+def matches(filters: tuple[str, ...], fields: dict[str, tuple[str, bool]]) -> bool:
+    """filters.ParseAll: no filter matches everything; several match when any one does."""
+    if not filters:
+        return True
+    for text in filters:
+        sels = parse_filter(text)
+        if all(_match(s, fields) for s in sels):
+            return True
+    return False
+
+
+def _match(s: _Selector, fields: dict[str, tuple[str, bool]]) -> bool:
+    value, present = fields.get(s.field, ("", False))
+    if s.op is None:
+        return present
+    if s.op == "==":
+        return present and value == s.value
+    if s.op == "!=":
+        return value != s.value
+    return re.search(s.value, value) is not None
+
+
+# -- the replay ---------------------------------------------------------------------------------------------
+
+class Keep(str, Enum):
+    """Why a record survives a GC pass or a prune."""
+    PARENT = "parent"                    # a record loaded on top of it holds a reference
+    PAIR = "pair"                        # the immutable half of an equal-mutable pair: goes with its mutable
+    TYPE = "internal-or-frontend"        # skipped unless --all / all = true
+    RECENT = "keep-duration"             # used after the rule's cut-off
+    FILTER = "filter"                    # the rule's filters do not match it
+    BUDGET = "under-budget"              # the total fell under what the rule keeps before its turn came
+    NO_RULE = "no-rule"                  # no rule's filters match it
+    NO_POLICY = "no-policy"              # the worker has GC off
+
+
+@dataclass
+class Removed:
+    id: bytes
+    worker: str
+    rule: int                  # index into the rules
+    size: int | None
+    record_type: str
+    mutable: bool
+    last_used: int | None      # UnixNano
+    usage_count: int
+    description: str
+    partner: bytes | None      # the immutable half removed with it
+    tie: bool = False          # another candidate had the same rank: buildkitd's pick among them is arbitrary
+
+
+@dataclass
+class Kept:
+    id: bytes
+    worker: str
+    reason: Keep
+    size: int | None
+    record_type: str
+    per_rule: list[Keep]
+    holders: list[bytes]       # the records holding it (Keep.PARENT)
+    last_used: int | None
+    description: str
+
+
+@dataclass
+class GCResult:
+    rules: list[Rule]
+    removed: list[Removed] = field(default_factory=list)
+    kept: list[Kept] = field(default_factory=list)
+    total_before: int = 0
+    total_after: int = 0
+    unknown_sizes: int = 0
+
+    @property
+    def reclaimed(self) -> int:
+        return sum(r.size or 0 for r in self.removed)
+
+
+class _Prune:
+    """One worker's cacheManager during the prune: reference holders, sizes, and the loop of pruneOnce."""
+
+    def __init__(self, model: "_Model", worker: "_Worker", now: datetime.datetime, stage, why):
+        self.model = model
+        self.w = worker
+        self.now_ns = unix_ns(now)
+        self.stage = stage
+        self.why = why               # Why values: (removed, pair half, parent stamped, size recorded)
+        self.holders: dict[bytes, set[bytes]] = {}
+        for rec in worker.records.values():
+            for p in rec.parents:
+                self.holders.setdefault(self._ref_target(p), set()).add(rec.id)
+        self.sizes: dict[bytes, int | None] = {}
+        self.unknown: set[bytes] = set()
+
+    def _ref_target(self, pid: bytes) -> bytes:
+        """cm.get on a mutable parent with an immutable partner hands out a reference on the partner."""
+        p = self.w.records.get(pid)
+        if p is not None and p.mutable and p.equal_immutable is not None:
+            return p.equal_immutable
+        return pid
+
+    def refs(self, rid: bytes) -> int:
+        return len(self.holders.get(rid, ()))
+
+    # -- sizes --------------------------------------------------------------------------------------------
+
+    def recorded_size(self, rec: "_Rec") -> int | None:
+        if rec.id in self.sizes:
+            return self.sizes[rec.id]
+        s = rec.md.int64("snapshot.size")
+        return s if s is not None and s >= 0 else None
+
+    def size(self, rec: "_Rec") -> int | None:
+        """cacheRecord.size: the recorded size, else the snapshotter's usage plus the blob, written back."""
+        s = self.recorded_size(rec)
+        if s is not None:
+            return s
+        driver = rec.md.snapshot_id()
+        if rec.equal_mutable is not None and rec.equal_mutable in self.w.records:
+            driver = self.w.records[rec.equal_mutable].md.snapshot_id()
+        usage = 0 if rec.md.boolean("cache.blobonly") else snapshot_usage(self.w, driver)
+        if usage is None:
+            self.unknown.add(rec.id)
+            self.sizes[rec.id] = None
+            return None
+        blob = rec.md.string("cache.blob")
+        if blob:
+            usage += blob_size(self.w, blob.encode()) or 0
+        self.sizes[rec.id] = usage
+        main = self.w.md.bucket(b"_main")
+        b = main.bucket(rec.id) if main is not None else None
+        if b is not None:
+            b.put(b"snapshot.size", _value(usage), ("record-value", self.why[3], rec.id, self.stage))
+            rec.md.values["snapshot.size"] = (usage, "")
+        return usage
+
+    # -- DiskUsage ------------------------------------------------------------------------------------------
+
+    def listed(self, rec: "_Rec") -> bool:
+        """DiskUsage and pruneOnce skip the duplicate of a pair: the immutable half while nothing holds
+        it, the mutable half while something does."""
+        if rec.equal_immutable is not None and self.refs(rec.equal_immutable) > 0:
+            return False
+        if rec.equal_mutable is not None and self.refs(rec.id) == 0:
+            return False
+        return True
+
+    def disk_usage_total(self) -> int:
+        """The sum of DiskUsage's sizes (nothing is shared on an OCI worker). Loading a record of unknown
+        size removes a mutable one without an immutable partner (the start model's rule, kept there)."""
+        self.model.partnerless(self.w, self.stage)
+        total = 0
+        for rec in sorted(self.w.records.values(), key=lambda r: r.id):
+            if rec.id not in self.w.records or not self.listed(rec):
+                continue
+            total += self.size(rec) or 0
+        return total
+
+    # -- pruneOnce ----------------------------------------------------------------------------------------
+
+    def verdict(self, rec: "_Rec", rule: Rule) -> Keep | None:
+        """None when pruneOnce would take the record, else why not."""
+        if not self.listed(rec):
+            return Keep.PAIR
+        if self.refs(rec.id) > 0:
+            return Keep.PARENT
+        rtype = rec.md.string("cache.recordType") or "regular"
+        if not rule.all and rtype in SKIPPED_TYPES:
+            return Keep.TYPE
+        last = rec.md.int64("cache.lastUsedAt") if rec.md.int64("cache.usageCount") is not None else None
+        if rule.keep_duration and last is not None and last > self.now_ns - _ns(rule.keep_duration):
+            return Keep.RECENT
+        fields = {"id": (rec.id.decode("utf-8", "surrogateescape"), True),
+                  "description": (rec.md.string("cache.description"), bool(rec.md.string("cache.description"))),
+                  "mutable": ("", rec.mutable), "immutable": ("", not rec.mutable),
+                  "type": (rtype, True), "shared": ("", False), "private": ("", True)}
+        if not matches(rule.filters, fields):
+            return Keep.FILTER
+        return None
+
+    def run(self, rule: Rule, index: int, result: GCResult, verdicts: dict[bytes, Keep]) -> None:
+        """cacheManager.prune: the budget from DiskUsage, then pruneOnce until a pass removes nothing."""
+        total = 0
+        if rule.has_budget:
+            total = self.disk_usage_total()
+        keep = keep_bytes(total, rule, DiskStat.of(self.w.dir) if rule.min_free_space else DiskStat(0, 0))
+        while True:
+            released, count = self.prune_once(rule, index, total, keep, result, verdicts)
+            if count == 0:
+                return
+            total -= released
+
+    def prune_once(self, rule: Rule, index: int, total: int, keep: int, result: GCResult,
+                   verdicts: dict[bytes, Keep]) -> tuple[int, int]:
+        recs = sorted(self.w.records.values(), key=lambda r: r.id)
+        under = keep != 0 and total < keep
+        candidates = []
+        for rec in recs:
+            why = self.verdict(rec, rule)
+            verdicts[rec.id] = why if why is not None else Keep.BUDGET
+            if why is None and not under:
+                candidates.append(rec)
+        if under or not candidates:
+            return 0, 0
+        tie = False
+        if keep != 0:
+            ranked = rank(candidates)
+            batch = ranked[:1]
+            tie = len(ranked) > 1 and ranked[0][1] == ranked[1][1]
+            batch = [r for r, _ in batch]
+        else:
+            batch = candidates[:MAX_PRUNE_BATCH]
+        released = count = 0
+        for rec in batch:
+            size = self.size(rec)
+            partner = self.w.records.get(rec.equal_immutable) if rec.equal_immutable is not None else None
+            if size is None and partner is not None:
+                size = self.recorded_size(partner)
+            result.removed.append(Removed(
+                rec.id, self.w.rel, index, size, rec.md.string("cache.recordType") or "regular", rec.mutable,
+                rec.md.int64("cache.lastUsedAt"), rec.md.int64("cache.usageCount") or 0,
+                rec.md.string("cache.description"), partner.id if partner is not None else None, tie))
+            verdicts.pop(rec.id, None)
+            if partner is not None:
+                verdicts.pop(partner.id, None)
+                self.remove(partner, remove_snapshot=False)
+            self.remove(rec, remove_snapshot=True)
+            released += size or 0
+            count += 1
+        return released, count
+
+    def remove(self, rec: "_Rec", *, remove_snapshot: bool) -> None:
+        """cacheRecord.remove: leases (with the snapshot), metadata, then the references on its parents;
+        the parent whose last reference goes is stamped as used now."""
+        if remove_snapshot:
+            self.w.remove(rec, self.why[0], rec.id, self.stage)
+        else:
+            self.w.records.pop(rec.id, None)
+            self.w.clear(rec.id, self.why[1], rec.id, self.stage)
+        self.holders.pop(rec.id, None)
+        for p in rec.parents:
+            target = self._ref_target(p)
+            held = self.holders.get(target)
+            if held is None or rec.id not in held:
+                continue
+            held.discard(rec.id)
+            if not held and target in self.w.records:
+                self.stamp(self.w.records[target])
+
+    def stamp(self, rec: "_Rec") -> None:
+        """metadata updateLastUsed: usageCount + 1 and lastUsedAt = now, in one transaction."""
+        count = (rec.md.int64("cache.usageCount") or 0) + 1
+        main = self.w.md.bucket(b"_main")
+        b = main.bucket(rec.id) if main is not None else None
+        if b is None:
+            return
+        tag = ("record-value", self.why[2], rec.id, self.stage)
+        b.put(b"cache.usageCount", _value(count), tag)
+        b.put(b"cache.lastUsedAt", _value(self.now_ns), tag)
+        rec.md.values["cache.usageCount"] = (count, "")
+        rec.md.values["cache.lastUsedAt"] = (self.now_ns, "")
+
+
+def keep_bytes(total: int, rule: Rule, dstat: DiskStat) -> int:
+    """calculateKeepBytes: maxUsedSpace, lowered to free minFreeSpace, never under reservedSpace."""
+    if not rule.has_budget:
+        return 0
+    keep = rule.max_used_space
+    excess = rule.min_free_space - dstat.free
+    if excess > 0:
+        keep = total - excess if keep == 0 else min(keep, total - excess)
+    elif rule.min_free_space and keep == 0:
+        keep = total
+    return max(keep, rule.reserved_space)
+
+
+def rank(candidates: list["_Rec"]) -> list[tuple["_Rec", float]]:
+    """sortDeleteRecords: the rank of last use plus the rank of use count, each scaled to 1; lowest first.
+    A record never used ranks first on the first axis."""
+    def last(r):
+        return r.md.int64("cache.lastUsedAt") if r.md.int64("cache.usageCount") is not None else None
+
+    def count(r):
+        return r.md.int64("cache.usageCount") or 0
+    by_last = sorted(candidates, key=lambda r: (last(r) is not None, last(r) or 0))
+    last_index, max_last, val = {}, 1.0, None
+    for r in by_last:
+        v = last(r)
+        if v is not None and (val is None or v > val):
+            val = v
+            max_last += 1
+        last_index[r.id] = max_last
+    by_count = sorted(candidates, key=count)
+    count_index, max_count, seen = {}, 1.0, 0
+    for r in by_count:
+        if count(r) != seen:
+            seen = count(r)
+            max_count += 1
+        count_index[r.id] = max_count
+    scored = [(r, last_index[r.id] / max_last + count_index[r.id] / max_count) for r in candidates]
+    scored.sort(key=lambda x: x[1])
+    return scored
+
+
+def _ns(d: datetime.timedelta) -> int:
+    return (d.days * 86400 + d.seconds) * 1_000_000_000 + d.microseconds * 1000
+
+
+def _value(n: int) -> bytes:
+    """metadata.NewValue of an integer: the JSON BuildKit stores."""
+    return b'{"value":%d}' % n
+
+
+def snapshot_usage(worker: "_Worker", key: bytes) -> int | None:
+    """The metadata snapshotter's Usage → the native/overlayfs snapshotter's: a committed snapshot's size
+    row; an active one's directory walked. 0 when the snapshot is unknown (NotFound is no error there);
+    None when an active snapshot's directory is not on disk here."""
+    cd, backend = worker.cd, worker.backend
+    if cd is None or worker.snapshotter is None:
+        return None
+    snaps = cd.bucket(b"v1", b"buildkit", b"snapshots", worker.snapshotter)
+    s = snaps.bucket(key) if snaps is not None else None
+    name = s.get(b"name") if s is not None else None
+    if name is None:
+        return 0
+    if backend is None:
+        return None
+    row = backend.bucket(b"v1", b"snapshots", name)
+    if row is None:
+        return 0
+    kind = row.get(b"kind") or b"\x00"
+    if kind[:1] != b"\x02":                         # not KindActive: the size stored at commit
+        return _varint(row.get(b"size"))
+    sid = _uvarint(row.get(b"id"))
+    return walk_usage(Path(worker.dir) / "snapshots" / "snapshots" / str(sid))
+
+
+def walk_usage(path: Path) -> int | None:
+    """continuity fs.DiskUsage: 512-byte blocks of every inode under the directory, each inode once."""
+    if not path.is_dir():
+        return None
+    seen, size = set(), 0
+    for top, dirs, files in os.walk(path):
+        for name in [top] + [os.path.join(top, f) for f in files] + [os.path.join(top, d) for d in dirs
+                                                                      if os.path.islink(os.path.join(top, d))]:
+            try:
+                st = os.lstat(name)
+            except OSError:
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key not in seen:
+                seen.add(key)
+                size += st.st_blocks * 512
+    return size
+
+
+def blob_size(worker: "_Worker", digest: bytes) -> int | None:
+    """The content store's Info: the blob's size row in containerdmeta.db."""
+    if worker.cd is None:
+        return None
+    b = worker.cd.bucket(b"v1", b"buildkit", b"content", b"blob", digest)
+    return _varint(b.get(b"size")) if b is not None else None
+
+
+def _uvarint(buf: bytes | None) -> int:
+    n = shift = 0
+    for byte in buf or b"":
+        n |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            break
+        shift += 7
+    return n
+
+
+def _varint(buf: bytes | None) -> int:
+    u = _uvarint(buf)
+    return (u >> 1) ^ -(u & 1)
+
+
+def collect(model: "_Model", worker: "_Worker", rules: list[Rule], now: datetime.datetime, stage, why) -> GCResult:
+    """cacheManager.Prune with these rules, in order, on one worker: removals, and for every record left
+    why it stayed."""
+    result = GCResult(rules)
+    p = _Prune(model, worker, now, stage, why)
+    per_rule: dict[bytes, list[Keep]] = {rid: [] for rid in worker.records}
+    for i, rule in enumerate(rules):
+        verdicts: dict[bytes, Keep] = {}
+        p.run(rule, i, result, verdicts)
+        for rid, k in verdicts.items():
+            if rid in worker.records:
+                per_rule.setdefault(rid, []).append(k)
+    for rid, rec in sorted(worker.records.items()):
+        reasons = per_rule.get(rid) or []
+        if not rules:
+            reason = Keep.NO_POLICY
+        elif reasons and all(k is Keep.FILTER for k in reasons):
+            reason = Keep.NO_RULE
+        else:
+            reason = next((k for k in reversed(reasons) if k is not Keep.FILTER), Keep.NO_RULE)
+        holders = sorted(p.holders.get(rid, ()))
+        result.kept.append(Kept(rid, worker.rel, reason, p.recorded_size(rec), rec.md.string("cache.recordType")
+                                or "regular", reasons, holders, rec.md.int64("cache.lastUsedAt"),
+                                rec.md.string("cache.description")))
+    result.total_after = sum(p.recorded_size(r) or 0 for r in worker.records.values() if p.listed(r))
+    result.total_before = result.total_after + result.reclaimed
+    result.unknown_sizes = len(p.unknown)
+    return result
+
+
+__all__ = ["Rule", "DiskStat", "Keep", "Removed", "Kept", "GCResult", "default_policy", "worker_policy",
+           "parse_filter", "matches", "keep_bytes", "rank", "collect", "disk_space", "ram_in_bytes", "FilterError"]
