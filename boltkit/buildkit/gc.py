@@ -87,13 +87,21 @@ class Rule:
         for name, v in (("reserved", self.reserved_space), ("max used", self.max_used_space),
                         ("min free", self.min_free_space)):
             if v:
-                parts.append(f"{name} {v / 1e6:g} MB")
+                parts.append(f"{name} {_bytes(v)}")
         return ", ".join(parts) or "everything"
 
     def as_dict(self) -> dict:
         return {"filters": list(self.filters), "all": self.all,
                 "keep_duration_s": self.keep_duration.total_seconds(), "reserved_space": self.reserved_space,
                 "max_used_space": self.max_used_space, "min_free_space": self.min_free_space}
+
+
+def _bytes(n: int) -> str:
+    """A budget as it was most likely written: 5MiB for 5242880, 512MB for 512000000."""
+    for unit, k in (("GB", 10**9), ("MB", 10**6), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= k and n % k == 0:
+            return f"{n // k}{unit}"
+    return f"{n}B"
 
 
 def _duration(d: datetime.timedelta) -> str:
@@ -319,12 +327,14 @@ class Kept:
     id: bytes
     worker: str
     reason: Keep
-    size: int | None
+    size: int | None           # as DiskUsage lists it (a pair's mutable half carries the pair's size)
+    counted: bool              # listed by DiskUsage (False: the immutable half of a pair, counted with it)
     record_type: str
     per_rule: list[Keep]
     holders: list[bytes]       # the records holding it (Keep.PARENT)
     last_used: int | None
     description: str
+    stamped: bool = False      # its last child went in this pass: lastUsedAt is now (updateLastUsed)
 
 
 @dataclass
@@ -355,7 +365,7 @@ class _Prune:
             for p in rec.parents:
                 self.holders.setdefault(self._ref_target(p), set()).add(rec.id)
         self.sizes: dict[bytes, int | None] = {}
-        self.unknown: set[bytes] = set()
+        self.stamped: set[bytes] = set()
 
     def _ref_target(self, pid: bytes) -> bytes:
         """cm.get on a mutable parent with an immutable partner hands out a reference on the partner."""
@@ -375,8 +385,9 @@ class _Prune:
         s = rec.md.int64("snapshot.size")
         return s if s is not None and s >= 0 else None
 
-    def size(self, rec: "_Rec") -> int | None:
-        """cacheRecord.size: the recorded size, else the snapshotter's usage plus the blob, written back."""
+    def size(self, rec: "_Rec", write: bool = True) -> int | None:
+        """cacheRecord.size: the recorded size, else the snapshotter's usage plus the blob, written back
+        (``write``: as the daemon does; totals the daemon never computes measure without writing)."""
         s = self.recorded_size(rec)
         if s is not None:
             return s
@@ -385,12 +396,12 @@ class _Prune:
             driver = self.w.records[rec.equal_mutable].md.snapshot_id()
         usage = 0 if rec.md.boolean("cache.blobonly") else snapshot_usage(self.w, driver)
         if usage is None:
-            self.unknown.add(rec.id)
-            self.sizes[rec.id] = None
             return None
         blob = rec.md.string("cache.blob")
         if blob:
             usage += blob_size(self.w, blob.encode()) or 0
+        if not write:
+            return usage
         self.sizes[rec.id] = usage
         main = self.w.md.bucket(b"_main")
         b = main.bucket(rec.id) if main is not None else None
@@ -418,8 +429,16 @@ class _Prune:
         for rec in sorted(self.w.records.values(), key=lambda r: r.id):
             if rec.id not in self.w.records or not self.listed(rec):
                 continue
-            total += self.size(rec) or 0
+            total += self.listed_size(rec) or 0
         return total
+
+    def listed_size(self, rec: "_Rec", write: bool = True) -> int | None:
+        """DiskUsage's size of a row: recorded, else that of the reference `cm.get` hands out, which for
+        the mutable half of a pair is its immutable half."""
+        s = self.recorded_size(rec)
+        if s is None and rec.mutable and rec.equal_immutable in self.w.records:
+            return self.size(self.w.records[rec.equal_immutable], write)
+        return self.size(rec, write) if s is None else s
 
     # -- pruneOnce ----------------------------------------------------------------------------------------
 
@@ -477,10 +496,12 @@ class _Prune:
             batch = candidates[:MAX_PRUNE_BATCH]
         released = count = 0
         for rec in batch:
-            size = self.size(rec)
             partner = self.w.records.get(rec.equal_immutable) if rec.equal_immutable is not None else None
+            size = self.recorded_size(rec)
             if size is None and partner is not None:
-                size = self.recorded_size(partner)
+                size = self.recorded_size(partner)      # "benefit from DiskUsage calc"
+            if size is None:
+                size = self.size(rec)
             result.removed.append(Removed(
                 rec.id, self.w.rel, index, size, rec.md.string("cache.recordType") or "regular", rec.mutable,
                 rec.md.int64("cache.lastUsedAt"), rec.md.int64("cache.usageCount") or 0,
@@ -522,6 +543,7 @@ class _Prune:
         tag = ("record-value", self.why[2], rec.id, self.stage)
         b.put(b"cache.usageCount", _value(count), tag)
         b.put(b"cache.lastUsedAt", _value(self.now_ns), tag)
+        self.stamped.add(rec.id)
         rec.md.values["cache.usageCount"] = (count, "")
         rec.md.values["cache.lastUsedAt"] = (self.now_ns, "")
 
@@ -663,12 +685,18 @@ def collect(model: "_Model", worker: "_Worker", rules: list[Rule], now: datetime
         else:
             reason = next((k for k in reversed(reasons) if k is not Keep.FILTER), Keep.NO_RULE)
         holders = sorted(p.holders.get(rid, ()))
-        result.kept.append(Kept(rid, worker.rel, reason, p.recorded_size(rec), rec.md.string("cache.recordType")
-                                or "regular", reasons, holders, rec.md.int64("cache.lastUsedAt"),
-                                rec.md.string("cache.description")))
-    result.total_after = sum(p.recorded_size(r) or 0 for r in worker.records.values() if p.listed(r))
+        if reason is Keep.PAIR and rec.equal_mutable is not None:
+            holders = [rec.equal_mutable]
+        listed = p.listed(rec)
+        result.kept.append(Kept(rid, worker.rel, reason, p.listed_size(rec, write=False) if listed else None,
+                                listed, rec.md.string("cache.recordType") or "regular", reasons, holders,
+                                rec.md.int64("cache.lastUsedAt"), rec.md.string("cache.description"),
+                                rid in p.stamped))
+    result.kept.sort(key=lambda k: (not k.counted, -(k.size or 0), k.id))
+    after = [p.listed_size(r, write=False) for r in worker.records.values() if p.listed(r)]
+    result.total_after = sum(s or 0 for s in after)
+    result.unknown_sizes = sum(s is None for s in after)
     result.total_before = result.total_after + result.reclaimed
-    result.unknown_sizes = len(p.unknown)
     return result
 
 

@@ -555,7 +555,8 @@ class _Worker:
 
 class _Model:
     def __init__(self, root: Root, config: StartConfig, now: datetime.datetime, fixes: tuple[Fix, ...] = (),
-                 previous: StartPlan | None = None):
+                 previous: StartPlan | None = None, prune_rule=None):
+        self.prune_rule = prune_rule    # a gc.Rule: `buildctl prune` with it once the daemon has started
         self.previous = previous        # the start before this one: its overlays are this start's files
         self.root = root
         self.config = config
@@ -703,6 +704,8 @@ class _Model:
             for worker in [w for w in self.workers if w.md is not None]:
                 with self._guard(Stage.CONTAINERD_GC, worker.store("containerdmeta.db"), "containerd's GC"):
                     self.containerd_gc(worker)
+        if self.prune_rule is not None:
+            self.prune(self.prune_rule)
 
     # -- cache.db -------------------------------------------------------------------------------
 
@@ -1135,15 +1138,16 @@ def write_start(plan: StartPlan, out: str | os.PathLike) -> list[str]:
 
 def simulate_start(root: str | os.PathLike, *, config: StartConfig | None = None,
                    now: datetime.datetime | None = None, fixes: tuple[Fix, ...] = (),
-                   until_stable: bool = False) -> StartPlan:
+                   until_stable: bool = False, prune=None) -> StartPlan:
     """Replay buildkitd's next start on the root (read-only): the outcome and every change it makes.
+    ``prune`` (a gc.Rule): then `buildctl prune` with it on the started daemon (the plan's ``gc`` passes).
     ``until_stable``: replay start after start until one changes nothing (some effects take two starts: a
     record whose parent the start-up GC removed goes at the following start). The plan's overlays hold each
     store's state afterwards (``write_start``); release the plan's files with ``close_plan``."""
     found = discover(root)
     config = config or StartConfig()
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    models = [_Model(found, config, now, fixes)]
+    models = [_Model(found, config, now, fixes, prune_rule=prune)]
     plan = models[0].run()
     while until_stable and plan.starts and plan.starts_replayed < 8:
         before = sum(len(ov.journal) for ov in plan.overlays.values())
