@@ -680,7 +680,7 @@ def collect(model: "_Model", worker: "_Worker", rules: list[Rule], now: datetime
         reasons = per_rule.get(rid) or []
         if not rules:
             reason = Keep.NO_POLICY
-        elif reasons and all(k is Keep.FILTER for k in reasons):
+        elif len(rules) > 1 and reasons and all(k is Keep.FILTER for k in reasons):
             reason = Keep.NO_RULE
         else:
             reason = next((k for k in reversed(reasons) if k is not Keep.FILTER), Keep.NO_RULE)
