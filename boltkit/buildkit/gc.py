@@ -683,7 +683,8 @@ def collect(model: "_Model", worker: "_Worker", rules: list[Rule], now: datetime
         elif len(rules) > 1 and reasons and all(k is Keep.FILTER for k in reasons):
             reason = Keep.NO_RULE
         else:
-            reason = next((k for k in reversed(reasons) if k is not Keep.FILTER), Keep.NO_RULE)
+            reason = next((k for k in reversed(reasons) if k is not Keep.FILTER),
+                          reasons[-1] if reasons else Keep.NO_RULE)
         holders = sorted(p.holders.get(rid, ()))
         if reason is Keep.PAIR and rec.equal_mutable is not None:
             holders = [rec.equal_mutable]
