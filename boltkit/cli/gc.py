@@ -98,10 +98,11 @@ def gc(root, config_path, prune, filters, keep_duration, keep_storage, keep_stor
         raise click.BadParameter(str(e)) from None
     now = None
     if at is not None:
-        try:
-            now = datetime.datetime.fromtimestamp(parse_rfc3339(at) / 1e9, datetime.timezone.utc)
-        except (ValueError, TypeError):
-            raise click.BadParameter(f"{at!r} is not an RFC 3339 time", param_hint="--at") from None
+        ns = parse_rfc3339(at.encode())
+        if ns is None:
+            raise click.BadParameter(f"{at!r} is not an RFC 3339 time", param_hint="--at")
+        now = datetime.datetime.fromtimestamp(ns // 10**9, datetime.timezone.utc) + datetime.timedelta(
+            microseconds=ns % 10**9 // 1000)
     rule = None
     if prune or filters or keep_duration or keep_storage or keep_storage_min or free_storage or prune_all:
         rule = Rule(filters=tuple(filters), all=prune_all, keep_duration=duration,
