@@ -147,3 +147,20 @@ def test_reading_never_writes(tmp_path, example_db):
         run(cmd, db)
     run("export", "--snapshot", db)
     assert (db.read_bytes(), db.stat().st_mtime_ns) == before
+
+
+def test_keys_and_buckets_read_past_damage_like_export():
+    """One tolerant walk for every reader: on a torn copy whose _links bucket has a damaged leaf, `keys` and
+    `buckets` list every entry `export` finds, say what they skipped on stderr and exit 1 (they printed nothing
+    and exited 8 when they read strictly)."""
+    from .conftest import corpus_files
+    torn = [p for p in corpus_files("torn") if p.name == "daemon4-cache-cp-during-build-136.db"][0]
+    exported = {tuple(r["path"]) for r in map(json.loads, run("export", torn, "_links").stdout.splitlines())
+                if r["type"] == "bucket"}
+    assert len(exported) == 375
+    keys = run("keys", "--json", torn, "_links")
+    assert keys.exit_code == 1 and "damage: page 258" in keys.stderr
+    assert {("_links", r["key"]) for r in map(json.loads, keys.stdout.splitlines()) if r["bucket"]} == exported
+    listed = run("buckets", "--json", torn, "_links")
+    assert listed.exit_code == 1 and "damage: page 258" in listed.stderr
+    assert {tuple(r["path"]) for r in map(json.loads, listed.stdout.splitlines())} == exported

@@ -1,4 +1,4 @@
 """Layer 6: BuildKit's stores: decoders, the cache-key graph, semantic checks."""
 from .cachecheck import check_cache_columns, check_cache_db
-from .cachecolumns import CacheColumns, load_cache_columns
-from .cachedb import CacheStore, decode_link_key, load_cache_store
+from .cachecolumns import CacheColumns, load_cache_columns, load_cache_store
+from .cachedb import CacheStore, decode_link_key

@@ -11,7 +11,6 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from ..storage import Database
 
 TOP_BUCKETS = (b"_result", b"_links", b"_byresult", b"_backlinks")
 _DIGEST = re.compile(r"^(sha256:[0-9a-f]{64}|random:[0-9a-f]{64})$")
@@ -204,11 +203,3 @@ class CacheStore:
 
     def with_results(self) -> set[str]:
         return {k for k, v in self.results.items() if v}
-
-
-def load_cache_store(db: Database, on_damage=None) -> CacheStore:
-    """Decode every entry of a cache.db into Python objects (the repairs rewrite from these). One bulk pass
-    over the tree (cachecolumns.py); structural damage goes to ``on_damage`` (or is raised) and what it
-    hides is left out."""
-    from .cachecolumns import load_cache_columns
-    return load_cache_columns(db, on_damage=on_damage).to_store()

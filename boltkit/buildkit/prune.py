@@ -13,17 +13,7 @@ from dataclasses import dataclass, field
 
 from .cachedb import TOP_BUCKETS, CacheStore, id_class, split_result_id
 from .graph import cycles, live_keys
-
-
-@dataclass
-class Change:
-    code: str           # the problem code it repairs
-    action: str         # drop-key, drop-link, drop-result, add-backlink, drop-backlink, add-byresult, ...
-    bucket: str
-    key: str
-
-    def as_dict(self) -> dict:
-        return {"code": self.code, "action": self.action, "bucket": self.bucket, "key": self.key}
+from .plan import Change
 
 
 @dataclass
@@ -186,7 +176,7 @@ def plan_file(path: str, *, break_cycles: bool = False, records: set[str] | None
     ``preflight=False`` when the caller has checked already), after ``rehome`` when asked."""
     from ..repair.preflight import require_sound
     from ..storage import Database
-    from .cachedb import load_cache_store
+    from .cachecolumns import load_cache_store
     from .rehome import rehome as rehome_buckets
     if preflight:
         require_sound(path)

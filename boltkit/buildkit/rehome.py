@@ -17,7 +17,7 @@ import re
 from ..storage import Database
 from .cachedb import TOP_BUCKETS, CacheStore, decode_link_key, decode_result
 from .history import decode_record
-from .prune import Change
+from .plan import Change
 
 _FREED = re.compile(rb"^page-\d+-free$")
 _LOST_LEAF = re.compile(rb"^page-\d+(-free|-doubtful)?$")     # a salvage label, not an id

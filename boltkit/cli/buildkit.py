@@ -47,7 +47,7 @@ def buildkit_check(files, max_errors, snapshot, as_json):
     import os
 
     from ..buildkit.fsck import check_root
-    from .startup import headline
+    from .startplan import headline
     checked, paths, roots = {}, [], []
     for f in files:
         if os.path.isdir(f):
@@ -369,7 +369,7 @@ def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, 
     from ..buildkit.startconfig import StartConfig
     from .check import EXIT_UNREADABLE
     from .output import emit_json, emit_table, warn
-    from .startup import change_record, echo_plan, note_record, prediction_record
+    from .startplan import change_record, echo_plan, note_record, prediction_record
     try:
         found = _root_or_exit(root)
         config = StartConfig.load(config_path) if config_path else None
@@ -717,7 +717,7 @@ def repair(root, apply_, start_only, prune_more, config_path, listing, as_json):
     from ..buildkit.startconfig import StartConfig
     from ..repair.replace import InUse
     from .output import emit_json, emit_table
-    from .startup import change_record, echo_plan
+    from .startplan import change_record, echo_plan
     found = _root_or_exit(root)
     backups, extra = [], []
     if prune_more:

@@ -255,14 +255,12 @@ def buckets(file, path, meta, snapshot, as_hex, encoding, as_json, table_fmt):
       boltkit buckets cache.db _result             one bucket per cache key
     """
     with opened(file, meta, snapshot) as db:
-        parent = db.bucket([parse_name(p, as_hex) for p in path])
+        names = [parse_name(p, as_hex) for p in path]
         rows = []
-        for item in db.tree.items(parent):
-            if not item.is_bucket:
-                continue
-            child = db.tree.child(parent, item)
+        errors: list = []
+        for child in db.buckets(names, damage=errors):
             keys = subs = 0
-            for it in db.tree.items(child):
+            for it in db.tree.items(child, on_error=errors.append):
                 subs += it.is_bucket
                 keys += not it.is_bucket
             rec = {"type": "bucket", "path": encode_path(child.path, encoding), "keys": keys, "buckets": subs,
@@ -270,10 +268,11 @@ def buckets(file, path, meta, snapshot, as_hex, encoding, as_json, table_fmt):
             if as_json:
                 emit_json(rec)
             else:
-                rows.append([show_bytes(item.key), keys, subs, "inline" if child.inline else f"page {child.root}",
+                rows.append([show_bytes(child.path[-1]), keys, subs, "inline" if child.inline else f"page {child.root}",
                              child.sequence])
         if not as_json:
             emit_table(rows, ["bucket", "keys", "buckets", "root", "sequence"], table_fmt, shrink=[0])
+        report_damage(errors, "list")
 
 
 @main.command()
@@ -293,14 +292,16 @@ def keys(file, path, meta, snapshot, as_hex, encoding, as_json):
       boltkit keys --hex cache.db 5f726573756c74   the bucket name given in hex
     """
     with opened(file, meta, snapshot) as db:
-        b = db.bucket([parse_name(p, as_hex) for p in path])
-        for item in db.tree.items(b):
+        names = tuple(parse_name(p, as_hex) for p in path)
+        errors: list = []
+        for item in db.items(names, damage=errors):
             if as_json:
-                emit_json({"type": "key", "path": encode_path(b.path, encoding), "key": encode_bytes(item.key, encoding),
+                emit_json({"type": "key", "path": encode_path(names, encoding), "key": encode_bytes(item.key, encoding),
                            "bucket": item.is_bucket})
             else:
                 text = item.key.hex() if encoding == "hex" else show_bytes(item.key)
                 click.echo(text + ("/" if item.is_bucket else ""))
+        report_damage(errors, "list")
 
 
 @main.command()
@@ -366,7 +367,7 @@ def tree(file, meta, snapshot, max_depth, encoding, as_json, table_fmt):
         order: list = []
         counts: dict = {}
         errors: list = []
-        for parent, child, item in db.tree.walk(db.root(), on_error=errors.append):
+        for parent, child, item in db.walk(damage=errors):
             if child is not None:
                 counts[child.path] = [0, 0, child]
                 order.append(child.path)

@@ -1,6 +1,8 @@
 """One opened bbolt file under one chosen meta: the entry point of every reader."""
 from __future__ import annotations
 
+from typing import Iterator, Sequence
+
 from ..errors import CorruptionError, NotFound, OpenError
 from ..textform import show_path
 from .freelist import Freelist, read_freelist
@@ -71,7 +73,7 @@ class Database:
     def root(self) -> Bucket:
         return self.tree.bucket_at((), self.meta.root, self.meta.sequence)
 
-    def bucket(self, path) -> Bucket:
+    def bucket(self, path: Sequence[bytes] = ()) -> Bucket:
         """The bucket at ``path`` (a sequence of names); NotFound when a step is missing or not a bucket."""
         b = self.root()
         for i, name in enumerate(path):
@@ -83,7 +85,7 @@ class Database:
             b = self.tree.child(b, item)
         return b
 
-    def item(self, path, key: bytes) -> Item:
+    def item(self, path: Sequence[bytes], key: bytes) -> Item:
         """The pair ``key`` of the bucket at ``path``: its value is ``data[item.value_start:item.value_end]``,
         in the map (a caller that streams a big value never holds a copy of it)."""
         item = self.tree.get(self.bucket(path), key)
@@ -93,11 +95,45 @@ class Database:
             raise NotFound(f"{_show_path([key])} in {_show_path(path)} is a bucket, not a key")
         return item
 
-    def get(self, path, key: bytes) -> bytes:
+    def get(self, path: Sequence[bytes], key: bytes) -> bytes:
+        """The value of ``key`` in the bucket at ``path`` (NotFound when either is missing)."""
         return self.value(self.item(path, key))
 
     def value(self, item: Item) -> bytes:
         return self.data[item.value_start:item.value_end]
+
+    # -- the tolerant readers: every reader of a bucket's contents goes through these -----------------
+    #
+    # ``damage`` chooses what damage does: None raises the first CorruptionError met; a list receives each one
+    # (where it is: page, offset, bucket path) and the read goes on past it, leaving out only what it hides, as
+    # `export` does on a torn copy. The same walk serves `keys`, `buckets`, `tree` and `export`.
+
+    def items(self, path: Sequence[bytes] = (), *, damage: list[CorruptionError] | None = None) -> Iterator[Item]:
+        """The entries of the bucket at ``path`` in key order, pairs and sub-bucket entries alike
+        (``item.is_bucket``; a pair's value is ``db.value(item)``)."""
+        return self.tree.items(self.bucket(path), on_error=None if damage is None else damage.append)
+
+    def buckets(self, path: Sequence[bytes] = (), *,
+                damage: list[CorruptionError] | None = None) -> Iterator[Bucket]:
+        """The buckets directly under ``path``, opened; one whose header or root page is unreadable is damage."""
+        parent = self.bucket(path)
+        on_error = None if damage is None else damage.append
+        for item in self.tree.items(parent, on_error=on_error):
+            if not item.is_bucket:
+                continue
+            try:
+                yield self.tree.child(parent, item, on_error)
+            except CorruptionError as e:
+                if damage is None:
+                    raise
+                damage.append(e)
+
+    def walk(self, path: Sequence[bytes] = (), *, damage: list[CorruptionError] | None = None,
+             on_page=None) -> Iterator[tuple[Bucket, Bucket | None, Item]]:
+        """Every bucket and pair under ``path``, depth first in bbolt cursor order: ``(bucket, None, item)`` for a
+        pair of ``bucket``, ``(bucket, child, item)`` for a sub-bucket, before the child's contents
+        (`Tree.walk`)."""
+        return self.tree.walk(self.bucket(path), on_error=None if damage is None else damage.append, on_page=on_page)
 
     def freelist(self) -> Freelist | None:
         """The stored freelist of the current meta, None when the file stores none (NoFreelistSync)."""

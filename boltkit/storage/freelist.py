@@ -7,7 +7,7 @@ import numpy as np
 
 from ..errors import CorruptionError
 from ..schemas import FREELIST_COUNT_SENTINEL, FREELIST_U64, PAGE_HEADER_SIZE, PageFlag
-from .pages import Pager
+from .pages import Pager, pages_in
 
 
 @dataclass
@@ -44,3 +44,12 @@ def read_freelist(pager: Pager, pgid: int) -> Freelist:
                               pgid=pgid, offset=off + 10)
     ids = np.frombuffer(pager.data, dtype=FREELIST_U64, count=n, offset=start).copy()
     return Freelist(pgid, overflow, ids, count)
+
+
+def freed_ids(data, file_size: int, page_size: int, pgid: int) -> set[int] | None:
+    """The ids of the freelist page ``pgid``, None when it cannot be read (the ladder and the rebuilt root weigh
+    transactions by what their freelists free)."""
+    try:
+        return set(read_freelist(Pager(data, file_size, page_size, pages_in(file_size, page_size)), pgid).ids.tolist())
+    except CorruptionError:
+        return None

@@ -26,6 +26,8 @@ from ..errors import OpenError
 from ..schemas import (MAGIC, MAGIC_BE, META, META_CHECKSUMMED, META_OFFSET, PAGE_HEADER, PAGE_HEADER_SIZE,
                        PGID_NO_FREELIST, VERSION, PageFlag, fnv1a64)
 from ..schemas import META1_PROBE_OFFSETS  # noqa: F401 - bbolt's own probe, for buildkit.startup's model of Open
+from .freelist import freed_ids
+from .rebuild import rebuild_root
 
 # bbolt writes 4 KiB pages on most systems, 16/64 KiB on arm64 and ppc64le; 512 is its tested minimum
 TRUSTED_PAGE_SIZES = tuple(512 << i for i in range(8))
@@ -326,30 +328,22 @@ def discover(data, file_size: int, force: int | None = None) -> MetaChoice:
         reason = f"meta {best.index} (txid {best.txid}), whose tree cannot be entered: " + "; ".join(best.faults)
         warnings.append(f"reading through {reason}")
         return MetaChoice(metas, page_size, best, reason, "broken", bbolt, warnings, ps_source)
-    from .rebuild import rebuild_root
-    rebuilt = rebuild_root(data, file_size, page_size)
-    if rebuilt is None:
+    found = rebuild_root(data, file_size, page_size)
+    if found is None:
         reasons = [f"meta {i}: " + ("missing" if m is None else "; ".join(m.errors + m.soft + m.faults))
                    for i, m in enumerate(metas)]
         raise OpenError("both meta pages are unusable and no root bucket could be rebuilt from the tree pages: "
                         + "; ".join(reasons))
+    rebuilt = Meta(None, -1, -1, PageFlag.META, MAGIC, VERSION, page_size, 0, found.root, 0, found.freelist,
+                   found.pgid, 0, 0, 0, rebuilt=True)
+    rebuilt.errors.append("rebuilt from the tree pages: no meta page could be used")
+    rebuilt.notes.append(found.note)
     reasons = [f"meta {i}: " + ("missing" if m is None else "; ".join(m.errors + m.soft + m.faults))
                for i, m in enumerate(metas)]
     reason = (f"root rebuilt from the tree pages (root page {rebuilt.root}, {rebuilt.notes[0]}): no usable meta ("
               + "; ".join(reasons) + ")")
     warnings.append(f"reading through the {reason}")
     return MetaChoice(metas, page_size, rebuilt, reason, "rebuilt", bbolt, warnings, ps_source)
-
-
-def freed_ids(data, file_size: int, page_size: int, pgid: int) -> set[int] | None:
-    """The ids of the freelist page ``pgid``, None when it cannot be read."""
-    from ..errors import CorruptionError
-    from .freelist import read_freelist
-    from .pages import Pager, pages_in
-    try:
-        return set(read_freelist(Pager(data, file_size, page_size, pages_in(file_size, page_size)), pgid).ids.tolist())
-    except CorruptionError:
-        return None
 
 
 def newer_by_freelist(a: Meta, b: Meta, data, file_size: int) -> bool:

@@ -8,14 +8,25 @@ the same pages as the new one), so coverage, not position, decides, and the rebu
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..errors import CorruptionError
-from ..schemas import BUCKET_HEADER, BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, MAGIC, PGID_NO_FREELIST, VERSION, PageFlag
-from .meta import Meta, freed_ids
+from ..schemas import BUCKET_HEADER, BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, PGID_NO_FREELIST, PageFlag
+from .freelist import freed_ids
 from .pages import Pager
 
 MAX_CANDIDATES = 256
+
+
+@dataclass(frozen=True)
+class RebuiltRoot:
+    """What the pages say in place of a meta: the ladder (meta.py) turns it into a Meta marked rebuilt."""
+    root: int
+    freelist: int
+    pgid: int
+    note: str
 
 
 def _graph(pager: Pager, pages: list[int]) -> tuple[dict[int, list[int]], dict[int, list[int]], dict[int, bool]]:
@@ -45,9 +56,9 @@ def _graph(pager: Pager, pages: list[int]) -> tuple[dict[int, list[int]], dict[i
     return children, buckets, only_buckets
 
 
-def rebuild_root(data, file_size: int, page_size: int) -> Meta | None:
-    """A meta whose root is the best root-bucket candidate; its root is 0 (no tree: every page is an orphan)
-    when the file has tree pages but none can be a root bucket, None when it has no tree page at all."""
+def rebuild_root(data, file_size: int, page_size: int) -> RebuiltRoot | None:
+    """The best root-bucket candidate; its root is 0 (no tree: every page is an orphan) when the file has tree
+    pages but none can be a root bucket, None when it has no tree page at all."""
     n = file_size // page_size
     if n <= 2:
         return None
@@ -108,8 +119,4 @@ def rebuild_root(data, file_size: int, page_size: int) -> Meta | None:
     else:
         root, note = 0, f"none of the {len(tree)} tree pages can be a root bucket: every page is an orphan"
     freelist = newest[0] if len(newest) == 1 else PGID_NO_FREELIST
-    m = Meta(None, -1, -1, PageFlag.META, MAGIC, VERSION, page_size, 0, root, 0, freelist,
-             -(-file_size // page_size), 0, 0, 0, rebuilt=True)
-    m.errors.append("rebuilt from the tree pages: no meta page could be used")
-    m.notes.append(note)
-    return m
+    return RebuiltRoot(root, freelist, -(-file_size // page_size), note)
