@@ -33,13 +33,14 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from .gotime import unix_ns
 from .startconfig import ConfigError, StartConfig, go_duration
 
-if TYPE_CHECKING:
-    from .startup import _Model, _Rec, _Worker
+# The start model's cache manager, worker and record (startup.py, which calls into this module): typed
+# loosely here so the two modules do not import each other.
+_Model = _Worker = _Rec = Any
 
 MAX_PRUNE_BATCH = 10            # maxPruneBatch: records removed per pass while the manager's lock is held
 SKIPPED_TYPES = ("internal", "frontend")
@@ -354,7 +355,7 @@ class GCResult:
 class _Prune:
     """One worker's cacheManager during the prune: reference holders, sizes, and the loop of pruneOnce."""
 
-    def __init__(self, model: "_Model", worker: "_Worker", now: datetime.datetime, stage, why):
+    def __init__(self, model: _Model, worker: _Worker, now: datetime.datetime, stage, why):
         self.model = model
         self.w = worker
         self.now_ns = unix_ns(now)
@@ -379,13 +380,13 @@ class _Prune:
 
     # -- sizes --------------------------------------------------------------------------------------------
 
-    def recorded_size(self, rec: "_Rec") -> int | None:
+    def recorded_size(self, rec: _Rec) -> int | None:
         if rec.id in self.sizes:
             return self.sizes[rec.id]
         s = rec.md.int64("snapshot.size")
         return s if s is not None and s >= 0 else None
 
-    def size(self, rec: "_Rec", write: bool = True) -> int | None:
+    def size(self, rec: _Rec, write: bool = True) -> int | None:
         """cacheRecord.size: the recorded size, else the snapshotter's usage plus the blob, written back
         (``write``: as the daemon does; totals the daemon never computes measure without writing)."""
         s = self.recorded_size(rec)
@@ -412,7 +413,7 @@ class _Prune:
 
     # -- DiskUsage ------------------------------------------------------------------------------------------
 
-    def listed(self, rec: "_Rec") -> bool:
+    def listed(self, rec: _Rec) -> bool:
         """DiskUsage and pruneOnce skip the duplicate of a pair: the immutable half while nothing holds
         it, the mutable half while something does."""
         if rec.equal_immutable is not None and self.refs(rec.equal_immutable) > 0:
@@ -432,7 +433,7 @@ class _Prune:
             total += self.listed_size(rec) or 0
         return total
 
-    def listed_size(self, rec: "_Rec", write: bool = True) -> int | None:
+    def listed_size(self, rec: _Rec, write: bool = True) -> int | None:
         """DiskUsage's size of a row: recorded, else that of the reference `cm.get` hands out, which for
         the mutable half of a pair is its immutable half."""
         s = self.recorded_size(rec)
@@ -442,7 +443,7 @@ class _Prune:
 
     # -- pruneOnce ----------------------------------------------------------------------------------------
 
-    def verdict(self, rec: "_Rec", rule: Rule) -> Keep | None:
+    def verdict(self, rec: _Rec, rule: Rule) -> Keep | None:
         """None when pruneOnce would take the record, else why not."""
         if not self.listed(rec):
             return Keep.PAIR
@@ -515,7 +516,7 @@ class _Prune:
             count += 1
         return released, count
 
-    def remove(self, rec: "_Rec", *, remove_snapshot: bool) -> None:
+    def remove(self, rec: _Rec, *, remove_snapshot: bool) -> None:
         """cacheRecord.remove: leases (with the snapshot), metadata, then the references on its parents;
         the parent whose last reference goes is stamped as used now."""
         if remove_snapshot:
@@ -533,7 +534,7 @@ class _Prune:
             if not held and target in self.w.records:
                 self.stamp(self.w.records[target])
 
-    def stamp(self, rec: "_Rec") -> None:
+    def stamp(self, rec: _Rec) -> None:
         """metadata updateLastUsed: usageCount + 1 and lastUsedAt = now, in one transaction."""
         count = (rec.md.int64("cache.usageCount") or 0) + 1
         main = self.w.md.bucket(b"_main")
@@ -561,7 +562,7 @@ def keep_bytes(total: int, rule: Rule, dstat: DiskStat) -> int:
     return max(keep, rule.reserved_space)
 
 
-def rank(candidates: list["_Rec"]) -> list[tuple["_Rec", float]]:
+def rank(candidates: list[_Rec]) -> list[tuple[_Rec, float]]:
     """sortDeleteRecords: the rank of last use plus the rank of use count, each scaled to 1; lowest first.
     A record never used ranks first on the first axis."""
     def last(r):
@@ -598,7 +599,7 @@ def _value(n: int) -> bytes:
     return b'{"value":%d}' % n
 
 
-def snapshot_usage(worker: "_Worker", key: bytes) -> int | None:
+def snapshot_usage(worker: _Worker, key: bytes) -> int | None:
     """The metadata snapshotter's Usage → the native/overlayfs snapshotter's: a committed snapshot's size
     row; an active one's directory walked. 0 when the snapshot is unknown (NotFound is no error there);
     None when an active snapshot's directory is not on disk here."""
@@ -641,7 +642,7 @@ def walk_usage(path: Path) -> int | None:
     return size
 
 
-def blob_size(worker: "_Worker", digest: bytes) -> int | None:
+def blob_size(worker: _Worker, digest: bytes) -> int | None:
     """The content store's Info: the blob's size row in containerdmeta.db."""
     if worker.cd is None:
         return None
@@ -664,7 +665,7 @@ def _varint(buf: bytes | None) -> int:
     return (u >> 1) ^ -(u & 1)
 
 
-def collect(model: "_Model", worker: "_Worker", rules: list[Rule], now: datetime.datetime, stage, why) -> GCResult:
+def collect(model: _Model, worker: _Worker, rules: list[Rule], now: datetime.datetime, stage, why) -> GCResult:
     """cacheManager.Prune with these rules, in order, on one worker: removals, and for every record left
     why it stayed."""
     result = GCResult(rules)

@@ -89,7 +89,7 @@ def gc(root, config_path, prune, filters, keep_duration, keep_storage, keep_stor
     from ..buildkit.gotime import parse_rfc3339
     from ..buildkit.startconfig import ConfigError, StartConfig, go_duration
     from ..buildkit.startup import Outcome, close_plan, simulate_start
-    from .startup import headline, note_record
+    from .startplan import headline, note_record
     try:
         for f in filters:
             parse_filter(f)
