@@ -361,19 +361,13 @@ class _Prune:
         self.now_ns = unix_ns(now)
         self.stage = stage
         self.why = why               # Why values: (removed, pair half, parent stamped, size recorded)
-        self.holders: dict[bytes, set[bytes]] = {}
-        for rec in worker.records.values():
-            for p in rec.parents:
-                self.holders.setdefault(self._ref_target(p), set()).add(rec.id)
+        self.holders = worker.holders    # the references the start model counted from cacheManager.init on
         self.sizes: dict[bytes, int | None] = {}
-        self.stamped: set[bytes] = set()
+        self.stamped_from = len(worker.stamped)
 
-    def _ref_target(self, pid: bytes) -> bytes:
-        """cm.get on a mutable parent with an immutable partner hands out a reference on the partner."""
-        p = self.w.records.get(pid)
-        if p is not None and p.mutable and p.equal_immutable is not None:
-            return p.equal_immutable
-        return pid
+    @property
+    def stamped(self) -> set[bytes]:
+        return set(self.w.stamped[self.stamped_from:])
 
     def refs(self, rid: bytes) -> int:
         return len(self.holders.get(rid, ()))
@@ -519,34 +513,8 @@ class _Prune:
     def remove(self, rec: _Rec, *, remove_snapshot: bool) -> None:
         """cacheRecord.remove: leases (with the snapshot), metadata, then the references on its parents;
         the parent whose last reference goes is stamped as used now."""
-        if remove_snapshot:
-            self.w.remove(rec, self.why[0], rec.id, self.stage)
-        else:
-            self.w.records.pop(rec.id, None)
-            self.w.clear(rec.id, self.why[1], rec.id, self.stage)
-        self.holders.pop(rec.id, None)
-        for p in rec.parents:
-            target = self._ref_target(p)
-            held = self.holders.get(target)
-            if held is None or rec.id not in held:
-                continue
-            held.discard(rec.id)
-            if not held and target in self.w.records:
-                self.stamp(self.w.records[target])
-
-    def stamp(self, rec: _Rec) -> None:
-        """metadata updateLastUsed: usageCount + 1 and lastUsedAt = now, in one transaction."""
-        count = (rec.md.int64("cache.usageCount") or 0) + 1
-        main = self.w.md.bucket(b"_main")
-        b = main.bucket(rec.id) if main is not None else None
-        if b is None:
-            return
-        tag = ("record-value", self.why[2], rec.id, self.stage)
-        b.put(b"cache.usageCount", _value(count), tag)
-        b.put(b"cache.lastUsedAt", _value(self.now_ns), tag)
-        self.stamped.add(rec.id)
-        rec.md.values["cache.usageCount"] = (count, "")
-        rec.md.values["cache.lastUsedAt"] = (self.now_ns, "")
+        self.w.remove(rec, self.why[0] if remove_snapshot else self.why[1], rec.id, self.stage,
+                      remove_snapshot=remove_snapshot)
 
 
 def keep_bytes(total: int, rule: Rule, dstat: DiskStat) -> int:

@@ -321,6 +321,7 @@ class _Rec:
     parents: list[bytes]
     equal_mutable: bytes | None = None
     equal_immutable: bytes | None = None
+    held: list[bytes] = field(default_factory=list)     # the records it holds a reference on (its parents)
 
 
 RESULT, LINKS, BYRESULT, BACKLINKS = b"_result", b"_links", b"_byresult", b"_backlinks"
@@ -343,6 +344,8 @@ class _Worker:
         self.records: dict[bytes, _Rec] = {}
         self.loading: list[bytes] = []
         self.cleared: set[bytes] = set()         # records this start removes
+        self.holders: dict[bytes, set[bytes]] = {}  # record -> the records holding a reference on it
+        self.stamped: list[bytes] = []               # records updateLastUsed stamped, in order
         self.unstamped = 0                       # records loaded without cache.createdAt
 
     def store(self, name: str) -> str:
@@ -402,12 +405,56 @@ class _Worker:
                 index.delete(_id(name) + b"::" + rid, ("index", why, subject, stage))
         main.delete_bucket(rid, ("record", why, subject, stage))
 
-    def remove(self, rec: _Rec, why: Why, subject: bytes, stage: Stage = Stage.WORKER) -> None:
-        """cacheRecord.remove(removeSnapshot=true): its leases, then its metadata."""
+    def remove(self, rec: _Rec, why: Why, subject: bytes, stage: Stage = Stage.WORKER, *,
+               remove_snapshot: bool = True) -> None:
+        """cacheRecord.remove: its leases (with the snapshot), its metadata, then its references on its
+        parents."""
         self.records.pop(rec.id, None)
-        for lid in (rec.id, rec.id + b"-variants"):
-            self.delete_lease(lid, why if why in ROUTINE else Why.LEASE_OF_CLEARED_RECORD, subject, stage)
+        if remove_snapshot:
+            for lid in (rec.id, rec.id + b"-variants"):
+                self.delete_lease(lid, why if why in ROUTINE else Why.LEASE_OF_CLEARED_RECORD, subject, stage)
         self.clear(rec.id, why, subject, stage)
+        self.release_refs(rec.id, rec.held, stage)
+        self.holders.pop(rec.id, None)
+
+    # -- references -----------------------------------------------------------------------------------------
+
+    def ref_target(self, pid: bytes) -> bytes:
+        """cm.get on a mutable record with an immutable partner hands out a reference on the partner."""
+        p = self.records.get(pid)
+        if p is not None and p.mutable and p.equal_immutable is not None:
+            return p.equal_immutable
+        return pid
+
+    def hold(self, holder: bytes, pid: bytes) -> bytes:
+        target = self.ref_target(pid)
+        self.holders.setdefault(target, set()).add(holder)
+        return target
+
+    def release_refs(self, holder: bytes, targets: list[bytes], stage: Stage) -> None:
+        """immutableRef.release of each reference: when no other reference that counts use is left on the
+        record, updateLastUsed stamps it (usageCount + 1, lastUsedAt = now). Releasing twice, as getRecord's
+        deferred release does after cacheRecord.remove, stamps twice."""
+        for t in targets:
+            held = self.holders.get(t)
+            if held is not None:
+                held.discard(holder)
+            if not held and t in self.records:
+                self.stamp(self.records[t], stage)
+
+    def stamp(self, rec: _Rec, stage: Stage) -> None:
+        main = self.md.bucket(b"_main")
+        b = main.bucket(rec.id) if main is not None else None
+        if b is None:
+            return
+        count = (rec.md.int64("cache.usageCount") or 0) + 1
+        now = unix_ns(self.model.now)
+        tag = ("record-value", Why.LAST_USED_STAMPED, rec.id, stage)
+        b.put(b"cache.usageCount", b'{"value":%d}' % count, tag)
+        b.put(b"cache.lastUsedAt", b'{"value":%d}' % now, tag)
+        rec.md.values["cache.usageCount"] = (count, "")
+        rec.md.values["cache.lastUsedAt"] = (now, "")
+        self.stamped.append(rec.id)
 
     def metadata(self, rid: bytes) -> MetaValues | None:
         """getMetadata: the record as the store holds it now (Store.Get ignores a decoding error)."""
@@ -455,6 +502,16 @@ class _Worker:
             self.loading.pop()
 
     def _load(self, rid: bytes, md: MetaValues) -> _Rec:
+        """getRecord past the cache: parentsOf takes a reference on each parent; whatever fails after that
+        releases them again (the deferred ``parents.release``)."""
+        held: list[bytes] = []
+        try:
+            return self._load_held(rid, md, held)
+        except _LoadError:
+            self.release_refs(rid, held, Stage.WORKER)
+            raise
+
+    def _load_held(self, rid: bytes, md: MetaValues, held: list[bytes]) -> _Rec:
         parents = md.parents()
         for p in parents:
             try:
@@ -462,6 +519,7 @@ class _Worker:
             except _LoadError as e:
                 raise _LoadError(Why.PARENT_NOT_LOADED, e.subject if e.why is Why.PARENT_NOT_LOADED else p,
                                  e.not_found) from None
+            held.append(self.hold(rid, p))
         em = md.string("cache.equalMutable")
         if em:
             try:
@@ -478,11 +536,11 @@ class _Worker:
                                                           Stage.WORKER))
                 md.values.pop("cache.equalMutable", None)
             else:
-                rec = _Rec(rid, md, False, parents, equal_mutable=mutable.id)
+                rec = _Rec(rid, md, False, parents, equal_mutable=mutable.id, held=held)
                 mutable.equal_immutable = rid
                 self.records[rid] = rec
                 return rec
-        rec = _Rec(rid, md, not md.boolean("snapshot.committed"), parents)
+        rec = _Rec(rid, md, not md.boolean("snapshot.committed"), parents, held=held)
         if md.kind() in ("merge", "diff"):
             rec.mutable = False         # the v0.10.{0,1} kludge (#2740)
         if md.boolean("cache.deleted"):
