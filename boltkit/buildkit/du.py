@@ -144,11 +144,63 @@ def explain(rows: list[Usage], bolt_bytes: int = 0, bak_bytes: int = 0) -> list[
                    "them as long as that descendant")
     unknown = [r for r in rows if r.size is None]
     if unknown:
-        out.append(f"{len(unknown)} record(s) have no recorded size (buildkitd computes it from the snapshot the next "
-                   "time `buildctl du` asks): counted as 0 here")
+        out.append(f"{len(unknown)} record(s) have no recorded size and none could be measured here (buildkitd "
+                   "measures the snapshot the next time `buildctl du` asks; its directory is not on disk here): "
+                   "counted as 0")
     if bolt_bytes:
         out.append(f"{bolt_bytes} bytes of bolt files are never counted by du and never shrink after a prune "
                    "(`boltkit compact` gives the space back)")
     if bak_bytes:
         out.append(f"{bak_bytes} bytes of .bak files left by SafeOpen resets are never read or counted again")
     return out
+
+
+@dataclass
+class StartedUsage:
+    """One worker's DiskUsage once the daemon has started."""
+    rows: dict[bytes, object]       # gc.UsageInfo of each listed record
+    removed: set[bytes]             # records the start removes
+    halves: set[bytes]              # immutable halves of pairs, listed through their mutable half
+
+
+def usage_after_start(root, config=None) -> tuple[dict[str, StartedUsage], list[str]]:
+    """DiskUsage of each worker as the daemon will list it once started (gc.disk_usage on the start
+    model), per metadata_v2.db path; and notes. Empty when the start would not get that far (the listing
+    then comes from the files alone)."""
+    from .gc import disk_usage
+    from .startup import Outcome, close_plan, simulate_start
+    plan = simulate_start(root, config=config)
+    try:
+        if plan.outcome not in (Outcome.STARTS, Outcome.RESETS):
+            return {}, [f"buildkitd would not start ({plan.outcome.value}): sizes and the record list are "
+                        "read from the files alone"]
+        model = plan._models[-1]
+        out = {}
+        for w in model.workers:
+            if w.md is not None:
+                infos = {u.id: u for u in disk_usage(model, w)}
+                halves = {rid for rid in w.records if rid not in infos}
+                out[str(w.dir / "metadata_v2.db")] = StartedUsage(infos, set(w.cleared), halves)
+        return out, []
+    finally:
+        close_plan(plan)
+
+
+def as_started(rows: list[Usage], started: StartedUsage) -> tuple[list[Usage], int, int]:
+    """The rows `buildctl du` shows on the started daemon: a pair once (its mutable half, with the
+    pair's size), without the records the start removes, sizes measured where not recorded, Reclaimable
+    = not in use. Returns the rows, how many records the start removes and how many pair halves fold."""
+    out, gone, folded = [], 0, 0
+    for r in rows:
+        rid = r.id.encode("utf-8", "surrogateescape")
+        info = started.rows.get(rid)
+        if info is None:
+            if rid in started.halves:
+                folded += 1
+            else:
+                gone += 1
+            continue
+        r.size = info.size
+        r.reclaimable = not info.in_use
+        out.append(r)
+    return out, gone, folded

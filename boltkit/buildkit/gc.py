@@ -517,6 +517,38 @@ class _Prune:
                       remove_snapshot=remove_snapshot)
 
 
+@dataclass(frozen=True)
+class UsageInfo:
+    """One row of DiskUsage: what `buildctl du -v` shows for a record."""
+    id: bytes
+    in_use: bool
+    size: int | None           # None: not recorded and not measurable here
+    mutable: bool
+
+
+def disk_usage(model: _Model, worker: _Worker) -> list[UsageInfo]:
+    """cacheManager.DiskUsage on the started daemon, without writing: the records it lists (a pair once),
+    in use when a reference is left after the references of unused records on their parents are taken
+    away (the rescan), and sizes measured as it measures them."""
+    p = _Prune(model, worker, model.now, None, None)
+    listed = [r for r in sorted(worker.records.values(), key=lambda r: r.id) if p.listed(r)]
+    refs = {r.id: p.refs(r.id) for r in listed}
+    done: set[bytes] = set()
+    todo = [r.id for r in listed]
+    while todo:
+        rid = todo.pop()
+        if refs[rid] > 0 or rid in done:
+            continue
+        done.add(rid)
+        rec = worker.records[rid]
+        for parent in rec.parents:
+            target = worker.ref_target(parent)
+            if target in refs:
+                refs[target] -= 2 if rec.equal_immutable is not None else 1
+                todo.append(target)
+    return [UsageInfo(r.id, refs[r.id] > 0, p.listed_size(r, write=False), r.mutable) for r in listed]
+
+
 def keep_bytes(total: int, rule: Rule, dstat: DiskStat) -> int:
     """calculateKeepBytes: maxUsedSpace, lowered to free minFreeSpace, never under reservedSpace."""
     if not rule.has_budget:
@@ -670,5 +702,5 @@ def collect(model: _Model, worker: _Worker, rules: list[Rule], now: datetime.dat
     return result
 
 
-__all__ = ["Rule", "DiskStat", "Keep", "Removed", "Kept", "GCResult", "default_policy", "worker_policy",
+__all__ = ["UsageInfo", "disk_usage", "Rule", "DiskStat", "Keep", "Removed", "Kept", "GCResult", "default_policy", "worker_policy",
            "parse_filter", "matches", "keep_bytes", "rank", "collect", "disk_space", "ram_in_bytes", "FilterError"]

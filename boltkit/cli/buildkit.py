@@ -567,8 +567,10 @@ def history(file, as_json, snapshot):
                                                          "frontend, source.local, source.git.checkout, exec.cachemount).")
 @click.option("--older-than", default=None, help="Only records last used (or created) longer ago than this: 48h, 7d, 30m.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per cache record, then the totals.")
+@click.option("--config", "config_path", type=click.Path(readable=False), default=None,
+              help="buildkitd.toml, for the start the listing is replayed through (its start-up GC).")
 @wide_option
-def du(target, sort, record_type, older_than, as_json):
+def du(target, sort, record_type, older_than, as_json, config_path):
     """Disk usage of cache records, offline (like `buildctl du -v`), from a root or a metadata_v2.db.
 
     Lists id, kind, type, mutable, reclaimable, shared, size, created, last used, usage count, parents and
@@ -576,9 +578,14 @@ def du(target, sort, record_type, older_than, as_json):
     and the reasons space will not be reclaimed that the files show (parents pinned by descendants, types
     skipped by default prunes, bolt and .bak files du never counts).
 
-    "In use" lives only in a running daemon: with buildkitd stopped nothing is in use, so every record is
-    reclaimable; while it runs (its lock is held) Reclaimable is unknown ("?"). Shared is only ever set by
-    Docker (layers of its images): unknown in a Docker data root, no elsewhere.
+    For a root whose daemon is stopped, the list is the one `buildctl du` gives once buildkitd has started
+    again: the start is replayed (as `buildkit simulate-start`), an equal-mutable pair is listed once, and
+    a size not recorded is measured as BuildKit measures it (a committed snapshot's recorded usage, an
+    active snapshot's directory under snapshots/snapshots/, the blob in the content store); "?" only where
+    neither exists. Nothing holds a reference in a daemon that has just started, so every record is
+    reclaimable (`buildkit gc` says what a GC pass or prune would actually remove, and why the rest
+    stays); while buildkitd runs (its lock is held) Reclaimable is unknown ("?"). Shared is only ever set
+    by Docker (layers of its images): unknown in a Docker data root, no elsewhere.
 
     \b
     Examples:
@@ -591,7 +598,7 @@ def du(target, sort, record_type, older_than, as_json):
     import re
     from pathlib import Path
 
-    from ..buildkit.du import explain, totals, usage
+    from ..buildkit.du import as_started, explain, totals, usage
     from ..buildkit.fsck import daemon_holds_lock
     from ..buildkit.metadata import load_metadata_store
     from .app import opened
@@ -611,6 +618,16 @@ def du(target, sort, record_type, older_than, as_json):
     from ..buildkit.kinds import require_store
     damage: list = []
     unreadable = []
+    started, start_notes, removed_by_start, pairs = None, [], 0, 0
+    if path.is_dir() and not running:
+        # what the daemon lists once started: DiskUsage on the start model (sizes measured, pairs once)
+        from ..buildkit.du import usage_after_start
+        from ..buildkit.startconfig import StartConfig
+        try:
+            started, start_notes = usage_after_start(found.path, StartConfig.load(config_path) if config_path
+                                                     else None)
+        except BoltkitError as e:
+            start_notes = [f"the start could not be replayed ({e}): the listing comes from the files alone"]
     for p in dbs:
         if not path.is_dir():
             with opened(str(p)) as db:
@@ -619,9 +636,15 @@ def du(target, sort, record_type, older_than, as_json):
             continue
         try:        # a root: one unreadable store is reported and skipped, the others are still counted
             with opened(str(p)) as db:
-                rows += usage(load_metadata_store(db, on_damage=damage.append), daemon_running=running, docker=docker)
+                these = usage(load_metadata_store(db, on_damage=damage.append), daemon_running=running, docker=docker)
         except BoltkitError as e:
             unreadable.append(f"{e} (its records are not counted)")
+            continue
+        if started is not None and str(p) in started:
+            these, gone, folded = as_started(these, started[str(p)])
+            removed_by_start += gone
+            pairs += folded
+        rows += these
     if unreadable and len(unreadable) == len(dbs):
         raise click.ClickException(f"{target}: no metadata_v2.db could be read: " + "; ".join(unreadable))
     damage = unreadable + damage
@@ -639,7 +662,13 @@ def du(target, sort, record_type, older_than, as_json):
         tzinfo=datetime.timezone.utc), "usage": lambda r: -r.usage_count}[sort]
     rows.sort(key=key)
     t = totals(rows)
-    notes = explain(rows, bolt_bytes, bak_bytes)
+    notes = start_notes + explain(rows, bolt_bytes, bak_bytes)
+    if pairs:
+        notes.append(f"{pairs} equal-mutable pair(s) are listed once, through their mutable half, as buildctl du "
+                     "lists them")
+    if removed_by_start:
+        notes.append(f"{removed_by_start} record(s) the next start removes are not listed "
+                     "(`boltkit buildkit simulate-start` says why)")
     if as_json:
         for r in rows:
             emit_json(dict(type="cache-record", **r.as_dict()))
