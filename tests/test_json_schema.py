@@ -103,6 +103,7 @@ def command_lines(tmp: Path) -> list[tuple]:
         (["buildkit", "graph", "--json", cache], ok), (["buildkit", "graph", "--json", torn], damaged),
         (["buildkit", "graph", "--json", "--key", busybox, cache], ok),
         (["buildkit", "du", "--json", r], ok), (["buildkit", "du", "--json", metadata], ok),
+        (["buildkit", "gc", "--json", r], ok), (["buildkit", "gc", "--json", "--keep-duration", "1h", r], ok),
         (["buildkit", "history", "--json", history], ok),
         (["buildkit", "prune", "--json", cache], ok),
         (["buildkit", "repair", "--json", r], ok),
