@@ -27,6 +27,7 @@ size found is written back to the record, as ``queueSize`` does.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import re
@@ -265,6 +266,11 @@ def parse_filter(text: str) -> list[_Selector]:
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _parsed(text: str) -> tuple[_Selector, ...]:
+    return tuple(parse_filter(text))
+
+
 def _unquote(s: str) -> str:
     if len(s) >= 2 and s[0] == s[-1] and s[0] in "\"/|":
         body = s[1:-1]
@@ -277,7 +283,7 @@ def matches(filters: tuple[str, ...], fields: dict[str, tuple[str, bool]]) -> bo
     if not filters:
         return True
     for text in filters:
-        sels = parse_filter(text)
+        sels = _parsed(text)
         if all(_match(s, fields) for s in sels):
             return True
     return False
