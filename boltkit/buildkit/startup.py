@@ -65,7 +65,7 @@ class Stage(str, Enum):
     STARTUP_GC = "startup-gc"                # Controller.gc one second after the start
     CONTAINERD_GC = "containerd-gc"          # containerd metadata GC after the start-up GC
     PRUNE = "prune"                          # `buildctl prune` on the started daemon (`buildkit gc --prune`)
-    LATER_RELEASE = "release-after-gc"       # ReleaseUnreferenced once a GC or prune removed something
+    LATER_RELEASE = "release-after-gc"       # ReleaseUnreferenced right after a GC pass or prune that removed some
 
 
 class Why(str, Enum):
@@ -762,6 +762,11 @@ class _Model:
             for worker in [w for w in self.workers if w.md is not None]:
                 with self._guard(Stage.CONTAINERD_GC, worker.store("containerdmeta.db"), "containerd's GC"):
                     self.containerd_gc(worker)
+            # Controller.gc: "gc cleaned up N bytes" starts throttledReleaseUnreferenced, which (throttle.After)
+            # runs at once and only then waits its 5 minutes
+            if cache is not None and sum(res.reclaimed for _, res in self.plan.gc) > 0:
+                with self._guard(Stage.LATER_RELEASE, "cache.db", "solver.(*cacheManager).ReleaseUnreferenced"):
+                    self.release_unreferenced(cache, Stage.LATER_RELEASE)
         if self.prune_rule is not None:
             self.prune(self.prune_rule)
 
