@@ -52,6 +52,16 @@ class OutputError(BoltkitError):
     way, no permission); raised before any work, so nothing is left half-written."""
 
 
+class OutputExists(OutputError, FileExistsError):
+    """The new file a copy (compact, salvage, surgery, a writer) was asked to create is already there: boltkit never
+    overwrites one. Still a FileExistsError for callers that test for that."""
+
+
+class WriteError(BoltkitError, ValueError):
+    """A writer was asked for what bbolt cannot store (keys out of order, an empty key, a page size out of range,
+    a page of too many elements): the caller's mistake, found before the file is finished. Still a ValueError."""
+
+
 class NotFound(BoltkitError):
     """A bucket or key the caller asked for does not exist."""
 
@@ -91,3 +101,34 @@ class Unsettled(InUse):
     def __init__(self, message: str, *, attempts: int):
         self.attempts = attempts
         super().__init__(message)
+
+
+class Refused(BoltkitError):
+    """A repair declined to act, and wrote nothing in place: an edit that would leave a file bbolt cannot open
+    (surgery), a salvage that would hold less than the input reads as, a new file that did not verify."""
+
+
+class SalvageRefused(Refused):
+    """Salvage stopped before writing or swapping a file that would hold less than the input reads as."""
+
+
+class NotVerified(Refused):
+    """The new file did not verify; the original is untouched and the attempt is kept for inspection."""
+
+    def __init__(self, message: str, *, reason: str, attempt: str | None):
+        self.reason = reason
+        self.attempt = attempt
+        super().__init__(message)
+
+
+class PreenError(BoltkitError):
+    """Preen (`buildkit fsck --repair`) could not make the root start. ``exit_bits`` is 8 when a process holds a
+    store."""
+
+    def __init__(self, message: str, exit_bits: int = 0):
+        super().__init__(message)
+        self.exit_bits = exit_bits
+
+
+class ConfigError(BoltkitError):
+    """buildkitd.toml cannot be read or holds a value buildkitd would reject."""

@@ -117,3 +117,34 @@ def test_a_record_id_that_is_not_utf8_is_repaired_by_its_bytes(tmp_path):
     plan = simulate_start(root)
     close_plan(plan)
     assert [c for c in plan.changes if c.store.startswith("runc-")] == []     # (the root has no cache.db)
+
+
+def test_prune_drops_entries_whose_ids_are_not_utf8_by_their_bytes(tmp_path):
+    """`repair --prune` plans with the file's bytes: externals of no record, a bucket inside a record and an index
+    key, all under ids that are not valid UTF-8, are really removed (a plan of lossily decoded ids re-encoded
+    for the writer would verify, keep a backup and leave them in place)."""
+    root = tmp_path / "buildkit"
+    worker = root / "runc-overlayfs"
+    worker.mkdir(parents=True)
+    (worker / "workerid").write_text("x03o8ykcb5gi9f4j2ygkwwsgx")
+    odd, gone = b"\xffodd\xfe0000000000000000000zz", b"\xfegone\xff000000000000000000zz"
+    t = clean_metadata_tree()
+    t[b"_main"].children[odd] = Bucket({b"cache.createdAt": env(1), b"snapshot.committed": env(True),
+                                        b"\xfenested": Bucket({b"k": b"v"})})
+    t[b"_external"].children[gone] = Bucket({b"filelist": b"[]"})
+    t[b"_index"].children[b"cache-dir:x::" + gone] = b""
+    write_store(worker / "metadata_v2.db", t)
+    r = run("buildkit", "repair", "--json", "--prune", root)
+    planned = [json.loads(x) for x in r.output.splitlines()[:-1] if "code" in json.loads(x)]
+    assert {(c["code"], c["action"]) for c in planned} == {("M2", "drop-entry"), ("M11", "drop-externals"),
+                                                           ("M10", "drop-index")}
+    assert {"bucket": "_main/0x" + odd.hex(), "key": "0xfe6e6573746564"}.items() <= \
+        next(c for c in planned if c["code"] == "M2").items()
+    r = run("buildkit", "repair", "--apply", "--prune", root)
+    assert r.exit_code == 0, r.output
+    with Database(worker / "metadata_v2.db") as db:
+        assert db.tree.get(db.bucket((b"_external",)), gone) is None
+        assert db.tree.get(db.bucket((b"_index",)), b"cache-dir:x::" + gone) is None
+        assert [i.key for i in db.items((b"_main", odd))] == [b"cache.createdAt", b"snapshot.committed"]
+    again = [json.loads(x) for x in run("buildkit", "repair", "--json", "--prune", root).output.splitlines()]
+    assert [c for c in again if "code" in c] == []      # (the start still creates the stores this root lacks)

@@ -80,9 +80,13 @@ def test_unreadable_exits_8(tmp_path, example_db):
     assert run("check", tmp_path / "nope.db").exit_code == 8
 
 
-def test_worst_status_wins_across_files(tmp_path, example_db):
-    r = run("check", example_db, TORN / "daemon4-cache-cp-during-build-73.db", tmp_path / "nope.db")
-    assert r.exit_code == 8
+def test_statuses_across_files_combine_as_bits_like_fsck(tmp_path, example_db):
+    """fsck(8) ORs its codes: problems in one file (4) and another unreadable (8) exit 12, so a script learns
+    both; each alone keeps its own code."""
+    torn = TORN / "daemon4-cache-cp-during-build-73.db"
+    assert run("check", example_db, torn, tmp_path / "nope.db").exit_code == 12
+    assert run("check", example_db, torn).exit_code == 4
+    assert run("check", example_db, tmp_path / "nope.db").exit_code == 8
 
 
 def test_usage_error_exits_16():

@@ -88,8 +88,7 @@ def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
 
     # links
     for i, ln in sorted(c.link_errors.items()):
-        code = "C17" if ("negative" in ln.error or "not a digest" in ln.error) else "C9"
-        add(code, f"poison link key: {ln.error}", path=(b"_links", ln.src), key=ln.raw)
+        add(ln.code or "C9", f"poison link key: {ln.error}", path=(b"_links", ln.src), key=ln.raw)
     table("C9", c.link_spelled, lambda i: problem("C9", f"poison link key: {NOT_CANONICAL}",
                                                   (b"_links", c.link_src[i]), c.raw(c.link_key, i)))
     linked = c.link_tgt >= 0

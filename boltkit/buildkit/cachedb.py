@@ -64,11 +64,13 @@ LAZY = object()       # a Link's info, not decoded until asked for: canonical by
 
 class Link:
     """One `_links/<src>` key: its target, its CacheInfoLink (None when the JSON does not decode), the raw key,
-    and why it is a poison key (C9/C17), if it is."""
-    __slots__ = ("src", "target", "_info", "raw", "error")
+    and why it is a poison key, if it is: ``error`` says it in words, ``code`` as the problem it is (C17 for
+    fields out of range, C9 for any other key BuildKit never matches), so no reader sorts them by the words."""
+    __slots__ = ("src", "target", "_info", "raw", "error", "code")
 
-    def __init__(self, src: str, target: str, info, raw: bytes, error: str | None = None):
+    def __init__(self, src: str, target: str, info, raw: bytes, error: str | None = None, code: str | None = None):
         self.src, self.target, self._info, self.raw, self.error = src, target, info, raw, error
+        self.code = code or ("C9" if error else None)
 
     @property
     def info(self) -> CacheInfoLink | None:
@@ -137,11 +139,11 @@ def _decode_link_key_slowly(src: str, key: bytes) -> Link:
         return Link(src, target, None, key, "link JSON has fields of the wrong type")
     link = Link(src, target, info, key)
     if info.input < 0 or info.output < 0:
-        link.error = "negative Input or Output"
+        link.error, link.code = "negative Input or Output", "C17"
     elif info.digest and not _DIGEST.match(info.digest) or info.selector and not _DIGEST.match(info.selector):
-        link.error = "Digest or Selector is not a digest"
+        link.error, link.code = "Digest or Selector is not a digest", "C17"
     elif info.encode() + b"@" + target.encode() != key:
-        link.error = NOT_CANONICAL
+        link.error, link.code = NOT_CANONICAL, "C9"
     return link
 
 

@@ -29,12 +29,14 @@ PARENT_KEYS = ("cache.parent", "cache.lowerDiffParent", "cache.upperDiffParent")
 
 @dataclass
 class Record:
-    id: str
+    id: str                                                      # the bucket name as text, for messages and parents
     values: dict[str, object] = field(default_factory=dict)     # key -> decoded payload (tombstones left out)
     indexes: dict[str, str] = field(default_factory=dict)       # key -> its index string
     raw: dict[str, bytes] = field(default_factory=dict)         # undecodable values, kept as they are
     tombstones: set[str] = field(default_factory=set)
     nested: list[str] = field(default_factory=list)             # buckets inside the record (BuildKit writes none)
+    key: bytes = b""                                             # the bucket name as stored: what a repair drops
+    entry_keys: dict[str, bytes] = field(default_factory=dict)   # each value, raw value and nested bucket: its key
 
     def parents(self) -> list[str]:
         out = [self.values[k] for k in PARENT_KEYS if isinstance(self.values.get(k), str) and self.values[k]]
@@ -50,6 +52,7 @@ class MetadataStore:
     records: dict[str, Record] = field(default_factory=dict)
     index_keys: list[bytes] = field(default_factory=list)
     externals: dict[str, list[str]] = field(default_factory=dict)
+    external_keys: dict[str, bytes] = field(default_factory=dict)   # each `_external` bucket: its name as stored
     plain_main: list[bytes] = field(default_factory=list)        # plain values where record buckets belong
     plain_external: list[bytes] = field(default_factory=list)
 
@@ -84,10 +87,12 @@ def load_metadata_store(db: Database, on_damage=None) -> MetadataStore:
             sub = tree.child(bucket, entry)
             if top.key == b"_external":
                 store.externals[name] = [it.key.decode("utf-8", "replace") for it in tree.items(sub, on_error=on_damage)]
+                store.external_keys[name] = entry.key
                 continue
-            rec = store.records[name] = Record(name)
+            rec = store.records[name] = Record(name, key=entry.key)
             for it in tree.items(sub, on_error=on_damage):
                 key = it.key.decode("utf-8", "replace")
+                rec.entry_keys[key] = it.key
                 if it.is_bucket:
                     rec.nested.append(key)
                     continue

@@ -7,19 +7,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..errors import BoltkitError, CorruptionError
+from ..errors import CorruptionError, PreenError
 from ..repair.preflight import require_sound
 from .repair import apply_start_repair, plan_start_repair
 from .root import discover
 from .startconfig import StartConfig
-
-
-class PreenError(BoltkitError):
-    """Preen could not make the root start. ``exit_bits`` is 8 when a process holds a store."""
-
-    def __init__(self, message: str, exit_bits: int = 0):
-        super().__init__(message)
-        self.exit_bits = exit_bits
 
 
 @dataclass(frozen=True)
@@ -74,12 +66,11 @@ def preen_root(root: str, *, config: StartConfig | None = None) -> PreenResult:
             # lost+found) and entries of the wrong shape (poison link keys): put back and tidy, before the start
             # is replayed on the result
             from .repair import apply_root, plan_root
-            tidy = plan_root(discover(found.path))
+            tidy = plan_root(discover(found.path), config=config)
             if tidy.changes:
-                backups = apply_root(tidy)          # a report per store beside its backup
-                for b in backups:
-                    result.steps.append(PreenStep(os.path.relpath(b.split(".boltkit-")[0], found.path), "rehome", b,
-                                                  {"changes": len(tidy.changes)}))
+                for store, backup in apply_root(tidy):      # a report per store beside its backup
+                    result.steps.append(PreenStep(os.path.relpath(store, found.path), "rehome", backup,
+                                                  {"changes": sum(1 for path, _ in tidy.changes if path == store)}))
         rep = plan_start_repair(found.path, config=config)
         if rep.blocked is not None:
             rep.close()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from .cachedb import TOP_BUCKETS, CacheStore, id_class, split_result_id
 from .graph import cycles, live_keys
-from .plan import Change
+from .plan import Change, text_id as _b
 
 
 @dataclass
@@ -36,17 +36,17 @@ def plan_prune(store: CacheStore, break_cycles: bool = False, records: set[str] 
     out = PrunedStore()
     for a in store.anomalies:   # entries of the wrong shape are not carried over
         action = {"C7": "empty-value"}.get(a.code, "drop-entry")
-        changes.append(Change(a.code, action, "/".join(b.decode("utf-8", "replace") for b in a.bucket),
-                              (a.key or b"").decode("utf-8", "replace")))
+        changes.append(Change(a.code, action, tuple(a.bucket), a.key or b""))
     # results: keep what decodes and names its own key
     for kid, results in store.results.items():
         good = {}
         for r in results:
             parts = split_result_id(r.result_id)
             if r.error:
-                changes.append(Change("C4", "drop-result", f"_result/{kid}", r.result_id))
+                changes.append(Change("C4", "drop-result", (b"_result", _b(kid)), _b(r.result_id)))
             elif records is not None and (parts is None or (parts[1] and parts[1] not in records)):
-                changes.append(Change("X2" if parts else "C16", "release-result", f"_result/{kid}", r.result_id))
+                changes.append(Change("X2" if parts else "C16", "release-result", (b"_result", _b(kid)),
+                                      _b(r.result_id)))
             else:
                 good[r.result_id] = r.raw
         if good:
@@ -57,8 +57,7 @@ def plan_prune(store: CacheStore, break_cycles: bool = False, records: set[str] 
         edges[src] = []
         for ln in links:
             if ln.error or not ln.target:
-                changes.append(Change("C17" if ln.error and ("negative" in ln.error or "digest" in ln.error) else "C9",
-                                      "drop-link", f"_links/{src}", ln.raw.decode("utf-8", "replace")))
+                changes.append(Change(ln.code or "C9", "drop-link", (b"_links", _b(src)), ln.raw))
             else:
                 edges[src].append((ln.target, ln.raw))
     if break_cycles:
@@ -68,7 +67,7 @@ def plan_prune(store: CacheStore, break_cycles: bool = False, records: set[str] 
                 keep = []
                 for t, raw in edges.get(src, []):
                     if t in members:
-                        changes.append(Change("C15", "drop-link", f"_links/{src}", raw.decode("utf-8", "replace")))
+                        changes.append(Change("C15", "drop-link", (b"_links", _b(src)), raw))
                     else:
                         keep.append((t, raw))
                 edges[src] = keep
@@ -77,7 +76,7 @@ def plan_prune(store: CacheStore, break_cycles: bool = False, records: set[str] 
     live = live_keys(out.results.keys(), {s: [t for t, _ in v] for s, v in edges.items()})
     for src, links in sorted(edges.items()):
         if src not in live:
-            changes.append(Change("D2" if not links else "C12", "drop-key", "_links", src))
+            changes.append(Change("D2" if not links else "C12", "drop-key", (b"_links",), _b(src)))
             continue
         kept = []
         for t, raw in links:
@@ -86,30 +85,29 @@ def plan_prune(store: CacheStore, break_cycles: bool = False, records: set[str] 
                 out.backlinks.setdefault(t, set()).add(src)
             else:
                 missing = t not in store.links and t not in store.results and t not in store.backlinks
-                changes.append(Change("D1" if missing else "D2", "drop-link", f"_links/{src}",
-                                      raw.decode("utf-8", "replace")))
+                changes.append(Change("D1" if missing else "D2", "drop-link", (b"_links", _b(src)), raw))
         out.links[src] = kept
     for kid in sorted(out.results):
         if kid not in store.links:
-            changes.append(Change("D5", "add-links-bucket", "_links", kid))
+            changes.append(Change("D5", "add-links-bucket", (b"_links",), _b(kid)))
             out.links[kid] = []
         for rid in out.results[kid]:
             out.byresult.setdefault(rid, set()).add(kid)
     # the indexes: report every difference between what is there and what the kept data implies
     for tgt, srcs in sorted(store.backlinks.items()):
         for src in sorted(srcs - out.backlinks.get(tgt, set())):
-            changes.append(Change("D4", "drop-backlink", f"_backlinks/{tgt}", src))
+            changes.append(Change("D4", "drop-backlink", (b"_backlinks", _b(tgt)), _b(src)))
     for tgt, srcs in sorted(out.backlinks.items()):
         for src in sorted(srcs - store.backlinks.get(tgt, set())):
-            changes.append(Change("D3", "add-backlink", f"_backlinks/{tgt}", src))
+            changes.append(Change("D3", "add-backlink", (b"_backlinks", _b(tgt)), _b(src)))
     for rid, kids in sorted(store.byresult.items()):
         for kid in sorted(kids - out.byresult.get(rid, set())):
-            changes.append(Change("C5", "drop-byresult", f"_byresult/{rid}", kid))
+            changes.append(Change("C5", "drop-byresult", (b"_byresult", _b(rid)), _b(kid)))
         if not kids and rid not in out.byresult:
-            changes.append(Change("C6", "drop-empty-bucket", "_byresult", rid))
+            changes.append(Change("C6", "drop-empty-bucket", (b"_byresult",), _b(rid)))
     for rid, kids in sorted(out.byresult.items()):
         for kid in sorted(kids - store.byresult.get(rid, set())):
-            changes.append(Change("C5", "add-byresult", f"_byresult/{rid}", kid))
+            changes.append(Change("C5", "add-byresult", (b"_byresult", _b(rid)), _b(kid)))
     return out, changes
 
 
@@ -126,9 +124,9 @@ def _drop_unreachable(edges: dict, out: PrunedStore, changes: list[Change]) -> N
                 todo.append(t)
     for k in sorted(keys - reached):
         for rid in sorted(out.results.pop(k, {})):
-            changes.append(Change("C14", "drop-result", f"_result/{k}", rid))
+            changes.append(Change("C14", "drop-result", (b"_result", _b(k)), _b(rid)))
         if edges.pop(k, None) is not None:
-            changes.append(Change("C14", "drop-key", "_links", k))
+            changes.append(Change("C14", "drop-key", (b"_links",), _b(k)))
 
 
 def write_pruned(pruned: PrunedStore, writer, foreign: dict | None = None) -> None:
@@ -143,7 +141,7 @@ def write_pruned(pruned: PrunedStore, writer, foreign: dict | None = None) -> No
             writer.end_bucket()
         writer.end_bucket()
 
-    enc = str.encode
+    enc = _b
     tops = {
         b"_backlinks": {enc(t): {enc(s): b"" for s in srcs} for t, srcs in pruned.backlinks.items()},
         b"_byresult": {enc(r): {enc(k): b"" for k in kids} for r, kids in pruned.byresult.items()},

@@ -74,8 +74,7 @@ def rehome(db: Database, store: CacheStore) -> tuple[list[Change], set[tuple[byt
             kind = hint
         if kind is not None:
             _merge(store, kind, name.decode("utf-8", "replace"), plain)
-            changes.append(Change(code, "rehome", "/".join(p.decode("utf-8", "replace") for p in bucket.path),
-                                  f"{kind.decode()}/{name.decode('utf-8', 'replace')}"))
+            changes.append(Change(code, "rehome", bucket.path, kind + b"/" + name))
         elif plain or not subs:
             return False
         taken.add(bucket.path)          # merged, or emptied by what was merged

@@ -1,13 +1,11 @@
 """`buildkit repair ROOT`: the safe fixes for a whole root, planned first and applied through the one repair
 primitive (repair/replace.py): every store is prepared and verified before any is swapped in.
 
-metadata_v2.db: drop values that are not JSON envelopes (buildkitd refuses to start on them; a missing key
-reads as unset), index keys without '::' or naming missing records, buckets inside records and externals of no
-record, and records marked deleted, left without a parent or whose equalMutable target is gone while their own
-snapshot is too (as buildkitd clears them, descendants included) together with their index keys, externals and —
-in containerdmeta.db — their leases (`<id>`, `<id>-variants`, `<id>-view`), so nothing they held leaks.
-cache.db: `prune` after rehoming (rehome.py), with the results whose records are gone released. history.db:
-build records outside `_records` put back.
+The default repair replays the start (startup.py) with fixes for what stops it and applies what the start
+does. `--prune` (``plan_root``) first removes what BuildKit itself never does: in metadata_v2.db values that
+are not JSON envelopes, index keys without '::' or naming missing records, buckets inside records and externals
+of no record; in cache.db `prune` after rehoming (rehome.py), with the results whose records are gone released;
+in history.db build records outside `_records` put back. The records the daemon clears are left to the replay.
 """
 from __future__ import annotations
 
@@ -17,8 +15,7 @@ from pathlib import Path
 
 from ..repair.preflight import require_sound
 from ..storage import Database
-from .containerd import SUFFIXES, snapshots, worker_snapshotter
-from .metadata import load_metadata_store
+from .metadata import MetadataStore, load_metadata_store
 from .prune import Change, PrunePlan, plan_file, prepare_prune, prune_report
 from .rehome import prepare_history, rehome_history
 from .root import Root, discover
@@ -31,87 +28,37 @@ from .startup import Change as StartChange
 class StorePlan:
     path: str
     changes: list[Change] = field(default_factory=list)
-    drop: set[tuple] = field(default_factory=set)     # (path tuple, key) entries to leave out
+
+    @property
+    def drop(self) -> set[tuple[tuple[bytes, ...], bytes]]:
+        """The (bucket, key) entries the rewrite leaves out: exactly the changes' own bytes."""
+        return {(c.bucket, c.key) for c in self.changes}
 
 
-def plan_metadata(md_path: str, snapshots: set[str] | None = None) -> tuple[StorePlan, set[str]]:
-    """What to drop from one metadata_v2.db; also returns the ids of the records that stay. ``snapshots``:
-    the snapshot keys of the worker's containerdmeta.db (None: it has none, so no snapshot exists)."""
+def plan_metadata(md_path: str) -> tuple[StorePlan, MetadataStore]:
+    """What `--prune` drops from one metadata_v2.db that BuildKit itself never removes; also returns the decoded
+    store. Records the daemon clears (deleted, parent or equalMutable gone, and so on down, with their index
+    keys, externals and leases) are not planned here: the replayed start that follows (startup.py) clears them
+    by BuildKit's own rules, so there is one copy of those rules."""
     plan = StorePlan(md_path)
     with Database(md_path) as db:
         store = load_metadata_store(db)
-    # the flag is ignored on a record with an equalMutable (getRecord takes that branch first)
-    deleted = {rid for rid, rec in store.records.items() if rec.values.get("cache.deleted") is True
-               and not rec.values.get("cache.equalMutable")}
-    orphaned: set[str] = set()
-    # an equalMutable that names no record: buildkitd clears the key when the record's own snapshot exists,
-    # and removes the record when it does not (§3.7)
-    for rid, rec in sorted(store.records.items()):
-        em = rec.values.get("cache.equalMutable")
-        if isinstance(em, str) and em and em not in store.records:
-            if snapshots is not None and rec.values.get("cache.snapshot", rid) in snapshots:
-                plan.changes.append(Change("M8", "drop-value", f"_main/{rid}", "cache.equalMutable"))
-                plan.drop.add(((b"_main", rid.encode()), b"cache.equalMutable"))
-            else:
-                orphaned.add(rid)
-    # buildkitd clears a record whose parent fails to load, and so on down: do the same, so no record is left
-    # pointing at one that is gone
-    gone = deleted | orphaned
-    while True:
-        more = {rid for rid, rec in store.records.items() if rid not in gone
-                and any(p in gone or p not in store.records for p in rec.parents())}
-        if not more:
-            break
-        gone |= more
-    for rid in sorted(gone):
-        plan.changes.append(Change("M14" if rid in deleted else "M8" if rid in orphaned else "M4", "drop-record",
-                                   "_main", rid))
-        plan.drop.add(((b"_main",), rid.encode()))
-        if rid in store.externals:
-            plan.changes.append(Change("M14", "drop-externals", "_external", rid))
-            plan.drop.add(((b"_external",), rid.encode()))
     for k in store.plain_main:        # values where record buckets belong: BuildKit's Update fails on them
-        plan.changes.append(Change("M2", "drop-entry", "_main", k.decode("utf-8", "replace")))
-        plan.drop.add(((b"_main",), k))
+        plan.changes.append(Change("M2", "drop-entry", (b"_main",), k))
     for k in store.plain_external:
-        plan.changes.append(Change("M2", "drop-entry", "_external", k.decode("utf-8", "replace")))
-        plan.drop.add(((b"_external",), k))
+        plan.changes.append(Change("M2", "drop-entry", (b"_external",), k))
     for rid in sorted(set(store.externals) - set(store.records)):
-        plan.changes.append(Change("M11", "drop-externals", "_external", rid))
-        plan.drop.add(((b"_external",), rid.encode()))
+        plan.changes.append(Change("M11", "drop-externals", (b"_external",), store.external_keys[rid]))
     for rid, rec in sorted(store.records.items()):
-        if rid in gone:
-            continue
         for key in sorted(rec.nested):      # buckets inside a record: BuildKit never reads them
-            plan.changes.append(Change("M2", "drop-entry", f"_main/{rid}", key))
-            plan.drop.add(((b"_main", rid.encode()), key.encode()))
+            plan.changes.append(Change("M2", "drop-entry", (b"_main", rec.key), rec.entry_keys[key]))
         for key in sorted(rec.raw):
-            plan.changes.append(Change("M3", "drop-value", f"_main/{rid}", key))
-            plan.drop.add(((b"_main", rid.encode()), key.encode()))
-    live = set(store.records) - gone
+            plan.changes.append(Change("M3", "drop-value", (b"_main", rec.key), rec.entry_keys[key]))
     for k in store.index_keys:
-        text = k.decode("utf-8", "replace")
-        if "::" not in text:
-            plan.changes.append(Change("M10", "drop-index", "_index", text))
-        elif text.rsplit("::", 1)[1] not in live:
-            plan.changes.append(Change("M14" if text.rsplit("::", 1)[1] in gone else "M10", "drop-index", "_index",
-                                       text))
-        else:
-            continue
-        plan.drop.add(((b"_index",), k))
-    return plan, live
-
-
-def plan_leases(cm_path: str, gone: set[str]) -> StorePlan:
-    plan = StorePlan(cm_path)
-    names = {g + s for g in gone for s in ("",) + SUFFIXES}
-    with Database(cm_path) as db:
-        from .containerd import leases
-        held = leases(db)
-    for lid in sorted(names & set(held)):
-        plan.changes.append(Change("M14", "drop-lease", "v1/buildkit/leases", lid))
-        plan.drop.add(((b"v1", b"buildkit", b"leases"), lid.encode()))
-    return plan
+        ref = k.rsplit(b"::", 1)[1].decode("utf-8", "replace") if b"::" in k else None
+        if ref is None or ref not in store.records:
+            plan.changes.append(Change("M10", "drop-index", (b"_index",), k))
+    return plan, store
 
 
 def apply_plan(plan: StorePlan, report: dict | None = None) -> str:
@@ -154,20 +101,24 @@ class RootPlan:
             [(self.history_path, c) for c in self.history_changes]
 
 
-def plan_root(root: Root) -> RootPlan:
-    """Refuse structurally damaged stores (salvage first), then plan each worker's metadata and lease fixes and
-    the cache.db prune that releases results whose records are gone."""
+def plan_root(root: Root, *, config: StartConfig | None = None) -> RootPlan:
+    """Refuse structurally damaged stores (salvage first), then plan each worker's metadata fixes and the cache.db
+    prune that releases the results whose records are gone, or go at the start the repair then applies (the
+    start model says which: the prune sees the records as the start leaves them, so the dead chains their
+    results held up go too, and the start that follows has nothing left to release)."""
     for s in root.stores:
         require_sound(str(s.path))
     plan = RootPlan(root, [])
+    start = plan_start_repair(root.path, config=config)
+    cleared = {(c.store, c.key) for c in start.changes if c.what == "record" and c.op == "delete-bucket"}
+    start.close()
     live: set[str] = set()
     for w in root.workers:
-        md_plan, records = plan_metadata(str(w.dir / "metadata_v2.db"), _snapshot_keys(w))
-        live |= records
+        md_path = w.dir / "metadata_v2.db"
+        md_plan, store = plan_metadata(str(md_path))
+        rel = os.path.relpath(md_path, root.path)
+        live |= {rid for rid, rec in store.records.items() if (rel, rec.key) not in cleared}
         plan.stores.append(md_plan)
-        gone = {c.key for c in md_plan.changes if c.action == "drop-record"}
-        if gone and (w.dir / "containerdmeta.db").is_file():
-            plan.stores.append(plan_leases(str(w.dir / "containerdmeta.db"), gone))
     cache = next((s for s in root.stores if s.kind == "cache.db"), None)
     if cache is not None:
         plan.cache = plan_file(str(cache.path), records=live if root.workers else None, rehome=True, preflight=False)
@@ -176,19 +127,9 @@ def plan_root(root: Root) -> RootPlan:
         with Database(str(history.path)) as db:
             plan.history_found, plan.history_where = rehome_history(db)
         plan.history_path = str(history.path)
-        plan.history_changes = [Change("H3", "rehome" if k in plan.history_found else "drop-copy",
-                                       "/".join(p.decode("utf-8", "replace") for p in path), k.decode("utf-8", "replace"))
+        plan.history_changes = [Change("H3", "rehome" if k in plan.history_found else "drop-copy", tuple(path), k)
                                 for path, k in sorted(plan.history_where)]
     return plan
-
-
-def _snapshot_keys(worker) -> set[str] | None:
-    cm = worker.dir / "containerdmeta.db"
-    name = worker_snapshotter(worker.dir.name)
-    if not cm.is_file() or name is None:
-        return None
-    with Database(str(cm)) as db:
-        return set(snapshots(db, name))
 
 
 def written_stores(plan: RootPlan) -> list[str]:
@@ -198,10 +139,10 @@ def written_stores(plan: RootPlan) -> list[str]:
         ([plan.history_path] if plan.history_changes else [])
 
 
-def apply_root(plan: RootPlan) -> list[str]:
+def apply_root(plan: RootPlan) -> list[tuple[str, str]]:
     """Apply a root plan: refused before any write when the root's lock or any store it writes is held; then every
     store is written beside itself and verified, and only when all verified are they swapped in, each with a
-    report of its own changes beside its backup. Returns the backups made."""
+    report of its own changes beside its backup. Returns (store, backup) pairs, as `apply_start_repair` does."""
     from ..repair.replace import refuse_if_held
     stores = written_stores(plan)
     refuse_if_held(stores + ([str(plan.root.lock)] if plan.root.lock is not None else []))
@@ -210,25 +151,26 @@ def apply_root(plan: RootPlan) -> list[str]:
     try:
         for p in plan.stores:
             if p.changes:
-                prepared.append((prepare_plan(p), _store_report(p.path, p.changes, extra)))
+                prepared.append((p.path, prepare_plan(p), _store_report(p.path, p.changes, extra)))
         if plan.cache is not None and plan.cache.changes:
-            prepared.append((prepare_prune(plan.cache), prune_report(plan.cache, extra)))
-        if plan.history_changes:
-            prepared.append((prepare_history(plan.history_path, plan.history_found, plan.history_where),
+            prepared.append((plan.cache.path, prepare_prune(plan.cache), prune_report(plan.cache, extra)))
+        if plan.history_changes and plan.history_path is not None:
+            prepared.append((plan.history_path,
+                             prepare_history(plan.history_path, plan.history_found, plan.history_where),
                              _store_report(plan.history_path, plan.history_changes, extra)))
     except BaseException:
-        for pr, _ in prepared:
+        for _, pr, _ in prepared:
             pr.discard()
         raise
-    backups = []
-    for i, (pr, record) in enumerate(prepared):
+    done = []
+    for i, (store, pr, record) in enumerate(prepared):
         try:
-            backups.append(pr.commit(dict(record, stores=stores)).backup)
+            done.append((store, pr.commit(dict(record, stores=stores)).backup))
         except BaseException:
-            for later, _ in prepared[i + 1:]:
+            for _, later, _ in prepared[i + 1:]:
                 later.discard()
             raise
-    return backups
+    return done
 
 
 # -- the default repair: what stops the start, then what the start would do --------------------------------

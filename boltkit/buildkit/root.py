@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import OpenError
+
 DAEMON_STORES = ("cache.db", "history.db", "history_c8d.db", "cache-debug.db", "snapshots.db")
 WORKER_STORES = ("metadata_v2.db", "containerdmeta.db", "snapshots/metadata.db")
 
@@ -52,7 +54,7 @@ def discover(root: str | os.PathLike) -> Root:
     store is listed in ``skipped``, so a report can say what it did not look at."""
     base = Path(root)
     if not base.is_dir():
-        raise FileNotFoundError(f"{root}: not a directory")
+        raise OpenError(f"{root}: not a directory", kind="missing" if not base.exists() else "not-a-file")
     inner = base / "buildkit"
     if not _holds_stores(base) and inner.is_dir() and _holds_stores(inner):
         found = _discover(inner)

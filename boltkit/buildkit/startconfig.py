@@ -6,14 +6,10 @@ import datetime
 import re
 from dataclasses import dataclass, field
 
-from ..errors import BoltkitError
+from ..errors import ConfigError
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-
-
-class ConfigError(BoltkitError):
-    """buildkitd.toml cannot be read or holds a value buildkitd would reject."""
 
 
 def go_duration(text) -> datetime.timedelta:

@@ -118,7 +118,7 @@ def _check_metas(db: Database, report: CheckReport) -> None:
                 # the older meta's tree is what a live writer reuses first (freed by the current transaction,
                 # released when the next begins): its root page holding something else is no damage
                 continue
-            details = {"span": [m.root, m.root]} if m.bad_root and "root page" in e else {}
+            details = {"span": [m.root, m.root]} if e is m.root_page_fault else {}
             report.problems.append(Problem("B002", f"meta {i}: {e}", file=f, pgid=i, offset=m.offset,
                                            details=details))
     m0, m1 = db.metas

@@ -10,8 +10,8 @@ Every command exits with a code of one table (fsck(8)'s), whatever went wrong an
         source a copy refuses
     16  usage: a missing argument, an unknown option, a bad value (click's own usage errors included)
 
-As in fsck(8) the codes are bits: `buildkit fsck` may OR them (4|8: problems, and a store unreadable);
-every other command exits with exactly one of them. `in_table` is the test the attack campaign applies.
+As in fsck(8) the codes are bits: `buildkit fsck` and the checks of several files OR them (4|8: problems in
+one, another unreadable); every other command exits with exactly one of them. `in_table` is the test the attack campaign applies.
 
 Library errors are typed (boltkit/errors.py); `exit_code` maps each type to its row, and BoltkitGroup
 applies it to everything a subcommand raises, so no command picks its own number.

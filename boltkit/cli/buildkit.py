@@ -6,7 +6,7 @@ import click
 from ..buildkit.fsck import check_store
 from ..errors import BoltkitError
 from ..repair.replace import report_beside
-from .app import destinations, failure, main, output_file
+from .app import destinations, main, output_file
 from .check import FsckCommand, run_checks
 from .live import settled_reads
 from .output import progress, quiet_option, wide_option
@@ -260,12 +260,15 @@ def _draw(links, with_results, marked, steps, focus, radius, view, dot_path, svg
             raise click.ClickException(f"dot failed to render {out}: {proc.stderr.decode(errors='replace')[-500:]}")
 
 
+def _change_row(c) -> list:
+    """An offline repair's change as a table row: its bytes as text only here (plan.Change.as_dict)."""
+    d = c.as_dict()
+    return [d["code"], d["action"], d["bucket"], d["key"]]
+
+
 def _root_or_exit(root):
     from ..buildkit.root import discover
-    try:
-        found = discover(root)
-    except FileNotFoundError as e:
-        raise failure(e)
+    found = discover(root)        # OpenError (exit 8) through the group's one handler
     if not found.stores:
         raise click.ClickException(f"{root}: no BuildKit stores found (expected cache.db, a worker directory with "
                                    "metadata_v2.db, ...)")
@@ -370,12 +373,8 @@ def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, 
     from .check import EXIT_UNREADABLE
     from .output import emit_json, emit_table, warn
     from .startplan import change_record, echo_plan, note_record, prediction_record
-    try:
-        found = _root_or_exit(root)
-        config = StartConfig.load(config_path) if config_path else None
-    except (click.ClickException, BoltkitError) as e:
-        click.echo(f"Error: {e.format_message() if isinstance(e, click.ClickException) else e}", err=True)
-        raise SystemExit(EXIT_UNREADABLE)
+    found = _root_or_exit(root)         # no root, no stores, a bad config: exit 8 through the group's handler
+    config = StartConfig.load(config_path) if config_path else None
     repaired = None
     if preen:
         from ..buildkit.preen import preen_root
@@ -389,10 +388,7 @@ def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, 
                 emit_json(step.as_record())
             else:
                 click.echo(f"repaired: {step.describe()}")
-    try:
-        result = fsck_root(str(found.path), jobs=jobs, snapshot=snapshot, config=config)
-    except BoltkitError as e:
-        raise failure(e)
+    result = fsck_root(str(found.path), jobs=jobs, snapshot=snapshot, config=config)
     if result.daemon_running:
         warn(f"{root}/buildkitd.lock is held: buildkitd is running; " + (
             "each store is read from a copy taken while its metas stood still" if snapshot else
@@ -475,32 +471,26 @@ def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, as_
     from ..buildkit.kinds import require_store
     with Database(file) as db:
         require_store(db, "cache.db")
-    try:
-        records = None
-        if metadata_db is not None:
-            from ..buildkit.metadata import record_ids
-            with Database(metadata_db) as mdb:
-                records = record_ids(mdb)
-        plan = plan_file(file, break_cycles=break_cycles, records=records, rehome=rehome,
-                         drop_unreachable=drop_unreachable)
-    except BoltkitError as e:
-        raise failure(e) from None
+    records = None
+    if metadata_db is not None:
+        from ..buildkit.metadata import record_ids
+        with Database(metadata_db) as mdb:
+            records = record_ids(mdb)
+    plan = plan_file(file, break_cycles=break_cycles, records=records, rehome=rehome,
+                     drop_unreachable=drop_unreachable)
     changes = plan.changes
     if as_json:
         for c in changes:
             emit_json(dict(type="change", **c.as_dict()))
     else:
-        emit_table([[c.code, c.action, c.bucket, c.key] for c in changes], ["code", "action", "bucket", "key"],
+        emit_table([_change_row(c) for c in changes], ["code", "action", "bucket", "key"],
                    shrink=[2, 3])
     counts: dict[str, int] = {}
     for c in changes:
         counts[c.action] = counts.get(c.action, 0) + 1
     summary = {"type": "plan", "file": file, "changes": len(changes), "actions": counts, "applied": False, "backup": None}
     if changes and apply_:
-        try:
-            summary["backup"] = apply_prune(plan)     # which writes the report beside the backup
-        except BoltkitError as e:
-            raise failure(e) from None
+        summary["backup"] = apply_prune(plan)     # which writes the report beside the backup
         summary["applied"] = True
         summary["report"] = report_beside(summary["backup"])
     if as_json:
@@ -744,36 +734,26 @@ def repair(root, apply_, start_only, prune_more, config_path, listing, as_json):
     """
     from ..buildkit.repair import apply_root, apply_start_repair, plan_root, plan_start_repair
     from ..buildkit.startconfig import StartConfig
-    from ..repair.replace import InUse
     from .output import emit_json, emit_table
     from .startplan import change_record, echo_plan
     found = _root_or_exit(root)
     backups, extra = [], []
+    config = StartConfig.load(config_path) if config_path else None
     if prune_more:
         # first what only --prune does (ids back where BuildKit looks, poison entries, ghosts), so the start
         # that follows is replayed on the result and the root ends where a start changes nothing
-        try:
-            more = plan_root(found)
-            extra = more.changes
-            if as_json:
-                for path, c in extra:
-                    emit_json(dict(type="change", store=path, **c.as_dict()))
-            elif extra:
-                emit_table([[str(__import__("pathlib").Path(p).relative_to(found.path)), c.code, c.action, c.bucket,
-                             c.key] for p, c in extra], ["store", "code", "action", "bucket", "key"], shrink=[0, 3, 4])
-                click.echo()
-            if apply_ and extra:
-                backups += apply_root(more)         # each store's report is written beside its backup
-        except InUse as e:
-            click.echo(f"Error: {e}", err=True)
-            raise SystemExit(8)
-        except BoltkitError as e:
-            raise failure(e) from None
-    try:
-        config = StartConfig.load(config_path) if config_path else None
-        rep = plan_start_repair(found.path, config=config, start_only=start_only)
-    except BoltkitError as e:
-        raise failure(e) from None
+        more = plan_root(found, config=config)
+        extra = more.changes
+        if as_json:
+            for path, c in extra:
+                emit_json(dict(type="change", store=path, **c.as_dict()))
+        elif extra:
+            emit_table([[str(__import__("pathlib").Path(p).relative_to(found.path)), *_change_row(c)]
+                        for p, c in extra], ["store", "code", "action", "bucket", "key"], shrink=[0, 3, 4])
+            click.echo()
+        if apply_ and extra:
+            backups += [b for _, b in apply_root(more)]     # each store's report is written beside its backup
+    rep = plan_start_repair(found.path, config=config, start_only=start_only)
     blocked = rep.blocked
     changes = rep.changes
     if as_json:
@@ -782,14 +762,7 @@ def repair(root, apply_, start_only, prune_more, config_path, listing, as_json):
     elif changes or blocked:
         echo_plan(rep.start, listing=listing)
     if apply_ and changes and blocked is None:
-        try:
-            done = [b for _, b in apply_start_repair(rep)]
-        except InUse as e:
-            click.echo(f"Error: {e}", err=True)
-            raise SystemExit(8)
-        except BoltkitError as e:
-            raise failure(e) from None
-        backups += done
+        backups += [b for _, b in apply_start_repair(rep)]     # InUse: exit 8, through the group's handler
     else:
         rep.close()
     total = len(changes) + len(extra)

@@ -68,7 +68,8 @@ def draw_map(path, meta, problems, map_path) -> None:
 
 
 def run_checks(files, as_json: bool, max_errors: int, make_report) -> None:
-    """Check each file with ``make_report(path, progress)``; print its problems and summary; exit like fsck."""
+    """Check each file with ``make_report(path, progress)``; print its problems and summary; exit like fsck(8):
+    4 when a file has problems, 8 when one cannot be read, 12 when both happened to different files."""
     status = EXIT_CLEAN
     for path in files:
         try:
@@ -76,7 +77,7 @@ def run_checks(files, as_json: bool, max_errors: int, make_report) -> None:
                 report = make_report(path, p)
         except Unsettled as e:      # a live file that never stood still long enough: not damage, not read
             click.echo(f"Error: {e}", err=True)
-            status = max(status, EXIT_UNREADABLE)
+            status |= EXIT_UNREADABLE
             continue
         for w in report.warnings:
             warn(w)
@@ -108,8 +109,8 @@ def run_checks(files, as_json: bool, max_errors: int, make_report) -> None:
             else:
                 codes = ", ".join(f"{c} x{n}" for c, n in sorted(report.counts().items()))
                 click.echo(f"{path}: {counts['error']} error(s), {counts['warning']} warning(s) [{codes}]")
-        if not report.readable:
-            status = max(status, EXIT_UNREADABLE)
+        if not report.readable:         # fsck(8): the outcomes of several files combine as bits
+            status |= EXIT_UNREADABLE
         elif not report.clean:
-            status = max(status, EXIT_PROBLEMS)
+            status |= EXIT_PROBLEMS
     raise SystemExit(status)

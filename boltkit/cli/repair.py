@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..errors import BoltkitError
 from ..repair import compact as compact_file
-from .app import EXIT_DAMAGE, destinations, failure, main
+from .app import EXIT_DAMAGE, destinations, main
 from .output import emit_json, human_size, progress, quiet_option
 
 
@@ -36,12 +35,9 @@ def compact(src, dst, page_size, fill_percent, no_freelist, meta, snapshot, as_j
     stopped. A damaged SRC is refused: use `boltkit salvage` for that.
     """
     destinations(dst)
-    try:
-        with progress(f"compacting {src}", as_json=as_json) as p:
-            result = compact_file(src, dst, page_size=page_size, fill_percent=fill_percent,
-                                  freelist=not no_freelist, meta=meta, progress=p, snapshot=snapshot)
-    except (FileExistsError, ValueError, BoltkitError) as e:
-        raise failure(e) from None
+    with progress(f"compacting {src}", as_json=as_json) as p:
+        result = compact_file(src, dst, page_size=page_size, fill_percent=fill_percent,
+                              freelist=not no_freelist, meta=meta, progress=p, snapshot=snapshot)
     if as_json:
         emit_json({"type": "compact", "src": src, "dst": dst, "src_size": result.src_size, "dst_size": result.dst_size,
                    "saved": result.saved, "mode": f"{result.mode:04o}", "buckets": result.buckets,
@@ -96,16 +92,13 @@ def salvage(src, dst, in_place, report_path, no_lost_found, include_freed, snaps
         raise click.UsageError("--snapshot reads a copy of a file a writer holds; --in-place needs the writer gone")
     destinations(dst)      # before the salvage pass: a bad path costs nothing and leaves nothing behind
     destinations(report_path, replace=True)
-    try:
-        if in_place:
-            result, done = salvage_in_place(src, lost_found=not no_lost_found, include_freed=include_freed,
-                                            report_path=report_path)
-            backup = done.backup if done else None
-        else:
-            result, backup = salvage_file(src, dst, lost_found=not no_lost_found, include_freed=include_freed,
-                                          snapshot=snapshot, report=report_path or True), None
-    except (FileExistsError, BoltkitError) as e:
-        raise failure(e) from None
+    if in_place:
+        result, done = salvage_in_place(src, lost_found=not no_lost_found, include_freed=include_freed,
+                                        report_path=report_path)
+        backup = done.backup if done else None
+    else:
+        result, backup = salvage_file(src, dst, lost_found=not no_lost_found, include_freed=include_freed,
+                                      snapshot=snapshot, report=report_path or True), None
     report_path = result.report_path
     if as_json:
         emit_json(dict(type="salvage", **result.report()))
@@ -137,17 +130,13 @@ def _surgery(fn, src, dst, snapshot, *args):
     writer holds is refused (exit 8) unless --snapshot: then the edit starts from a consistent copy."""
     from ..repair.preflight import readable_source
     from ..repair.replace import check_report_path, write_report
-    from ..repair.surgery import Refused
     destinations(dst)
     destinations(dst + ".report.json", replace=True)
-    try:
-        check_report_path(dst + ".report.json")
-        with readable_source(src, snapshot) as path:
-            message = fn(path, dst, *args)
-        write_report(dst + ".report.json", {"operation": fn.__name__, "src": src, "dst": dst,
-                                            "arguments": list(args), "snapshot": snapshot, "result": message})
-    except (Refused, FileExistsError, BoltkitError) as e:
-        raise failure(e) from None
+    check_report_path(dst + ".report.json")
+    with readable_source(src, snapshot) as path:
+        message = fn(path, dst, *args)
+    write_report(dst + ".report.json", {"operation": fn.__name__, "src": src, "dst": dst,
+                                        "arguments": list(args), "snapshot": snapshot, "result": message})
     click.echo(message)
 
 

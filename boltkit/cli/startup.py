@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..errors import BoltkitError
+from ..errors import OutputExists
 from .buildkit import _root_or_exit, buildkit
-from .check import EXIT_UNREADABLE, FsckCommand
+from .check import FsckCommand
 from .output import emit_json, show_bytes, wide_option
 from .startplan import change_record, echo_plan, headline, note_record, prediction_record
 
@@ -46,20 +46,11 @@ def simulate_start(root, out, config_path, listing, as_json):
 
     from ..buildkit.startconfig import StartConfig
     from ..buildkit.startup import close_plan, simulate_start as simulate, write_start
-    try:
-        found = _root_or_exit(root)
-    except click.ClickException as e:
-        e.show()
-        raise SystemExit(EXIT_UNREADABLE)
+    found = _root_or_exit(root)         # errors: exit 8 through the group's one handler
     if out is not None and os.path.exists(out):
-        click.echo(f"Error: {out} already exists: -o writes a new directory", err=True)
-        raise SystemExit(EXIT_UNREADABLE)
-    try:
-        config = StartConfig.load(config_path) if config_path else None
-        plan = simulate(found.path, config=config)
-    except BoltkitError as e:
-        click.echo(f"Error: {e}", err=True)
-        raise SystemExit(EXIT_UNREADABLE)
+        raise OutputExists(f"{out} already exists: -o writes a new directory")
+    config = StartConfig.load(config_path) if config_path else None
+    plan = simulate(found.path, config=config)
     try:
         written = write_start(plan, out) if out is not None else []
     finally:

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from ..check.gather import Gather
-from ..errors import CorruptionError
+from ..errors import CorruptionError, OutputExists
 from ..schemas import BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, LEAF_ELEMENT, PAGE_HEADER
 from ..storage import Database, Item
 from ..write import BoltWriter, Run
@@ -147,7 +147,7 @@ def compact(src: str, dst: str, *, page_size: int | None = None, fill_percent: f
     (InUse) unless ``snapshot``: then a consistent copy of it is compacted. ``progress(done, total)``: the
     check of the source, then the copy, in pages."""
     if os.path.exists(dst):
-        raise FileExistsError(f"{dst} already exists; refusing to overwrite it")
+        raise OutputExists(f"{dst} already exists; refusing to overwrite it")
     with readable_source(src, snapshot) as path:
         return _compact(src, path, dst, page_size, fill_percent, freelist, meta, progress)
 

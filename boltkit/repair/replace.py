@@ -30,7 +30,7 @@ import stat
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from ..errors import BoltkitError, InUse
+from ..errors import BoltkitError, InUse, NotVerified
 
 TEMP_MARK = ".boltkit-new"
 LOCK_NAME = "buildkitd.lock"
@@ -39,15 +39,6 @@ LOCK_NAME = "buildkitd.lock"
 Writer = Callable[[str], None]
 # Verifier: None when the new file at the given path is good, else the reason it is not.
 Verifier = Callable[[str], "str | None"]
-
-
-class NotVerified(BoltkitError):
-    """The new file did not verify; the original is untouched and the attempt is kept for inspection."""
-
-    def __init__(self, message: str, *, reason: str, attempt: str | None):
-        self.reason = reason
-        self.attempt = attempt
-        super().__init__(message)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..check import check_file
-from ..errors import BoltkitError, CorruptionError
+from ..errors import CorruptionError, OutputExists, SalvageRefused
 from ..schemas import BUCKET_LEAF_FLAG, PageFlag
 from ..storage import Database, Item, Pager, Tree
 from ..storage import Bucket as TreeBucket
@@ -244,10 +244,6 @@ def _write(writer: BoltWriter, bucket: _Bucket) -> None:
             writer.put(key, value)
 
 
-class SalvageRefused(BoltkitError):
-    """Salvage stopped before writing or swapping a file that would hold less than the input reads as."""
-
-
 def _key_index(bucket: _Bucket) -> set[bytes]:
     """Every key of the recovered tree, at any depth (for the freed-pages rule)."""
     keys: set[bytes] = set()
@@ -274,7 +270,7 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, include_freed: bool 
     The JSON report goes to ``report`` when it is a path, beside ``dst`` as `DST.report.json` when True, nowhere
     when False. A source a writer holds is refused (InUse) unless ``snapshot``: then a consistent copy is read."""
     if os.path.exists(dst):
-        raise FileExistsError(f"{dst} already exists; refusing to overwrite it")
+        raise OutputExists(f"{dst} already exists; refusing to overwrite it")
     report_path = (dst + ".report.json") if report is True else (report or None)
     if report_path is not None:
         check_report_path(report_path)

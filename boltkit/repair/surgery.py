@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 
 from ..check import Severity, check_file
-from ..errors import BoltkitError
+from ..errors import OutputExists, Refused
 from ..schemas import (FREELIST_COUNT_SENTINEL, META, META_CHECKSUMMED, PAGE_HEADER, PAGE_HEADER_SIZE,
                        PGID_NO_FREELIST, PageFlag, fnv1a64)
 from ..storage import Database
@@ -20,13 +20,9 @@ from ..write import Run
 from ..write.encode import encode_branch, encode_leaf
 
 
-class Refused(BoltkitError):
-    """The edit would leave a file bbolt cannot open or use; nothing was written."""
-
-
 def _copy(src: str, dst: str) -> None:
     if os.path.exists(dst):
-        raise FileExistsError(f"{dst} already exists; refusing to overwrite it")
+        raise OutputExists(f"{dst} already exists; refusing to overwrite it")
     with Database(src):     # a readable bbolt file, not a FIFO or a text file: refused before anything is written
         pass
     shutil.copyfile(src, dst)

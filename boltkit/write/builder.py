@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import WriteError
 from ..schemas import BUCKET_LEAF_FLAG, ELEMENT_SIZE, PAGE_HEADER_SIZE
 
 from .encode import Run, bucket_value, encode_branch, encode_leaf, encode_leaf_pairs, encode_leaves, pages_for
@@ -52,9 +53,9 @@ class BucketBuilder:
 
     def add(self, key: bytes, value: bytes, flags: int = 0) -> None:
         if not key:
-            raise ValueError("empty key (bbolt requires a key)")
+            raise WriteError("empty key (bbolt requires a key)")
         if self.last_key is not None and key <= self.last_key:
-            raise ValueError(f"keys must be added in strictly increasing order: {key!r} after {self.last_key!r}")
+            raise WriteError(f"keys must be added in strictly increasing order: {key!r} after {self.last_key!r}")
         self.last_key = key
         self.pending.append((key, value, flags))
         self.level_sizes[0] += ELEMENT_SIZE + len(key) + len(value)
@@ -95,7 +96,7 @@ class BucketBuilder:
         self._settle()
         first = run.key(0)
         if not first or (self.last_key is not None and first <= self.last_key):
-            raise ValueError(f"run starts with {first!r}, not after {self.last_key!r}")
+            raise WriteError(f"run starts with {first!r}, not after {self.last_key!r}")
         self._append(run, run.key(len(run) - 1))
 
     def _append(self, run: Run, last_key: bytes) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import WriteError
 from ..schemas import (BRANCH_ELEMENT, BUCKET_HEADER, ELEMENT_SIZE, LEAF_ELEMENT, MAX_ELEMENTS, PAGE_HEADER,
                        PAGE_HEADER_SIZE, PageFlag)
 
@@ -67,7 +68,7 @@ def encode_leaf(runs: list[Run], pgid: int, page_size: int | None) -> bytes:
     runs = [r for r in runs if len(r)]
     n = sum(len(r) for r in runs)
     if n >= MAX_ELEMENTS:
-        raise ValueError(f"{n} elements in one page (bbolt allows fewer than {MAX_ELEMENTS})")
+        raise WriteError(f"{n} elements in one page (bbolt allows fewer than {MAX_ELEMENTS})")
     if n == 0:
         return _finish(PageFlag.LEAF, pgid, 0, b"", b"", page_size)
     flags = np.concatenate([r.flags for r in runs])
@@ -85,7 +86,7 @@ def encode_leaf_pairs(pairs: list[tuple[bytes, bytes, int]], pgid: int, page_siz
     a struct call per element instead of a round of array work."""
     n = len(pairs)
     if n >= MAX_ELEMENTS:
-        raise ValueError(f"{n} elements in one page (bbolt allows fewer than {MAX_ELEMENTS})")
+        raise WriteError(f"{n} elements in one page (bbolt allows fewer than {MAX_ELEMENTS})")
     pack = LEAF_ELEMENT.struct.pack
     elems = bytearray()
     before = 0
@@ -135,14 +136,14 @@ def encode_leaves(run: Run, cuts: list[tuple[int, int]], pgids: list[int], page_
 def encode_branch(entries: list[BranchEntry], pgid: int, page_size: int) -> bytes:
     n = len(entries)
     if n >= MAX_ELEMENTS:
-        raise ValueError(f"{n} elements in one page (bbolt allows fewer than {MAX_ELEMENTS})")
+        raise WriteError(f"{n} elements in one page (bbolt allows fewer than {MAX_ELEMENTS})")
     elems = bytearray()
     data = bytearray()
     data_start = PAGE_HEADER_SIZE + ELEMENT_SIZE * n
     pack = BRANCH_ELEMENT.struct.pack
     for i, (k, child) in enumerate(entries):
         if child == pgid:
-            raise ValueError(f"branch page {pgid} would point to itself")
+            raise WriteError(f"branch page {pgid} would point to itself")
         pos = data_start + len(data) - (PAGE_HEADER_SIZE + ELEMENT_SIZE * i)
         elems += pack(pos, len(k), child)
         data += k

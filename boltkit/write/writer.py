@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from ..errors import OutputExists, WriteError
 from ..schemas import (BUCKET_HEADER, BUCKET_LEAF_FLAG, MAGIC, MAX_PAGE_SIZE, META, META_CHECKSUMMED, META_OFFSET,
                        MIN_PAGE_SIZE, PAGE_HEADER, PAGE_HEADER_SIZE, PGID_NO_FREELIST, VERSION, PageFlag,
                        fnv1a64)
@@ -31,9 +32,9 @@ class BoltWriter:
     def __init__(self, path: str, page_size: int = 4096, fill_percent: float = 1.0, freelist: bool = True,
                  txid: int = 1, sync: bool = True):
         if not MIN_PAGE_SIZE <= page_size <= MAX_PAGE_SIZE:
-            raise ValueError(f"page size {page_size} outside [{MIN_PAGE_SIZE}, {MAX_PAGE_SIZE}]")
+            raise WriteError(f"page size {page_size} outside [{MIN_PAGE_SIZE}, {MAX_PAGE_SIZE}]")
         if page_size < 1024:
-            raise ValueError("page size below 1024: bbolt cannot find meta 1 in such a file")
+            raise WriteError("page size below 1024: bbolt cannot find meta 1 in such a file")
         self.path = str(path)
         self.page_size = page_size
         self.fill_percent = min(max(fill_percent, 0.1), 1.0)   # bbolt clamps the same way
@@ -43,7 +44,7 @@ class BoltWriter:
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            raise
+            raise OutputExists(f"{self.path} already exists; refusing to overwrite it") from None
         except OSError as e:        # no such directory, a directory in the way, no permission
             raise output_error(self.path, e) from None
         self.f = os.fdopen(fd, "wb", buffering=1 << 20)
@@ -57,26 +58,26 @@ class BoltWriter:
     def begin_bucket(self, name: bytes, sequence: int = 0) -> None:
         parent = self.stack[-1][2]
         if parent.last_key is not None and name <= parent.last_key:
-            raise ValueError(f"bucket {name!r} out of order after {parent.last_key!r}")
+            raise WriteError(f"bucket {name!r} out of order after {parent.last_key!r}")
         if not name:
-            raise ValueError("empty bucket name")
+            raise WriteError("empty bucket name")
         self.stack.append((name, sequence, BucketBuilder(self.sink, self.fill_percent)))
 
     def put(self, key: bytes, value: bytes) -> None:
         if len(self.stack) == 1:
-            raise ValueError("the root bucket holds only buckets: begin_bucket first")
+            raise WriteError("the root bucket holds only buckets: begin_bucket first")
         self.stack[-1][2].add(key, value, 0)
 
     def put_run(self, run: Run) -> None:
         """Many elements at once, already in key order; bucket entries among them (flag set) are copied
         verbatim, which is right for inline buckets written by bbolt (their value holds all they are)."""
         if len(self.stack) == 1 and (run.flags & BUCKET_LEAF_FLAG).sum() != len(run):
-            raise ValueError("the root bucket holds only buckets")
+            raise WriteError("the root bucket holds only buckets")
         self.stack[-1][2].add_run(run)
 
     def end_bucket(self) -> None:
         if len(self.stack) == 1:
-            raise ValueError("end_bucket without begin_bucket")
+            raise WriteError("end_bucket without begin_bucket")
         name, seq, builder = self.stack.pop()
         self.stack[-1][2].add(name, builder.finish(seq), BUCKET_LEAF_FLAG)
 
