@@ -156,3 +156,40 @@ def test_walk_usage_counts_blocks_of_each_inode_once(tmp_path):
                    .stdout.split()[0])
     assert walk_usage(d) == expected
     assert walk_usage(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("name", [n for n in RUNS if any(
+    "--keep-storage" in c["argv"] for c in json.loads((DATA / n / "case.json").read_text())["commands"])])
+def test_a_budget_prune_removes_in_the_daemons_order(runs, name, monkeypatch):
+    """Under a byte budget one record goes at a time, in sortDeleteRecords' order, re-ranked after each; the
+    daemon reports them in that order, with the total it printed."""
+    case, rule, rejected, plan = _replay(runs, name, monkeypatch)
+    try:
+        res = [r for s, r in plan.gc if s is Stage.PRUNE][0]
+        report = case["prune_reports"][0]
+        assert [r.id.decode() for r in res.removed] == report["reported_ids"]
+        assert f"{res.reclaimed / 1e6:.2f}MB" == report["total"]
+    finally:
+        close_plan(plan)
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_du_lists_what_buildctl_du_lists(runs, name, monkeypatch):
+    """`buildkit du` on the stopped root before the run: the ids, sizes and in-use flags of `buildctl du
+    --format '{{json .}}'` taken on the started daemon (before the prune; for the automatic-GC runs, after
+    the start-up GC, which `buildkit du` replays as part of the start)."""
+    from click.testing import CliRunner
+
+    from boltkit.cli import main
+    case = json.loads((DATA / name / "case.json").read_text())
+    sizes = json.loads((DATA / name / "snapshot-sizes.json").read_text())["before"]
+    monkeypatch.setattr(gc_model, "walk_usage", lambda path: sizes[path.name]["fs_usage"] if path.name in sizes
+                        else None)
+    automatic = not [c for c in case["commands"] if c["argv"][:2] == ["buildctl", "prune"]]
+    theirs = json.loads((DATA / name / ("du-after.json" if automatic else "du-before.json")).read_text()) or []
+    r = CliRunner().invoke(main, ["buildkit", "du", "--json", "--config", str(DATA / name / case["config"]),
+                                  str(runs / name / "before")])
+    assert r.exit_code == 0, r.output
+    ours = [json.loads(x) for x in r.output.splitlines()]
+    assert {x["id"]: (x["size"], not x["reclaimable"]) for x in ours if x["type"] == "cache-record"} == \
+        {x["id"]: (x["size"], x["inUse"]) for x in theirs}
