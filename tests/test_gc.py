@@ -211,6 +211,20 @@ def test_gc_cli(base):
     assert r.exit_code == 8
 
 
+def test_every_record_of_a_corpus_root_gets_its_reason_in_80_columns():
+    from .conftest import CORPUS
+    root = CORPUS / "daemon1-overlayfs" / "04-after-253-builds-sigkill-mid-build"
+    r = CliRunner().invoke(main, ["buildkit", "gc", "--list", str(root)], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    assert max(len(line) for line in r.output.splitlines()) <= 80
+    j = CliRunner().invoke(main, ["buildkit", "gc", "--json", str(root)])
+    recs = [json.loads(x) for x in j.output.splitlines()]
+    kept = [x for x in recs if x["type"] == "gc-kept"]
+    summary = [x for x in recs if x["type"] == "gc-pass"][0]
+    assert len(kept) == summary["kept"] > 500 and all(x["reason"] for x in kept)
+    assert r.output.count("\n") > len(kept)          # --list: a row for every one
+
+
 def test_gc_never_writes_to_the_root(base):
     before = {p: p.read_bytes() for p in base.rglob("*.db")}
     r = CliRunner().invoke(main, ["buildkit", "gc", "--all", str(base)])

@@ -9,7 +9,7 @@ import click
 from ..errors import BoltkitError
 from .buildkit import _root_or_exit, buildkit
 from .check import EXIT_UNREADABLE, FsckCommand
-from .output import emit_json, emit_table, human_size, show_bytes, wide_option
+from .output import echo_wrapped, emit_json, emit_table, human_size, show_bytes, wide_option
 
 KEEP_TEXT = {
     "parent": "a kept record is built on it (it can go only after them)",
@@ -137,7 +137,7 @@ def gc(root, config_path, prune, filters, keep_duration, keep_storage, keep_stor
             for stage, res in passes:
                 _echo_pass(what, res, listing)
             for n in plan.notes:
-                click.echo(f"note: {n.store + ': ' if n.store else ''}{n.message}")
+                echo_wrapped(f"note: {n.store + ': ' if n.store else ''}{n.message}")
     finally:
         close_plan(plan)
     raise SystemExit(0 if plan.outcome in (Outcome.STARTS, Outcome.RESETS) else EXIT_UNREADABLE)
@@ -166,9 +166,10 @@ def _echo_pass(what: str, res, listing: bool, limit: int = 20) -> None:
     worker = res.kept[0].worker if res.kept else (res.removed[0].worker if res.removed else "")
     click.echo(f"Rules ({worker}):")
     for i, r in enumerate(res.rules, 1):
-        click.echo(f"  {i}. {r.describe()}")
+        echo_wrapped(f"  {i}. {r.describe()}", indent="     ")
     halves = sum(r.partner is not None for r in res.removed)
-    click.echo(f"\n{what} removes {len(res.removed)} record(s)"
+    click.echo()
+    echo_wrapped(f"{what} removes {len(res.removed)} record(s)"
                + (f" (and the immutable halves of {halves} pair(s))" if halves else "")
                + f", {human_size(res.reclaimed)}; "
                f"{human_size(res.total_after)} stay of {human_size(res.total_before)}"
@@ -194,8 +195,8 @@ def _echo_pass(what: str, res, listing: bool, limit: int = 20) -> None:
                  " ".join(show_bytes(h) for h in k.holders[:2]) + (" …" if len(k.holders) > 2 else "")]
                 for k in rows], ["stays", "type", "size", "last used", "why", "held by"], shrink=[5])
     if any(k.stamped for k in res.kept):
-        click.echo("(stamped now: its last child went in this pass, and BuildKit then records the parent as used "
-                   "now; the next prune with a keep duration keeps it again)")
+        echo_wrapped("(stamped now: its last child went in this pass, and BuildKit then records the parent as "
+                     "used now; the next prune with a keep duration keeps it again)")
     if len(rows) < len(res.kept):
         click.echo(f"… {len(res.kept) - len(rows)} more; --list shows every one.")
 
