@@ -15,9 +15,15 @@ damage exactly where the daemon's read would, and every write is journaled with 
 3. ``solver.NewCacheManager`` → ``ReleaseUnreferenced``: every result whose worker ref cannot be loaded is
    released, and ``emptyBranchWithParents`` removes keys left with no results and no links, recursively;
 4. the history queue: the v2 migration stamp, ``clearOrphans`` and the retention ``gc``;
-5. the start-up GC (one second after the start, when the worker has a GC policy): ``DiskUsage`` loads
-   every record of unknown size, which removes a mutable record left without its immutable partner, and
-   containerd's metadata GC then removes the snapshots and content no lease holds (containerd_gc.py).
+5. the start-up GC (one second after the start, when the worker has a GC policy): the policy's rules in
+   order, as ``cacheManager.prune`` runs them (gc.py; a rule with a byte budget first calls ``DiskUsage``,
+   whose load of every record of unknown size removes a mutable record left without its immutable
+   partner), containerd's metadata GC, which removes the snapshots and content no lease holds
+   (containerd_gc.py), and, when the pass removed something, ``ReleaseUnreferenced`` of cache.db again.
+
+Every loaded record holds a reference on each of its parents; releasing the last one stamps the parent as
+used now (``updateLastUsed``), which is how a start that drops records bumps a surviving parent's
+usageCount (CASES.md rule 13).
 
 The result is a typed plan: the outcome (the daemon starts, refuses with exit 1, crashes with exit 2, or
 starts after SafeOpen reset a store) and every change, store by store, with byte paths and a reason.
