@@ -122,6 +122,8 @@ def gc(root, config_path, prune, filters, keep_duration, keep_storage, keep_stor
     except BoltkitError as e:
         click.echo(f"Error: {e}", err=True)
         raise SystemExit(EXIT_UNREADABLE)
+    from ..buildkit.fsck import daemon_holds_lock
+    running = daemon_holds_lock(found)
     try:
         passes = [(stage, res) for stage, res in plan.gc if rule is None or stage.value == "prune"]
         if as_json:
@@ -133,6 +135,9 @@ def gc(root, config_path, prune, filters, keep_duration, keep_storage, keep_stor
                 click.echo(headline(plan) + ": no GC runs.")
             elif not passes:
                 click.echo("GC is off for every worker of this root (gc = false): nothing is removed.")
+            if running:
+                echo_wrapped("buildkitd is running on this root: the replay starts from the files as they are now; "
+                             "records a running build holds are in use there and stay, which the files cannot show.")
             what = "`buildctl prune`" if rule is not None else "The next GC pass"
             for stage, res in passes:
                 _echo_pass(what, res, listing)
