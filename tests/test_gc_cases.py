@@ -176,3 +176,15 @@ def test_snapshot_sizes_belong_to_records(roots, name):
     gone = {n for n in sizes["before"] if n not in sizes["after"]}
     assert gone == set(case["snapshot_dirs_removed"])
     assert {sizes["before"][n]["record"] for n in gone} <= removed
+
+
+@pytest.mark.parametrize("name", [c for c in CASES if (GC / c / "daemon-trace.log.gz").is_file()])
+def test_the_trace_rerun_removed_the_same_records(name):
+    """A second identical run at trace level removed the same records: the GC is reproducible on this BASE, and
+    the trace gives the order the daemon removed them in (the normal log does not)."""
+    trace = gzip.open(GC / name / "daemon-trace.log.gz").read().decode()
+    order = re.findall(r'msg="removed cache record" id=(\S+)', trace)
+    assert len(order) == len(set(order))
+    assert set(order) == {r["id"] for r in _case(name)["removed"]}
+    assert re.findall(r"gc cleaned up (\d+) bytes", trace) == [str(b) for b in
+                                                               _case(name)["daemon_log"]["gc_cleaned_up_bytes"]]
