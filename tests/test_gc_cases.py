@@ -188,3 +188,18 @@ def test_the_trace_rerun_removed_the_same_records(name):
     assert set(order) == {r["id"] for r in _case(name)["removed"]}
     assert re.findall(r"gc cleaned up (\d+) bytes", trace) == [str(b) for b in
                                                                _case(name)["daemon_log"]["gc_cleaned_up_bytes"]]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_du_sizes_are_the_measured_directories(roots, name):
+    """What buildctl du says a record weighs is the native snapshotter's usage of that record's directory, as
+    measured on disk before the daemon started (plus the layer blob an export made): the sizes an offline du must
+    reproduce."""
+    listed = json.loads((GC / name / "du-before.json").read_text()) or []
+    sizes = json.loads((GC / name / "snapshot-sizes.json").read_text())["before"]
+    by_record = {e["record"]: e for e in sizes.values()}
+    recs = _records(roots[name, "before"])
+    assert listed
+    for e in listed:
+        blob = recs[e["id"]].get("cache.blobsize") or 0
+        assert e["size"] == by_record[e["id"]]["fs_usage"] + blob, e["id"]
