@@ -97,6 +97,8 @@ def test_case_is_complete(name):
     assert "running server on" in log
     case = _case(name)
     assert case["daemon"]["ready_seconds"] is not None and not case["daemon"]["sigkilled"]
+    assert case["daemon_log"]["gc_cleaned_up_bytes"] == [int(b) for b in re.findall(r"gc cleaned up (\d+) bytes", log)]
+    assert set(case["store_changes"]) == set(STORES)
     for i, cmd in enumerate(case["commands"], 1):
         text = (d / ("cmd%d.txt" % i)).read_text()
         assert text.startswith("$ buildctl ") and ("# rc=%d " % cmd["rc"]) in text
