@@ -13,16 +13,29 @@ from pathlib import Path
 import pytest
 
 from boltkit.buildkit import gc as gc_model
-from boltkit.buildkit.gc import FilterError, Rule, parse_filter, walk_usage
+from boltkit.buildkit.gc import DiskStat, FilterError, Rule, parse_filter, walk_usage
 from boltkit.buildkit.gotime import parse_rfc3339
 from boltkit.buildkit.startconfig import StartConfig, go_duration
 from boltkit.buildkit.startup import Stage, close_plan, simulate_start, write_start
+from boltkit.errors import BoltkitError
+from boltkit.storage import Database
 
 from .conftest import ROOT
 from .test_startup import STORES, _dump, _unpack
 
 DATA = ROOT / "tests" / "data" / "gc"
-RUNS = sorted(p.name for p in DATA.glob("[0-9][0-9]-*"))
+ALL_RUNS = sorted(p.name for p in DATA.glob("[0-9][0-9]-*"))
+
+
+def _builds(name: str) -> bool:
+    return any(c["argv"][:2] == ["buildctl", "build"]
+               for c in json.loads((DATA / name / "case.json").read_text())["commands"])
+
+
+# An idle daemon: everything it holds is in the files. The runs with a build in flight (13, 23) show what only
+# a running build knows (its references, its new records) and are checked for what the files do decide.
+RUNS = [n for n in ALL_RUNS if not _builds(n)]
+LIVE = [n for n in ALL_RUNS if _builds(n)]
 MB = 1e6        # buildctl prune's --keep-storage & co. are in MB of 10^6 bytes
 
 
@@ -56,7 +69,7 @@ def _at(text: str) -> datetime.datetime:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("gc-runs")
-    for name in RUNS:
+    for name in ALL_RUNS:
         for side in ("before", "after"):
             _unpack(DATA / name / side, base / name / side)
     return base
@@ -74,8 +87,19 @@ def _replay(runs: Path, name: str, monkeypatch):
     now = _at(prunes[0]["started_at"] if prunes else case["daemon"]["daemon_started_at"])
     rejected = rule is not None and any(_bad(f) for f in rule.filters)
     plan = simulate_start(runs / name / "before", config=StartConfig.load(str(DATA / name / case["config"])),
-                          now=now, prune=None if rejected else rule)
+                          now=now, prune=None if rejected else rule, disk=_disk(case))
     return case, rule, rejected, plan
+
+
+def _disk(case: dict) -> DiskStat:
+    """The file system the daemon saw (statvfs as the driver took it), not the one the test runs on."""
+    for c in case["commands"]:
+        if "disk" in c:
+            return DiskStat(c["disk"]["total_bytes"], c["disk"]["free_before_bytes"])
+    pre = case["notes"].get("pre") if isinstance(case.get("notes"), dict) else None
+    if pre and "total_bytes" in pre:
+        return DiskStat(pre["total_bytes"], pre["free_bytes"])
+    return DiskStat(270_553_174_016, 233_000_000_000)     # the recording machine's disk, for caps that use it
 
 
 def _removed(plan, stage: Stage) -> set[str]:
@@ -90,8 +114,8 @@ def _removed(plan, stage: Stage) -> set[str]:
 
 
 def test_every_run_is_here():
-    assert len(RUNS) >= 10
-    kinds = {tuple(a for a in c["argv"] if a.startswith("--")) for name in RUNS
+    assert len(RUNS) >= 20 and len(LIVE) == 2
+    kinds = {tuple(a for a in c["argv"] if a.startswith("--")) for name in ALL_RUNS
              for c in json.loads((DATA / name / "case.json").read_text())["commands"]}
     for option in ("--all", "--keep-duration", "--filter", "--keep-storage", "--keep-storage-min"):
         assert any(option in k for k in kinds), option
@@ -193,3 +217,44 @@ def test_du_lists_what_buildctl_du_lists(runs, name, monkeypatch):
     ours = [json.loads(x) for x in r.output.splitlines()]
     assert {x["id"]: (x["size"], not x["reclaimable"]) for x in ours if x["type"] == "cache-record"} == \
         {x["id"]: (x["size"], x["inUse"]) for x in theirs}
+
+
+def test_a_prune_during_a_build_keeps_only_what_the_build_holds(runs, monkeypatch):
+    """13: a prune while a build runs. The files cannot show the build's references: the replay removes all
+    the daemon removed, and beyond that only records the build held (in use in `buildctl du` during the
+    build) or that are the mutable halves of records it held."""
+    name = "13-in-use-during-build"
+    case, rule, rejected, plan = _replay(runs, name, monkeypatch)
+    try:
+        ours = _removed(plan, Stage.PRUNE)
+    finally:
+        close_plan(plan)
+    listing = (DATA / name / "cmd3.txt").read_text()
+    assert listing.startswith("$ buildctl du --format")
+    during = json.loads(listing.split("--- stdout\n")[1].split("--- stderr")[0])
+    in_use = {x["id"] for x in during if x["inUse"]}
+    halves = set()
+    with Database(str(runs / name / "after" / "runc-native" / "metadata_v2.db")) as db:
+        for rid in in_use:
+            try:
+                raw = db.get([b"_main", rid.encode()], b"cache.equalMutable")
+            except BoltkitError:
+                continue
+            if raw:
+                halves.add(json.loads(raw)["value"])
+    theirs = {r["id"] for r in case["removed"]}
+    assert theirs <= ours
+    assert ours - theirs == {r["id"] for r in case["kept"]}
+    assert ours - theirs <= in_use | halves
+
+
+def test_the_start_up_gc_before_a_build_is_a_no_op(runs, monkeypatch):
+    """23: before the build the cache is under the 60 MiB cap, and the daemon's start-up GC removed nothing
+    (the GC the build then requests waits for the once-a-minute throttle: a running daemon's business)."""
+    case, rule, rejected, plan = _replay(runs, "23-gc-after-build-throttled", monkeypatch)
+    try:
+        (stage, res), = plan.gc
+        assert stage is Stage.STARTUP_GC and res.removed == []
+        assert res.total_before == case["du_before"]["sum_size"] < 60 * 2**20
+    finally:
+        close_plan(plan)

@@ -468,7 +468,7 @@ class _Prune:
         total = 0
         if rule.has_budget:
             total = self.disk_usage_total()
-        keep = keep_bytes(total, rule, DiskStat.of(self.w.dir) if rule.min_free_space else DiskStat(0, 0))
+        keep = keep_bytes(total, rule, self.model.disk if rule.min_free_space else DiskStat(0, 0))
         while True:
             released, count = self.prune_once(rule, index, total, keep, result, verdicts)
             if count == 0:

@@ -454,7 +454,7 @@ class _Worker:
         if b is None:
             return
         count = (rec.md.int64("cache.usageCount") or 0) + 1
-        now = unix_ns(self.model.now)
+        now = self.model.clock()
         tag = ("record-value", Why.LAST_USED_STAMPED, rec.id, stage)
         b.put(b"cache.usageCount", b'{"value":%d}' % count, tag)
         b.put(b"cache.lastUsedAt", b'{"value":%d}' % now, tag)
@@ -619,8 +619,9 @@ class _Worker:
 
 class _Model:
     def __init__(self, root: Root, config: StartConfig, now: datetime.datetime, fixes: tuple[Fix, ...] = (),
-                 previous: StartPlan | None = None, prune_rule=None):
+                 previous: StartPlan | None = None, prune_rule=None, disk=None):
         self.prune_rule = prune_rule    # a gc.Rule: `buildctl prune` with it once the daemon has started
+        self._disk = disk               # a gc.DiskStat: the root's file system as the daemon sees it
         self.previous = previous        # the start before this one: its overlays are this start's files
         self.root = root
         self.config = config
@@ -631,6 +632,21 @@ class _Model:
 
     def note(self, kind: str, store: str | None, message: str) -> None:
         self.plan.notes.append(Note(kind, store, message))
+
+    @property
+    def disk(self):
+        """disk.GetDiskStat of the root: given, or statfs of the root here."""
+        if self._disk is None:
+            from .gc import DiskStat
+            self._disk = DiskStat.of(self.root.path)
+        return self._disk
+
+    def clock(self) -> int:
+        """time.Now() for a value the daemon stamps: the replay's time, one microsecond later at each call, so
+        that records stamped one after another are ordered as the daemon's clock orders them (a GC's ranking
+        counts distinct lastUsedAt values)."""
+        self._ticks = getattr(self, "_ticks", 0) + 1
+        return unix_ns(self.now) + (self._ticks - 1) * 1000
 
     # -- opening --------------------------------------------------------------------------------
 
@@ -1004,8 +1020,8 @@ class _Model:
 
     def startup_gc(self, worker: _Worker) -> None:
         """Controller.gc: the worker's policy, rule by rule (gc.py)."""
-        from .gc import DiskStat, collect, worker_policy
-        rules = worker_policy(self.config, DiskStat.of(self.root.path))
+        from .gc import collect, worker_policy
+        rules = worker_policy(self.config, self.disk)
         if rules:
             self.plan.gc.append((Stage.STARTUP_GC, collect(self, worker, rules, self.now, Stage.STARTUP_GC,
                                                             GC_WHY)))
@@ -1207,20 +1223,22 @@ def write_start(plan: StartPlan, out: str | os.PathLike) -> list[str]:
 
 def simulate_start(root: str | os.PathLike, *, config: StartConfig | None = None,
                    now: datetime.datetime | None = None, fixes: tuple[Fix, ...] = (),
-                   until_stable: bool = False, prune=None) -> StartPlan:
+                   until_stable: bool = False, prune=None, disk=None) -> StartPlan:
     """Replay buildkitd's next start on the root (read-only): the outcome and every change it makes.
     ``prune`` (a gc.Rule): then `buildctl prune` with it on the started daemon (the plan's ``gc`` passes).
+    ``disk`` (a gc.DiskStat): the root's file system sizes the GC's percentages and minFreeSpace read (the
+    root's own by default; a copy examined elsewhere needs its original's).
     ``until_stable``: replay start after start until one changes nothing (some effects take two starts: a
     record whose parent the start-up GC removed goes at the following start). The plan's overlays hold each
     store's state afterwards (``write_start``); release the plan's files with ``close_plan``."""
     found = discover(root)
     config = config or StartConfig()
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    models = [_Model(found, config, now, fixes, prune_rule=prune)]
+    models = [_Model(found, config, now, fixes, prune_rule=prune, disk=disk)]
     plan = models[0].run()
     while until_stable and plan.starts and plan.starts_replayed < 8:
         before = sum(len(ov.journal) for ov in plan.overlays.values())
-        models.append(_Model(found, config, now, (), previous=plan))
+        models.append(_Model(found, config, now, (), previous=plan, disk=disk))
         nxt = models[-1].run()
         if sum(len(ov.journal) for ov in nxt.overlays.values()) == before or not nxt.starts:
             if not nxt.starts:
