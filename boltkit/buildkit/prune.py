@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..storage.gcpause import gc_paused
 from .cachedb import TOP_BUCKETS, CacheStore, id_class, split_result_id
 from .graph import cycles, live_keys
 from .plan import Change, text_id as _b
@@ -178,11 +179,13 @@ def plan_file(path: str, *, break_cycles: bool = False, records: set[str] | None
     from .rehome import rehome as rehome_buckets
     if preflight:
         require_sound(path)
-    with Database(path) as db:
-        store = load_cache_store(db)
-        moved, taken = rehome_buckets(db, store) if rehome else ([], set())
-        page_size = db.page_size
-    pruned, changes = plan_prune(store, break_cycles=break_cycles, records=records, drop_unreachable=drop_unreachable)
+    with gc_paused():       # a plan is millions of small objects without cycles
+        with Database(path) as db:
+            store = load_cache_store(db)
+            moved, taken = rehome_buckets(db, store) if rehome else ([], set())
+            page_size = db.page_size
+        pruned, changes = plan_prune(store, break_cycles=break_cycles, records=records,
+                                     drop_unreachable=drop_unreachable)
     return PrunePlan(path, pruned, moved + changes, page_size, taken)
 
 
