@@ -339,8 +339,8 @@ def _result_errors(g: Gather, results: Entries) -> dict[int, CacheResult]:
     return errors
 
 
-def load_cache_store(db: Database, on_damage=None) -> CacheStore:
+def load_cache_store(db: Database, on_damage=None, progress=None) -> CacheStore:
     """Decode every entry of a cache.db into Python objects (the repairs rewrite from these). One bulk pass
     over the tree (``load_cache_columns``); structural damage goes to ``on_damage`` (or is raised) and what it
     hides is left out."""
-    return load_cache_columns(db, on_damage=on_damage).to_store()
+    return load_cache_columns(db, on_damage=on_damage, progress=progress).to_store()

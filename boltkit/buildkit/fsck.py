@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..check import CheckReport, check_file
+from ..check.checker import progress_part
 from ..check.problems import Problem, Problems, ProblemTable, Severity
 from ..errors import BoltkitError
 from ..storage import Database
@@ -145,34 +146,50 @@ def daemon_holds_lock(root: Root) -> bool:
         os.close(fd)
 
 
-def _check_one(args, columns: dict | None = None) -> CheckReport:
+def _check_one(args, columns: dict | None = None, progress=None) -> CheckReport:
     path, snapshot = args
-    return check_store(path, snapshot=snapshot, columns=columns)
+    return check_store(path, snapshot=snapshot, columns=columns, progress=progress)
 
 
 def fsck_root(path: str, *, jobs: int = 1, snapshot: bool = False, config: StartConfig | None = None,
-              simulate: bool = True) -> FsckResult:
-    """Every store checked, the checks across stores, and (``simulate``) the replay of the next start."""
+              simulate: bool = True, progress=None) -> FsckResult:
+    """Every store checked, the checks across stores, and (``simulate``) the replay of the next start.
+    ``progress(done, total)``: bytes of the stores checked, then as much again for the replay."""
     with gc_paused():
-        return _fsck_root(path, jobs, snapshot, config, simulate)
+        return _fsck_root(path, jobs, snapshot, config, simulate, progress)
 
 
-def _fsck_root(path, jobs, snapshot, config, simulate) -> FsckResult:
+def _fsck_root(path, jobs, snapshot, config, simulate, progress) -> FsckResult:
     root = discover(path)
     todo = [(str(s.path), snapshot) for s in root.stores]
+    sizes = []
+    for p, _ in todo:
+        try:
+            sizes.append(max(os.path.getsize(p), 1))
+        except OSError:
+            sizes.append(1)
+    checked, total = sum(sizes), 2 * sum(sizes) if simulate else sum(sizes)
     columns: dict = {}          # cache.db decoded once, for its check, the checks across stores and the replay
     if jobs > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             reports = dict(zip((t[0] for t in todo), pool.map(_check_one, todo)))
     else:
-        reports = {t[0]: _check_one(t, columns) for t in todo}
+        reports, done = {}, 0
+        for t, size in zip(todo, sizes):
+            reports[t[0]] = _check_one(t, columns, progress_part(progress, done, done + size, total))
+            done += size
+    if progress is not None:
+        progress(checked, total)
     result = FsckResult(root, reports, Problems(), None, daemon_holds_lock(root))
     _cross_checks(result, snapshot, columns)
     if simulate:
         cache = str(root.path / "cache.db")
         shared = {"cache.db": columns[cache]} if cache in columns and not snapshot else None
-        result.plan = simulate_start(root.path, config=config, columns=shared)
+        result.plan = simulate_start(root.path, config=config, columns=shared,
+                                     progress=progress_part(progress, checked, total, total))
         close_plan(result.plan)
+    if progress is not None:
+        progress(total, total)
     return result
 
 

@@ -620,10 +620,11 @@ class _Worker:
 
 class _Model:
     def __init__(self, root: Root, config: StartConfig, now: datetime.datetime, fixes: tuple[Fix, ...] = (),
-                 previous: StartPlan | None = None, prune_rule=None, columns: dict | None = None):
+                 previous: StartPlan | None = None, prune_rule=None, columns: dict | None = None, progress=None):
         self.prune_rule = prune_rule    # a gc.Rule: `buildctl prune` with it once the daemon has started
         self.previous = previous        # the start before this one: its overlays are this start's files
         self.columns = columns or {}    # store -> CacheColumns read by a check of the root (fsck): not read again
+        self.progress = progress        # (done, total): releases replayed
         self.root = root
         self.config = config
         self.now = now
@@ -800,8 +801,10 @@ class _Model:
         self.release_stage = stage
         order = self._release_order(ov)
         if order is not None:
-            for rid in order:
+            for i, rid in enumerate(order):
                 self._release_one(ov, rid, self.result_exists(rid))
+                if self.progress is not None and not i & 1023:
+                    self.progress(i, len(order))
             return
         links = ov.bucket(LINKS)
         ids = [k for k, v in links.items() if isinstance(v, OBucket)] if links is not None else []
@@ -1220,22 +1223,24 @@ def write_start(plan: StartPlan, out: str | os.PathLike) -> list[str]:
 
 def simulate_start(root: str | os.PathLike, *, config: StartConfig | None = None,
                    now: datetime.datetime | None = None, fixes: tuple[Fix, ...] = (),
-                   until_stable: bool = False, prune=None, columns: dict | None = None) -> StartPlan:
+                   until_stable: bool = False, prune=None, columns: dict | None = None,
+                   progress=None) -> StartPlan:
     """Replay buildkitd's next start on the root (read-only): the outcome and every change it makes.
     ``prune`` (a gc.Rule): then `buildctl prune` with it on the started daemon (the plan's ``gc`` passes).
     ``until_stable``: replay start after start until one changes nothing (some effects take two starts: a
     record whose parent the start-up GC removed goes at the following start). The plan's overlays hold each
     store's state afterwards (``write_start``); release the plan's files with ``close_plan``. ``columns``:
-    {"cache.db": CacheColumns} a check read already; used only when they are of the tree the start opens."""
+    {"cache.db": CacheColumns} a check read already; used only when they are of the tree the start opens.
+    ``progress(done, total)``: the results of cache.db released (the bulk of a start's work), first start."""
     found = discover(root)
     config = config or StartConfig()
     now = now or datetime.datetime.now(datetime.timezone.utc)
     with gc_paused():
-        return _simulate(found, config, now, fixes, until_stable, prune, columns)
+        return _simulate(found, config, now, fixes, until_stable, prune, columns, progress)
 
 
-def _simulate(found, config, now, fixes, until_stable, prune, columns) -> StartPlan:
-    models = [_Model(found, config, now, fixes, prune_rule=prune, columns=columns)]
+def _simulate(found, config, now, fixes, until_stable, prune, columns, progress) -> StartPlan:
+    models = [_Model(found, config, now, fixes, prune_rule=prune, columns=columns, progress=progress)]
     plan = models[0].run()
     while until_stable and plan.starts and plan.starts_replayed < 8:
         before = sum(len(ov.journal) for ov in plan.overlays.values())

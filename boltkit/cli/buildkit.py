@@ -352,6 +352,7 @@ def ls(root, as_json):
 @click.option("--json", "as_json", is_flag=True,
               help="Problems, one summary per store, the start's changes and notes, then one prediction record.")
 @wide_option
+@quiet_option
 def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, as_json):
     """Before restarting buildkitd: check every store under ROOT and say exactly what the daemon will do.
 
@@ -392,7 +393,8 @@ def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, 
                 emit_json(step.as_record())
             else:
                 click.echo(f"repaired: {step.describe()}")
-    result = fsck_root(str(found.path), jobs=jobs, snapshot=snapshot, config=config)
+    with progress(f"checking {root}", as_json=as_json) as p:
+        result = fsck_root(str(found.path), jobs=jobs, snapshot=snapshot, config=config, progress=p)
     if result.daemon_running:
         warn(f"{root}/buildkitd.lock is held: buildkitd is running; " + (
             "each store is read from a copy taken while its metas stood still" if snapshot else
@@ -457,6 +459,7 @@ def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, 
                    "and its first rows).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per change, then a summary.")
 @wide_option
+@quiet_option
 def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, listing, as_json):
     """Remove dangling links, ghost keys and stale index entries from a cache.db (dry run by default).
 
@@ -483,8 +486,9 @@ def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, lis
         from ..buildkit.metadata import record_ids
         with Database(metadata_db) as mdb:
             records = record_ids(mdb)
-    plan = plan_file(file, break_cycles=break_cycles, records=records, rehome=rehome,
-                     drop_unreachable=drop_unreachable)
+    with progress(f"planning {file}", as_json=as_json) as p:
+        plan = plan_file(file, break_cycles=break_cycles, records=records, rehome=rehome,
+                         drop_unreachable=drop_unreachable, progress=p)
     changes = plan.changes
     counts: dict[str, int] = {}
     for c in changes:
