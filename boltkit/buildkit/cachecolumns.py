@@ -89,11 +89,10 @@ class CacheColumns:
         """The same contents as Python objects, for the repairs that rewrite the store: what the object
         decoder of cachedb.py gives, built from the columns (poison keys and odd results are decoded already)."""
         u8 = self.names.data
-        names = [u8[o:o + n].tobytes().decode("utf-8", "replace")
-                 for o, n in zip(self.names.off.tolist(), self.names.length.tolist())]
+        names = [b.decode("utf-8", "replace") for b in self.names.all_bytes()]
 
         def raw(off_len):
-            return (u8[o:o + n].tobytes() for o, n in zip(off_len[0].tolist(), off_len[1].tolist()))
+            return byte_strings(u8, *off_len)
 
         s = CacheStore(top=set(self.top), foreign_top=list(self.foreign_top), anomalies=list(self.anomalies))
         for table, ids in ((s.links, self.links_ids), (s.results, self.results_ids)):
