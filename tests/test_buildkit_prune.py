@@ -15,7 +15,7 @@ from boltkit.cli import main
 from boltkit.storage import Database
 from testdata.buildkit import clean_tree, write_store
 
-from .conftest import corpus_files
+from .conftest import CORPUS, corpus_files
 from .test_buildkit_cache import (GRAND, plant_dead_chain, plant_hard_dangling, plant_missing_backlink,
                                   plant_orphan_results, plant_stale_backlink)
 
@@ -188,3 +188,24 @@ def test_corpus_store_with_planted_defects_prunes_like_the_rule(tmp_path, oracle
     with Database(path) as db:
         assert not {p.code for p in check_cache_db(db)} & {"D1", "D2", "D3", "D4", "D5", "C12"}
     assert oracle.check(path)[0] == 0
+
+
+def test_a_large_plan_is_summarised_and_listed_on_request():
+    """More changes than fit a screen: counts by kind and the first rows; --list every row; --json every
+    record. (The corpus root pruned after 403 builds has 535 changes to make.)"""
+    from boltkit.cli.buildkit import PLAN_ROWS
+    path = CORPUS / "daemon1-overlayfs" / "08-after-403-builds-prune-all" / "cache.db"
+    summary, full, as_json = (run("buildkit", "prune", *flags, path) for flags in ((), ("--list",), ("--json",)))
+    assert summary.exit_code == full.exit_code == as_json.exit_code == 0
+    records = [json.loads(x) for x in as_json.output.splitlines()]
+    changes, plan = records[:-1], records[-1]
+    assert len(changes) == plan["changes"] > PLAN_ROWS
+    rows = [ln for ln in full.output.splitlines() if ln.split()[:1] in (["C12"], ["D4"], ["D2"], ["C5"])]
+    assert len(rows) == len(changes)
+    assert f"The first {PLAN_ROWS} of {len(changes)} changes (--list shows every one)" in summary.output
+    for action, n in plan["actions"].items():      # the counts by kind, each once
+        assert any(ln.split()[1:] == [action, str(n)] for ln in summary.output.splitlines()), action
+    listed = summary.output.split("--list shows every one):")[1]
+    assert sum(1 for c in changes[:PLAN_ROWS] if c["key"][:40] in listed) == PLAN_ROWS
+    assert changes[PLAN_ROWS]["key"] not in listed
+    assert summary.output.splitlines()[-1] == full.output.splitlines()[-1]      # the same plan, said the same way

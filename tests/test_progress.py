@@ -83,3 +83,22 @@ def test_export_draws_no_bar_over_its_own_output_on_the_same_terminal(tmp_path):
     assert proc.wait(timeout=60) == 0
     os.close(master)
     assert b'"type":"pair"' in shown and b"exporting" not in shown
+
+
+@pytest.mark.parametrize("command,label", [("fsck", b"checking"), ("prune", b"planning")])
+def test_fsck_and_prune_draw_a_bar_and_quiet_or_json_silence_it(tmp_path, command, label):
+    """fsck: the stores' pages, then the replay's releases; prune: the check, the read and the plan."""
+    import shutil
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copyfile(EXAMPLE, root / "cache.db")
+    target = str(root) if command == "fsck" else str(root / "cache.db")
+    code, out, shown = run_on_tty("buildkit", command, target, tmp_path=tmp_path)
+    assert code == 0, shown
+    assert label in shown and b"100%" in shown and shown.endswith(b"\r\n")
+    assert label not in out
+    for args in (["buildkit", command, "-q", target], ["-q", "buildkit", command, target]):
+        quiet = run_on_tty(*args, tmp_path=tmp_path)
+        assert quiet[0] == 0 and b"%" not in quiet[2] and quiet[1] == out, args
+    as_json = run_on_tty("buildkit", command, "--json", target, tmp_path=tmp_path)
+    assert as_json[0] == 0 and b"%" not in as_json[2]

@@ -19,7 +19,7 @@ import numpy as np
 from ..check.gather import Gather
 from ..check.problems import Severity
 from ..check.scan import TreeScan
-from ..check.strings import Names, intern, string_at, string_hashes
+from ..check.strings import Names, byte_strings, intern, rows_at, string_at, string_hashes
 from ..errors import CorruptionError
 from ..schemas import BUCKET_LEAF_FLAG
 from ..storage import Database
@@ -66,6 +66,9 @@ class CacheColumns:
     byresult_kid: np.ndarray = None
     backlink_tgt: np.ndarray = None     # per _backlinks entry
     backlink_src: np.ndarray = None
+    id_sequences: dict = field(default_factory=dict)    # top bucket name -> the sequence of each of its ids
+    tree: tuple | None = None           # (meta index, txid) of the tree the columns were read from
+    sound: bool = False                 # the pass that read them met no damage: nothing was left out
 
     def raw(self, off_len: tuple, i: int) -> bytes:
         o = int(off_len[0][i])
@@ -86,11 +89,10 @@ class CacheColumns:
         """The same contents as Python objects, for the repairs that rewrite the store: what the object
         decoder of cachedb.py gives, built from the columns (poison keys and odd results are decoded already)."""
         u8 = self.names.data
-        names = [u8[o:o + n].tobytes().decode("utf-8", "replace")
-                 for o, n in zip(self.names.off.tolist(), self.names.length.tolist())]
+        names = [b.decode("utf-8", "replace") for b in self.names.all_bytes()]
 
         def raw(off_len):
-            return (u8[o:o + n].tobytes() for o, n in zip(off_len[0].tolist(), off_len[1].tolist()))
+            return byte_strings(u8, *off_len)
 
         s = CacheStore(top=set(self.top), foreign_top=list(self.foreign_top), anomalies=list(self.anomalies))
         for table, ids in ((s.links, self.links_ids), (s.results, self.results_ids)):
@@ -167,9 +169,13 @@ def load_cache_columns(db: Database, on_damage=None, progress=None) -> CacheColu
 
     leaves = CacheLeaves()
     n = db.pager.limit_pages
-    TreeScan(db, db.meta, emit, quick=True, refs=np.zeros(n, np.uint8), freed=np.zeros(n, bool),
-             on_leaves=leaves, progress=progress).run()
-    return columns_from_leaves(leaves)
+    damaged = []
+    TreeScan(db, db.meta, lambda p: (damaged.append(p) if p.severity is Severity.ERROR else None, emit(p)),
+             quick=True, refs=np.zeros(n, np.uint8), freed=np.zeros(n, bool), on_leaves=leaves,
+             progress=progress).run()
+    cols = columns_from_leaves(leaves)
+    cols.tree, cols.sound = (db.meta.index, db.meta.txid), not damaged
+    return cols
 
 
 def columns_from_leaves(leaves: CacheLeaves) -> CacheColumns:
@@ -258,7 +264,56 @@ def _decode(cols: CacheColumns, g: Gather, links: Entries, results: Entries, byr
     cols.result_value = (results.val_off, results.val_len)
     cols.byresult_rid = cols.byresult_ids[byresult.owner]
     cols.backlink_tgt = cols.backlinks_ids[backlinks.owner]
+    for name, e in zip((b"_links", b"_result", b"_byresult", b"_backlinks"), (links, results, byresult, backlinks)):
+        at = e.name_off + e.name_len + 8                # the bucket header after the name: root, then sequence
+        ok = at + 8 <= g.size
+        seq = np.zeros(at.size, np.uint64)
+        seq[ok] = rows_at(g.u8, at[ok], 8).copy().view("<u8").ravel()
+        cols.id_sequences[name] = seq
     return cols
+
+
+def primers(cols: CacheColumns) -> dict:
+    """For each of the four top-level buckets, its content as ``OBucket.prime`` takes it, from the columns:
+    the replay of a start (startup.py) then reads cache.db's id buckets without a page read per key. Only
+    for columns of a sound tree without anomalies (every level-2 entry an id bucket, every level-3 entry a
+    plain value, empty but in `_result`), the shape the primed buckets assume."""
+    names, u8 = cols.names, cols.names.data
+    text = names.all_bytes()
+    code_of = dict(zip(text, range(len(text))))
+
+    def raw(off_len):
+        return byte_strings(u8, *off_len)
+
+    tables = {
+        b"_links": (cols.links_ids, cols.link_src, raw(cols.link_key), None),
+        b"_result": (cols.results_ids, cols.result_kid, [text[c] for c in cols.result_rid.tolist()],
+                     raw(cols.result_value)),
+        b"_byresult": (cols.byresult_ids, cols.byresult_rid, [text[c] for c in cols.byresult_kid.tolist()], None),
+        b"_backlinks": (cols.backlinks_ids, cols.backlink_tgt, [text[c] for c in cols.backlink_src.tolist()], None),
+    }
+    out = {}
+    for name, (ids, owner, keys, values) in tables.items():
+        slot = np.full(len(text), -1, _I64)
+        slot[ids] = np.arange(ids.size)
+        order = np.argsort(slot[owner], kind="stable")
+        bounds = np.searchsorted(slot[owner][order], np.arange(ids.size + 1)).tolist()
+        out[name] = _primer(code_of, slot.tolist(), bounds, order.tolist(), keys, values,
+                            cols.id_sequences[name].tolist())
+    return out
+
+
+def _primer(code_of, slot, bounds, order, keys, values, sequences):
+    def children(key: bytes):
+        code = code_of.get(key)
+        i = -1 if code is None else slot[code]
+        if i < 0:
+            return None
+        rows = order[bounds[i]:bounds[i + 1]]
+        if values is None:
+            return sequences[i], dict.fromkeys([keys[j] for j in rows], b"")
+        return sequences[i], {keys[j]: values[j] for j in rows}
+    return children
 
 
 _PLAIN = rb'[\x20\x21\x23-\x5b\x5d-\x7e]*'       # JSON string content that needs no decoding
@@ -283,8 +338,8 @@ def _result_errors(g: Gather, results: Entries) -> dict[int, CacheResult]:
     return errors
 
 
-def load_cache_store(db: Database, on_damage=None) -> CacheStore:
+def load_cache_store(db: Database, on_damage=None, progress=None) -> CacheStore:
     """Decode every entry of a cache.db into Python objects (the repairs rewrite from these). One bulk pass
     over the tree (``load_cache_columns``); structural damage goes to ``on_damage`` (or is raised) and what it
     hides is left out."""
-    return load_cache_columns(db, on_damage=on_damage).to_store()
+    return load_cache_columns(db, on_damage=on_damage, progress=progress).to_store()

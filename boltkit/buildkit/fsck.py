@@ -7,10 +7,14 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..check import CheckReport, check_file
-from ..check.problems import Problem, Severity
+from ..check.checker import progress_part
+from ..check.problems import Problem, Problems, ProblemTable, Severity
 from ..errors import BoltkitError
 from ..storage import Database
+from ..storage.gcpause import gc_paused
 from .cachecheck import check_cache_columns
 from .cachecolumns import CacheLeaves, columns_from_leaves, load_cache_columns
 from .cachedb import TOP_BUCKETS, split_result_id
@@ -46,7 +50,9 @@ def store_kind(db: Database, name: str | None = None) -> str:
     return "unknown"
 
 
-def check_store(path: str, *, snapshot: bool = False, progress=None) -> CheckReport:
+def check_store(path: str, *, snapshot: bool = False, progress=None, columns: dict | None = None) -> CheckReport:
+    """The structural check of one store and the semantic checks of its kind. ``columns``: a cache.db's
+    CacheColumns are left there under its path, for the checks across a root and the start's replay."""
     leaves = CacheLeaves()        # a cache.db is decoded from what the structural pass reads
     report = check_file(path, snapshot=snapshot, progress=progress, on_leaves=leaves)
     if not report.readable:
@@ -73,7 +79,12 @@ def check_store(path: str, *, snapshot: bool = False, progress=None) -> CheckRep
                 report.warnings.append(f"{path}: {kind} store: only structural checks (semantic checks exist for "
                                        "cache.db, metadata_v2.db, history.db and, across a root, containerd's stores)")
                 return report
-            report.problems.extend(check_cache_columns(columns_from_leaves(leaves), str(path)))
+            cols = columns_from_leaves(leaves)
+            cols.tree = (report.meta_index, report.txid)
+            cols.sound = not report.severity_counts()[Severity.ERROR.value]   # whole: nothing left out
+            if columns is not None:
+                columns[str(path)] = cols
+            report.problems.extend(check_cache_columns(cols, str(path)))
     except BoltkitError as e:
         report.problems.append(Problem("B001", f"semantic pass stopped: {e}", file=str(path)))
     return report
@@ -83,7 +94,7 @@ def check_store(path: str, *, snapshot: bool = False, progress=None) -> CheckRep
 class FsckResult:
     root: Root
     reports: dict[str, CheckReport]          # store path -> its report
-    cross: list[Problem]                     # X codes: disagreements between stores
+    cross: Problems                          # X codes: disagreements between stores
     plan: StartPlan | None                   # what buildkitd will do at its next start (startup.py)
     daemon_running: bool
 
@@ -97,13 +108,19 @@ class FsckResult:
         out = [p for r in self.reports.values() for p in r.problems if p.severity in counted]
         return out + [p for p in self.cross if p.severity in counted]
 
+    def _any_counted(self, strict: bool) -> bool:
+        """Whether ``problems`` would have any, counted without building the problems of bulk tables."""
+        counted = (Severity.ERROR, Severity.WARNING) if strict else (Severity.ERROR,)
+        parts = [r.problems for r in self.reports.values()] + [self.cross]
+        return any(p.severity_counts()[s.value] for p in parts for s in counted)
+
     def exit_code(self, *, strict: bool = False) -> int:
         """8 the daemon will refuse, crash or reset a store (or a store cannot be read); else 4 it starts but
         discards data, or error-level problems remain (any problem with ``strict``); else 0. (`--repair` adds
         fsck(8)'s bit 1.)"""
         if self.unreadable or (self.plan is not None and self.plan.exit_class == 8):
             return 8        # the damage behind it is the same fact: the 4 bit would add nothing
-        if (self.plan is not None and self.plan.exit_class == 4) or self.problems(strict=strict):
+        if (self.plan is not None and self.plan.exit_class == 4) or self._any_counted(strict):
             return 4
         return 0
 
@@ -129,26 +146,50 @@ def daemon_holds_lock(root: Root) -> bool:
         os.close(fd)
 
 
-def _check_one(args) -> CheckReport:
+def _check_one(args, columns: dict | None = None, progress=None) -> CheckReport:
     path, snapshot = args
-    return check_store(path, snapshot=snapshot)
+    return check_store(path, snapshot=snapshot, columns=columns, progress=progress)
 
 
 def fsck_root(path: str, *, jobs: int = 1, snapshot: bool = False, config: StartConfig | None = None,
-              simulate: bool = True) -> FsckResult:
-    """Every store checked, the checks across stores, and (``simulate``) the replay of the next start."""
+              simulate: bool = True, progress=None) -> FsckResult:
+    """Every store checked, the checks across stores, and (``simulate``) the replay of the next start.
+    ``progress(done, total)``: bytes of the stores checked, then as much again for the replay."""
+    with gc_paused():
+        return _fsck_root(path, jobs, snapshot, config, simulate, progress)
+
+
+def _fsck_root(path, jobs, snapshot, config, simulate, progress) -> FsckResult:
     root = discover(path)
     todo = [(str(s.path), snapshot) for s in root.stores]
+    sizes = []
+    for p, _ in todo:
+        try:
+            sizes.append(max(os.path.getsize(p), 1))
+        except OSError:
+            sizes.append(1)
+    checked, total = sum(sizes), 2 * sum(sizes) if simulate else sum(sizes)
+    columns: dict = {}          # cache.db decoded once, for its check, the checks across stores and the replay
     if jobs > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             reports = dict(zip((t[0] for t in todo), pool.map(_check_one, todo)))
     else:
-        reports = {t[0]: _check_one(t) for t in todo}
-    result = FsckResult(root, reports, [], None, daemon_holds_lock(root))
-    _cross_checks(result, snapshot)
+        reports, done = {}, 0
+        for t, size in zip(todo, sizes):
+            reports[t[0]] = _check_one(t, columns, progress_part(progress, done, done + size, total))
+            done += size
+    if progress is not None:
+        progress(checked, total)
+    result = FsckResult(root, reports, Problems(), None, daemon_holds_lock(root))
+    _cross_checks(result, snapshot, columns)
     if simulate:
-        result.plan = simulate_start(root.path, config=config)
+        cache = str(root.path / "cache.db")
+        shared = {"cache.db": columns[cache]} if cache in columns and not snapshot else None
+        result.plan = simulate_start(root.path, config=config, columns=shared,
+                                     progress=progress_part(progress, checked, total, total))
         close_plan(result.plan)
+    if progress is not None:
+        progress(total, total)
     return result
 
 
@@ -156,15 +197,20 @@ def check_root(path: str, *, snapshot: bool = False) -> FsckResult:
     """Every store of a root checked, each report carrying the cross-store problems that name its file
     (what `buildkit check ROOT` lists, store by store), and the replay of the next start for the verdict."""
     result = fsck_root(path, snapshot=snapshot)
-    for p in result.cross:
-        result.reports[p.file].problems.append(p)
-    result.cross = []
+    for part in result.cross.groups():
+        if isinstance(part, ProblemTable):      # one file per table: the store its rows are about
+            if part.size:
+                result.reports[part[0].file].problems.extend(part)
+        else:
+            for p in part:
+                result.reports[p.file].problems.append(p)
+    result.cross = Problems()
     return result
 
 
-def _cross_checks(result: FsckResult, snapshot: bool) -> None:
+def _cross_checks(result: FsckResult, snapshot: bool, columns: dict) -> None:
     _lease_checks(result, snapshot)
-    _result_checks(result, snapshot)
+    _result_checks(result, snapshot, columns)
 
 
 def _sound(result: FsckResult, path) -> bool:
@@ -281,7 +327,7 @@ def _snapshot_checks(result: FsckResult, w, store, snapshot: bool) -> None:
                                         "expected": want}))
 
 
-def _result_checks(result: FsckResult, snapshot: bool) -> None:
+def _result_checks(result: FsckResult, snapshot: bool, columns: dict) -> None:
     """Results in cache.db whose worker or record is gone: buildkitd releases them at its next start (D6)."""
     root = result.root
     cache = next((s for s in root.stores if s.kind == "cache.db"), None)
@@ -299,19 +345,45 @@ def _result_checks(result: FsckResult, snapshot: bool) -> None:
                 records[wid] = record_ids(db, on_damage=lambda e: None)
         except BoltkitError:
             records[wid] = None      # unreadable: reported on its own line, no guesses here
-    with Database(str(cache.path), snapshot=snapshot) as db:
-        cols = load_cache_columns(db, on_damage=lambda e: None)
+    cols = columns.get(str(cache.path))
+    if cols is None or not cols.sound:      # a damaged tree: read as the check's own pass leaves it out
+        with Database(str(cache.path), snapshot=snapshot) as db:
+            cols = load_cache_columns(db, on_damage=lambda e: None)
     f = str(cache.path)
     names = cols.names
-    for kid, rid in sorted({(names.str(k), names.str(r)) for k, r in zip(cols.result_kid, cols.result_rid)}):
-        parts = split_result_id(rid)
+    why = {}            # result id code -> (code, worker id) of its problem; absent: it has none
+    for r in np.unique(cols.result_rid).tolist():
+        parts = split_result_id(names.all_bytes()[r].decode("utf-8", "replace"))
         if parts is None:
             continue      # C16, already reported by the cache.db check
         wid, ref = parts
         if wid not in workers:
-            result.cross.append(Problem("X1", f"result of worker {wid}, which this root does not have: released at "
-                                              "next start", file=f, path=(b"_result", kid.encode()), key=rid.encode()))
+            why[r] = ("X1", wid)
         elif ref and records.get(wid) is not None and ref not in records[wid]:
-            result.cross.append(Problem("X2", f"record {ref} is missing from {workers[wid].dir.name}/metadata_v2.db: "
-                                              "released at next start", file=f, path=(b"_result", kid.encode()),
-                                        key=rid.encode()))
+            why[r] = ("X2", wid)
+    if not why:
+        return
+    every = names.all_bytes()
+    text = {c: every[c].decode("utf-8", "replace") for c in set(cols.result_kid.tolist()) | set(why)}
+    pairs: dict = {}        # (key id, result id) as text, each once (as the keys are listed) -> their codes
+    for k, r in zip(cols.result_kid.tolist(), cols.result_rid.tolist()):
+        if r in why:
+            pairs.setdefault((text[k], text[r]), (k, r))
+    rows = [t + pairs[t] for t in sorted(pairs)]
+
+    def make(code, kid, rid):
+        wid = why[rid][1]
+        if code == "X1":
+            return Problem("X1", f"result of worker {wid}, which this root does not have: released at next start",
+                           file=f, path=(b"_result", text[kid].encode()), key=text[rid].encode())
+        return Problem("X2", f"record {split_result_id(text[rid])[1]} is missing from {workers[wid].dir.name}/"
+                             "metadata_v2.db: released at next start", file=f, path=(b"_result", text[kid].encode()),
+                       key=text[rid].encode())
+
+    start = 0
+    for end in range(1, len(rows) + 1):     # runs of one code, in the order of (key id, result id)
+        if end == len(rows) or why[rows[end][3]][0] != why[rows[start][3]][0]:
+            run, code = rows[start:end], why[rows[start][3]][0]
+            result.cross.extend(ProblemTable(code, len(run), lambda i, run=run, code=code: make(code, run[i][2],
+                                                                                                 run[i][3])))
+            start = end

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..storage.gcpause import gc_paused
 from .cachedb import TOP_BUCKETS, CacheStore, id_class, split_result_id
 from .graph import cycles, live_keys
 from .plan import Change, text_id as _b
@@ -169,20 +170,26 @@ class PrunePlan:
 
 
 def plan_file(path: str, *, break_cycles: bool = False, records: set[str] | None = None, rehome: bool = False,
-              drop_unreachable: bool = False, preflight: bool = True) -> PrunePlan:
+              drop_unreachable: bool = False, preflight: bool = True, progress=None) -> PrunePlan:
     """Plan the prune of the cache.db at ``path``: refused when it is structurally damaged (salvage first;
-    ``preflight=False`` when the caller has checked already), after ``rehome`` when asked."""
+    ``preflight=False`` when the caller has checked already), after ``rehome`` when asked.
+    ``progress(done, total)``: the check, the read and the plan, a third each."""
+    from ..check.checker import progress_part
     from ..repair.preflight import require_sound
     from ..storage import Database
     from .cachecolumns import load_cache_store
     from .rehome import rehome as rehome_buckets
     if preflight:
-        require_sound(path)
-    with Database(path) as db:
-        store = load_cache_store(db)
-        moved, taken = rehome_buckets(db, store) if rehome else ([], set())
-        page_size = db.page_size
-    pruned, changes = plan_prune(store, break_cycles=break_cycles, records=records, drop_unreachable=drop_unreachable)
+        require_sound(path, progress=progress_part(progress, 0, 1, 3))
+    with gc_paused():       # a plan is millions of small objects without cycles
+        with Database(path) as db:
+            store = load_cache_store(db, progress=progress_part(progress, 1, 2, 3))
+            moved, taken = rehome_buckets(db, store) if rehome else ([], set())
+            page_size = db.page_size
+        pruned, changes = plan_prune(store, break_cycles=break_cycles, records=records,
+                                     drop_unreachable=drop_unreachable)
+    if progress is not None:
+        progress(3, 3)
     return PrunePlan(path, pruned, moved + changes, page_size, taken)
 
 

@@ -41,6 +41,7 @@ from ..check.problems import _show as _text         # bytes as a report shows th
 from ..errors import BoltkitError, CorruptionError, OpenError
 from ..storage import Database
 from ..storage.overlay import EmptyOverlay, OBucket, Overlay
+from ..storage.gcpause import gc_paused
 from .gotime import parse_rfc3339, unix_ns
 from .root import Root, discover
 from .startconfig import StartConfig
@@ -619,10 +620,13 @@ class _Worker:
 
 class _Model:
     def __init__(self, root: Root, config: StartConfig, now: datetime.datetime, fixes: tuple[Fix, ...] = (),
-                 previous: StartPlan | None = None, prune_rule=None, disk=None):
+                 previous: StartPlan | None = None, prune_rule=None, columns: dict | None = None, progress=None,
+                 disk=None):
         self.prune_rule = prune_rule    # a gc.Rule: `buildctl prune` with it once the daemon has started
         self._disk = disk               # a gc.DiskStat: the root's file system as the daemon sees it
         self.previous = previous        # the start before this one: its overlays are this start's files
+        self.columns = columns or {}    # store -> CacheColumns read by a check of the root (fsck): not read again
+        self.progress = progress        # (done, total): releases replayed
         self.root = root
         self.config = config
         self.now = now
@@ -814,8 +818,10 @@ class _Model:
         self.release_stage = stage
         order = self._release_order(ov)
         if order is not None:
-            for rid in order:
+            for i, rid in enumerate(order):
                 self._release_one(ov, rid, self.result_exists(rid))
+                if self.progress is not None and not i & 1023:
+                    self.progress(i, len(order))
             return
         links = ov.bucket(LINKS)
         ids = [k for k, v in links.items() if isinstance(v, OBucket)] if links is not None else []
@@ -855,32 +861,40 @@ class _Model:
         """The results ReleaseUnreferenced releases, in the order its walk meets them, from the columns of one
         bulk pass over the file (cachecolumns.py) instead of a lookup per key; None when the walk must be
         replayed key by key: the store is damaged (the walk's reads may crash), a result does not decode or
-        names another id, or an entry has a shape BuildKit does not write."""
+        names another id, or an entry has a shape BuildKit does not write (link keys with their zero values
+        spelled out excepted: the walk never reads link keys, and emptyBranchWithParents splits them at their
+        one '@' as any other). On the fast path cache.db's four top-level buckets are primed from the same
+        columns (``OBucket.prime``), so the releases read no page either."""
         import numpy as np
 
-        from .cachecolumns import load_cache_columns
+        from .cachecolumns import load_cache_columns, primers
         if ov.db is None:
             return []
         cols = getattr(ov, "columns", None)
         if cols is None:
-            damage: list = []
-            cols = load_cache_columns(ov.db, on_damage=damage.append)
-            if damage or cols.result_errors or cols.anomalies or cols.link_errors \
-                    or cols.link_spelled.size:
+            cols = self.columns.get("cache.db")      # what a check of the same tree read already (fsck)
+            if cols is None or cols.tree != (ov.db.meta.index, ov.db.meta.txid) or not cols.sound:
+                cols = load_cache_columns(ov.db, on_damage=lambda e: None)
+            if not cols.sound or cols.result_errors or cols.anomalies or cols.link_errors:
                 cols = False
+            else:
+                for name, children in primers(cols).items():
+                    top = ov.bucket(name)
+                    if top is not None and not top.touched():
+                        top.prime(children)
             ov.columns = cols
         if cols is False:
             return None
-        names = cols.names
+        text = cols.names.all_bytes()
         # what earlier starts of this replay removed already
         gone_results = {(m.path[1], m.key) for m in ov.journal if m.op == "delete" and len(m.path) == 2
                         and m.path[0] == RESULT}
         gone_links = {m.key for m in ov.journal if m.op == "delete-bucket" and m.path == (LINKS,)}
-        ids = sorted((names.bytes(c), c) for c in np.unique(cols.links_ids).tolist())
+        ids = sorted((text[c], c) for c in np.unique(cols.links_ids).tolist())
         rank = {c: i for i, (name, c) in enumerate(ids) if name not in gone_links}
         unloadable = {}
         for code in np.unique(cols.result_rid).tolist():
-            rid = names.bytes(code)
+            rid = text[code]
             if self.result_exists(rid) is not None:
                 unloadable[code] = rid
         if not unloadable:
@@ -889,7 +903,7 @@ class _Model:
         for kid, code in zip(cols.result_kid.tolist(), cols.result_rid.tolist()):
             if code in unloadable and kid in rank:
                 rid = unloadable[code]
-                if (names.bytes(kid), rid) not in gone_results:
+                if not gone_results or (text[kid], rid) not in gone_results:
                     pairs.append((rank[kid], rid))
         order, seen = [], set()
         for _, rid in sorted(pairs):
@@ -903,35 +917,38 @@ class _Model:
         b = byresult.bucket(rid) if byresult is not None else None
         if b is None:
             return          # ErrNotFound, ignored by the caller
-        for kid, _ in list(b.items()):
-            results = ov.bucket(RESULT).bucket(kid)
+        tops = ov.bucket(RESULT), ov.bucket(LINKS), byresult, ov.bucket(BACKLINKS)     # the same all along
+        for kid in b.keys():
+            results = tops[0].bucket(kid)
             if results is None:
                 continue
             results.delete(rid, ("result", why, rid, self.release_stage))
-            ids = ov.bucket(BYRESULT).bucket(rid)
+            ids = byresult.bucket(rid)
             if ids is None:
                 continue
             ids.delete(kid, ("byresult", why, rid, self.release_stage))
             if ids.is_empty():
-                ov.bucket(BYRESULT).delete_bucket(rid, ("byresult", why, rid, self.release_stage))
-            self.empty_branch(ov, kid)
+                byresult.delete_bucket(rid, ("byresult", why, rid, self.release_stage))
+            self.empty_branch(tops, kid)
 
-    def empty_branch(self, ov: Overlay, kid: bytes) -> None:
-        """emptyBranchWithParents: a key with no results and no links goes, with the links that point at it."""
-        results = ov.bucket(RESULT).bucket(kid)
+    def empty_branch(self, tops: tuple, kid: bytes) -> None:
+        """emptyBranchWithParents: a key with no results and no links goes, with the links that point at it.
+        ``tops``: the `_result`, `_links`, `_byresult` and `_backlinks` buckets."""
+        result_top, links_top, _, back_top = tops
+        results = result_top.bucket(kid)
         if results is None:
             return
-        links = ov.bucket(LINKS).bucket(kid)
+        links = links_top.bucket(kid)
         if not results.is_empty() or (links is not None and not links.is_empty()):
             return
         why = (Why.EMPTY_BRANCH, kid, self.release_stage)
-        back = ov.bucket(BACKLINKS).bucket(kid)
+        back = back_top.bucket(kid)
         if back is not None:
-            for parent, _ in list(back.items()):
-                sub = ov.bucket(LINKS).bucket(parent)
+            for parent in back.keys():
+                sub = links_top.bucket(parent)
                 if sub is not None:
                     doomed = []
-                    for lk, _v in sub.items():
+                    for lk in sub.keys():
                         parts = lk.split(b"@")
                         if len(parts) != 2:
                             raise _InvalidKey(lk)
@@ -940,13 +957,13 @@ class _Model:
                     for lk in doomed:
                         sub.delete(lk, ("link",) + why)
                     if sub.is_empty():
-                        sr = ov.bucket(RESULT).bucket(parent)
+                        sr = result_top.bucket(parent)
                         if sr is None or sr.is_empty():
-                            ov.bucket(LINKS).delete_bucket(parent, ("links", Why.EMPTY_BRANCH, parent, self.release_stage))
-                self.empty_branch(ov, parent)
-            ov.bucket(BACKLINKS).delete_bucket(kid, ("backlinks",) + why)
-        ov.bucket(LINKS).delete_bucket(kid, ("links",) + why)
-        ov.bucket(RESULT).delete_bucket(kid, ("results",) + why)
+                            links_top.delete_bucket(parent, ("links", Why.EMPTY_BRANCH, parent, self.release_stage))
+                self.empty_branch(tops, parent)
+            back_top.delete_bucket(kid, ("backlinks",) + why)
+        links_top.delete_bucket(kid, ("links",) + why)
+        result_top.delete_bucket(kid, ("results",) + why)
 
     # -- history.db -----------------------------------------------------------------------------
 
@@ -1223,18 +1240,26 @@ def write_start(plan: StartPlan, out: str | os.PathLike) -> list[str]:
 
 def simulate_start(root: str | os.PathLike, *, config: StartConfig | None = None,
                    now: datetime.datetime | None = None, fixes: tuple[Fix, ...] = (),
-                   until_stable: bool = False, prune=None, disk=None) -> StartPlan:
+                   until_stable: bool = False, prune=None, columns: dict | None = None,
+                   progress=None, disk=None) -> StartPlan:
     """Replay buildkitd's next start on the root (read-only): the outcome and every change it makes.
     ``prune`` (a gc.Rule): then `buildctl prune` with it on the started daemon (the plan's ``gc`` passes).
     ``disk`` (a gc.DiskStat): the root's file system sizes the GC's percentages and minFreeSpace read (the
     root's own by default; a copy examined elsewhere needs its original's).
     ``until_stable``: replay start after start until one changes nothing (some effects take two starts: a
     record whose parent the start-up GC removed goes at the following start). The plan's overlays hold each
-    store's state afterwards (``write_start``); release the plan's files with ``close_plan``."""
+    store's state afterwards (``write_start``); release the plan's files with ``close_plan``. ``columns``:
+    {"cache.db": CacheColumns} a check read already; used only when they are of the tree the start opens.
+    ``progress(done, total)``: the results of cache.db released (the bulk of a start's work), first start."""
     found = discover(root)
     config = config or StartConfig()
     now = now or datetime.datetime.now(datetime.timezone.utc)
-    models = [_Model(found, config, now, fixes, prune_rule=prune, disk=disk)]
+    with gc_paused():
+        return _simulate(found, config, now, fixes, until_stable, prune, columns, progress, disk)
+
+
+def _simulate(found, config, now, fixes, until_stable, prune, columns, progress, disk) -> StartPlan:
+    models = [_Model(found, config, now, fixes, prune_rule=prune, columns=columns, progress=progress, disk=disk)]
     plan = models[0].run()
     while until_stable and plan.starts and plan.starts_replayed < 8:
         before = sum(len(ov.journal) for ov in plan.overlays.values())

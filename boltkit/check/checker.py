@@ -23,6 +23,14 @@ from .problems import Problem, Problems, Severity
 from .scan import TreeScan
 
 Progress = Callable[[int, int], None]
+
+
+def progress_part(progress: Progress | None, lo: int, hi: int, total: int) -> Progress | None:
+    """A command made of several passes reports one bar: this pass's ``(done, of)`` drawn as the span
+    ``lo``..``hi`` of ``total``."""
+    if progress is None:
+        return None
+    return lambda done, of: progress(lo + (hi - lo) * min(done, of) // max(of, 1), total)
 LEAK_RUN = 1024     # consecutive leaked pages from which B040 names the run instead of each page
 
 

@@ -223,6 +223,10 @@ class Problems:
         file mapping the other process does not have."""
         return {"_parts": [list(part) if isinstance(part, ProblemTable) else part for part in self._parts]}
 
+    def groups(self):
+        """The parts as they were added: lists of Problems and ProblemTables (a table is built only when read)."""
+        return list(self._parts)
+
     def select(self, wanted):
         """The problems whose code satisfies ``wanted(code)``; tables of other codes are not built."""
         for part in self._parts:

@@ -45,6 +45,28 @@ class Names:
     def str(self, code) -> str:
         return self.bytes(code).decode("utf-8", "replace")
 
+    def all_bytes(self) -> list:
+        """Every string as bytes, by code: copied out in one gather, sliced from one buffer, kept."""
+        cached = self.__dict__.get("_all_bytes")
+        if cached is None:
+            cached = self.__dict__["_all_bytes"] = byte_strings(self.data, self.off, self.length)
+        return cached
+
+
+def byte_strings(u8: np.ndarray, off: np.ndarray, length: np.ndarray) -> list:
+    """The byte strings at the file ranges, as a list of bytes: gathered a chunk at a time into one buffer
+    and sliced from it (a ``tobytes`` per string costs several times more)."""
+    out: list = []
+    off, length = np.asarray(off, _I64), np.asarray(length, _I64)
+    for a in range(0, off.size, CHUNK):
+        o, n = off[a:a + CHUNK], length[a:a + CHUNK]
+        ends = np.cumsum(n)
+        starts = ends - n
+        idx = np.repeat(o - starts, n) + np.arange(int(ends[-1]) if ends.size else 0)
+        buf = u8[idx].tobytes()
+        out += [buf[s:e] for s, e in zip(starts.tolist(), ends.tolist())]
+    return out
+
 
 def intern(g: Gather, offs: list, lens: list, hashes: list | None = None) -> tuple[list[np.ndarray], Names]:
     """Give every distinct byte string among the file ranges one code, the same code across all the

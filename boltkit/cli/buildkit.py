@@ -1,6 +1,8 @@
 """`boltkit buildkit ...`: commands that understand BuildKit's stores."""
 from __future__ import annotations
 
+from collections import Counter
+
 import click
 
 from ..buildkit.fsck import check_store
@@ -10,6 +12,8 @@ from .app import destinations, main, output_file
 from .check import FsckCommand, run_checks
 from .live import settled_reads
 from .output import progress, quiet_option, wide_option
+
+PLAN_ROWS = 20          # rows of a prune plan listed without --list
 
 
 @main.group()
@@ -348,6 +352,7 @@ def ls(root, as_json):
 @click.option("--json", "as_json", is_flag=True,
               help="Problems, one summary per store, the start's changes and notes, then one prediction record.")
 @wide_option
+@quiet_option
 def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, as_json):
     """Before restarting buildkitd: check every store under ROOT and say exactly what the daemon will do.
 
@@ -388,7 +393,8 @@ def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, 
                 emit_json(step.as_record())
             else:
                 click.echo(f"repaired: {step.describe()}")
-    result = fsck_root(str(found.path), jobs=jobs, snapshot=snapshot, config=config)
+    with progress(f"checking {root}", as_json=as_json) as p:
+        result = fsck_root(str(found.path), jobs=jobs, snapshot=snapshot, config=config, progress=p)
     if result.daemon_running:
         warn(f"{root}/buildkitd.lock is held: buildkitd is running; " + (
             "each store is read from a copy taken while its metas stood still" if snapshot else
@@ -448,9 +454,13 @@ def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, 
 @click.option("--drop-unreachable", is_flag=True,
               help="Also drop derived keys that no chain of links from a root key reaches (C14), with their "
                    "results: BuildKit can never hit them, but its own rule keeps them.")
+@click.option("--list", "listing", is_flag=True,
+              help=f"Every change (by default a plan of more than {PLAN_ROWS} changes is shown as counts by kind "
+                   "and its first rows).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per change, then a summary.")
 @wide_option
-def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, as_json):
+@quiet_option
+def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, listing, as_json):
     """Remove dangling links, ghost keys and stale index entries from a cache.db (dry run by default).
 
     Mirrors BuildKit's own collection rule: a key with no results and no links to a live key goes,
@@ -476,18 +486,24 @@ def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, as_
         from ..buildkit.metadata import record_ids
         with Database(metadata_db) as mdb:
             records = record_ids(mdb)
-    plan = plan_file(file, break_cycles=break_cycles, records=records, rehome=rehome,
-                     drop_unreachable=drop_unreachable)
+    with progress(f"planning {file}", as_json=as_json) as p:
+        plan = plan_file(file, break_cycles=break_cycles, records=records, rehome=rehome,
+                         drop_unreachable=drop_unreachable, progress=p)
     changes = plan.changes
-    if as_json:
-        for c in changes:
-            emit_json(dict(type="change", **c.as_dict()))
-    else:
-        emit_table([_change_row(c) for c in changes], ["code", "action", "bucket", "key"],
-                   shrink=[2, 3])
     counts: dict[str, int] = {}
     for c in changes:
         counts[c.action] = counts.get(c.action, 0) + 1
+    if as_json:
+        for c in changes:
+            emit_json(dict(type="change", **c.as_dict()))
+    elif listing or len(changes) <= PLAN_ROWS:
+        emit_table([_change_row(c) for c in changes], ["code", "action", "bucket", "key"], shrink=[2, 3])
+    else:       # a fleet-size plan: hundreds of thousands of rows would bury the summary
+        kinds = Counter((c.code, c.action) for c in changes)
+        emit_table([[code, action, n] for (code, action), n in sorted(kinds.items())], ["code", "action", "count"])
+        click.echo(f"\nThe first {PLAN_ROWS} of {len(changes)} changes (--list shows every one):")
+        emit_table([_change_row(c) for c in changes[:PLAN_ROWS]], ["code", "action", "bucket", "key"],
+                   shrink=[2, 3])
     summary = {"type": "plan", "file": file, "changes": len(changes), "actions": counts, "applied": False, "backup": None}
     if changes and apply_:
         summary["backup"] = apply_prune(plan)     # which writes the report beside the backup

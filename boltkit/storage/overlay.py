@@ -37,7 +37,7 @@ class Mutation:
 class OBucket:
     """One bucket of an Overlay. Child buckets are OBuckets too; the same key always gives the same object."""
 
-    __slots__ = ("ov", "path", "src", "entries", "sequence", "complete")
+    __slots__ = ("ov", "path", "src", "entries", "sequence", "complete", "primer", "live")
 
     def __init__(self, ov: "Overlay", path: tuple[bytes, ...], src: Bucket | None, sequence: int = 0):
         self.ov = ov
@@ -46,6 +46,8 @@ class OBucket:
         self.entries: dict[bytes, Any] = {}      # key -> bytes | OBucket | _DELETED: read or written so far
         self.sequence = src.sequence if src is not None else sequence
         self.complete = src is None              # every on-disk entry is in ``entries``
+        self.primer = None                       # see ``prime``
+        self.live = 0                            # entries not deleted, counted once ``complete``
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -56,7 +58,12 @@ class OBucket:
         if self.complete:
             return _DELETED
         e = _DELETED
-        if self.src is not None:
+        if self.primer is not None:
+            child = self.primer(key)
+            if child is not None:
+                e = OBucket(self.ov, self.path + (key,), None, child[0])
+                e.entries, e.live = child[1], len(child[1])
+        elif self.src is not None:
             tree = self.ov.db.tree
             item = self.ov.lookup(self.src, key)
             if item is not None:
@@ -83,24 +90,43 @@ class OBucket:
                     self.entries[item.key] = OBucket(self.ov, self.path + (item.key,), tree.child(self.src, item)) \
                         if item.is_bucket else db.value(item)
             self.complete = True
+            self.live = sum(e is not _DELETED for e in self.entries.values())
         for k in sorted(self.entries):
             e = self.entries[k]
             if e is not _DELETED:
                 yield k, e
+
+    def prime(self, children) -> None:
+        """Answer reads of this bucket's keys from what the caller read of it in bulk, not page by page:
+        ``children(key)`` is None when the bucket has no such key, else ``(sequence, entries)`` of the
+        sub-bucket stored under it, every one of its entries a plain value (key -> bytes). The caller
+        vouches that this is the bucket's whole content and that the file's tree is whole (no read could
+        meet damage), so nothing the replayed program would see changes; a full pass (``items``) still
+        reads the pages and keeps what was answered already."""
+        self.primer = children
 
     def keys(self) -> list[bytes]:
         return [k for k, _ in self.items()]
 
     def is_empty(self) -> bool:
         """bbolt's `Cursor().First() == nil`."""
+        if self.complete:       # nothing left to read: the count says it
+            return not self.live
         return next(self.items(), None) is None
 
     # -- writes ---------------------------------------------------------------------------------
 
     def _set(self, op: str, key: bytes, new, value: bytes | None, why) -> None:
         self.ov._undo.append((self, key, self.entries.get(key, None)))
-        self.entries[key] = new
+        self._replace(key, new)
         self.ov.journal.append(Mutation(op, self.path, key, value, why))
+
+    def _replace(self, key: bytes, new) -> None:
+        """Set (or, ``new`` None, forget) one entry, keeping the count of live entries."""
+        old = self.entries.pop(key, None) if new is None else self.entries.get(key)
+        if new is not None:
+            self.entries[key] = new
+        self.live += (new is not None and new is not _DELETED) - (old is not None and old is not _DELETED)
 
     def put(self, key: bytes, value: bytes, why=None) -> None:
         if isinstance(self._load(key), OBucket):
@@ -200,10 +226,7 @@ class Overlay:
         undo, journal = mark
         while len(self._undo) > undo:
             bucket, key, old = self._undo.pop()
-            if old is None:
-                bucket.entries.pop(key, None)
-            else:
-                bucket.entries[key] = old
+            bucket._replace(key, old)
         del self.journal[journal:]
 
     @property
