@@ -44,8 +44,8 @@ import (
 
 const usage = `usage: oracle <subcommand> [flags] args
 
-  gen [-seed N] [-profile mixed|deep|large-values|flat|nofreelist|buildkit|deletes|leak]
-      [-page-size N (0 = random)] [-scale N] [-v] OUT
+  gen [-seed N] [-profile mixed|deep|large-values|flat|nofreelist|buildkit|deletes|leak|huge]
+      [-page-size N (0 = random)] [-scale N] [-value-size N] [-v] OUT
   dump FILE
   check FILE
   walk FILE
@@ -1293,6 +1293,28 @@ func genLargeValues(g *generator, db *bolt.DB) error {
 	return nil
 }
 
+// genHuge writes bucket "big" holding "a" (small), "huge" (size random bytes)
+// and "z" (small): the file a memory bound is measured on.
+func genHuge(g *generator, db *bolt.DB, size int) error {
+	if size < 0 {
+		return fmt.Errorf("-value-size must be >= 0")
+	}
+	return g.update(db, func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucket([]byte("big"))
+		if err != nil {
+			return err
+		}
+		if err := b.Put([]byte("a"), []byte("small")); err != nil {
+			return err
+		}
+		if err := b.Put([]byte("huge"), g.bytes(size)); err != nil {
+			return err
+		}
+		g.keys += 3
+		return b.Put([]byte("z"), []byte("after"))
+	})
+}
+
 func genFlat(g *generator, db *bolt.DB, scale int) error {
 	n := 2000 * scale
 	sequential := g.rng.Intn(2) == 0
@@ -1665,18 +1687,19 @@ var pageSizes = []int{1024, 2048, 4096, 8192, 16384, 32768, 65536}
 func cmdGen(args []string) (code int) {
 	fs := newFlags("gen", "[-seed N] [-profile P] [-page-size N] [-scale N] [-roots N] [-non-canonical F] [-v] OUT")
 	seed := fs.Int64("seed", 1, "random seed")
-	profile := fs.String("profile", "mixed", "mixed|deep|large-values|flat|nofreelist|buildkit|deletes|leak (leak: deliberately leaks pages, see deleteTree)")
+	profile := fs.String("profile", "mixed", "mixed|deep|large-values|flat|nofreelist|buildkit|deletes|leak|huge (leak: deliberately leaks pages, see deleteTree)")
 	pageSize := fs.Int("page-size", 4096, "page size; 0 picks one of 1024..65536 from the seed")
 	scale := fs.Int("scale", 1, "size multiplier for the flat (2000*scale keys) and buildkit (100*scale ids) profiles")
 	roots := fs.Int("roots", 4, "buildkit profile: one id in N is a sha256: root key")
 	nonCanonical := fs.Float64("non-canonical", 0, "buildkit profile: fraction of link keys written with every field spelled out (not Go's canonical JSON)")
+	valueSize := fs.Int("value-size", 64<<20, "huge profile: the size of its one huge value")
 	verbose := fs.Bool("v", false, "print a one-line summary on stderr")
 	fs.Parse(args)
 	out := positional(fs, 1)[0]
 	defer recoverTo(os.Stderr, &code)
 
 	switch *profile {
-	case "mixed", "deep", "large-values", "flat", "nofreelist", "buildkit", "deletes", "leak":
+	case "mixed", "deep", "large-values", "flat", "nofreelist", "buildkit", "deletes", "leak", "huge":
 	default:
 		fmt.Fprintf(os.Stderr, "error: unknown profile %q\n", *profile)
 		return 2
@@ -1730,6 +1753,8 @@ func cmdGen(args []string) (code int) {
 		err = genDeletes(g, db)
 	case "leak":
 		err = genLeak(g, db)
+	case "huge":
+		err = genHuge(g, db, *valueSize)
 	}
 	if err == nil {
 		err = db.Sync()
