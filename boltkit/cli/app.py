@@ -27,7 +27,6 @@ import click
 from .. import __version__
 from ..errors import BoltkitError, InUse, OutputError
 from ..storage import Database
-from . import live
 from .output import quiet_option, warn
 
 EXIT_OK = 0
@@ -196,7 +195,6 @@ def opened(path: str, meta: int | None = None, snapshot: bool = False):
                     "rebuilt": "a rebuilt root"}.get(db.choice.rung, "an older transaction than bbolt reads")
             raise DamageSkipped(f"{path}: read through {what}: {db.choice.reason}")
     finally:
-        live.note(db)
         db.close()
 
 

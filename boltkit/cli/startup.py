@@ -10,6 +10,7 @@ from ..buildkit.startup import Outcome, StartPlan
 from ..errors import BoltkitError
 from .buildkit import _root_or_exit, buildkit
 from .check import EXIT_UNREADABLE, FsckCommand
+from .live import remove_new_dir, settled_reads
 from .output import emit_json, emit_table, encode_bytes, show_bytes, show_path, wide_option
 
 OUTCOME_TEXT = {
@@ -80,6 +81,7 @@ def echo_plan(plan: StartPlan, *, listing: bool, limit: int = 20) -> None:
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON record per change and note, then one prediction record (docs/json.md).")
 @wide_option
+@settled_reads(over="root", discard=remove_new_dir("out"))
 def simulate_start(root, out, config_path, listing, as_json):
     """What buildkitd will do to ROOT at its next start, replayed offline from BuildKit's own code paths.
 
