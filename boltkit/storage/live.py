@@ -69,10 +69,17 @@ def closing(source) -> None:
 
 def settled_read(path: str, attempt: Callable[[], tuple[T, bool]], attempts: int = LIVE_ATTEMPTS) -> T:
     """Run ``attempt()`` -> (result, settled) until it settles; Unsettled after ``attempts`` tries. Each attempt is
-    a `tracked` block of its own, so a caller tracking its reads never counts the attempts that were thrown away."""
+    a `tracked` block of its own, so a caller tracking its reads never counts the attempts that were thrown away;
+    an attempt that raised while a commit landed is one of them (bytes that changed under a read can break any
+    assumption), one that raised on settled reads raises."""
     for n in range(attempts):
         with tracked() as reads:
-            result, settled = attempt()
+            try:
+                result, settled = attempt()
+            except Exception:
+                if reads.settled():
+                    raise
+                settled = False     # what failed was a read torn by a commit: it says nothing about the file
             settled = settled and reads.settled()
         if settled:
             return result

@@ -52,7 +52,7 @@ const usage = `usage: oracle <subcommand> [flags] args
   compact [-tx-max-size N] [-page-size N] SRC DST
   mutate [-seed N] FILE
   check-freelist FILE
-  live [-seed N] [-duration 10s] [-interval 0s] FILE
+  live [-seed N] [-duration 10s] [-interval 0s] [-touch N] FILE
   stats FILE
 `
 
@@ -1986,8 +1986,9 @@ func cmdMutate(args []string) (code int) {
 // committed, and "commits N" at the end; boltkit's reads of a live file are
 // tested against it.
 func cmdLive(args []string) (code int) {
-	fs := newFlags("live", "[-seed N] [-duration D] [-interval D] FILE")
+	fs := newFlags("live", "[-seed N] [-duration D] [-interval D] [-touch N] FILE")
 	seed := fs.Int64("seed", 1, "random seed")
+	touch := fs.Int("touch", 0, "also put N random pairs that were in the file at the start back with their own value, every commit: their pages are rewritten and the old ones freed and reused, the contents never change")
 	duration := fs.Duration("duration", 10*time.Second, "how long to keep committing")
 	interval := fs.Duration("interval", 0, "pause between transactions")
 	fs.Parse(args)
@@ -2000,10 +2001,42 @@ func cmdLive(args []string) (code int) {
 	}
 	defer db.Close()
 	rng := rand.New(rand.NewSource(*seed))
+	type pair struct {
+		path [][]byte
+		k, v []byte
+	}
+	var pairs []pair
+	if *touch > 0 {
+		var walk func(b *bolt.Bucket, path [][]byte)
+		walk = func(b *bolt.Bucket, path [][]byte) {
+			b.ForEach(func(k, v []byte) error {
+				if v == nil {
+					walk(b.Bucket(k), appendPath(path, append([]byte(nil), k...)))
+				} else {
+					pairs = append(pairs, pair{path, append([]byte(nil), k...), append([]byte(nil), v...)})
+				}
+				return nil
+			})
+		}
+		db.View(func(tx *bolt.Tx) error {
+			return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+				walk(b, [][]byte{append([]byte(nil), name...)})
+				return nil
+			})
+		})
+	}
 	end := time.Now().Add(*duration)
 	commits := 0
 	for time.Now().Before(end) {
 		err := db.Update(func(tx *bolt.Tx) error {
+			for i := 0; i < *touch && len(pairs) > 0; i++ {
+				p := pairs[rng.Intn(len(pairs))]
+				if b := getBucket(tx, p.path); b != nil {
+					if err := b.Put(p.k, p.v); err != nil {
+						return err
+					}
+				}
+			}
 			top, err := tx.CreateBucketIfNotExists([]byte("live"))
 			if err != nil {
 				return err
