@@ -108,11 +108,11 @@ def test_bbolt_accepts_and_keeps_using_what_we_write(tmp_path_factory, oracle, t
         assert check_file(path).clean
 
 
-@pytest.mark.parametrize("fill", [1.0, 0.5, 0.1])
+@pytest.mark.parametrize("fill", [1.0, 0.1])
 def test_huge_values_streamed_from_where_they_lie_give_the_same_file(tmp_path, monkeypatch, oracle, fill):
     """A pair too big to share a page is written alone, straight from its value (a view of the source map), and a
     copied run's big stretches are handed to the file as views: the file is byte for byte the one the copying
-    path writes, and bbolt accepts it."""
+    path writes, and bbolt accepts it (fill 0.1: the threshold is below the inline limit)."""
     from boltkit.write import builder, encode
     rng = __import__("random").Random(7)
     big = [rng.randbytes(n) for n in ((1 << 20) - 40, 1 << 20, (1 << 20) + 4093, 3 << 20)]
