@@ -140,6 +140,55 @@ def result_not_go_form(src: Path, dst: Path) -> str:
     return f"{changed[0]} _result values in another JSON form"
 
 
+def swap_pages(path: Path, a: int, b: int) -> str:
+    """Two pages exchanged in place, each keeping its own header (a write that landed at the wrong offset)."""
+    ps = damage.page_size_of(path)
+    raw = path.read_bytes()
+    pa, pb = raw[a * ps:(a + 1) * ps], raw[b * ps:(b + 1) * ps]
+    damage.write_at(path, a * ps, pb)
+    damage.write_at(path, b * ps, pa)
+    return f"pages {a} and {b} swapped"
+
+
+def stale_page(path: Path, dst_pgid: int, src_pgid: int) -> str:
+    """Page ``dst_pgid`` overwritten by a copy of ``src_pgid`` with its id rewritten to match: a page from another
+    moment, self-consistent, in the wrong place (what a torn copy of a live file shows)."""
+    ps = damage.page_size_of(path)
+    page = bytearray(path.read_bytes()[src_pgid * ps:(src_pgid + 1) * ps])
+    struct.pack_into("<Q", page, 0, dst_pgid)
+    damage.write_at(path, dst_pgid * ps, bytes(page))
+    return f"page {dst_pgid} replaced by page {src_pgid}'s contents"
+
+
+def damage_store(path: Path, rng: random.Random) -> str:
+    """One random damage, from damage.py's classes and this module's, applied to the store at ``path``."""
+    from .campaign import _survey
+    s = _survey(path)
+    tree = s["branches"] + s["leaves"]
+    kinds = ["bytes", "meta", "truncate", "zero"] + (["swap", "stale", "header", "element"] if len(tree) > 1 else [])
+    kind = rng.choice(kinds)
+    if kind == "bytes":
+        return damage.random_bytes(path, rng, rng.choice([4, 32]))
+    if kind == "meta":
+        return damage.set_meta_field(path, rng.randrange(2), rng.choice(META_FIELDS[:4]), rng.choice(EXTREMES))
+    if kind == "truncate":
+        return damage.truncate(path, rng.randrange(s["ps"] * 2, max(s["size"], s["ps"] * 2 + 1)))
+    if kind == "zero":
+        return damage.zero_page(path, rng.choice(tree or [2]))
+    a, b = rng.sample(tree, 2)
+    if kind == "swap":
+        return swap_pages(path, a, b)
+    if kind == "stale":
+        return stale_page(path, a, b)
+    tmp = path.with_name(path.name + ".attack")
+    if kind == "header":
+        what = page_header_extreme(path, tmp, a, rng.choice(["count", "overflow", "flags"]), rng.choice(EXTREMES))
+    else:
+        what = element_extreme(path, tmp, a, 0, rng.choice(["pos", "ksize", "vsize"]), rng.choice(EXTREMES))
+    os.replace(tmp, path)
+    return what
+
+
 def fifo(dst: Path) -> str:
     os.mkfifo(dst)
     return "a FIFO nobody writes to"

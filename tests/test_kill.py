@@ -124,3 +124,78 @@ def test_a_killed_repair_leaves_the_original_or_the_new_file(tmp_path, name):
         assert not [p.name for p in d.iterdir() if ".boltkit-new" in p.name], (how, at)
         assert original in [b.read_bytes() for b in d.glob("cache.db.boltkit-*.bak")], (how, at)
     assert outcomes == {"original", "new"}
+
+
+# -- SIGTERM: exit 8 (not done), temps removed, and never between two swaps of one root --------------------------
+
+ROOT = next(p for p in corpus_files("sound") if p.name == "cache.db" and "01-after-30-builds" in str(p)).parent
+SWAPPED = ["cache.db", "runc-overlayfs/containerdmeta.db", "runc-overlayfs/snapshots/metadata.db"]
+
+
+def term_child(args: list[str], when: str, sig: int = signal.SIGTERM) -> int:
+    """Run the command in a forked child that sends itself SIGTERM at its first fsync (``when="write"``: the new
+    files are being written) or at the rename of its first store over the original (``when="swap"``); returns the
+    exit status (-1: killed by the signal)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            real_fsync, real_replace = os.fsync, os.replace
+
+            def fsync(fd):
+                real_fsync(fd)
+                if when == "write":
+                    os.kill(os.getpid(), sig)
+
+            def replace(src, dst, **kw):
+                real_replace(src, dst, **kw)
+                if when == "swap" and not str(dst).endswith(".report.json"):
+                    os.kill(os.getpid(), sig)
+            os.fsync, os.replace = fsync, replace
+            sys.stdout = sys.stderr = open(os.devnull, "w")
+            try:
+                main.main(args=args, standalone_mode=False)
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except Exception as e:          # a ClickException (the signal's Error: line, exit 8)
+                code = getattr(e, "exit_code", 1)
+        finally:
+            os._exit(code)
+    status = os.waitpid(pid, 0)[1]
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
+
+
+@pytest.mark.parametrize("when", ["write", "swap"])
+def test_sigterm_exits_8_and_never_leaves_a_root_half_swapped(tmp_path, when):
+    import shutil
+    root = tmp_path / "root"
+    shutil.copytree(ROOT, root)
+    before = {s: (root / s).read_bytes() for s in SWAPPED}
+    assert term_child(["buildkit", "repair", "--apply", str(root)], when) == 8
+    changed = [s for s in SWAPPED if (root / s).read_bytes() != before[s]]
+    leftovers = [str(p) for p in root.rglob("*") if ".boltkit-new" in p.name]
+    assert not leftovers, leftovers
+    if when == "write":             # stopped before any swap: nothing changed, no backup
+        assert changed == [] and not list(root.rglob("*.bak"))
+    else:                           # the signal waited for the last swap: every store, each with backup and report
+        assert changed == SWAPPED, changed
+        for s in SWAPPED:
+            assert len(list((root / s).parent.glob((root / s).name + ".boltkit-*.report.json"))) == 1, s
+        assert CliRunner().invoke(main, ["buildkit", "repair", str(root)]).output.strip().endswith(
+            "nothing to repair")
+
+
+def test_every_signal_on_a_single_store_repair_exits_8(tmp_path):
+    """SIGTERM, SIGHUP and Ctrl-C's SIGINT alike: exit 8, not 143/129 (outside the table) nor click's 1."""
+    for when, sig in (("write", signal.SIGTERM), ("swap", signal.SIGTERM), ("write", signal.SIGINT),
+                      ("swap", signal.SIGHUP)):
+        d = tmp_path / f"{when}-{sig}"
+        d.mkdir()
+        path = _torn(d)
+        original = path.read_bytes()
+        assert term_child(["salvage", "--in-place", str(path)], when, sig) == 8, (when, sig)
+        assert (path.read_bytes() == original) == (when == "write")
+        assert not [p.name for p in d.iterdir() if ".boltkit-new" in p.name]
+        if when == "swap":
+            assert list(d.glob("cache.db.boltkit-*.report.json")) and check_file(str(path)).clean

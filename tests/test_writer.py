@@ -106,3 +106,50 @@ def test_bbolt_accepts_and_keeps_using_what_we_write(tmp_path_factory, oracle, t
         proc = oracle.run("mutate", "-seed", seed, path, check=False)
         assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
         assert check_file(path).clean
+
+
+@pytest.mark.parametrize("fill", [1.0, 0.1])
+def test_huge_values_streamed_from_where_they_lie_give_the_same_file(tmp_path, monkeypatch, oracle, fill):
+    """A pair too big to share a page is written alone, straight from its value (a view of the source map), and a
+    copied run's big stretches are handed to the file as views: the file is byte for byte the one the copying
+    path writes, and bbolt accepts it (fill 0.1: the threshold is below the inline limit)."""
+    from boltkit.write import builder, encode
+    rng = __import__("random").Random(7)
+    big = [rng.randbytes(n) for n in ((1 << 20) - 40, 1 << 20, (1 << 20) + 4093, 3 << 20)]
+
+    def fill_in(w):
+        w.begin_bucket(b"a")
+        w.put(b"k0", b"small")
+        for i, v in enumerate(big):
+            w.put(b"k%d" % (2 * i + 1), memoryview(v))
+            w.put(b"k%d" % (2 * i + 2), b"x" * (i * 700))
+        w.begin_bucket(b"nested")
+        w.put(b"only", big[3])
+        w.end_bucket()
+        w.end_bucket()
+        w.begin_bucket(b"b")
+        w.put(b"first", big[1])
+        w.end_bucket()
+
+    def build(name):
+        with BoltWriter(str(tmp_path / name), fill_percent=fill, sync=False) as w:
+            fill_in(w)
+        return tmp_path / name
+    alone = []
+    monkeypatch.setattr(builder, "encode_alone", lambda *a: alone.append(a[0]) or encode.encode_alone(*a))
+    streamed = build("streamed.db")
+    assert alone == [b"k3", b"k5", b"k7", b"only", b"first"]      # the streamed path was taken (k1 is under 1 MiB)
+    for mod in (builder, encode):
+        monkeypatch.setattr(mod, "LARGE", 1 << 62)
+    copied = build("copied.db")
+    assert streamed.read_bytes() == copied.read_bytes()
+    assert oracle.check(streamed)[0] == 0
+    # a compact of it copies runs with big stretches: again the same bytes as the copying path's compact
+    r1 = CliRunner().invoke(main, ["compact", "--fill-percent", str(fill), str(streamed), "-o",
+                                   str(tmp_path / "c-copied.db")])
+    monkeypatch.undo()
+    r2 = CliRunner().invoke(main, ["compact", "--fill-percent", str(fill), str(streamed), "-o",
+                                   str(tmp_path / "c-streamed.db")])
+    assert r1.exit_code == r2.exit_code == 0, (r1.output, r2.output)
+    assert (tmp_path / "c-copied.db").read_bytes() == (tmp_path / "c-streamed.db").read_bytes()
+    assert export_lines(tmp_path / "c-streamed.db") == export_lines(streamed)

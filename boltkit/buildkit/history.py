@@ -60,12 +60,19 @@ def fields(buf: bytes):
 
 def _timestamp(buf: bytes) -> str | None:
     secs = nanos = 0
-    for num, _, v in fields(buf):
+    for num, wt, v in fields(buf):
+        if num in (1, 2) and wt != 0:
+            raise WireError(f"timestamp field {num}: wire type {wt}, not a varint")
         if num == 1:
-            secs = v
+            secs = v - (1 << 64) if v >= 1 << 63 else v      # int64, two's complement on the wire
         elif num == 2:
             nanos = v
-    t = datetime.datetime.fromtimestamp(secs, datetime.timezone.utc)
+    if not 0 <= nanos < 10**9:
+        raise WireError(f"timestamp nanos {nanos} out of range")
+    try:
+        t = datetime.datetime.fromtimestamp(secs, datetime.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        raise WireError(f"timestamp seconds {secs} out of range") from None
     return t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{nanos:09d}".rstrip("0") if nanos else "") + "Z"
 
 
@@ -97,6 +104,8 @@ def decode_record(key: bytes, value: bytes) -> HistoryRecord:
     try:
         for num, wt, v in fields(value):
             name = FIELDS.get(num)
+            if name in ("ref", "frontend", "created_at", "completed_at", "error") and wt != 2:
+                raise WireError(f"field {num} ({name}): wire type {wt}, not length-delimited")
             if name in ("ref", "frontend"):
                 setattr(rec, name, v.decode("utf-8", "replace"))
             elif name in ("created_at", "completed_at"):
@@ -104,7 +113,7 @@ def decode_record(key: bytes, value: bytes) -> HistoryRecord:
             elif name == "pinned":
                 rec.pinned = bool(v)
             elif name == "error":
-                msg = [x for n, _, x in fields(v) if n == 2]
+                msg = [x for n, w, x in fields(v) if n == 2 and w == 2]
                 rec.error = msg[0].decode("utf-8", "replace") if msg else "(error without message)"
             elif name is not None and wt == 0:
                 setattr(rec, name, v)

@@ -143,7 +143,7 @@ def apply_root(plan: RootPlan) -> list[tuple[str, str]]:
     """Apply a root plan: refused before any write when the root's lock or any store it writes is held; then every
     store is written beside itself and verified, and only when all verified are they swapped in, each with a
     report of its own changes beside its backup. Returns (store, backup) pairs, as `apply_start_repair` does."""
-    from ..repair.replace import refuse_if_held
+    from ..repair.replace import refuse_if_held, signals_deferred
     stores = written_stores(plan)
     refuse_if_held(stores + ([str(plan.root.lock)] if plan.root.lock is not None else []))
     extra = {"root": str(plan.root.path)}
@@ -163,13 +163,14 @@ def apply_root(plan: RootPlan) -> list[tuple[str, str]]:
             pr.discard()
         raise
     done = []
-    for i, (store, pr, record) in enumerate(prepared):
-        try:
-            done.append((store, pr.commit(dict(record, stores=stores)).backup))
-        except BaseException:
-            for _, later, _ in prepared[i + 1:]:
-                later.discard()
-            raise
+    with signals_deferred():           # every store swapped, or none: a signal waits for the last swap
+        for i, (store, pr, record) in enumerate(prepared):
+            try:
+                done.append((store, pr.commit(dict(record, stores=stores)).backup))
+            except BaseException:
+                for _, later, _ in prepared[i + 1:]:
+                    later.discard()
+                raise
     return done
 
 
@@ -235,7 +236,7 @@ def apply_start_repair(rep: StartRepair, report: dict | None = None) -> list[tup
     from ..check import check_file
     from ..errors import BoltkitError
     from ..repair.apply import write_overlay
-    from ..repair.replace import prepare, refuse_if_held
+    from ..repair.replace import prepare, refuse_if_held, signals_deferred
     why = rep.blocked
     if why is not None:
         raise BoltkitError(why)
@@ -261,14 +262,15 @@ def apply_start_repair(rep: StartRepair, report: dict | None = None) -> list[tup
     for c in rep.changes:
         by_store.setdefault(c.store, []).append(c)
     done = []
-    for i, (rel, pr) in enumerate(prepared):
-        record = {"operation": "buildkit repair", "root": str(rep.root), **(report or {}),
-                  "changes": [c.as_dict() for c in by_store.get(rel, [])]}
-        try:
-            done.append((rel, pr.commit(record).backup))
-        except BaseException:
-            for _, later in prepared[i + 1:]:
-                later.discard()
-            raise
+    with signals_deferred():           # every store swapped, or none: a signal waits for the last swap
+        for i, (rel, pr) in enumerate(prepared):
+            record = {"operation": "buildkit repair", "root": str(rep.root), **(report or {}),
+                      "changes": [c.as_dict() for c in by_store.get(rel, [])]}
+            try:
+                done.append((rel, pr.commit(record).backup))
+            except BaseException:
+                for _, later in prepared[i + 1:]:
+                    later.discard()
+                raise
     return done
 

@@ -514,8 +514,9 @@ class TreeScan:
             sel = np.flatnonzero(node == n_)
             keys = [self.key(ks[x], klen[x]) for x in sel.tolist()]
             i = int(local[e])
-            key = keys[i]
-            if bisect_left(keys, key) != i:
+            at = int(np.searchsorted(sel, e))      # its place among the node's elements kept (not always all)
+            key = keys[at]
+            if bisect_left(keys, key) != at:
                 p = self.problem("B031", f"sub-bucket in element {i} cannot be found by a key lookup (keys out of "
                                  "order): bbolt does not see its pages", pgid=int(root[j]), bucket=nodes.bucket[n_],
                                  key=key, details={"leaf": int(nodes.owner[n_]), "pages": []})

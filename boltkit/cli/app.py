@@ -7,7 +7,7 @@ Every command exits with a code of one table (fsck(8)'s), whatever went wrong an
     4   problems found (check, fsck, buildkit check): the file reads, but is not sound
     8   unreadable input or refused: missing, not a regular file, permission denied, not bbolt, the wrong
         kind of store, a bucket/key/page that is not there, a bad output path, a file in use, a damaged
-        source a copy refuses
+        source a copy refuses; or not done: interrupted by SIGINT, SIGTERM or SIGHUP
     16  usage: a missing argument, an unknown option, a bad value (click's own usage errors included)
 
 As in fsck(8) the codes are bits: `buildkit fsck` and the checks of several files OR them (4|8: problems in
@@ -27,7 +27,6 @@ import click
 from .. import __version__
 from ..errors import BoltkitError, InUse, OutputError
 from ..storage import Database
-from . import live
 from .output import quiet_option, warn
 
 EXIT_OK = 0
@@ -73,17 +72,37 @@ def failure(e: BaseException) -> click.ClickException:
     return err
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the command is, like Ctrl-C's KeyboardInterrupt (whose subclass it is, so
+    that every `except Exception` in the library lets it through and every `finally` runs)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _exit_on_signals() -> None:
     """SIGTERM and SIGHUP end the command like Ctrl-C does, through every `finally`: temp copies (--snapshot) and
-    unfinished new files are removed, never left behind (a repair's swap is one rename either way)."""
+    unfinished new files are removed, never left behind; a swap is never cut halfway (the repair primitive holds
+    signals back while it swaps, `repair.replace.signals_deferred`)."""
     if threading.current_thread() is not threading.main_thread():
         return
 
     def stop(signum, frame):
-        raise SystemExit(128 + signum)
+        raise Interrupted(signum)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(sig) in (signal.SIG_DFL, None):
             signal.signal(sig, stop)
+
+
+def interrupted(e: KeyboardInterrupt) -> click.ClickException:
+    """What a signal becomes: the command was not done, so exit 8 (refused / not done), not 128+N outside the
+    table, nor click's 1 (which here means "read with damage skipped")."""
+    name = signal.Signals(e.signum).name if isinstance(e, Interrupted) else "SIGINT"
+    err = click.ClickException(f"interrupted by {name} before the command finished: files it had begun were "
+                               "removed, and a store is only ever swapped in whole (with its backup and report)")
+    err.exit_code = EXIT_UNREADABLE
+    return err
 
 
 class BoltkitGroup(click.Group):
@@ -107,6 +126,8 @@ class BoltkitGroup(click.Group):
             raise
         except BrokenPipeError:
             ctx.exit(EXIT_OK)
+        except KeyboardInterrupt as e:         # Ctrl-C, SIGTERM, SIGHUP
+            raise interrupted(e) from None
         except (BoltkitError, OSError) as e:
             raise failure(e) from None
 
@@ -174,10 +195,9 @@ def opened(path: str, meta: int | None = None, snapshot: bool = False):
                     "rebuilt": "a rebuilt root"}.get(db.choice.rung, "an older transaction than bbolt reads")
             raise DamageSkipped(f"{path}: read through {what}: {db.choice.reason}")
     finally:
-        live.note(db)
         db.close()
 
 
-__all__ = ["main", "opened", "failure", "exit_code", "in_table", "destinations", "output_file", "DamageSkipped",
+__all__ = ["main", "opened", "failure", "exit_code", "in_table", "Interrupted", "destinations", "output_file", "DamageSkipped",
            "OutputError",
            "EXIT_OK", "EXIT_DAMAGE", "EXIT_PROBLEMS", "EXIT_UNREADABLE", "EXIT_USAGE", "EXIT_CODES", "EXIT_IN_USE"]

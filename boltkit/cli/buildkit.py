@@ -10,7 +10,7 @@ from ..errors import BoltkitError
 from ..repair.replace import report_beside
 from .app import destinations, main, output_file
 from .check import FsckCommand, run_checks
-from .live import settled_reads
+from .live import held, settled_reads
 from .output import progress, quiet_option, wide_option
 
 PLAN_ROWS = 20          # rows of a prune plan listed without --list
@@ -28,6 +28,7 @@ def buildkit():
 @click.option("--snapshot", is_flag=True, help="Copy each file first and check the copy (buildkitd running).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per problem, then one summary record per file.")
 @quiet_option
+@settled_reads(over="files")
 def buildkit_check(files, max_errors, snapshot, as_json):
     """Structural check plus BuildKit's own invariants, for cache.db, metadata_v2.db and history.db files,
     or every store of a BuildKit root directory (with the checks across its stores).
@@ -96,7 +97,7 @@ def buildkit_check(files, max_errors, snapshot, as_json):
               help="Render it to PNG with Graphviz's `dot` program (must be installed).")
 @click.option("--snapshot", is_flag=True, help="Copy the file first (buildkitd running).")
 @click.option("--json", "as_json", is_flag=True, help="The summary as one JSON record (with --key: the key's).")
-@settled_reads
+@settled_reads(over=("file", "metadata_dbs"))
 @wide_option
 @quiet_option
 def graph(file, top, focus, radius, metadata_dbs, view, dot_path, svg_path, png_path, snapshot, as_json):
@@ -291,6 +292,7 @@ def _root_or_exit(root):
 @click.argument("root", type=click.Path(readable=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per store.")
 @wide_option
+@settled_reads(over="root")
 def ls(root, as_json):
     """The bolt stores under a BuildKit root: kind, worker, sizes, txid, last modified.
 
@@ -353,6 +355,7 @@ def ls(root, as_json):
               help="Problems, one summary per store, the start's changes and notes, then one prediction record.")
 @wide_option
 @quiet_option
+@settled_reads(over="root", unless=lambda kw: kw["preen"])
 def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, as_json):
     """Before restarting buildkitd: check every store under ROOT and say exactly what the daemon will do.
 
@@ -393,6 +396,8 @@ def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, 
                 emit_json(step.as_record())
             else:
                 click.echo(f"repaired: {step.describe()}")
+    if jobs > 1 and not snapshot and held(str(found.path)):
+        jobs = 1            # a live store is read again when a commit lands: the reads must be this process's
     with progress(f"checking {root}", as_json=as_json) as p:
         result = fsck_root(str(found.path), jobs=jobs, snapshot=snapshot, config=config, progress=p)
     if result.daemon_running:
@@ -460,6 +465,7 @@ def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, 
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per change, then a summary.")
 @wide_option
 @quiet_option
+@settled_reads(over=("file", "metadata_db"), unless=lambda kw: kw["apply_"])
 def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, listing, as_json):
     """Remove dangling links, ghost keys and stale index entries from a cache.db (dry run by default).
 
@@ -576,6 +582,7 @@ def history(file, as_json, snapshot):
 @click.option("--config", "config_path", type=click.Path(readable=False), default=None,
               help="buildkitd.toml, for the start the listing is replayed through (its start-up GC).")
 @wide_option
+@settled_reads(over="target")
 def du(target, sort, record_type, older_than, as_json, config_path):
     """Disk usage of cache records, offline (like `buildctl du -v`), from a root or a metadata_v2.db.
 
@@ -729,6 +736,7 @@ def du(target, sort, record_type, older_than, as_json, config_path):
 @click.option("--list", "listing", is_flag=True, help="Every change, not only the counts by kind.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per change, then a summary.")
 @wide_option
+@settled_reads(over="root", unless=lambda kw: kw["apply_"])
 def repair(root, apply_, start_only, prune_more, config_path, listing, as_json):
     """Repair a whole BuildKit root so buildkitd starts cleanly (dry run by default; stop buildkitd first).
 

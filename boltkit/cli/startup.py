@@ -7,6 +7,7 @@ import click
 from ..errors import OutputExists
 from .buildkit import _root_or_exit, buildkit
 from .check import FsckCommand
+from .live import remove_new_dir, settled_reads
 from .output import emit_json, show_bytes, wide_option
 from .startplan import change_record, echo_plan, headline, note_record, prediction_record
 
@@ -21,6 +22,7 @@ from .startplan import change_record, echo_plan, headline, note_record, predicti
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON record per change and note, then one prediction record (docs/json.md).")
 @wide_option
+@settled_reads(over="root", discard=remove_new_dir("out"))
 def simulate_start(root, out, config_path, listing, as_json):
     """What buildkitd will do to ROOT at its next start, replayed offline from BuildKit's own code paths.
 

@@ -16,17 +16,22 @@ Every in-place repair (salvage --in-place, buildkit prune --apply, rehome, build
 - on a symlinked store, the target is repaired: the link stays a link and the backup is of the target's content;
 - the swap is one rename(2) over the target, with the new file and the directory fsynced around it, so a kill at
   any moment leaves the path holding either the original or the complete new file;
-- the JSON report, written by `write_report` (atomically) beside the backup, so a library caller gets it too.
+- the JSON report, written by `write_report` (atomically) beside the backup, so a library caller gets it too;
+- no signal acted on between the backup and the report (`signals_deferred`; a whole-root repair holds them over
+  all its swaps), so a SIGTERM stops a repair before its first swap or after its last, never in between.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import json
 import os
 import re
 import secrets
+import signal
 import stat
+import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -283,6 +288,27 @@ def _jsonable(o):
     raise TypeError(f"{type(o).__name__} is not JSON serialisable")
 
 
+# -- signals -------------------------------------------------------------------------------------------------------
+
+_DEFERRED = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold SIGINT, SIGTERM and SIGHUP back while the block runs (a swap: backup, rename, report; or the swaps of
+    a whole root), so a signal never leaves a store swapped without its report or a root with some stores swapped
+    and others not; one that arrived is delivered, and acted on, when the block ends. Outside the main thread, or
+    where signal masks do not exist, nothing is held back."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 # -- the primitive -------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -299,6 +325,10 @@ class Prepared:
     def commit(self, report: dict | Callable[[Replaced], dict] | None = None,
                report_path: str | None = None) -> Replaced:
         """Keep the original as a unique backup, rename the new file over it, and write the report."""
+        with signals_deferred():
+            return self._commit(report, report_path)
+
+    def _commit(self, report, report_path) -> Replaced:
         target, tmp = self.target, self.tmp
         try:
             _same_owner(tmp, self.st)
@@ -379,4 +409,4 @@ def replace_file(path: str, write: Writer, verify: Verifier | None = None, *,
 
 __all__ = ["InUse", "NotVerified", "Replaced", "Prepared", "prepare", "replace_file", "refuse_if_held", "holder_check",
            "root_locks", "stale_temps", "clear_stale", "backup_name", "write_report", "report_beside",
-           "check_report_path"]
+           "check_report_path", "signals_deferred"]

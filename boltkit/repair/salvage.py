@@ -25,6 +25,7 @@ from ..write import BoltWriter
 from .replace import NotVerified, Replaced, check_report_path, replace_file, write_report
 
 LOST_FOUND = b"lost+found"
+BIG_VALUE = 1 << 16         # values from this size on are kept as views of the map, not copies
 
 WARNING = ("Salvaged data deserves review: pairs come from every intact part of the file, including the previous "
            "transaction and pages no tree reaches (lost+found), so a value may be older than the one that was lost.")
@@ -65,6 +66,18 @@ class _Collector:
         self.reached: set[int] = set()
         self.tolerant_pairs = 0
         self._cache: dict[tuple, _Bucket] = {(): self.root}
+        self._view = memoryview(db.data)
+
+    def value(self, start: int, end: int):
+        """A value to keep: a copy when small, a view of the map when big (a 400 MB value is held once, by the
+        map, until the writer has written it: `release`)."""
+        return self._view[start:end] if end - start >= BIG_VALUE else self.db.data[start:end]
+
+    def release(self) -> None:
+        """Drop every value (views of the map among them) once written, so that the map can be closed."""
+        self.root = _Bucket()
+        self._cache = {(): self.root}
+        self._view.release()
 
     def bucket(self, path) -> _Bucket | None:
         """The bucket at ``path``, made on the way. Looked up whole first: walking the path from the root on
@@ -172,7 +185,7 @@ class _Collector:
             if tally:
                 seen.setdefault(parent.path, set()).add(item.key)
             path = aside(parent.path, page) or parent.path or (LOST_FOUND, b"root-bucket-keys")
-            self.put(path, item.key, data[item.value_start:item.value_end], source)
+            self.put(path, item.key, self.value(item.value_start, item.value_end), source)
         if tally:
             self.tolerant_pairs += sum(len(k) for k in seen.values())
 
@@ -207,7 +220,7 @@ class _Collector:
                 key = data[ks:ke]
                 if not flags_ & BUCKET_LEAF_FLAG:
                     if keep(key):
-                        self.put(base, key, data[ke:ve], "lost+found")
+                        self.put(base, key, self.value(ke, ve), "lost+found")
                         taken += 1
                     continue
                 try:      # an inline bucket carries its own pairs
@@ -216,7 +229,8 @@ class _Collector:
                     if child.inline:
                         for it in tree.items(child, on_error=lambda e: None):
                             if not it.is_bucket and keep(it.key):
-                                self.put(child.path, it.key, data[it.value_start:it.value_end], "lost+found")
+                                self.put(child.path, it.key, self.value(it.value_start, it.value_end),
+                                         "lost+found")
                                 taken += 1
                 except CorruptionError:
                     pass
@@ -328,6 +342,8 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, include_freed: bool 
         except BaseException:
             writer.abort()
             raise
+        finally:
+            col.release()
     checked = check_file(dst, revert=False)       # one pass over the new file: its check and its pair count
     got = checked.pairs
     if got < expected:

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import InUse, NotAFile, OpenError, PermissionDenied, Unsettled
 from ..schemas import MAGIC, MAX_PAGE_SIZE, META, META1_PROBE_OFFSETS, META_OFFSET, MIN_PAGE_SIZE
+from . import live
 
 SNAPSHOT_ATTEMPTS = 10          # copies tried before a busy file is given up on
 _META_HEAD = META_OFFSET + META.size
@@ -47,6 +48,8 @@ class Source:
         self._fd = open_input(self.path)
         if lock:
             self._take_shared_lock(snapshot)
+        elif not snapshot:
+            self.locked_by_writer = _writer_holds(self._fd)   # read without our lock: still know if it is live
         if self.locked_by_writer and refuse_held and not snapshot:
             os.close(self._fd)
             self._fd = -1
@@ -74,6 +77,8 @@ class Source:
                 pass
         self.data = self._mm
         self.array = np.frombuffer(self._mm, dtype=np.uint8)
+        if self.live:
+            live.opened(self)
 
     def _take_shared_lock(self, snapshot: bool) -> None:
         try:
@@ -129,6 +134,8 @@ class Source:
                 pass
 
     def close(self) -> None:
+        if self.live and self._fd >= 0:
+            live.closing(self)
         self.array = None
         self.data = None
         if self._mm is not None:
@@ -144,6 +151,19 @@ class Source:
                 pass
             os.close(self._fd)
             self._fd = -1
+
+
+def _writer_holds(fd: int) -> bool:
+    """Whether a writer holds bbolt's exclusive flock on the open file ``fd`` (a shared lock taken and dropped at
+    once, without blocking: a reader that never keeps a lock must not hold a starting buildkitd back)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
 
 
 def held_by_writer(path: str) -> bool:

@@ -12,7 +12,8 @@ import numpy as np
 from ..errors import WriteError
 from ..schemas import BUCKET_LEAF_FLAG, ELEMENT_SIZE, PAGE_HEADER_SIZE
 
-from .encode import Run, bucket_value, encode_branch, encode_leaf, encode_leaf_pairs, encode_leaves, pages_for
+from .encode import (LARGE, Run, bucket_value, encode_alone, encode_branch, encode_leaf, encode_leaf_pairs,
+                     encode_leaves, pages_for)
 
 
 class PageSink:
@@ -29,9 +30,14 @@ class PageSink:
         self.next_pgid += pages_for(size, self.page_size)
         return pgid
 
-    def write(self, pgid: int, data: bytes) -> None:
-        # allocation order == write order, so this is an append
-        self.f.write(data)
+    def write(self, pgid: int, data) -> None:
+        """``data``: the page's bytes, or a list of buffers to write one after the other (a huge value is
+        written from where it lies, see encode.encode_leaves). Allocation order == write order: an append."""
+        if isinstance(data, list):
+            for part in data:
+                self.f.write(part)
+        else:
+            self.f.write(data)
 
 
 class BucketBuilder:
@@ -57,14 +63,30 @@ class BucketBuilder:
         if self.last_key is not None and key <= self.last_key:
             raise WriteError(f"keys must be added in strictly increasing order: {key!r} after {self.last_key!r}")
         self.last_key = key
+        size = ELEMENT_SIZE + len(key) + len(value)
+        if size >= LARGE and size > self.threshold - PAGE_HEADER_SIZE and not flags & BUCKET_LEAF_FLAG:
+            self._alone(key, value, flags)
+            return
         self.pending.append((key, value, flags))
-        self.level_sizes[0] += ELEMENT_SIZE + len(key) + len(value)
+        self.level_sizes[0] += size
         if flags & BUCKET_LEAF_FLAG:
             self.has_subbucket = True
         size = self.level_sizes[0]
         if size > self.threshold and (self.has_subbucket or size > self.inline_limit):    # a page to write
             self._settle()
             self._flush_leaves(final=False)
+
+    def _alone(self, key: bytes, value, flags: int) -> None:
+        """A pair too big to share a page: every greedy cut puts it on a page of its own, so the elements
+        before it are written now (their last page is as full as it will get) and its page is written
+        straight from ``value`` (a view of the source map), never joined into a buffer."""
+        self._settle()
+        self._flush_leaves(final=True)
+        pgid = self.sink.allocate(PAGE_HEADER_SIZE + ELEMENT_SIZE + len(key) + len(value))
+        self.sink.write(pgid, encode_alone(key, value, flags, pgid, self.sink.page_size))
+        self.written[0] += 1
+        self.last_written[0] = pgid
+        self._push(1, (bytes(key), pgid))
 
     def _settle(self) -> None:
         """The pending puts, and the unwritten rest before them, as one run over one buffer (the rest is less

@@ -96,9 +96,17 @@ def encode_leaf_pairs(pairs: list[tuple[bytes, bytes, int]], pgid: int, page_siz
     return _finish(PageFlag.LEAF, pgid, n, bytes(elems), b"".join(b for k, v, _ in pairs for b in (k, v)), page_size)
 
 
-def encode_leaves(run: Run, cuts: list[tuple[int, int]], pgids: list[int], page_size: int) -> bytearray:
+LARGE = 1 << 20      # a stretch of at least this many bytes is written from where it lies, never copied
+
+
+def encode_leaves(run: Run, cuts: list[tuple[int, int]], pgids: list[int], page_size: int) -> list:
     """Many leaf pages at once: page k holds elements cuts[k] of ``run`` and has id pgids[k]; pages are
-    laid out back to back, each padded to its whole pages, exactly as encode_leaf would write them."""
+    laid out back to back, each padded to its whole pages, exactly as encode_leaf would write them.
+
+    Returned as buffers to write in order: the pages' headers, element tables and small keys and values
+    copied into bytearrays, and every stretch of at least ``LARGE`` bytes as a view of ``run.buf`` itself (the
+    source map), so a 400 MB value costs no copy at all (it used to cost two: the page, and the temporary
+    bytearray that slice assignment from a foreign buffer makes)."""
     run = run.slice(0, cuts[-1][1])      # cuts are contiguous from element 0
     n_el = len(run)
     klen = run.ke - run.ks
@@ -117,20 +125,55 @@ def encode_leaves(run: Run, cuts: list[tuple[int, int]], pgids: list[int], page_
     raw = table.tobytes()
     sizes = PAGE_HEADER_SIZE + ELEMENT_SIZE * counts + (cum[starts + counts] - cum[starts])
     npages = -(-sizes // page_size)
-    blob = bytearray(int(npages.sum()) * page_size)
-    off = 0
+    parts: list = []
+    view = memoryview(run.buf)
+    blob = bytearray(_small_bytes(run, cuts, npages, page_size))
+    bv = memoryview(blob)                # slice assignment through a view copies once, straight from the map
+    off = 0                              # where in ``blob`` the next byte goes
+    done = 0                             # bytes of ``blob`` already handed out as parts
     for k, (a, b) in enumerate(cuts):
         n = b - a
-        blob[off:off + PAGE_HEADER_SIZE] = PAGE_HEADER.struct.pack(pgids[k], PageFlag.LEAF, n, int(npages[k]) - 1)
+        page_start = off
+        bv[off:off + PAGE_HEADER_SIZE] = PAGE_HEADER.struct.pack(pgids[k], PageFlag.LEAF, n, int(npages[k]) - 1)
         t = off + PAGE_HEADER_SIZE
-        blob[t:t + ELEMENT_SIZE * n] = raw[ELEMENT_SIZE * a:ELEMENT_SIZE * b]
+        bv[t:t + ELEMENT_SIZE * n] = raw[ELEMENT_SIZE * a:ELEMENT_SIZE * b]
         t += ELEMENT_SIZE * n
-        with memoryview(run.buf) as view:      # straight from the source map: a huge value is copied once
-            for s, e in run.slice(a, b).stretches():
-                blob[t:t + e - s] = view[s:e]
+        streamed = 0                     # bytes of this page written from the map instead of ``blob``
+        for s, e in run.slice(a, b).stretches():
+            if e - s >= LARGE:
+                parts.append(bv[done:t])
+                parts.append(view[s:e])
+                done = t
+                streamed += e - s
+            else:
+                bv[t:t + e - s] = view[s:e]
                 t += e - s
-        off += int(npages[k]) * page_size
-    return blob
+        off = page_start + int(npages[k]) * page_size - streamed     # the zero tail stays in ``blob``
+    parts.append(bv[done:off])
+    return [p for p in parts if len(p)]
+
+
+def encode_alone(key: bytes, value, flags: int, pgid: int, page_size: int) -> list:
+    """The leaf page of one element, as buffers to write in order: header, element and key; the value as it was
+    given (a view of the source map: never copied); the zero tail. Equal, byte for byte, to encode_leaf's."""
+    size = PAGE_HEADER_SIZE + ELEMENT_SIZE + len(key) + len(value)
+    pages = -(-size // page_size)
+    head = (PAGE_HEADER.struct.pack(pgid, PageFlag.LEAF, 1, pages - 1)
+            + LEAF_ELEMENT.struct.pack(flags, ELEMENT_SIZE, len(key), len(value)) + bytes(key))
+    return [head, value, bytes(pages * page_size - size)]
+
+
+def _small_bytes(run: Run, cuts: list[tuple[int, int]], npages: np.ndarray, page_size: int) -> int:
+    """Bytes of ``blob`` encode_leaves needs: the pages less their stretches of ``LARGE`` bytes or more."""
+    total = int(npages.sum()) * page_size
+    big = (run.ve - run.ks) >= LARGE
+    if not big.any():
+        return total
+    for a, b in cuts:
+        for s, e in run.slice(a, b).stretches():
+            if e - s >= LARGE:
+                total -= e - s
+    return total
 
 
 def encode_branch(entries: list[BranchEntry], pgid: int, page_size: int) -> bytes:

@@ -44,15 +44,15 @@ import (
 
 const usage = `usage: oracle <subcommand> [flags] args
 
-  gen [-seed N] [-profile mixed|deep|large-values|flat|nofreelist|buildkit|deletes|leak]
-      [-page-size N (0 = random)] [-scale N] [-v] OUT
+  gen [-seed N] [-profile mixed|deep|large-values|flat|nofreelist|buildkit|deletes|leak|huge]
+      [-page-size N (0 = random)] [-scale N] [-value-size N] [-v] OUT
   dump FILE
   check FILE
   walk FILE
   compact [-tx-max-size N] [-page-size N] SRC DST
   mutate [-seed N] FILE
   check-freelist FILE
-  live [-seed N] [-duration 10s] [-interval 0s] FILE
+  live [-seed N] [-duration 10s] [-interval 0s] [-touch N] FILE
   stats FILE
 `
 
@@ -1293,6 +1293,28 @@ func genLargeValues(g *generator, db *bolt.DB) error {
 	return nil
 }
 
+// genHuge writes bucket "big" holding "a" (small), "huge" (size random bytes)
+// and "z" (small): the file a memory bound is measured on.
+func genHuge(g *generator, db *bolt.DB, size int) error {
+	if size < 0 {
+		return fmt.Errorf("-value-size must be >= 0")
+	}
+	return g.update(db, func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucket([]byte("big"))
+		if err != nil {
+			return err
+		}
+		if err := b.Put([]byte("a"), []byte("small")); err != nil {
+			return err
+		}
+		if err := b.Put([]byte("huge"), g.bytes(size)); err != nil {
+			return err
+		}
+		g.keys += 3
+		return b.Put([]byte("z"), []byte("after"))
+	})
+}
+
 func genFlat(g *generator, db *bolt.DB, scale int) error {
 	n := 2000 * scale
 	sequential := g.rng.Intn(2) == 0
@@ -1665,18 +1687,19 @@ var pageSizes = []int{1024, 2048, 4096, 8192, 16384, 32768, 65536}
 func cmdGen(args []string) (code int) {
 	fs := newFlags("gen", "[-seed N] [-profile P] [-page-size N] [-scale N] [-roots N] [-non-canonical F] [-v] OUT")
 	seed := fs.Int64("seed", 1, "random seed")
-	profile := fs.String("profile", "mixed", "mixed|deep|large-values|flat|nofreelist|buildkit|deletes|leak (leak: deliberately leaks pages, see deleteTree)")
+	profile := fs.String("profile", "mixed", "mixed|deep|large-values|flat|nofreelist|buildkit|deletes|leak|huge (leak: deliberately leaks pages, see deleteTree)")
 	pageSize := fs.Int("page-size", 4096, "page size; 0 picks one of 1024..65536 from the seed")
 	scale := fs.Int("scale", 1, "size multiplier for the flat (2000*scale keys) and buildkit (100*scale ids) profiles")
 	roots := fs.Int("roots", 4, "buildkit profile: one id in N is a sha256: root key")
 	nonCanonical := fs.Float64("non-canonical", 0, "buildkit profile: fraction of link keys written with every field spelled out (not Go's canonical JSON)")
+	valueSize := fs.Int("value-size", 64<<20, "huge profile: the size of its one huge value")
 	verbose := fs.Bool("v", false, "print a one-line summary on stderr")
 	fs.Parse(args)
 	out := positional(fs, 1)[0]
 	defer recoverTo(os.Stderr, &code)
 
 	switch *profile {
-	case "mixed", "deep", "large-values", "flat", "nofreelist", "buildkit", "deletes", "leak":
+	case "mixed", "deep", "large-values", "flat", "nofreelist", "buildkit", "deletes", "leak", "huge":
 	default:
 		fmt.Fprintf(os.Stderr, "error: unknown profile %q\n", *profile)
 		return 2
@@ -1730,6 +1753,8 @@ func cmdGen(args []string) (code int) {
 		err = genDeletes(g, db)
 	case "leak":
 		err = genLeak(g, db)
+	case "huge":
+		err = genHuge(g, db, *valueSize)
 	}
 	if err == nil {
 		err = db.Sync()
@@ -1961,8 +1986,9 @@ func cmdMutate(args []string) (code int) {
 // committed, and "commits N" at the end; boltkit's reads of a live file are
 // tested against it.
 func cmdLive(args []string) (code int) {
-	fs := newFlags("live", "[-seed N] [-duration D] [-interval D] FILE")
+	fs := newFlags("live", "[-seed N] [-duration D] [-interval D] [-touch N] FILE")
 	seed := fs.Int64("seed", 1, "random seed")
+	touch := fs.Int("touch", 0, "also put N random pairs that were in the file at the start back with their own value, every commit: their pages are rewritten and the old ones freed and reused, the contents never change")
 	duration := fs.Duration("duration", 10*time.Second, "how long to keep committing")
 	interval := fs.Duration("interval", 0, "pause between transactions")
 	fs.Parse(args)
@@ -1975,10 +2001,42 @@ func cmdLive(args []string) (code int) {
 	}
 	defer db.Close()
 	rng := rand.New(rand.NewSource(*seed))
+	type pair struct {
+		path [][]byte
+		k, v []byte
+	}
+	var pairs []pair
+	if *touch > 0 {
+		var walk func(b *bolt.Bucket, path [][]byte)
+		walk = func(b *bolt.Bucket, path [][]byte) {
+			b.ForEach(func(k, v []byte) error {
+				if v == nil {
+					walk(b.Bucket(k), appendPath(path, append([]byte(nil), k...)))
+				} else {
+					pairs = append(pairs, pair{path, append([]byte(nil), k...), append([]byte(nil), v...)})
+				}
+				return nil
+			})
+		}
+		db.View(func(tx *bolt.Tx) error {
+			return tx.ForEach(func(name []byte, b *bolt.Bucket) error {
+				walk(b, [][]byte{append([]byte(nil), name...)})
+				return nil
+			})
+		})
+	}
 	end := time.Now().Add(*duration)
 	commits := 0
 	for time.Now().Before(end) {
 		err := db.Update(func(tx *bolt.Tx) error {
+			for i := 0; i < *touch && len(pairs) > 0; i++ {
+				p := pairs[rng.Intn(len(pairs))]
+				if b := getBucket(tx, p.path); b != nil {
+					if err := b.Put(p.k, p.v); err != nil {
+						return err
+					}
+				}
+			}
 			top, err := tx.CreateBucketIfNotExists([]byte("live"))
 			if err != nil {
 				return err
