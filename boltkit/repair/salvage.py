@@ -18,9 +18,10 @@ from ..errors import CorruptionError, OutputExists, SalvageRefused
 from ..schemas import BUCKET_LEAF_FLAG, PageFlag
 from ..storage import Database, Item, Pager, Tree
 from ..storage import Bucket as TreeBucket
-from ..storage.meta import newer_by_freelist
+from ..storage.meta import newer_meta
 from ..storage.pagemap import written_headers
 from ..storage.pages import pages_in
+from ..storage.rebuild import newer_state
 from ..write import BoltWriter
 from .replace import NotVerified, Replaced, check_report_path, replace_file, write_report
 
@@ -117,11 +118,13 @@ class _Collector:
             b.values[key] = value
             self.pairs[source] = self.pairs.get(source, 0) + 1
 
-    def tree(self, tree: Tree, root_page: int, source: str, tally: bool = False) -> None:
+    def tree(self, tree: Tree, root_page: int, source: str, tally: bool = False, gaps_to: bytes | None = None) -> None:
         """Walk one tree. Pairs whose place is doubtful stay, but out of the live namespace: pages whose keys
         are out of order (a key was overwritten, its value may now sit under another key), pages whose keys
         fall outside the range their parent branch gives them (a child pointer was redirected), and
-        everything below such pages, sub-buckets included."""
+        everything below such pages, sub-buckets included. With ``gaps_to``, the tree is an older state than
+        the one already collected: a pair whose key the live namespace lacks was deleted since, and goes to
+        lost+found/``gaps_to`` instead of coming back to life."""
         data = self.db.data
         suspect: dict[int, int] = {}             # page -> the page where the doubt started
         expected: dict[int, tuple] = {}          # child page -> (lo, hi) from its parent branch
@@ -176,7 +179,7 @@ class _Collector:
                 if where is not None:
                     suspect_paths[child.path] = suspect.get(page, suspect_paths.get(parent.path, page))
                     continue
-                if child.root and page in suspect:
+                if (child.root and page in suspect) or gaps_to is not None:
                     continue
                 b = self.bucket(child.path)
                 if b is not None and b.sequence == 0:
@@ -185,6 +188,11 @@ class _Collector:
             if tally:
                 seen.setdefault(parent.path, set()).add(item.key)
             path = aside(parent.path, page) or parent.path or (LOST_FOUND, b"root-bucket-keys")
+            if gaps_to is not None and path == parent.path:
+                live = self._cache.get(path)
+                if live is not None and item.key in live.values:
+                    continue
+                path = (LOST_FOUND, gaps_to) + path
             self.put(path, item.key, self.value(item.value_start, item.value_end), source)
         if tally:
             self.tolerant_pairs += sum(len(k) for k in seen.values())
@@ -292,13 +300,24 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, include_freed: bool 
     with db:
         col = _Collector(db)
         col.damage.extend(db.choice.warnings)
+        # a meta slot holding no meta at all (overwritten, zeroed) may have held the newest transaction: when
+        # the pages show a state later than the meta read (its tree reaches past that meta's high-water mark),
+        # its tree goes first; otherwise its pages are unreached, not freed, and go to lost+found like those
+        # of a damaged tree
+        meta_lost = any(m is None or not (m.valid or m.consistent) for m in db.metas)
+        later = (newer_state(db.data, db.file_size, db.page_size, db.meta.root, db.meta.pgid)
+                 if meta_lost and not db.meta.rebuilt else None)
+        if later is not None:
+            col.damage.append(f"meta slot lost: the pages hold a later state than {db.meta.label} (txid "
+                              f"{db.meta.txid}): root page {later.root}, freelist page {later.freelist}, whose tree "
+                              f"reaches past its high-water mark {db.meta.pgid}; its pairs come first")
+            col.tree(Tree(Pager(db.data, db.file_size, db.page_size, pages_in(db.file_size, db.page_size))),
+                     later.root, f"later state (root page {later.root})")
         primary = f"{db.meta.label} (txid {db.meta.txid})"
-        col.tree(db.tree, db.meta.root, primary, tally=True)
         # a meta read past its lying checksum or page size still names an intact tree; an older transaction
         # than bbolt's, or a rebuilt root, leaves the newest pages unreached: those are for lost+found
-        # a meta slot holding no meta at all (overwritten, zeroed) may have held the newest transaction: its
-        # pages are unreached, not freed, and go to lost+found like those of a damaged tree
-        meta_lost = any(m is None or not (m.valid or m.consistent) for m in db.metas)
+        col.tree(db.tree, db.meta.root, primary, tally=True,
+                 gaps_to=None if later is None else f"txid-{db.meta.txid}-deleted-since".encode())
         live_damaged = (len(col.damage) > len(db.choice.warnings) or meta_lost
                         or db.choice.rung in ("older", "broken", "rebuilt"))
         # the previous transaction fills gaps only where the current tree is damaged: on an intact tree it
@@ -308,9 +327,11 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, include_freed: bool 
                 continue
             # a meta whose checksum failed is the newest write attempt (bbolt writes the tree, syncs, then the
             # meta): when it is the later transaction, its tree fills in the keys that transaction added
-            torn_newer = not other.valid and other.consistent and (
-                newer_by_freelist(other, db.meta, db.data, db.file_size) or
-                (other.txid > db.meta.txid and not newer_by_freelist(db.meta, other, db.data, db.file_size)))
+            if not other.valid and other.consistent:
+                witness = newer_meta(other, db.meta, db.data, db.file_size)
+                torn_newer = witness is other or (witness is None and other.txid > db.meta.txid)
+            else:
+                torn_newer = False
             if live_damaged or torn_newer:
                 if not 2 <= other.root < pages_in(db.file_size, db.page_size):
                     continue

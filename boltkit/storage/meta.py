@@ -308,12 +308,8 @@ def discover(data, file_size: int, force: int | None = None) -> MetaChoice:
     consistent = [m for m in metas if m is not None and m.consistent and _txid_in_order(m, metas)]
     if consistent:
         best = max(consistent, key=lambda m: (m.txid, -m.index))
-        if len(consistent) == 2:       # txids that failed their checksum are no witness: the freelist is
-            a, b = consistent
-            if newer_by_freelist(a, b, data, file_size):
-                best = a
-            elif newer_by_freelist(b, a, data, file_size):
-                best = b
+        if len(consistent) == 2:       # txids that failed their checksum are no witness: the file is
+            best = newer_meta(*consistent, data, file_size) or best
         reason = (f"meta {best.index} (txid {best.txid}): {'; '.join(best.errors + best.soft)}, but every other "
                   "field agrees with the file; no meta passes bbolt's validation")
         warnings.append(f"reading through {reason}")
@@ -357,6 +353,20 @@ def newer_by_freelist(a: Meta, b: Meta, data, file_size: int) -> bool:
         return False
     back = freed_ids(data, file_size, b.page_size, b.freelist) if b.has_freelist else None
     return back is None or a.root not in back
+
+
+def newer_meta(a: Meta, b: Meta, data, file_size: int) -> Meta | None:
+    """The later transaction of ``a`` and ``b`` by what the file witnesses, not by their txids (which a torn
+    meta write may have garbled): the freelist (``newer_by_freelist``), then the high-water mark, which bbolt
+    only ever raises (a transaction allocates past it when no freed page fits; nothing lowers it). None when
+    neither tells."""
+    if newer_by_freelist(a, b, data, file_size):
+        return a
+    if newer_by_freelist(b, a, data, file_size):
+        return b
+    if a.pgid != b.pgid:
+        return a if a.pgid > b.pgid else b
+    return None
 
 
 def _txid_in_order(m: Meta, metas: list[Meta | None]) -> bool:
