@@ -56,7 +56,7 @@ def info(file, meta, snapshot, as_json, table_fmt):
             fl_error = str(e)
         used = db.hwm * db.page_size
         result = {
-            "type": "info", "file": file, "file_size": db.file_size, "page_size": db.page_size, "hwm": db.hwm,
+            "type": "info", "file": file, "file_size": db.source.size, "page_size": db.page_size, "hwm": db.hwm,
             "used_size": used, "txid": db.meta.txid, "current_meta": db.meta.index, "reason": db.choice.reason,
             "root": db.meta.root, "freelist": fl_info if db.meta.has_freelist else "not stored (NoFreelistSync)",
             "freelist_error": fl_error,
@@ -66,10 +66,10 @@ def info(file, meta, snapshot, as_json, table_fmt):
             emit_json(result)
             return
         click.echo(f"file:         {file}")
-        click.echo(f"file size:    {db.file_size} bytes ({db.file_size // db.page_size} pages)")
+        click.echo(f"file size:    {db.source.size} bytes ({db.source.size // db.page_size} pages)")
         click.echo(f"page size:    {db.page_size}")
         click.echo(f"high-water:   {db.hwm} pages = {used} bytes used "
-                   f"({100.0 * used / db.file_size:.1f}% of the file)")
+                   f"({100.0 * used / db.source.size:.1f}% of the file)")
         click.echo(f"current meta: {db.meta.index}: {db.choice.reason}")
         click.echo(f"txid:         {db.meta.txid}")
         click.echo(f"root page:    {db.meta.root}")

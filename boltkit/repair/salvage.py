@@ -296,7 +296,7 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, include_freed: bool 
     report_path = (dst + ".report.json") if report is True else (report or None)
     if report_path is not None:
         check_report_path(report_path)
-    db = Database(src, snapshot=snapshot, refuse_held=True)
+    db = Database(src, snapshot=snapshot, refuse_held=True, zero_past_end=False)
     with db:
         col = _Collector(db)
         col.damage.extend(db.choice.warnings)

@@ -20,11 +20,15 @@ class Database:
     """
 
     def __init__(self, path: str, *, meta: int | None = None, snapshot: bool = False, lock: bool = True,
-                 refuse_held: bool = False):
+                 refuse_held: bool = False, zero_past_end: bool = True):
+        """``zero_past_end``: read a file cut inside a memory page as bbolt does, the rest of that page as zeros
+        (``file_size`` is then that page's end; ``source.size`` is always the file's length). Salvage reads
+        without it: zeros bbolt would read are no data to keep."""
         self.path = str(path)
-        self.source = Source(self.path, snapshot=snapshot, lock=lock, refuse_held=refuse_held)
+        self.source = Source(self.path, snapshot=snapshot, lock=lock, refuse_held=refuse_held,
+                             zero_past_end=zero_past_end)
         try:
-            self.choice = discover(self.source.data, self.source.size, force=meta)
+            self.choice = discover(self.source.data, self.source.readable_size, force=meta)
         except OpenError as e:
             self.source.close()
             raise OpenError(f"{self.path}: {e}", kind=e.kind) from None
@@ -35,10 +39,15 @@ class Database:
         self.meta = self.choice.current
         self.page_size = self.choice.page_size
         self.hwm = self.meta.pgid
-        self.file_size = self.source.size
+        self.file_size = self.source.readable_size
         self.data = self.source.data
         self.pager = Pager(self.data, self.file_size, self.page_size, self.hwm)
         self.tree = Tree(self.pager)
+        cut = self.source.size // self.page_size
+        if self.file_size > self.source.size and cut < self.hwm:
+            self.source.warnings.append(
+                f"{self.path} ends at byte {self.source.size}, inside page {cut}: the rest of its memory page "
+                f"({self.file_size - self.source.size} bytes) reads as zeros, as bbolt reads it")
 
     @property
     def warnings(self) -> list[str]:

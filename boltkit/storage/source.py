@@ -35,9 +35,12 @@ _META_HEAD = META_OFFSET + META.size
 class Source:
     """A mapped file. ``data`` is a bytes-like view, ``array`` the same bytes as a numpy uint8 array."""
 
-    def __init__(self, path: str, *, snapshot: bool = False, lock: bool = True, refuse_held: bool = False):
+    def __init__(self, path: str, *, snapshot: bool = False, lock: bool = True, refuse_held: bool = False,
+                 zero_past_end: bool = True):
         """``refuse_held``: raise InUse instead of reading a file a writer holds (without ``snapshot``): commands
-        that turn what they read into a new file do not gamble on a retry."""
+        that turn what they read into a new file do not gamble on a retry. ``zero_past_end``: a file that ends
+        inside a memory page reads as zeros from its end to that page's end, as bbolt's mmap reads it
+        (``readable_size`` is that page's end); without it, nothing past the last byte exists."""
         self.path = os.fspath(path)
         self.warnings: list[str] = []
         self.snapshot = snapshot
@@ -64,6 +67,20 @@ class Source:
         if self.size == 0:
             self.close()
             raise OpenError(f"{self.path}: file is empty (0 bytes), not a bbolt database", kind="empty")
+        self.readable_size = self.size
+        tail = -self.size % mmap.PAGESIZE if zero_past_end else 0
+        padded = _map_to_page_end(self._fd, self.size + tail) if tail else None
+        if padded is not None:
+            self.readable_size = self.size + tail
+            self.data = padded
+            self.array = np.frombuffer(padded, dtype=np.uint8)
+            self.array.flags.writeable = False
+        else:
+            self._map()
+        if self.live:
+            live.opened(self)
+
+    def _map(self) -> None:
         try:
             self._mm = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as e:
@@ -77,8 +94,6 @@ class Source:
                 pass
         self.data = self._mm
         self.array = np.frombuffer(self._mm, dtype=np.uint8)
-        if self.live:
-            live.opened(self)
 
     def _take_shared_lock(self, snapshot: bool) -> None:
         try:
@@ -164,6 +179,37 @@ def _writer_holds(fd: int) -> bool:
         return False
     fcntl.flock(fd, fcntl.LOCK_UN)
     return False
+
+
+def _map_to_page_end(fd: int, length: int):
+    """A read-only shared map of the file through the end of the memory page its last byte is in, as bbolt maps
+    it: the kernel reads that page's bytes past the end of the file as zeros (Python's mmap refuses a length past
+    the file's end, so this maps through libc). The map is released when the last view of it goes. None where
+    libc cannot be called (the caller then maps the file alone)."""
+    import ctypes
+    import weakref
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_long]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return None
+    addr = libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    if addr is None or addr == ctypes.c_void_p(-1).value:
+        return None
+    base = ctypes.c_char * length
+
+    class PageEndMap(base):          # type: ignore[valid-type, misc]
+        """Bytes like an mmap's: an index gives an int, a slice gives bytes."""
+        def __getitem__(self, i):
+            got = base.__getitem__(self, i)
+            return got[0] if isinstance(i, int) else got
+
+    view = PageEndMap.from_address(addr)
+    weakref.finalize(view, libc.munmap, addr, length)
+    return view
 
 
 def held_by_writer(path: str) -> bool:
