@@ -143,8 +143,8 @@ def _set_meta_ps(p: Path, index: int, ps: int, base_ps: int) -> None:
 
 def salvage_cases(path: Path, rng: random.Random) -> list[Case]:
     """The damage classes of the meta-ladder and element-recovery issue, aimed at one valid file: metas that lie
-    (checksums, page sizes, overwritten, zeroed), leaves with one bad element or a header that lies, and pages
-    swapped whole."""
+    (checksums, page sizes, overwritten, zeroed), leaves with one bad element or a header that lies, a copy cut
+    inside its last used page, and pages swapped whole."""
     s = _survey(path)
     ps = s["ps"]
     cases: list[Case] = []
@@ -183,6 +183,9 @@ def salvage_cases(path: Path, rng: random.Random) -> list[Case]:
         add("header bit flips", lambda p, pg=pg: [damage.flip_bits(p, pg * ps + rng.choice([8, 10, 11, 12]),
                                                                   1 << rng.randrange(8)) for _ in range(5)] and
             f"page {pg}: 5 header bits")
+    # a torn `cp`: the copy ends inside the last page the tree uses (bbolt reads the rest of it as zeros)
+    used = min(s["size"], s["hwm"] * ps)
+    add("cut inside the last page", lambda p, cut=rng.randrange(1, ps): damage.truncate(p, used - cut))
     single = [pg for pg in s["leaves"] if pg in s["leaf_counts"]]
     if len(single) >= 2:
         a, b = rng.sample(single, 2)
