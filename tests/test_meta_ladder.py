@@ -287,13 +287,15 @@ def test_a_lost_meta_slot_salvages_the_later_state_the_pages_hold(tmp_path, orac
 
 
 def test_salvage_never_gives_fewer_pairs_than_the_tolerant_read(tmp_path, source):
-    """Over every damage class of the campaign, in place and not: the output holds at least as many pairs as
-    the input's tolerant read, and a file with nothing readable is refused (exit 8) and left as it was."""
+    """Over every damage class of both campaigns (the checker's and the meta ladder's), in place and not: the
+    output holds at least as many pairs as the input's tolerant read, and a file with nothing readable is refused
+    (exit 8) and left as it was."""
     import random
 
-    from testdata.campaign import damage_cases
+    from testdata.campaign import damage_cases, salvage_cases
     src = source
-    for name, apply in damage_cases(src, random.Random(4)):
+    rng = random.Random(4)
+    for name, apply in damage_cases(src, rng) + salvage_cases(src, rng):
         bad = damage.copy(src, tmp_path / "bad.db")
         apply(bad)
         before = bad.read_bytes()
