@@ -326,17 +326,23 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, include_freed: bool 
             if other is None or other is db.meta or not (other.valid or other.consistent):
                 continue
             # a meta whose checksum failed is the newest write attempt (bbolt writes the tree, syncs, then the
-            # meta): when it is the later transaction, its tree fills in the keys that transaction added
+            # meta): when it is the later transaction, its tree fills in the keys that transaction added. When
+            # neither meta passes its checksum and nothing in the file orders them, either may be the later one:
+            # the other tree's keys the live namespace lacks are kept, but under lost+found
+            unordered = False
             if not other.valid and other.consistent:
                 witness = newer_meta(other, db.meta, db.data, db.file_size)
+                unordered = witness is None and not db.meta.valid
                 torn_newer = witness is other or (witness is None and other.txid > db.meta.txid)
             else:
                 torn_newer = False
-            if live_damaged or torn_newer:
+            if live_damaged or torn_newer or unordered:
                 if not 2 <= other.root < pages_in(db.file_size, db.page_size):
                     continue
                 pager = Pager(db.data, db.file_size, db.page_size, max(other.pgid, db.hwm))
-                col.tree(Tree(pager), other.root, f"meta {other.index} (txid {other.txid})")
+                col.tree(Tree(pager), other.root, f"meta {other.index} (txid {other.txid})",
+                         gaps_to=f"meta-{other.index}-order-unknown".encode() if unordered and not live_damaged
+                         else None)
         orphan_pages: list[int] = []
         if lost_found and (live_damaged or include_freed):
             free: set[int] | None = set()

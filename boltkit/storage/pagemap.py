@@ -14,7 +14,7 @@ from ..errors import CorruptionError
 from ..schemas import PAGE_HEADER, PAGE_HEADER_SIZE, PageFlag
 from .database import Database
 from .meta import Meta
-from .pages import Node
+from .pages import Node, pages_in
 from .tree import Bucket, Tree
 
 
@@ -38,7 +38,7 @@ def written_headers(db: Database, lo: int, hi: int) -> tuple[np.ndarray, ...]:
     ps = db.page_size
     u8 = db.source.array
     parts = []
-    hi = min(hi, db.file_size // ps)
+    hi = min(hi, pages_in(db.file_size, ps))      # a last page cut short counts when its header is whole
     step = 1 << 16
     for start, end in db.source.data_extents():
         a, b = max(lo, start // ps), min(hi, -(-end // ps))
