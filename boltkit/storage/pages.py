@@ -164,7 +164,9 @@ class Pager:
     def _chain_count(self, base: int, end: int, leaf: bool, count: int) -> tuple[int, int]:
         """(the element count, how many elements chain up) that best explains the element table: bbolt writes
         element i's key (and value) right after element i-1's, the first right after the table, so a count
-        that lies is recovered from element 0's position."""
+        that lies is recovered from element 0's position. The count whose table's elements chain from the
+        table's end the furthest wins; then the one with the most chained elements anywhere (elements read
+        from stale bytes past a lying count can chain among themselves, but never from the table's end)."""
         first = base + PAGE_HEADER_SIZE
         fit = max((end - first) // ELEMENT_SIZE, 0)
         cands = {min(count, fit)}
@@ -172,17 +174,18 @@ class Pager:
             pos0 = int.from_bytes(self.data[first + (4 if leaf else 0):first + (8 if leaf else 4)], "little")
             if pos0 % ELEMENT_SIZE == 0 and 1 <= pos0 // ELEMENT_SIZE <= fit:
                 cands.add(pos0 // ELEMENT_SIZE)
-        best = (min(count, fit), -1)
+        best, score = (min(count, fit), -1), (-1, -1)
         for n in sorted(cands, key=lambda c: c != min(count, fit)):
-            good = 0
+            good = prefix = 0
             expect = first + n * ELEMENT_SIZE
             table_end = expect
-            for _, ks, ke, ve in self._raw_elements(first, n, leaf):
+            for i, (_, ks, ke, ve) in enumerate(self._raw_elements(first, n, leaf)):
                 if ks == expect and ks >= table_end and ke > ks and ve <= end:
                     good += 1
+                    prefix += 1 if prefix == i else 0
                 expect = ve
-            if good > best[1]:
-                best = (n, good)
+            if (prefix, good) > score:
+                best, score = (n, good), (prefix, good)
         return best
 
     def _raw_elements(self, first: int, n: int, leaf: bool):
@@ -237,7 +240,7 @@ class Pager:
         try:
             self._check_count(node)
             elems = self.leaf_elements(node)
-            if all(ke > ks for _, ks, ke, _ in elems):
+            if all(ke > ks for _, ks, ke, _ in elems) and self._table_ends_at_first_key(node, elems, 1):
                 return elems, []
         except CorruptionError:
             pass
@@ -246,9 +249,18 @@ class Pager:
     def branch_elements_lenient(self, node: Node) -> tuple[list, list[CorruptionError]]:
         try:
             self._check_count(node)
-            return self.branch_elements(node), []
+            elems = self.branch_elements(node)
+            if self._table_ends_at_first_key(node, elems, 0):
+                return elems, []
         except CorruptionError:
-            return self._lenient(node, False)
+            pass
+        return self._lenient(node, False)
+
+    @staticmethod
+    def _table_ends_at_first_key(node: Node, elems: list, at: int) -> bool:
+        """bbolt writes the first key right after the element table: when it starts elsewhere, the count lies
+        (a count too low reads in bounds, but leaves the elements past it unread)."""
+        return not elems or elems[0][at] == node.base + PAGE_HEADER_SIZE + node.count * ELEMENT_SIZE
 
     def inline_node_lenient(self, start: int, end: int, owner: int) -> tuple[Node, list[CorruptionError]]:
         if end - start < PAGE_HEADER_SIZE:
