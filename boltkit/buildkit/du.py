@@ -4,6 +4,7 @@ and is not shown."""
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import dataclass
 
 from .metadata import MetadataStore, Record
@@ -204,3 +205,29 @@ def as_started(rows: list[Usage], started: StartedUsage) -> tuple[list[Usage], i
         r.reclaimable = not info.in_use
         out.append(r)
     return out, gone, folded
+
+
+SORT_KEYS = ("size", "created", "last-used", "usage")
+_EPOCH = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+
+
+def parse_age(text: str) -> datetime.timedelta | None:
+    """An age as `du --older-than` takes it: a number and s, m, h or d (48h, 7d); None when it is not one."""
+    m = re.fullmatch(r"(\d+)([smhd])", text)
+    if not m:
+        return None
+    return datetime.timedelta(seconds=int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
+
+
+def select(rows: list[Usage], *, types: tuple[str, ...] = (), older_than: datetime.timedelta | None = None,
+           sort: str = "size", now: datetime.datetime | None = None) -> list[Usage]:
+    """The records `du` lists: of ``types`` only (all when empty), last used (or created) longer ago than
+    ``older_than``, ordered by ``sort`` (biggest, oldest, least recently used or most used first)."""
+    if types:
+        rows = [r for r in rows if r.record_type in types]
+    if older_than is not None:
+        limit = (now or datetime.datetime.now(datetime.timezone.utc)) - older_than
+        rows = [r for r in rows if (r.last_used or r.created) and (r.last_used or r.created) < limit]
+    key = {"size": lambda r: -(r.size or 0), "created": lambda r: r.created or _EPOCH,
+           "last-used": lambda r: r.last_used or r.created or _EPOCH, "usage": lambda r: -r.usage_count}[sort]
+    return sorted(rows, key=key)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ..errors import CorruptionError
 from ..storage import Database
+from .gotime import parse_rfc3339
 
 # BuildHistoryRecord field numbers (api/services/control/control.proto)
 FIELDS = {1: "ref", 2: "frontend", 5: "error", 6: "created_at", 7: "completed_at", 12: "generation", 14: "pinned",
@@ -92,6 +93,15 @@ class HistoryRecord:
     error: str | None = None                         # google.rpc.Status message
     other: dict[int, list[bytes | int]] = field(default_factory=dict)
     decode_error: str | None = None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from creation to completion, None while either time is unknown (a build still running, or a
+        record without times)."""
+        if not self.created_at or not self.completed_at:
+            return None
+        start, end = parse_rfc3339(self.created_at.encode()), parse_rfc3339(self.completed_at.encode())
+        return None if start is None or end is None else (end - start) / 1e9
 
     def as_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "other"}

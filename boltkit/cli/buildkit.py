@@ -305,26 +305,15 @@ def ls(root, as_json):
       boltkit buildkit ls /var/lib/buildkit
       boltkit buildkit ls --json /var/lib/docker | jq -r .file
     """
-    import datetime
-    import os
-
-    from ..storage import Database
+    from ..buildkit.root import store_usage
     from .output import emit_json, emit_table, human_size
     found = _root_or_exit(root)
     rows = []
-    for s in found.stores:
-        st = os.stat(s.path)
-        rec = {"type": "store", "file": str(s.path), "store": str(s.path.relative_to(found.path)), "kind": s.kind, "worker": s.worker,
-               "worker_id": next((w.worker_id for w in found.workers if w.dir.name == s.worker), None),
-               "size": st.st_size,
-               "modified": datetime.datetime.fromtimestamp(st.st_mtime, datetime.timezone.utc).isoformat(
-                   timespec="seconds"),
-               "used": None, "txid": None, "error": None}
-        try:
-            with Database(str(s.path)) as db:
-                rec["used"], rec["txid"] = db.hwm * db.page_size, db.meta.txid
-        except BoltkitError as e:
-            rec["error"] = str(e)
+    for u in store_usage(found):
+        s = u.store
+        rec = {"type": "store", "file": str(s.path), "store": u.relpath, "kind": s.kind, "worker": s.worker,
+               "worker_id": u.worker_id, "size": u.size, "modified": u.modified.isoformat(timespec="seconds"),
+               "used": u.used, "txid": u.txid, "error": u.error}
         if as_json:
             emit_json(rec)
         else:
@@ -541,8 +530,6 @@ def history(file, as_json, snapshot):
       boltkit buildkit history /var/lib/buildkit/history.db
       boltkit buildkit history --json history.db | jq -r 'select(.error) | .ref'
     """
-    import datetime
-
     from ..buildkit.history import load_history
     from .app import opened
     from .output import emit_json, emit_table
@@ -557,11 +544,7 @@ def history(file, as_json, snapshot):
         if as_json:
             emit_json(dict(type="build", **r.as_dict()))
             continue
-        took = ""
-        if r.created_at and r.completed_at:
-            parse = datetime.datetime.fromisoformat
-            secs = (parse(r.completed_at[:26].rstrip("Z")) - parse(r.created_at[:26].rstrip("Z"))).total_seconds()
-            took = f"{secs:.1f}s"
+        took = "" if r.duration is None else f"{r.duration:.1f}s"
         rows.append([r.ref or r.key, (r.created_at or "")[:16].replace("T", " "), took,
                      f"{r.num_cached_steps}/{r.num_completed_steps}/{r.num_total_steps}", "yes" if r.pinned else "",
                      (r.error or r.decode_error or "")])
@@ -606,12 +589,10 @@ def du(target, sort, record_type, older_than, as_json, config_path):
       boltkit buildkit du --sort last-used --older-than 7d /var/lib/buildkit
       boltkit buildkit du --json /var/lib/buildkit | jq 'select(.type=="du-totals")'
     """
-    import datetime
     import os
-    import re
     from pathlib import Path
 
-    from ..buildkit.du import as_started, explain, totals, usage
+    from ..buildkit.du import as_started, explain, parse_age, select, totals, usage
     from ..buildkit.fsck import daemon_holds_lock
     from ..buildkit.metadata import load_metadata_store
     from .app import opened
@@ -661,19 +642,10 @@ def du(target, sort, record_type, older_than, as_json, config_path):
     if unreadable and len(unreadable) == len(dbs):
         raise click.ClickException(f"{target}: no metadata_v2.db could be read: " + "; ".join(unreadable))
     damage = unreadable + damage
-    if record_type:
-        rows = [r for r in rows if r.record_type in record_type]
-    if older_than:
-        m = re.fullmatch(r"(\d+)([smhd])", older_than)
-        if not m:
-            raise click.BadParameter("use a number and s, m, h or d, e.g. 48h", param_hint="--older-than")
-        limit = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(
-            seconds=int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
-        rows = [r for r in rows if (r.last_used or r.created) and (r.last_used or r.created) < limit]
-    key = {"size": lambda r: -(r.size or 0), "created": lambda r: r.created or datetime.datetime.min.replace(
-        tzinfo=datetime.timezone.utc), "last-used": lambda r: r.last_used or r.created or datetime.datetime.min.replace(
-        tzinfo=datetime.timezone.utc), "usage": lambda r: -r.usage_count}[sort]
-    rows.sort(key=key)
+    age = parse_age(older_than) if older_than else None
+    if older_than and age is None:
+        raise click.BadParameter("use a number and s, m, h or d, e.g. 48h", param_hint="--older-than")
+    rows = select(rows, types=record_type, older_than=age, sort=sort)
     t = totals(rows)
     notes = start_notes + explain(rows, bolt_bytes, bak_bytes)
     if pairs:

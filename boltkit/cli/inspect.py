@@ -363,23 +363,14 @@ def tree(file, meta, snapshot, max_depth, encoding, as_json, table_fmt):
       boltkit tree --max-depth 3 containerdmeta.db
       boltkit tree --wide cache.db                 names whole, however wide the terminal
     """
+    from ..storage.stats import bucket_counts
     with opened(file, meta, snapshot) as db:
-        order: list = []
-        counts: dict = {}
         errors: list = []
-        for parent, child, item in db.walk(damage=errors):
-            if child is not None:
-                counts[child.path] = [0, 0, child]
-                order.append(child.path)
-                if parent.path:
-                    counts[parent.path][1] += 1
-            elif parent.path:
-                counts[parent.path][0] += 1
         rows = []
-        for p in order:
+        for c in bucket_counts(db, errors):
+            p, k, sub, b = c.bucket.path, c.keys, c.buckets, c.bucket
             if max_depth is not None and len(p) > max_depth:
                 continue
-            k, sub, b = counts[p]
             if as_json:
                 emit_json({"type": "bucket", "path": encode_path(p, encoding), "keys": k, "buckets": sub,
                            "inline": b.inline, "root": b.root, "sequence": b.sequence})
