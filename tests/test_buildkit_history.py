@@ -84,5 +84,6 @@ def test_history_cli():
     path = [p for p in HISTORY if "01-after-30" in str(p)][0]
     r = CliRunner().invoke(main, ["buildkit", "history", str(path)])
     assert r.exit_code == 0 and r.output.endswith("30 build record(s)\n")
-    recs = [json.loads(x) for x in CliRunner().invoke(main, ["buildkit", "history", "--json", str(path)]).output.splitlines()]
+    out = CliRunner().invoke(main, ["buildkit", "history", "--json", str(path)]).output
+    recs = [json.loads(x) for x in out.splitlines()]
     assert len(recs) == 30 and all(x["ref"] == x["key"] for x in recs)

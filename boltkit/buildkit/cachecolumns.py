@@ -5,8 +5,9 @@ per id and a few entries in each. Decoded entry by entry into Python objects tha
 than the structural check of the same file. Here the elements come from the structural pass itself
 (TreeScan's ``on_leaves``: nothing is read twice), every string that names an id is interned to an
 integer by hashing (check/strings.py), and link keys in Go's canonical form are recognised a layout at a
-time (linkkeys.py); the semantic checks then become set operations on integer arrays (cachecheck.py). Entries not in the shape BuildKit
-writes take the exact slow path of cachedb.py, so the columns say what the object decoder says, sooner.
+time (linkkeys.py); the semantic checks then become set operations on integer arrays (cachecheck.py). Entries
+not in the shape BuildKit writes take the exact slow path of cachedb.py, so the columns say what the object
+decoder says, sooner.
 """
 from __future__ import annotations
 

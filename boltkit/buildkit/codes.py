@@ -31,19 +31,23 @@ CODES: dict[str, tuple[Severity, str]] = {
     # BuildKit metadata_v2.db (reference/buildkit-stores.md §3.8)
     "M1": (Severity.INFO, "top-level entry BuildKit does not use"),
     "M2": (Severity.ERROR, "plain value where a record or external bucket belongs"),
-    "M3": (Severity.ERROR, "value not a {\"value\",\"index\"} envelope (daemon will not start), or payload of the wrong type"),
+    "M3": (Severity.ERROR, "value not a {\"value\",\"index\"} envelope (daemon will not start), or payload of the "
+                           "wrong type"),
     "M4": (Severity.ERROR, "parent record missing: the record and its descendants are cleared at start"),
     "M5": (Severity.ERROR, "parent (or equalMutable) cycle: buildkitd overflows its stack at start"),
     "M6": (Severity.WARNING, "parent kinds mixed, or a merge with fewer than two parents"),
     "M7": (Severity.WARNING, "a parent record is mutable (neither committed nor backed by equalMutable)"),
     "M8": (Severity.WARNING, "equalMutable names a record that does not exist"),
-    "M9": (Severity.WARNING, "mutable record without its active snapshot (missing from containerdmeta.db: removed at start)"),
+    "M9": (Severity.WARNING, "mutable record without its active snapshot (missing from containerdmeta.db: removed at "
+                             "start)"),
     "M10": (Severity.WARNING, "_index out of step with the records (missing, dangling, or without '::')"),
     "M11": (Severity.INFO, "externals of a record that does not exist"),
-    "M12": (Severity.WARNING, "field out of range or inconsistent (sizes, policy, createdAt, blob fields, record type)"),
+    "M12": (Severity.WARNING, "field out of range or inconsistent (sizes, policy, createdAt, blob fields, record "
+                              "type)"),
     "M13": (Severity.WARNING, "chainID/blobChainID do not follow from diffID, blob and the parent's chain"),
     "M14": (Severity.INFO, "record marked deleted: removed at next start"),
-    "M15": (Severity.WARNING, "record without its lease in containerdmeta.db: its data is not protected from containerd GC"),
+    "M15": (Severity.WARNING, "record without its lease in containerdmeta.db: its data is not protected from "
+                              "containerd GC"),
     "M16": (Severity.WARNING, "lease of no record: what it holds leaks disk space forever"),
     "M17": (Severity.WARNING, "layer record whose snapshot's parent is not its parent record's snapshot"),
     # BuildKit history.db (reference/buildkit-stores.md §5.1)

@@ -34,14 +34,16 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from .gotime import unix_ns
 from .startconfig import ConfigError, StartConfig, go_duration
 
 # The start model's cache manager, worker and record (startup.py, which calls into this module): typed
 # loosely here so the two modules do not import each other.
-_Model = _Worker = _Rec = Any
+_Model: TypeAlias = Any
+_Worker: TypeAlias = Any
+_Rec: TypeAlias = Any
 
 MAX_PRUNE_BATCH = 10            # maxPruneBatch: records removed per pass while the manager's lock is held
 SKIPPED_TYPES = ("internal", "frontend")
@@ -708,5 +710,6 @@ def collect(model: _Model, worker: _Worker, rules: list[Rule], now: datetime.dat
     return result
 
 
-__all__ = ["UsageInfo", "disk_usage", "Rule", "DiskStat", "Keep", "Removed", "Kept", "GCResult", "default_policy", "worker_policy",
+__all__ = ["UsageInfo", "disk_usage", "Rule", "DiskStat", "Keep", "Removed", "Kept", "GCResult", "default_policy",
+           "worker_policy",
            "parse_filter", "matches", "keep_bytes", "rank", "collect", "disk_space", "ram_in_bytes", "FilterError"]

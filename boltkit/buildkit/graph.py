@@ -316,7 +316,7 @@ def condense(links: dict[str, list[str]], keep: Iterable[str] = (), by_step: dic
                 merge.update((g, head) for g in same)
         if not merge:
             def passing(g):
-                return g not in keep and len(parents[g]) == 1 and len(g_links[g]) == 1
+                return g not in keep and len(parents[g]) == 1 and len(g_links[g]) == 1  # noqa: B023
             for g in sorted(g_links):
                 if not passing(g):
                     continue

@@ -105,7 +105,8 @@ def load_metadata_store(db: Database, on_damage=None) -> MetadataStore:
             if sub is None:
                 continue
             if top.key == b"_external":
-                store.externals[name] = [it.key.decode("utf-8", "replace") for it in tree.items(sub, on_error=on_damage)]
+                store.externals[name] = [it.key.decode("utf-8", "replace")
+                                         for it in tree.items(sub, on_error=on_damage)]
                 store.external_keys[name] = entry.key
                 continue
             rec = store.records[name] = Record(name, key=entry.key)

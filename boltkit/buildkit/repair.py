@@ -49,7 +49,7 @@ def plan_metadata(md_path: str) -> tuple[StorePlan, MetadataStore]:
         plan.changes.append(Change("M2", "drop-entry", (b"_external",), k))
     for rid in sorted(set(store.externals) - set(store.records)):
         plan.changes.append(Change("M11", "drop-externals", (b"_external",), store.external_keys[rid]))
-    for rid, rec in sorted(store.records.items()):
+    for _rid, rec in sorted(store.records.items()):
         for key in sorted(rec.nested):      # buckets inside a record: BuildKit never reads them
             plan.changes.append(Change("M2", "drop-entry", (b"_main", rec.key), rec.entry_keys[key]))
         for key in sorted(rec.raw):

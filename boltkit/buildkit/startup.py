@@ -38,7 +38,7 @@ from enum import Enum
 from pathlib import Path
 
 from ..check.problems import _show as _text         # bytes as a report shows them: text, else 0x-hex
-from ..errors import BoltkitError, CorruptionError, OpenError
+from ..errors import CorruptionError, OpenError
 from ..storage import Database
 from ..storage.overlay import EmptyOverlay, OBucket, Overlay
 from ..storage.gcpause import gc_paused

@@ -131,7 +131,6 @@ def _check_metas(db: Database, report: CheckReport) -> None:
                                            details=details))
     m0, m1 = db.metas
     cur = db.meta
-    other = db.other_meta
     for w in db.choice.warnings:
         if w.startswith("page size"):
             report.problems.append(Problem("B002", w, file=f))

@@ -11,7 +11,8 @@ Every command exits with a code of one table (fsck(8)'s), whatever went wrong an
     16  usage: a missing argument, an unknown option, a bad value (click's own usage errors included)
 
 As in fsck(8) the codes are bits: `buildkit fsck` and the checks of several files OR them (4|8: problems in
-one, another unreadable); every other command exits with exactly one of them. `in_table` is the test the attack campaign applies.
+one, another unreadable); every other command exits with exactly one of them. `in_table` is the test the attack
+campaign applies.
 
 Library errors are typed (boltkit/errors.py); `exit_code` maps each type to its row, and BoltkitGroup
 applies it to everything a subcommand raises, so no command picks its own number.
@@ -25,7 +26,7 @@ import threading
 import click
 
 from .. import __version__
-from ..errors import BoltkitError, InUse, OutputError
+from ..errors import BoltkitError, OutputError
 from ..storage import Database
 from .output import quiet_option, warn
 
@@ -198,6 +199,6 @@ def opened(path: str, meta: int | None = None, snapshot: bool = False):
         db.close()
 
 
-__all__ = ["main", "opened", "failure", "exit_code", "in_table", "Interrupted", "destinations", "output_file", "DamageSkipped",
-           "OutputError",
+__all__ = ["main", "opened", "failure", "exit_code", "in_table", "Interrupted", "destinations", "output_file",
+           "DamageSkipped", "OutputError",
            "EXIT_OK", "EXIT_DAMAGE", "EXIT_PROBLEMS", "EXIT_UNREADABLE", "EXIT_USAGE", "EXIT_CODES", "EXIT_IN_USE"]

@@ -379,7 +379,7 @@ def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, 
             repaired = preen_root(str(found.path), config=config)
         except BoltkitError as e:
             click.echo(f"Error: --repair: {e}", err=True)
-            raise SystemExit(EXIT_UNREADABLE | getattr(e, "exit_bits", 0))
+            raise SystemExit(EXIT_UNREADABLE | getattr(e, "exit_bits", 0)) from None
         for step in repaired.steps:
             if as_json:
                 emit_json(step.as_record())
@@ -499,7 +499,8 @@ def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, lis
         click.echo(f"\nThe first {PLAN_ROWS} of {len(changes)} changes (--list shows every one):")
         emit_table([_change_row(c) for c in changes[:PLAN_ROWS]], ["code", "action", "bucket", "key"],
                    shrink=[2, 3])
-    summary = {"type": "plan", "file": file, "changes": len(changes), "actions": counts, "applied": False, "backup": None}
+    summary = {"type": "plan", "file": file, "changes": len(changes), "actions": counts, "applied": False,
+               "backup": None}
     if changes and apply_:
         summary["backup"] = apply_prune(plan)     # which writes the report beside the backup
         summary["applied"] = True
@@ -558,9 +559,11 @@ def history(file, as_json, snapshot):
 @buildkit.command()
 @click.argument("target", type=click.Path(readable=False))
 @click.option("--sort", type=click.Choice(["size", "created", "last-used", "usage"]), default="size", show_default=True)
-@click.option("--type", "record_type", multiple=True, help="Only records of this type (regular, internal, "
-                                                         "frontend, source.local, source.git.checkout, exec.cachemount).")
-@click.option("--older-than", default=None, help="Only records last used (or created) longer ago than this: 48h, 7d, 30m.")
+@click.option("--type", "record_type", multiple=True,
+              help="Only records of this type (regular, internal, frontend, source.local, source.git.checkout, "
+                   "exec.cachemount).")
+@click.option("--older-than", default=None,
+              help="Only records last used (or created) longer ago than this: 48h, 7d, 30m.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per cache record, then the totals.")
 @click.option("--config", "config_path", type=click.Path(readable=False), default=None,
               help="buildkitd.toml, for the start the listing is replayed through (its start-up GC).")
@@ -685,7 +688,8 @@ def du(target, sort, record_type, older_than, as_json, config_path):
     if t.shared:
         click.echo(f"Shared:       {human_size(t.shared)}")
         click.echo(f"Private:      {human_size(t.total - t.shared)}")
-    click.echo(f"Reclaimable:  {'? (buildkitd is running: only it knows what is in use)' if t.reclaimable is None else human_size(t.reclaimable)}")
+    click.echo("Reclaimable:  " + ("? (buildkitd is running: only it knows what is in use)" if t.reclaimable is None
+                                   else human_size(t.reclaimable)))
     echo_wrapped(f"Total:        {human_size(t.total)} in {t.records} record(s)"
                  + (f", {t.unknown_sizes} without a recorded size (counted as 0)" if t.unknown_sizes else ""),
                  indent=" " * 14)

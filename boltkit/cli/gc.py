@@ -112,16 +112,16 @@ def gc(root, config_path, prune, filters, keep_duration, keep_storage, keep_stor
         found = _root_or_exit(root)
     except click.ClickException as e:
         e.show()
-        raise SystemExit(EXIT_UNREADABLE)
+        raise SystemExit(EXIT_UNREADABLE) from None
     try:
         config = StartConfig.load(config_path) if config_path else StartConfig()
         plan = simulate_start(found.path, config=config, now=now, prune=rule)
     except (ConfigError, FilterError) as e:
         click.echo(f"Error: {e}", err=True)
-        raise SystemExit(16)
+        raise SystemExit(16) from None
     except BoltkitError as e:
         click.echo(f"Error: {e}", err=True)
-        raise SystemExit(EXIT_UNREADABLE)
+        raise SystemExit(EXIT_UNREADABLE) from None
     from ..buildkit.fsck import daemon_holds_lock
     running = daemon_holds_lock(found)
     try:
@@ -139,7 +139,7 @@ def gc(root, config_path, prune, filters, keep_duration, keep_storage, keep_stor
                 echo_wrapped("buildkitd is running on this root: the replay starts from the files as they are now; "
                              "records a running build holds are in use there and stay, which the files cannot show.")
             what = "`buildctl prune`" if rule is not None else "The next GC pass"
-            for stage, res in passes:
+            for _stage, res in passes:
                 _echo_pass(what, res, listing)
             for n in plan.notes:
                 echo_wrapped(f"note: {n.store + ': ' if n.store else ''}{n.message}")

@@ -89,7 +89,8 @@ def info(file, meta, snapshot, as_json, table_fmt):
             rows.append([i, m.txid, m.root, "-" if not m.has_freelist else m.freelist, m.pgid,
                          m.page_size, f"{m.checksum:016x}", state])
         click.echo()
-        emit_table(rows, ["meta", "txid", "root", "freelist", "hwm", "page size", "checksum", "state"], table_fmt, shrink=[7])
+        emit_table(rows, ["meta", "txid", "root", "freelist", "hwm", "page size", "checksum", "state"], table_fmt,
+                   shrink=[7])
 
 
 @main.command()
@@ -197,7 +198,8 @@ def page_record(db, pgid: int) -> dict:
         lines.append(f"{len(v.freelist)} ids: " + " ".join(map(str, v.freelist[:200]))
                      + (" ..." if len(v.freelist) > 200 else ""))
     if v.flags == PageFlag.BRANCH:
-        rec["elements"] = [{"index": i, "key": encode_bytes(k, "auto"), "child": c} for i, (k, c) in enumerate(v.branch)]
+        rec["elements"] = [{"index": i, "key": encode_bytes(k, "auto"), "child": c}
+                           for i, (k, c) in enumerate(v.branch)]
         lines += [f"[{i}] {show_bytes(k, 80)} -> page {c}" for i, (k, c) in enumerate(v.branch)]
     if v.flags == PageFlag.LEAF:
         rec["elements"] = []
@@ -415,7 +417,8 @@ def stats(file, meta, snapshot, encoding, as_json, table_fmt):
             click.echo(f"\tNumber of levels in B+tree: {t.depth}")
             click.echo("Page size utilization")
             click.echo(f"\tBytes allocated for physical branch pages: {t.branch_alloc}")
-            click.echo(f"\tBytes actually used for branch data: {t.branch_inuse} ({pct(t.branch_inuse, t.branch_alloc)})")
+            click.echo(f"\tBytes actually used for branch data: {t.branch_inuse} "
+                       f"({pct(t.branch_inuse, t.branch_alloc)})")
             click.echo(f"\tBytes allocated for physical leaf pages: {t.leaf_alloc}")
             click.echo(f"\tBytes actually used for leaf data: {t.leaf_inuse} ({pct(t.leaf_inuse, t.leaf_alloc)})")
             click.echo("Bucket statistics")

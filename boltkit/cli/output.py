@@ -87,7 +87,7 @@ def fit_columns(rows: list[list[str]], headers: list[str], width: int, sep: int,
             continue
         fixed = sum(caps[i] for i in range(n) if i not in group)
 
-        def used(cap, group=group):
+        def used(cap, group=group, fixed=fixed):
             return fixed + sum(max(floor[i], min(caps[i], cap)) for i in group)
         lo, hi = 1, max(caps[i] for i in group)
         while lo < hi:   # the largest cap that fits
@@ -153,7 +153,8 @@ def note(message: str) -> None:
 
 
 def json_option(f):
-    return click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON; one record per line for listings).")(f)
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Machine-readable output (JSON; one record per line for listings).")(f)
 
 
 def table_format_option(f):
@@ -171,7 +172,8 @@ def read_options(f):
 
 
 def hex_option(f):
-    return click.option("--hex", "as_hex", is_flag=True, help="Bucket names and keys on the command line are hexadecimal.")(f)
+    return click.option("--hex", "as_hex", is_flag=True,
+                        help="Bucket names and keys on the command line are hexadecimal.")(f)
 
 
 def output_options(f):

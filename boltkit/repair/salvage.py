@@ -1,8 +1,8 @@
 """Salvage: everything recoverable from a damaged file, into a new file bbolt accepts.
 
 Sources, in order of trust: the tree of the current meta (every intact part of it), then, when that
-tree is damaged, the tree of the other meta (what the last transaction had not yet overwritten), then a linear scan of every leaf
-page that neither tree reaches (orphans, kept under ``lost+found/page-<id>`` with their provenance).
+tree is damaged, the tree of the other meta (what the last transaction had not yet overwritten), then a linear
+scan of every leaf page that neither tree reaches (orphans, kept under ``lost+found/page-<id>`` with their provenance).
 A pair is only ever copied from an element that is in the file; the first source that has a key wins.
 The input is only read; the output is written beside it, then checked.
 """
