@@ -97,7 +97,7 @@ class BackendSnapshot:
 
     @property
     def kind_name(self) -> str:
-        return KIND_NAMES.get(self.kind, f"unknown ({self.kind})")
+        return KIND_NAMES.get(self.kind, f"unknown ({self.kind})") if self.kind is not None else "unknown (None)"
 
 
 def _bucket_at(db: Database, path: tuple[bytes, ...], on_damage):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from .metadata import MetadataStore, Record
 
@@ -99,10 +100,10 @@ def usage(store: MetadataStore, *, daemon_running: bool = False, docker: bool = 
             id=rid, kind=kind_of(rec), record_type=v.get("cache.recordType") or "regular",
             size=size,
             created=_time(v.get("cache.createdAt")), last_used=last,
-            usage_count=v.get("cache.usageCount") if isinstance(v.get("cache.usageCount"), int) else 0,
+            usage_count=uses if isinstance(uses := v.get("cache.usageCount"), int) else 0,
             parents=rec.parents(), children=len(children.get(rid, [])),
             description=str(v.get("cache.description") or ""),
-            pinned_by_younger=bool(own and newest[rid] and newest[rid] > own),
+            pinned_by_younger=bool(own and (young := newest[rid]) and young > own),
             mutable=v.get("snapshot.committed") is not True,
             reclaimable=None if daemon_running else True,
             shared=None if docker else False))
@@ -159,7 +160,7 @@ def explain(rows: list[Usage], bolt_bytes: int = 0, bak_bytes: int = 0) -> list[
 @dataclass
 class StartedUsage:
     """One worker's DiskUsage once the daemon has started."""
-    rows: dict[bytes, object]       # gc.UsageInfo of each listed record
+    rows: dict[bytes, Any]          # gc.UsageInfo of each listed record
     removed: set[bytes]             # records the start removes
     halves: set[bytes]              # immutable halves of pairs, listed through their mutable half
 
@@ -227,7 +228,7 @@ def select(rows: list[Usage], *, types: tuple[str, ...] = (), older_than: dateti
         rows = [r for r in rows if r.record_type in types]
     if older_than is not None:
         limit = (now or datetime.datetime.now(datetime.timezone.utc)) - older_than
-        rows = [r for r in rows if (r.last_used or r.created) and (r.last_used or r.created) < limit]
+        rows = [r for r in rows if (when := r.last_used or r.created) is not None and when < limit]
     key = {"size": lambda r: -(r.size or 0), "created": lambda r: r.created or _EPOCH,
            "last-used": lambda r: r.last_used or r.created or _EPOCH, "usage": lambda r: -r.usage_count}[sort]
     return sorted(rows, key=key)

@@ -171,13 +171,13 @@ def default_policy(config: StartConfig, dstat: DiskStat) -> list[Rule]:
         reserved = min(_percent(10, dstat), 10_000_000_000)
         max_used = min(_percent(80, dstat), 100_000_000_000)
         min_free = _percent(20, dstat)
-    budget = dict(reserved_space=reserved, max_used_space=max_used, min_free_space=min_free)
     return [
         Rule(filters=("type==source.local", "type==exec.cachemount", "type==source.git.checkout"),
              keep_duration=datetime.timedelta(hours=48), max_used_space=512_000_000),
-        Rule(keep_duration=datetime.timedelta(days=60), **budget),
-        Rule(**budget),
-        Rule(all=True, **budget),
+        Rule(keep_duration=datetime.timedelta(days=60), reserved_space=reserved, max_used_space=max_used,
+             min_free_space=min_free),
+        Rule(reserved_space=reserved, max_used_space=max_used, min_free_space=min_free),
+        Rule(all=True, reserved_space=reserved, max_used_space=max_used, min_free_space=min_free),
     ]
 
 
@@ -492,9 +492,8 @@ class _Prune:
         tie = False
         if keep != 0:
             ranked = rank(candidates)
-            batch = ranked[:1]
             tie = len(ranked) > 1 and ranked[0][1] == ranked[1][1]
-            batch = [r for r, _ in batch]
+            batch = [r for r, _ in ranked[:1]]
         else:
             batch = candidates[:MAX_PRUNE_BATCH]
         released = count = 0

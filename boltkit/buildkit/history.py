@@ -41,6 +41,7 @@ def fields(buf: bytes):
     while i < len(buf):
         tag, i = _varint(buf, i)
         num, wt = tag >> 3, tag & 7
+        v: int | bytes
         if wt == 0:
             v, i = _varint(buf, i)
         elif wt == 2:
@@ -153,9 +154,10 @@ def check_history(records: list[HistoryRecord], file: str | None = None) -> list
     from ..check.problems import Problem
     out = []
     for r in records:
-        where = dict(file=file, path=(b"_records",), key=r.key.encode())
+        path, key = (b"_records",), r.key.encode()
         if r.decode_error:
-            out.append(Problem("H1", f"record does not decode as BuildHistoryRecord: {r.decode_error}", **where))
+            out.append(Problem("H1", f"record does not decode as BuildHistoryRecord: {r.decode_error}", file=file,
+                               path=path, key=key))
         elif r.ref != r.key:
-            out.append(Problem("H2", f"record's Ref {r.ref!r} differs from its key", **where))
+            out.append(Problem("H2", f"record's Ref {r.ref!r} differs from its key", file=file, path=path, key=key))
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..check.problems import Problem, Severity, adder
 from ..errors import CorruptionError
@@ -31,7 +32,7 @@ PARENT_KEYS = ("cache.parent", "cache.lowerDiffParent", "cache.upperDiffParent")
 @dataclass
 class Record:
     id: str                                                      # the bucket name as text, for messages and parents
-    values: dict[str, object] = field(default_factory=dict)     # key -> decoded payload (tombstones left out)
+    values: dict[str, Any] = field(default_factory=dict)        # key -> decoded payload (tombstones left out)
     indexes: dict[str, str] = field(default_factory=dict)       # key -> its index string
     raw: dict[str, bytes] = field(default_factory=dict)         # undecodable values, kept as they are
     tombstones: set[str] = field(default_factory=set)

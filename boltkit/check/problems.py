@@ -79,7 +79,7 @@ class Problem:
     path: tuple[bytes, ...] | None = None
     key: bytes | None = None
     details: dict = field(default_factory=dict)
-    severity: Severity | None = None
+    severity: Severity = None  # type: ignore[assignment]  # None: the catalogue's, filled in __post_init__
 
     def __post_init__(self):
         if self.severity is None:
@@ -188,7 +188,8 @@ class Problems:
     def __getstate__(self) -> dict:
         """Pickled (`fsck --jobs` sends reports between processes), tables are built: their rows read a
         file mapping the other process does not have."""
-        return {"_parts": [list(part) if isinstance(part, ProblemTable) else part for part in self._parts]}
+        return {"_parts": [[part[i] for i in range(len(part))] if isinstance(part, ProblemTable) else part
+                           for part in self._parts]}
 
     def groups(self):
         """The parts as they were added: lists of Problems and ProblemTables (a table is built only when read)."""
@@ -224,7 +225,7 @@ class Problems:
         return out
 
 
-def adder(out: list, file: str | None):
+def adder(out: "list | Problems", file: str | None):
     """``add(code, message, path=(), key=None, severity=None, **details)`` appending Problems to ``out``;
     path elements and the key may be str (BuildKit ids) or bytes."""
     def as_bytes(x):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import click
 
@@ -190,16 +191,16 @@ def _steps(file, store, metadata_dbs) -> dict:
     from ..buildkit.root import discover
     from ..buildkit.steps import step_descriptions
     from ..storage import Database
-    stores = {}
-    paths = [(None, p) for p in metadata_dbs]
+    stores: dict = {}
+    paths: list[tuple[str | None, Any]] = [(None, p) for p in metadata_dbs]
     if not paths:
         try:
             found = discover(os.path.dirname(os.path.abspath(file)))
-        except (FileNotFoundError, OSError):
+        except (BoltkitError, OSError):
             found = None
         if found is not None:
             ids = {w.dir.name: w.worker_id for w in found.workers}
-            paths = [(ids.get(st.worker), st.path) for st in found.stores if st.kind == "metadata_v2.db"]
+            paths = [(ids.get(st.worker or ""), st.path) for st in found.stores if st.kind == "metadata_v2.db"]
     for worker, p in paths:
         try:
             with Database(str(p)) as mdb:

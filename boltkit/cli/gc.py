@@ -187,7 +187,7 @@ def _echo_pass(what: str, res, listing: bool, limit: int = 20) -> None:
     if not res.kept:
         return
     by = Counter(k.reason.value for k in res.kept)
-    sizes = Counter()
+    sizes: Counter[str] = Counter()
     for k in res.kept:
         sizes[k.reason.value] += k.size or 0 if k.counted else 0
     click.echo("\nWhy the rest stays:")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -187,8 +188,9 @@ def page(file, page_ids, meta, snapshot, hexdump, as_json):
 def page_record(db, pgid: int) -> dict:
     """describe_page's view as a `page` record (docs/json.md) plus its text lines under "lines"."""
     v = describe_page(db, pgid)
-    rec = {"type": "page", "id": v.pgid, "header_id": v.header_id, "page_type": PageFlag.name_of(v.flags),
-           "flags": v.flags, "items": v.count, "overflow": v.overflow, "offset": v.offset, "size": v.size}
+    rec: dict[str, Any] = {"type": "page", "id": v.pgid, "header_id": v.header_id,
+                           "page_type": PageFlag.name_of(v.flags), "flags": v.flags, "items": v.count,
+                           "overflow": v.overflow, "offset": v.offset, "size": v.size}
     lines: list[str] = []
     if v.meta is not None:
         rec["meta"] = v.meta.as_dict()

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 import click
 
@@ -224,7 +225,7 @@ class Progress:
                 delay = 1.0
         self.label, self.delay = label, delay
         self.start = time.monotonic()
-        self.bar = None
+        self.bar: Any = None             # click's progress bar, once the delay has passed
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:

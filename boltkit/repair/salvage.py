@@ -204,8 +204,8 @@ class _Collector:
             if pgid in self.reached:
                 continue
             try:
-                pid, flags, count, overflow = pager.header(pgid)
-                if pid != pgid or flags != PageFlag.LEAF or count == 0:
+                hid, hflags, hcount, _ = pager.header(pgid)
+                if hid != pgid or hflags != PageFlag.LEAF or hcount == 0:
                     continue
                 node, _ = pager.node_lenient(pgid)
                 elems, _ = pager.leaf_elements_lenient(node)

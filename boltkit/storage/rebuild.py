@@ -80,8 +80,8 @@ def rebuild_root(data, file_size: int, page_size: int) -> RebuiltRoot | None:
     # the newest freelist is the freelist page no other freelist lists (the next write frees the old one); what
     # it lists are old roots and pages of earlier transactions, never the root of the last one
     fl_pages = np.flatnonzero((ids == np.arange(n, dtype=np.uint64)) & (flags == PageFlag.FREELIST)).tolist()
-    fl_ids = {p: freed_ids(data, file_size, page_size, p) for p in fl_pages if p >= 2}
-    fl_ids = {p: v for p, v in fl_ids.items() if v is not None}
+    read = {p: freed_ids(data, file_size, page_size, p) for p in fl_pages if p >= 2}
+    fl_ids = {p: v for p, v in read.items() if v is not None}
     newest = [p for p in fl_ids if not any(p in v for q, v in fl_ids.items() if q != p)]
     freed = set().union(*(fl_ids[p] for p in newest)) if newest else set()
     candidates = [p for p in tree if p in known and p not in referenced and p not in freed]

@@ -136,8 +136,8 @@ class Source:
     def close(self) -> None:
         if self.live and self._fd >= 0:
             live.closing(self)
-        self.array = None
-        self.data = None
+        self.array = None  # type: ignore[assignment]  # closed: nothing reads through it again
+        self.data = None  # type: ignore[assignment]
         if self._mm is not None:
             try:
                 self._mm.close()
