@@ -4,6 +4,8 @@ same messages, same locations; only the order may differ.
 """
 from __future__ import annotations
 
+from typing import Iterable
+
 from boltkit.buildkit.cachedb import (TOP_BUCKETS, Anomaly, CacheStore, decode_link_key, decode_result, id_class,
                                      is_root_form, split_result_id)
 from boltkit.buildkit.graph import GraphSummary, components, cycles, live_keys

@@ -20,7 +20,7 @@ from testdata import attack, damage
 from testdata.campaign import _survey
 
 from .conftest import CORPUS, EXAMPLE, ROOT
-from .test_exit_codes import deadline, invoke
+from .test_exit_codes import invoke
 
 CORPUS_ROOT = CORPUS / "daemon1-overlayfs" / "01-after-30-builds"
 

@@ -79,3 +79,25 @@ def test_du_of_the_recorded_base_is_buildctl_du(tmp_path):
         assert abs(size - theirs[rid]) <= 0.005 * max(theirs[rid], 1000), rid
     total = float(re.search(r"^Total:\s+([\d.]+)MB", text, re.M).group(1)) * 1e6
     assert abs(recs[-1]["total"] - total) < 0.01e6 and recs[-1]["unknown_sizes"] == 0
+
+
+def test_the_listing_is_chosen_and_ordered_by_the_library():
+    """`du --type/--older-than/--sort` are du.select and du.parse_age: a script gets the same listing."""
+    import datetime
+
+    from boltkit.buildkit.du import parse_age, select
+    with Database(ROOT / "runc-overlayfs" / "metadata_v2.db") as db:
+        rows = usage(load_metadata_store(db))
+    assert parse_age("48h") == datetime.timedelta(hours=48) and parse_age("7d") == datetime.timedelta(days=7)
+    assert parse_age("soon") is None and parse_age("7") is None
+    biggest = select(rows)
+    assert [r.size or 0 for r in biggest] == sorted((r.size or 0 for r in rows), reverse=True)
+    types = {r.record_type for r in rows}
+    one = sorted(types)[0]
+    assert {r.record_type for r in select(rows, types=(one,))} == {one}
+    newest = max(r.last_used or r.created for r in rows)
+    now = newest + datetime.timedelta(hours=1)
+    assert select(rows, older_than=datetime.timedelta(minutes=30), now=now) == biggest
+    assert select(rows, older_than=datetime.timedelta(days=10000), now=now) == []
+    lru = select(rows, sort="last-used")
+    assert [r.last_used or r.created for r in lru] == sorted(r.last_used or r.created for r in rows)

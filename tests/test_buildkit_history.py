@@ -49,6 +49,8 @@ def test_decodes_the_fields_users_ask_for():
         ("r1", "dockerfile.v0", "2025-11-24T16:00:00.5Z", "2025-11-24T16:00:03Z", True)
     assert (r.num_cached_steps, r.num_total_steps, r.num_completed_steps, r.error) == (2, 9, 9, "failed to solve")
     assert r.other == {13: [b"\x0a\x03abc"]}      # unknown fields kept, never dropped
+    assert r.duration == 2.5                    # what `buildkit history` shows as "took"
+    assert decode_record(b"r2", field_bytes(1, b"r2")).duration is None     # no times: a duration is unknown
 
 
 def test_wire_damage_is_reported_not_raised(tmp_path):
@@ -82,5 +84,6 @@ def test_history_cli():
     path = [p for p in HISTORY if "01-after-30" in str(p)][0]
     r = CliRunner().invoke(main, ["buildkit", "history", str(path)])
     assert r.exit_code == 0 and r.output.endswith("30 build record(s)\n")
-    recs = [json.loads(x) for x in CliRunner().invoke(main, ["buildkit", "history", "--json", str(path)]).output.splitlines()]
+    out = CliRunner().invoke(main, ["buildkit", "history", "--json", str(path)]).output
+    recs = [json.loads(x) for x in out.splitlines()]
     assert len(recs) == 30 and all(x["ref"] == x["key"] for x in recs)

@@ -133,7 +133,8 @@ def test_buildkit_check_of_an_empty_store_agrees_with_ls(tmp_path):
     worker = tmp_path / "runc-overlayfs"
     worker.mkdir()
     write_store(worker / "metadata_v2.db", {})
-    kinds = {x["store"]: x["kind"] for x in map(json.loads, run("buildkit", "ls", "--json", tmp_path).stdout.splitlines())}
+    listed = run("buildkit", "ls", "--json", tmp_path).stdout.splitlines()
+    kinds = {x["store"]: x["kind"] for x in map(json.loads, listed)}
     assert kinds == {"runc-overlayfs/metadata_v2.db": "metadata_v2.db"}
     r = run("buildkit", "check", worker / "metadata_v2.db")
     assert "unknown store" not in r.output and ": OK (" in r.stdout

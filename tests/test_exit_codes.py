@@ -26,7 +26,8 @@ from testdata import attack
 from .conftest import CORPUS, EXAMPLE, ROOT
 
 CORPUS_ROOT = CORPUS / "daemon1-overlayfs" / "01-after-30-builds"
-ROOT_COMMANDS = {("buildkit", "ls"), ("buildkit", "fsck"), ("buildkit", "repair"), ("buildkit", "simulate-start")}
+ROOT_COMMANDS = {("buildkit", "ls"), ("buildkit", "fsck"), ("buildkit", "repair"), ("buildkit", "simulate-start"),
+                 ("buildkit", "gc")}
 # what each store-specific command reads; anything else reads any bolt file
 STORE_OF = {("buildkit", "graph"): "cache.db", ("buildkit", "prune"): "cache.db",
             ("buildkit", "history"): "history.db", ("buildkit", "du"): "metadata_v2.db"}

@@ -133,3 +133,20 @@ def test_no_layer_imports_a_higher_one():
             if there is None or there not in MAY_IMPORT[here]:
                 wrong.append(f"{module} -> {t}")
     assert not wrong, "imports against the layers: " + ", ".join(sorted(wrong))
+
+
+def test_each_layer_registers_its_own_problem_codes():
+    """check/problems.py lists the structural codes only; BuildKit's come from boltkit/buildkit/codes.py, and a code
+    registered again with another meaning is refused."""
+    import re
+
+    import pytest
+
+    from boltkit.buildkit.codes import CODES
+    from boltkit.check.problems import CATALOGUE, Severity, register
+    listed = set(re.findall(r'^    "([A-Z]+\d+)":', (PACKAGE / "check" / "problems.py").read_text(), re.M))
+    assert listed and all(c.startswith("B") for c in listed)
+    assert {c[0] for c in CODES} == set("CDMHX") and set(CODES) <= set(CATALOGUE)
+    register({"C9": CATALOGUE["C9"]})           # the same meaning again is harmless
+    with pytest.raises(ValueError, match="C9"):
+        register({"C9": (Severity.INFO, "something else")})

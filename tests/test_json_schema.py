@@ -87,7 +87,8 @@ def command_lines(tmp: Path) -> list[tuple]:
          bits),     # notes: what the start leaves alone
         (["info", "--json", cache], ok), (["info", "--json", torn], ok), (["info", "--json", "--meta", "0", torn], ok),
         (["pages", "--json", history], ok), (["pages", "--json", "-e", "hex", torn], damaged),
-        (["page", "--json", "--hex", cache, 0, 1, 2, 3, 4, 10 ** 6], (8,)),   # a page the file lacks: 8 (["page", "--json", torn, 119, 167], ok),
+        (["page", "--json", "--hex", cache, 0, 1, 2, 3, 4, 10 ** 6], (8,)),   # a page the file lacks: 8
+        (["page", "--json", torn, 119, 167], ok),
         (["buckets", "--json", cache], ok), (["buckets", "--json", "-e", "base64", cache, "_result"], ok),
         (["keys", "--json", history, "_records"], ok), (["keys", "--json", "-e", "hex", history, "_version"], ok),
         (["get", "--json", history, "_version", "version"], ok),

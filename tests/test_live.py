@@ -168,7 +168,8 @@ def sigterm_mid_copy(cmd, tmpdir) -> int:
 def _root_commands(root, out):
     return [["buildkit", "check", root], ["buildkit", "fsck", "-j", "2", root],
             ["buildkit", "simulate-start", "-o", out, root], ["buildkit", "repair", root], ["buildkit", "du", root],
-            ["buildkit", "ls", root], ["buildkit", "prune", root / "cache.db"], ["buildkit", "graph", root / "cache.db"]]
+            ["buildkit", "ls", root], ["buildkit", "prune", root / "cache.db"],
+            ["buildkit", "graph", root / "cache.db"]]
 
 
 def _judge_root(r, args, out=None) -> bool:
@@ -205,7 +206,7 @@ def test_a_live_root_never_shows_false_damage(oracle, live_root, tmp_path, monke
     settled = 0
     w = Writer(oracle, live_root / "cache.db", "500ms", touch=100)
     try:
-        for i, args in enumerate(_root_commands(live_root, tmp_path / "out")):
+        for _i, args in enumerate(_root_commands(live_root, tmp_path / "out")):
             out = tmp_path / "out" if "-o" in args else None
             settled += _judge_root(run(*args), args, out)
     finally:

@@ -9,7 +9,7 @@ import struct
 import pytest
 from click.testing import CliRunner
 
-from boltkit.check import check_file
+from boltkit.check.checker import check_file
 from boltkit.cli import main
 from boltkit.storage import Database
 from testdata import damage

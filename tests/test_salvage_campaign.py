@@ -1,7 +1,8 @@
 """The salvage campaign in CI size: every damage class of the meta-ladder issue (benchmarks/salvage_campaign.py
-runs them all over more files), each on an oracle file (the profiles taken in turn). Per class, as the issue's targets: at
-least 99 % of the pairs on intact leaves and of the well-formed elements on damaged leaves come back (at their
-path or under lost+found), no pair is invented in the live namespace, and bbolt's tx.Check accepts the output."""
+runs them all over more files), each on an oracle file (the profiles taken in turn). Per class, as the issue's
+targets: at least 99 % of the pairs on intact leaves and of the well-formed elements on damaged leaves come back
+(at their path or under lost+found), no pair is invented in the live namespace, and bbolt's tx.Check accepts the
+output."""
 from __future__ import annotations
 
 import random

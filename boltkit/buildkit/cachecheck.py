@@ -49,7 +49,8 @@ def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
         out.extend(ProblemTable(code, rows.size, lambda i: make(rows[i])))
 
     def problem(code, message, path=(), key=None, **details):
-        return Problem(code, message, file=file, path=tuple(p if isinstance(p, bytes) else names.bytes(p) for p in path),
+        return Problem(code, message, file=file,
+                       path=tuple(p if isinstance(p, bytes) else names.bytes(p) for p in path),
                        key=None if key is None else (key if isinstance(key, bytes) else names.bytes(key)),
                        details=details)
 
@@ -62,7 +63,7 @@ def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
         add(a.code, a.message, path=a.bucket, key=a.key)
 
     # results and their reverse index
-    for i, r in sorted(c.result_errors.items()):
+    for _, r in sorted(c.result_errors.items()):
         add("C4", r.error, path=(b"_result", r.key_id), key=r.result_id)
     bad_rid = _unsplittable(names, sorted_unique(c.result_rid))
     table("C16", np.flatnonzero(bad_rid[c.result_rid]),
@@ -87,7 +88,7 @@ def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
                                          p % n))
 
     # links
-    for i, ln in sorted(c.link_errors.items()):
+    for _, ln in sorted(c.link_errors.items()):
         add(ln.code or "C9", f"poison link key: {ln.error}", path=(b"_links", ln.src), key=ln.raw)
     table("C9", c.link_spelled, lambda i: problem("C9", f"poison link key: {NOT_CANONICAL}",
                                                   (b"_links", c.link_src[i]), c.raw(c.link_key, i)))

@@ -5,14 +5,16 @@ per id and a few entries in each. Decoded entry by entry into Python objects tha
 than the structural check of the same file. Here the elements come from the structural pass itself
 (TreeScan's ``on_leaves``: nothing is read twice), every string that names an id is interned to an
 integer by hashing (check/strings.py), and link keys in Go's canonical form are recognised a layout at a
-time (linkkeys.py); the semantic checks then become set operations on integer arrays (cachecheck.py). Entries not in the shape BuildKit
-writes take the exact slow path of cachedb.py, so the columns say what the object decoder says, sooner.
+time (linkkeys.py); the semantic checks then become set operations on integer arrays (cachecheck.py). Entries
+not in the shape BuildKit writes take the exact slow path of cachedb.py, so the columns say what the object
+decoder says, sooner.
 """
 from __future__ import annotations
 
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +44,9 @@ class Entries:
     val_len: np.ndarray
 
 
+_UNSET: Any = None     # a column load_cache_columns has not filled yet
+
+
 @dataclass
 class CacheColumns:
     """Everything the semantic check needs, as integer codes into ``names``."""
@@ -49,23 +54,23 @@ class CacheColumns:
     top: set[bytes] = field(default_factory=set)
     foreign_top: list[bytes] = field(default_factory=list)
     anomalies: list[Anomaly] = field(default_factory=list)
-    links_ids: np.ndarray = None        # codes of the _links/<id> buckets
-    results_ids: np.ndarray = None
-    byresult_ids: np.ndarray = None     # codes of result ids
-    backlinks_ids: np.ndarray = None
-    link_src: np.ndarray = None         # per link key
-    link_tgt: np.ndarray = None         # -1: no readable target
-    link_key: tuple = None              # (offsets, lengths) of the raw link keys
+    links_ids: np.ndarray = _UNSET     # codes of the _links/<id> buckets
+    results_ids: np.ndarray = _UNSET
+    byresult_ids: np.ndarray = _UNSET  # codes of result ids
+    backlinks_ids: np.ndarray = _UNSET
+    link_src: np.ndarray = _UNSET      # per link key
+    link_tgt: np.ndarray = _UNSET      # -1: no readable target
+    link_key: tuple = _UNSET           # (offsets, lengths) of the raw link keys
     link_errors: dict[int, Link] = field(default_factory=dict)      # link index -> poison key
-    link_spelled: np.ndarray = None     # link indices of the poison keys with zero values spelled out (C9)
-    result_kid: np.ndarray = None       # per result
-    result_rid: np.ndarray = None
+    link_spelled: np.ndarray = _UNSET  # link indices of the poison keys with zero values spelled out (C9)
+    result_kid: np.ndarray = _UNSET    # per result
+    result_rid: np.ndarray = _UNSET
     result_errors: dict[int, CacheResult] = field(default_factory=dict)
-    result_value: tuple = None          # (offsets, lengths) of the raw CacheResult values
-    byresult_rid: np.ndarray = None     # per _byresult entry
-    byresult_kid: np.ndarray = None
-    backlink_tgt: np.ndarray = None     # per _backlinks entry
-    backlink_src: np.ndarray = None
+    result_value: tuple = _UNSET       # (offsets, lengths) of the raw CacheResult values
+    byresult_rid: np.ndarray = _UNSET  # per _byresult entry
+    byresult_kid: np.ndarray = _UNSET
+    backlink_tgt: np.ndarray = _UNSET  # per _backlinks entry
+    backlink_src: np.ndarray = _UNSET
     id_sequences: dict = field(default_factory=dict)    # top bucket name -> the sequence of each of its ids
     tree: tuple | None = None           # (meta index, txid) of the tree the columns were read from
     sound: bool = False                 # the pass that read them met no damage: nothing was left out
@@ -95,21 +100,21 @@ class CacheColumns:
             return byte_strings(u8, *off_len)
 
         s = CacheStore(top=set(self.top), foreign_top=list(self.foreign_top), anomalies=list(self.anomalies))
-        for table, ids in ((s.links, self.links_ids), (s.results, self.results_ids)):
-            table.update((names[k], []) for k in ids.tolist())
-        for table, ids in ((s.byresult, self.byresult_ids), (s.backlinks, self.backlinks_ids)):
-            table.update((names[k], set()) for k in ids.tolist())
-        errors = self.link_errors
+        s.links.update((names[k], []) for k in self.links_ids.tolist())
+        s.results.update((names[k], []) for k in self.results_ids.tolist())
+        s.byresult.update((names[k], set()) for k in self.byresult_ids.tolist())
+        s.backlinks.update((names[k], set()) for k in self.backlinks_ids.tolist())
+        poison = self.link_errors
         spelled = np.zeros(self.link_src.size, bool)
         spelled[self.link_spelled] = True
         for i, (src, tgt, key, bad) in enumerate(zip(self.link_src.tolist(), self.link_tgt.tolist(),
                                                      raw(self.link_key), spelled.tolist())):
-            s.links[names[src]].append(errors.get(i) or Link(names[src], names[tgt], LAZY, key,
+            s.links[names[src]].append(poison.get(i) or Link(names[src], names[tgt], LAZY, key,
                                                              NOT_CANONICAL if bad else None))
-        errors = self.result_errors
+        odd = self.result_errors
         for i, (kid, rid, value) in enumerate(zip(self.result_kid.tolist(), self.result_rid.tolist(),
                                                   raw(self.result_value))):
-            r = errors.get(i)
+            r = odd.get(i)
             m = _RESULT.fullmatch(value) if r is None else None
             if m is not None:
                 r = CacheResult(names[kid], names[rid], m.group(1).decode(), names[rid], value)
@@ -169,8 +174,13 @@ def load_cache_columns(db: Database, on_damage=None, progress=None) -> CacheColu
 
     leaves = CacheLeaves()
     n = db.pager.limit_pages
-    damaged = []
-    TreeScan(db, db.meta, lambda p: (damaged.append(p) if p.severity is Severity.ERROR else None, emit(p)),
+    damaged: list = []
+
+    def found(p) -> None:
+        if p.severity is Severity.ERROR:
+            damaged.append(p)
+        emit(p)
+    TreeScan(db, db.meta, found,
              quick=True, refs=np.zeros(n, np.uint8), freed=np.zeros(n, bool), on_leaves=leaves,
              progress=progress).run()
     cols = columns_from_leaves(leaves)
@@ -187,7 +197,7 @@ def columns_from_leaves(leaves: CacheLeaves) -> CacheColumns:
         g = leaves.scan.g
         parent, koff, klen = leaves.scan.bucket_table()
     bucket, is_bucket, ks, kl, vlen = leaves.take()
-    cols = CacheColumns(names=None)
+    cols = CacheColumns(names=_UNSET)
     u8 = g.u8
 
     def name(b) -> bytes:

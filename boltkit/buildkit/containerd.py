@@ -48,7 +48,7 @@ def leases(db: Database, namespace: bytes = b"buildkit", on_damage=None) -> dict
 
 def _count_leaves(tree, bucket, on_damage) -> int:
     n = 0
-    for parent, child, item in tree.walk(bucket, on_error=on_damage):
+    for _parent, child, _item in tree.walk(bucket, on_error=on_damage):
         if child is None:
             n += 1
     return n
@@ -97,7 +97,7 @@ class BackendSnapshot:
 
     @property
     def kind_name(self) -> str:
-        return KIND_NAMES.get(self.kind, f"unknown ({self.kind})")
+        return KIND_NAMES.get(self.kind, f"unknown ({self.kind})") if self.kind is not None else "unknown (None)"
 
 
 def _bucket_at(db: Database, path: tuple[bytes, ...], on_damage):

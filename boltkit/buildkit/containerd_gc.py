@@ -294,6 +294,7 @@ class _Labels:
                     break
                 v = labels[k] if isinstance(labels[k], bytes) else b""     # string(nil) for a sub-bucket
                 if role in ("fn", "bref"):
+                    assert handler is not None          # every fn and bref role has its function
                     node = handler(ns, k, v)
                     if node is not None:
                         (fn if role == "fn" else bref)(node)

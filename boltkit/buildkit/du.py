@@ -4,7 +4,9 @@ and is not shown."""
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import dataclass
+from typing import Any
 
 from .metadata import MetadataStore, Record
 
@@ -98,10 +100,10 @@ def usage(store: MetadataStore, *, daemon_running: bool = False, docker: bool = 
             id=rid, kind=kind_of(rec), record_type=v.get("cache.recordType") or "regular",
             size=size,
             created=_time(v.get("cache.createdAt")), last_used=last,
-            usage_count=v.get("cache.usageCount") if isinstance(v.get("cache.usageCount"), int) else 0,
+            usage_count=uses if isinstance(uses := v.get("cache.usageCount"), int) else 0,
             parents=rec.parents(), children=len(children.get(rid, [])),
             description=str(v.get("cache.description") or ""),
-            pinned_by_younger=bool(own and newest[rid] and newest[rid] > own),
+            pinned_by_younger=bool(own and (young := newest[rid]) and young > own),
             mutable=v.get("snapshot.committed") is not True,
             reclaimable=None if daemon_running else True,
             shared=None if docker else False))
@@ -158,7 +160,7 @@ def explain(rows: list[Usage], bolt_bytes: int = 0, bak_bytes: int = 0) -> list[
 @dataclass
 class StartedUsage:
     """One worker's DiskUsage once the daemon has started."""
-    rows: dict[bytes, object]       # gc.UsageInfo of each listed record
+    rows: dict[bytes, Any]          # gc.UsageInfo of each listed record
     removed: set[bytes]             # records the start removes
     halves: set[bytes]              # immutable halves of pairs, listed through their mutable half
 
@@ -204,3 +206,29 @@ def as_started(rows: list[Usage], started: StartedUsage) -> tuple[list[Usage], i
         r.reclaimable = not info.in_use
         out.append(r)
     return out, gone, folded
+
+
+SORT_KEYS = ("size", "created", "last-used", "usage")
+_EPOCH = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+
+
+def parse_age(text: str) -> datetime.timedelta | None:
+    """An age as `du --older-than` takes it: a number and s, m, h or d (48h, 7d); None when it is not one."""
+    m = re.fullmatch(r"(\d+)([smhd])", text)
+    if not m:
+        return None
+    return datetime.timedelta(seconds=int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
+
+
+def select(rows: list[Usage], *, types: tuple[str, ...] = (), older_than: datetime.timedelta | None = None,
+           sort: str = "size", now: datetime.datetime | None = None) -> list[Usage]:
+    """The records `du` lists: of ``types`` only (all when empty), last used (or created) longer ago than
+    ``older_than``, ordered by ``sort`` (biggest, oldest, least recently used or most used first)."""
+    if types:
+        rows = [r for r in rows if r.record_type in types]
+    if older_than is not None:
+        limit = (now or datetime.datetime.now(datetime.timezone.utc)) - older_than
+        rows = [r for r in rows if (when := r.last_used or r.created) is not None and when < limit]
+    key = {"size": lambda r: -(r.size or 0), "created": lambda r: r.created or _EPOCH,
+           "last-used": lambda r: r.last_used or r.created or _EPOCH, "usage": lambda r: -r.usage_count}[sort]
+    return sorted(rows, key=key)

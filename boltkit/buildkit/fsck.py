@@ -200,10 +200,10 @@ def check_root(path: str, *, snapshot: bool = False) -> FsckResult:
     for part in result.cross.groups():
         if isinstance(part, ProblemTable):      # one file per table: the store its rows are about
             if part.size:
-                result.reports[part[0].file].problems.extend(part)
+                result.reports[str(part[0].file)].problems.extend(part)
         else:
             for p in part:
-                result.reports[p.file].problems.append(p)
+                result.reports[str(p.file)].problems.append(p)     # a cross-store problem names its store
     result.cross = Problems()
     return result
 
@@ -359,7 +359,7 @@ def _result_checks(result: FsckResult, snapshot: bool, columns: dict) -> None:
         wid, ref = parts
         if wid not in workers:
             why[r] = ("X1", wid)
-        elif ref and records.get(wid) is not None and ref not in records[wid]:
+        elif ref and (held := records.get(wid)) is not None and ref not in held:
             why[r] = ("X2", wid)
     if not why:
         return

@@ -34,14 +34,16 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from .gotime import unix_ns
 from .startconfig import ConfigError, StartConfig, go_duration
 
 # The start model's cache manager, worker and record (startup.py, which calls into this module): typed
 # loosely here so the two modules do not import each other.
-_Model = _Worker = _Rec = Any
+_Model: TypeAlias = Any
+_Worker: TypeAlias = Any
+_Rec: TypeAlias = Any
 
 MAX_PRUNE_BATCH = 10            # maxPruneBatch: records removed per pass while the manager's lock is held
 SKIPPED_TYPES = ("internal", "frontend")
@@ -169,13 +171,13 @@ def default_policy(config: StartConfig, dstat: DiskStat) -> list[Rule]:
         reserved = min(_percent(10, dstat), 10_000_000_000)
         max_used = min(_percent(80, dstat), 100_000_000_000)
         min_free = _percent(20, dstat)
-    budget = dict(reserved_space=reserved, max_used_space=max_used, min_free_space=min_free)
     return [
         Rule(filters=("type==source.local", "type==exec.cachemount", "type==source.git.checkout"),
              keep_duration=datetime.timedelta(hours=48), max_used_space=512_000_000),
-        Rule(keep_duration=datetime.timedelta(days=60), **budget),
-        Rule(**budget),
-        Rule(all=True, **budget),
+        Rule(keep_duration=datetime.timedelta(days=60), reserved_space=reserved, max_used_space=max_used,
+             min_free_space=min_free),
+        Rule(reserved_space=reserved, max_used_space=max_used, min_free_space=min_free),
+        Rule(all=True, reserved_space=reserved, max_used_space=max_used, min_free_space=min_free),
     ]
 
 
@@ -490,9 +492,8 @@ class _Prune:
         tie = False
         if keep != 0:
             ranked = rank(candidates)
-            batch = ranked[:1]
             tie = len(ranked) > 1 and ranked[0][1] == ranked[1][1]
-            batch = [r for r, _ in batch]
+            batch = [r for r, _ in ranked[:1]]
         else:
             batch = candidates[:MAX_PRUNE_BATCH]
         released = count = 0
@@ -708,5 +709,6 @@ def collect(model: _Model, worker: _Worker, rules: list[Rule], now: datetime.dat
     return result
 
 
-__all__ = ["UsageInfo", "disk_usage", "Rule", "DiskStat", "Keep", "Removed", "Kept", "GCResult", "default_policy", "worker_policy",
+__all__ = ["UsageInfo", "disk_usage", "Rule", "DiskStat", "Keep", "Removed", "Kept", "GCResult", "default_policy",
+           "worker_policy",
            "parse_filter", "matches", "keep_bytes", "rank", "collect", "disk_space", "ram_in_bytes", "FilterError"]

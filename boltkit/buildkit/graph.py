@@ -3,9 +3,11 @@ reach hundreds of thousands of keys and may contain cycles."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, TypeVar
 
 import numpy as np
+
+K = TypeVar("K", str, int)      # a key of the link graph: its id, or an integer code for it
 
 
 def live_keys(with_results: Iterable[str], links: dict[str, list[str]]) -> set[str]:
@@ -25,18 +27,18 @@ def live_keys(with_results: Iterable[str], links: dict[str, list[str]]) -> set[s
     return live
 
 
-def cycles(links: dict[str, list[str]]) -> list[list[str]]:
+def cycles(links: dict[K, list[K]]) -> list[list[K]]:
     """Strongly connected components with more than one key, and self-loops."""
     return [sorted(c) for c in components(links) if len(c) > 1 or c[0] in links.get(c[0], ())]
 
 
-def components(links: dict[str, list[str]]) -> list[list[str]]:
+def components(links: dict[K, list[K]]) -> list[list[K]]:
     """Every strongly connected component (Tarjan, iterative), sinks first: reversed, a topological order."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    on_stack: set[str] = set()
-    stack: list[str] = []
-    out: list[list[str]] = []
+    index: dict[K, int] = {}
+    low: dict[K, int] = {}
+    on_stack: set[K] = set()
+    stack: list[K] = []
+    out: list[list[K]] = []
     counter = 0
     nodes = list(links) + [t for ts in links.values() for t in ts if t not in links]
     for start in nodes:
@@ -220,8 +222,8 @@ def summarize_arrays(src: np.ndarray, tgt: np.ndarray, is_node: np.ndarray, has_
         e_src, e_tgt = np.repeat(frontier, counts), _expand(starts, out, frontier)
         np.add.at(paths, e_tgt, paths[e_src])
         np.maximum.at(depth, e_tgt, depth[e_src] + 1)
-        u, c = np.unique(e_tgt, return_counts=True)
-        indeg[u] -= c
+        u, cnt = np.unique(e_tgt, return_counts=True)
+        indeg[u] -= cnt
         frontier = u[indeg[u] == 0]
     n_parents = np.bincount(sorted_unique(pair_codes(src, tgt, n)) % max(n, 1), minlength=n)
     n_links = np.bincount(src, minlength=n)
@@ -316,7 +318,7 @@ def condense(links: dict[str, list[str]], keep: Iterable[str] = (), by_step: dic
                 merge.update((g, head) for g in same)
         if not merge:
             def passing(g):
-                return g not in keep and len(parents[g]) == 1 and len(g_links[g]) == 1
+                return g not in keep and len(parents[g]) == 1 and len(g_links[g]) == 1  # noqa: B023
             for g in sorted(g_links):
                 if not passing(g):
                     continue

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from ..errors import CorruptionError
 from ..storage import Database
+from .gotime import parse_rfc3339
 
 # BuildHistoryRecord field numbers (api/services/control/control.proto)
 FIELDS = {1: "ref", 2: "frontend", 5: "error", 6: "created_at", 7: "completed_at", 12: "generation", 14: "pinned",
@@ -40,6 +41,7 @@ def fields(buf: bytes):
     while i < len(buf):
         tag, i = _varint(buf, i)
         num, wt = tag >> 3, tag & 7
+        v: int | bytes
         if wt == 0:
             v, i = _varint(buf, i)
         elif wt == 2:
@@ -93,6 +95,15 @@ class HistoryRecord:
     other: dict[int, list[bytes | int]] = field(default_factory=dict)
     decode_error: str | None = None
 
+    @property
+    def duration(self) -> float | None:
+        """Seconds from creation to completion, None while either time is unknown (a build still running, or a
+        record without times)."""
+        if not self.created_at or not self.completed_at:
+            return None
+        start, end = parse_rfc3339(self.created_at.encode()), parse_rfc3339(self.completed_at.encode())
+        return None if start is None or end is None else (end - start) / 1e9
+
     def as_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "other"}
         d["other_fields"] = sorted(self.other)
@@ -143,9 +154,10 @@ def check_history(records: list[HistoryRecord], file: str | None = None) -> list
     from ..check.problems import Problem
     out = []
     for r in records:
-        where = dict(file=file, path=(b"_records",), key=r.key.encode())
+        path, key = (b"_records",), r.key.encode()
         if r.decode_error:
-            out.append(Problem("H1", f"record does not decode as BuildHistoryRecord: {r.decode_error}", **where))
+            out.append(Problem("H1", f"record does not decode as BuildHistoryRecord: {r.decode_error}", file=file,
+                               path=path, key=key))
         elif r.ref != r.key:
-            out.append(Problem("H2", f"record's Ref {r.ref!r} differs from its key", **where))
+            out.append(Problem("H2", f"record's Ref {r.ref!r} differs from its key", file=file, path=path, key=key))
     return out

@@ -66,6 +66,7 @@ def _match_layouts(rows: np.ndarray, idx: np.ndarray, at: np.ndarray, h1: np.nda
             return
         rep = rows[0].tobytes()
         m = CANONICAL_LINK_KEY.fullmatch(rep)
+        spans: list[tuple[int, int]] | None
         if m is not None:
             spans, zero_ok = [m.span(g) for g in (1, 2, 3, 4, 5)], False
         else:
@@ -77,6 +78,7 @@ def _match_layouts(rows: np.ndarray, idx: np.ndarray, at: np.ndarray, h1: np.nda
             at[idx[fits]] = t - 1
             h1[idx[fits]], h2[idx[fits]] = hash_rows(rows[fits, t:])
             if zero_ok:       # a row of a spelled-out layout may still be canonical: no "0", no "" written
+                assert m is not None
                 empty = any(m.group(p) is not None and m.group(v) is None for p, v in (("d", "D"), ("s", "S")))
                 wrong = np.full(idx.size, empty)
                 for s, e in spans[:2]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..check.problems import Problem, Severity, adder
-from ..storage import Database
+from ..errors import CorruptionError
+from ..storage import Bucket, Database, Item
 
 TOP = (b"_main", b"_index", b"_external")
 
@@ -30,7 +32,7 @@ PARENT_KEYS = ("cache.parent", "cache.lowerDiffParent", "cache.upperDiffParent")
 @dataclass
 class Record:
     id: str                                                      # the bucket name as text, for messages and parents
-    values: dict[str, object] = field(default_factory=dict)     # key -> decoded payload (tombstones left out)
+    values: dict[str, Any] = field(default_factory=dict)        # key -> decoded payload (tombstones left out)
     indexes: dict[str, str] = field(default_factory=dict)       # key -> its index string
     raw: dict[str, bytes] = field(default_factory=dict)         # undecodable values, kept as they are
     tombstones: set[str] = field(default_factory=set)
@@ -57,13 +59,27 @@ class MetadataStore:
     plain_external: list[bytes] = field(default_factory=list)
 
 
+def _child(db: Database, parent: Bucket, item: Item, on_damage) -> Bucket | None:
+    """A sub-bucket opened as tolerantly as the items around it: with ``on_damage``, a bucket whose header or root
+    page cannot be read is damage to report and skip (None), like every other reader's walk."""
+    try:
+        return db.tree.child(parent, item, on_damage)
+    except CorruptionError as e:
+        if on_damage is None:
+            raise
+        on_damage(e)
+        return None
+
+
 def record_ids(db: Database, on_damage=None) -> set[str]:
     """Names of the `_main/<id>` record buckets: the refIDs that cache.db results may point at."""
     root = db.root()
     main = db.tree.get(root, b"_main")
     if main is None or not main.is_bucket:
         return set()
-    bucket = db.tree.child(root, main)
+    bucket = _child(db, root, main, on_damage)
+    if bucket is None:
+        return set()
     return {it.key.decode("utf-8", "replace") for it in db.tree.items(bucket, on_error=on_damage) if it.is_bucket}
 
 
@@ -75,7 +91,9 @@ def load_metadata_store(db: Database, on_damage=None) -> MetadataStore:
         store.top.add(top.key)
         if not top.is_bucket or top.key not in TOP:
             continue
-        bucket = tree.child(root, top)
+        bucket = _child(db, root, top, on_damage)
+        if bucket is None:
+            continue
         for entry in tree.items(bucket, on_error=on_damage):
             name = entry.key.decode("utf-8", "replace")
             if top.key == b"_index":
@@ -84,9 +102,12 @@ def load_metadata_store(db: Database, on_damage=None) -> MetadataStore:
             if not entry.is_bucket:
                 (store.plain_main if top.key == b"_main" else store.plain_external).append(entry.key)
                 continue
-            sub = tree.child(bucket, entry)
+            sub = _child(db, bucket, entry, on_damage)
+            if sub is None:
+                continue
             if top.key == b"_external":
-                store.externals[name] = [it.key.decode("utf-8", "replace") for it in tree.items(sub, on_error=on_damage)]
+                store.externals[name] = [it.key.decode("utf-8", "replace")
+                                         for it in tree.items(sub, on_error=on_damage)]
                 store.external_keys[name] = entry.key
                 continue
             rec = store.records[name] = Record(name, key=entry.key)

@@ -75,12 +75,12 @@ def plan_prune(store: CacheStore, break_cycles: bool = False, records: set[str] 
     if drop_unreachable:
         _drop_unreachable(edges, out, changes)
     live = live_keys(out.results.keys(), {s: [t for t, _ in v] for s, v in edges.items()})
-    for src, links in sorted(edges.items()):
+    for src, targets in sorted(edges.items()):
         if src not in live:
-            changes.append(Change("D2" if not links else "C12", "drop-key", (b"_links",), _b(src)))
+            changes.append(Change("D2" if not targets else "C12", "drop-key", (b"_links",), _b(src)))
             continue
         kept = []
-        for t, raw in links:
+        for t, raw in targets:
             if t in live:
                 kept.append(raw)
                 out.backlinks.setdefault(t, set()).add(src)

@@ -111,9 +111,9 @@ def _merge(store: CacheStore, kind: bytes, name: str, entries: list[tuple[bytes,
         have = {ln.raw for ln in store.links.setdefault(name, [])}
         store.links[name].extend(decode_link_key(name, k) for k, _ in entries if k not in have)
     elif kind == b"_result":
-        have = {r.result_id for r in store.results.setdefault(name, [])}
+        ids = {r.result_id for r in store.results.setdefault(name, [])}
         store.results[name].extend(r for r in (decode_result(name, k, v) for k, v in entries)
-                                   if r.result_id not in have)
+                                   if r.result_id not in ids)
     elif kind == b"_byresult":
         store.byresult.setdefault(name, set()).update(k.decode("utf-8", "replace") for k, _ in entries)
     else:
@@ -123,8 +123,9 @@ def _merge(store: CacheStore, kind: bytes, name: str, entries: list[tuple[bytes,
 def _forget_container(store: CacheStore, top: bytes, name: str) -> None:
     """A level-2 bucket that only held other buckets is a container, not an id: it was decoded as an id
     with no entries, and must not come back as one."""
-    table = {b"_links": store.links, b"_result": store.results, b"_byresult": store.byresult,
-             b"_backlinks": store.backlinks}[top]
+    tables: dict[bytes, dict] = {b"_links": store.links, b"_result": store.results, b"_byresult": store.byresult,
+                                 b"_backlinks": store.backlinks}
+    table = tables[top]
     if not table.get(name):
         table.pop(name, None)
 
@@ -191,7 +192,7 @@ def prepare_history(path: str, found: dict[bytes, bytes], where: set[tuple[tuple
                         records.update({it.key: src.value(it) for it in tree.items(child) if not it.is_bucket})
                     for k in sorted(records):
                         w.put(k, records[k])
-                else:
+                elif child is not None:
                     stream(src, child, w, lambda p, k, is_bucket: is_bucket or (p, k) not in where)
                 w.end_bucket()
 

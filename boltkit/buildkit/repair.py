@@ -49,7 +49,7 @@ def plan_metadata(md_path: str) -> tuple[StorePlan, MetadataStore]:
         plan.changes.append(Change("M2", "drop-entry", (b"_external",), k))
     for rid in sorted(set(store.externals) - set(store.records)):
         plan.changes.append(Change("M11", "drop-externals", (b"_external",), store.external_keys[rid]))
-    for rid, rec in sorted(store.records.items()):
+    for _rid, rec in sorted(store.records.items()):
         for key in sorted(rec.nested):      # buckets inside a record: BuildKit never reads them
             plan.changes.append(Change("M2", "drop-entry", (b"_main", rec.key), rec.entry_keys[key]))
         for key in sorted(rec.raw):
@@ -96,9 +96,12 @@ class RootPlan:
 
     @property
     def changes(self) -> list[tuple[str, Change]]:
-        return [(p.path, c) for p in self.stores for c in p.changes] + \
-            [(self.cache.path, c) for c in (self.cache.changes if self.cache else [])] + \
-            [(self.history_path, c) for c in self.history_changes]
+        out = [(p.path, c) for p in self.stores for c in p.changes]
+        if self.cache is not None:
+            out += [(self.cache.path, c) for c in self.cache.changes]
+        if self.history_path is not None:
+            out += [(self.history_path, c) for c in self.history_changes]
+        return out
 
 
 def plan_root(root: Root, *, config: StartConfig | None = None) -> RootPlan:
@@ -136,7 +139,7 @@ def written_stores(plan: RootPlan) -> list[str]:
     """Every store `apply_root` would write."""
     return [p.path for p in plan.stores if p.changes] + \
         ([plan.cache.path] if plan.cache is not None and plan.cache.changes else []) + \
-        ([plan.history_path] if plan.history_changes else [])
+        ([plan.history_path] if plan.history_changes and plan.history_path is not None else [])
 
 
 def apply_root(plan: RootPlan) -> list[tuple[str, str]]:
@@ -223,7 +226,7 @@ def plan_start_repair(root: str | os.PathLike, *, config: StartConfig | None = N
         if plan.starts or start_only or plan.cause not in (Cause.BAD_VALUE, Cause.PARENT_CYCLE) \
                 or len(fixes) > 10000:
             return StartRepair(found.path, tuple(fixes), plan, start_only)
-        worker = os.path.dirname(plan.store) or "."
+        worker = os.path.dirname(plan.store or "") or "."
         fixes.append(Fix(worker, plan.cause, plan.cause_records, plan.cause_key))
         close_plan(plan)
 
@@ -248,10 +251,12 @@ def apply_start_repair(rep: StartRepair, report: dict | None = None) -> list[tup
     def verify(new: str) -> str | None:
         checked = check_file(new, revert=False)
         return None if checked.clean else (checked.problems[0].message if checked.problems else "not clean")
+    def writer(ov):
+        return lambda new: write_overlay(ov, new)
     prepared = []
     try:
         for rel, ov in changed:
-            prepared.append((rel, prepare(str(rep.root / rel), lambda new, ov=ov: write_overlay(ov, new), verify)))
+            prepared.append((rel, prepare(str(rep.root / rel), writer(ov), verify)))
     except BaseException:
         for _, pr in prepared:
             pr.discard()

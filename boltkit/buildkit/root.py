@@ -8,11 +8,13 @@ holds `metadata_v2.db`, its `workerid`, and for the OCI worker `containerdmeta.d
 """
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import OpenError
+from ..errors import BoltkitError, OpenError
+from ..storage import Database
 
 DAEMON_STORES = ("cache.db", "history.db", "history_c8d.db", "cache-debug.db", "snapshots.db")
 WORKER_STORES = ("metadata_v2.db", "containerdmeta.db", "snapshots/metadata.db")
@@ -112,3 +114,34 @@ def _discover(base: Path) -> Root:
     taken = {s.path for s in found.stores}
     found.skipped = sorted(p for p in _bolt_files(base, skip=set()) if p not in taken)
     return found
+
+
+@dataclass
+class StoreUsage:
+    """What `buildkit ls` shows of one store: its size on disk and how much of it bbolt uses (the high-water
+    mark: the file never shrinks below it), the last transaction, or why it could not be read."""
+    store: Store
+    relpath: str
+    worker_id: str | None
+    size: int
+    modified: datetime.datetime
+    used: int | None = None
+    txid: int | None = None
+    error: str | None = None
+
+
+def store_usage(root: Root) -> list[StoreUsage]:
+    """Every store of ``root`` with its size, use and last transaction; an unreadable one says why."""
+    out = []
+    for s in root.stores:
+        st = os.stat(s.path)
+        u = StoreUsage(s, str(s.path.relative_to(root.path)),
+                       next((w.worker_id for w in root.workers if w.dir.name == s.worker), None), st.st_size,
+                       datetime.datetime.fromtimestamp(st.st_mtime, datetime.timezone.utc))
+        try:
+            with Database(str(s.path)) as db:
+                u.used, u.txid = db.hwm * db.page_size, db.meta.txid
+        except BoltkitError as e:
+            u.error = str(e)
+        out.append(u)
+    return out

@@ -48,7 +48,7 @@ class StartConfig:
     @classmethod
     def load(cls, path: str) -> "StartConfig":
         try:
-            import tomllib
+            import tomllib  # type: ignore[import-not-found,unused-ignore]  # (Python 3.11+)
         except ImportError as e:        # Python 3.10
             raise ConfigError("reading buildkitd.toml needs Python 3.11 (tomllib)") from e
         try:

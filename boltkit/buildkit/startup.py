@@ -36,9 +36,10 @@ import os
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from ..check.problems import _show as _text         # bytes as a report shows them: text, else 0x-hex
-from ..errors import BoltkitError, CorruptionError, OpenError
+from ..errors import CorruptionError, OpenError
 from ..storage import Database
 from ..storage.overlay import EmptyOverlay, OBucket, Overlay
 from ..storage.gcpause import gc_paused
@@ -166,6 +167,7 @@ class StartPlan:
     overlays: dict[str, Overlay] = field(default_factory=dict)   # each store's state after the start
     starts_replayed: int = 1                 # consecutive starts the plan covers (until_stable)
     gc: list = field(default_factory=list)   # (stage, gc.GCResult) per worker and GC pass, in order
+    _models: list = field(default_factory=list, repr=False, compare=False)   # the replays: they hold the files
 
     @property
     def daemon_exit(self) -> int | None:
@@ -590,7 +592,7 @@ class _Worker:
         is what the start would do if getRecord could see the cycle (their descendants then go at the start)."""
         if fix.cause is Cause.BAD_VALUE:
             rec = self.md.bucket(b"_main", fix.records[0])
-            if rec is not None:
+            if rec is not None and fix.key is not None:
                 rec.delete(fix.key, ("record-value", Why.REPAIR_BAD_VALUE, fix.records[0], Stage.REPAIR))
         elif fix.cause is Cause.PARENT_CYCLE:
             for rid in fix.records:
@@ -831,13 +833,13 @@ class _Model:
             rb = results.bucket(kid) if results is not None else None
             found: list[bytes] = []
             for rkey, value in (rb.items() if rb is not None else ()):
-                rid = _result_id(value)
-                if rid is None:
+                decoded = _result_id(value)
+                if decoded is None:
                     self.note("release-stopped", "cache.db",
                               f"_result/{kid.decode(errors='replace')}/{rkey.decode(errors='replace')} does not "
                               "decode: ReleaseUnreferenced stops there, results after it are not released")
                     return
-                found.append(rid)
+                found.append(decoded)
             for rid in found:
                 if rid in visited:
                     continue
@@ -870,7 +872,7 @@ class _Model:
         from .cachecolumns import load_cache_columns, primers
         if ov.db is None:
             return []
-        cols = getattr(ov, "columns", None)
+        cols: Any = getattr(ov, "columns", None)     # the columns of an earlier start of this replay
         if cols is None:
             cols = self.columns.get("cache.db")      # what a check of the same tree read already (fsck)
             if cols is None or cols.tree != (ov.db.meta.index, ov.db.meta.txid) or not cols.sound:
@@ -882,7 +884,7 @@ class _Model:
                     top = ov.bucket(name)
                     if top is not None and not top.touched():
                         top.prime(children)
-            ov.columns = cols
+            ov.columns = cols  # type: ignore[attr-defined]  # kept on the overlay for the next start
         if cols is False:
             return None
         text = cols.names.all_bytes()

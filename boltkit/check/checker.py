@@ -131,7 +131,6 @@ def _check_metas(db: Database, report: CheckReport) -> None:
                                            details=details))
     m0, m1 = db.metas
     cur = db.meta
-    other = db.other_meta
     for w in db.choice.warnings:
         if w.startswith("page size"):
             report.problems.append(Problem("B002", w, file=f))
@@ -143,6 +142,7 @@ def _check_metas(db: Database, report: CheckReport) -> None:
             report.problems.append(Problem("B006", f"meta {cur.index}: {note}", file=f, pgid=cur.index))
     if db.choice.older_than_bbolt:
         new = db.choice.bbolt
+        assert new is not None              # older_than_bbolt: there is a meta bbolt reads
         report.problems.append(Problem(
             "B004", f"meta {new.index} has the newer txid {new.txid} (bbolt reads it) but is unusable; reading "
             f"{cur.label} (txid {cur.txid}) loses the last transaction", file=f, pgid=new.index))
@@ -151,8 +151,10 @@ def _check_metas(db: Database, report: CheckReport) -> None:
             report.problems.append(Problem("B003", f"page sizes differ: meta 0 {m0.page_size}, meta 1 {m1.page_size}",
                                            file=f))
         elif abs(m0.txid - m1.txid) != 1:
-            report.problems.append(Problem("B003", f"txids {m0.txid} and {m1.txid} are not consecutive", file=f,
-                                           severity=Severity.INFO if m0.txid == m1.txid else None))
+            p = Problem("B003", f"txids {m0.txid} and {m1.txid} are not consecutive", file=f)
+            if m0.txid == m1.txid:
+                p.severity = Severity.INFO
+            report.problems.append(p)
 
 
 class _Walker:
@@ -196,6 +198,7 @@ class _Walker:
             if m.freelist < self.n:
                 self.refs[m.freelist] = 1
             return
+        assert fl.pgid is not None          # read from a freelist page, so it has one
         own = np.arange(fl.pgid, min(fl.pgid + fl.overflow + 1, self.n))
         self.refs[own] = 1
         ids = fl.ids

@@ -122,7 +122,7 @@ class TreeScan:
         self._b_parent = [_a([NONE])]
         self._b_koff = [_a([0])]
         self._b_klen = [_a([0])]
-        self._b_cache = None
+        self._b_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.nbuckets = 1
         self.hidden: list[Problem] = []
         # what the pass found
@@ -249,13 +249,13 @@ class TreeScan:
             self.problem("B024", f"multiple references: also inside another page's overflow (stack: {st})",
                          pgid=f.pg[i], bucket=f.bucket[i], details={"stack": st})
         for i in np.flatnonzero(dup).tolist():
-            pg, parent = int(f.pg[i]), int(f.parent[i])
-            st = self.stack(pg, parent)
-            if pg in st[:-1]:
-                self.problem("B025", f"cycle: the page is its own ancestor (stack: {st})", pgid=pg,
+            at, parent = int(f.pg[i]), int(f.parent[i])
+            st = self.stack(at, parent)
+            if at in st[:-1]:
+                self.problem("B025", f"cycle: the page is its own ancestor (stack: {st})", pgid=at,
                              bucket=f.bucket[i], details={"stack": st})
             else:
-                self.problem("B024", f"multiple references (stack: {st})", pgid=pg, bucket=f.bucket[i],
+                self.problem("B024", f"multiple references (stack: {st})", pgid=at, bucket=f.bucket[i],
                              details={"stack": st})
         f = f.take(~dup)
         pg = f.pg
@@ -291,7 +291,7 @@ class TreeScan:
         tbad = ~idbad & (flags != PageFlag.BRANCH) & (flags != PageFlag.LEAF)
         for i in np.flatnonzero(idbad | tbad).tolist():
             st = self.stack(pg[i], f.parent[i])
-            details = {"stack": st, "span": [int(pg[i]), int(last[i])]}
+            details: dict[str, object] = {"stack": st, "span": [int(pg[i]), int(last[i])]}
             if idbad[i]:
                 details["id"] = int(hid[i])
                 self.problem("B021", f"header says id {int(hid[i])} (stack: {st})", pgid=pg[i], offset=int(base[i]),

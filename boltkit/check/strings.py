@@ -151,7 +151,8 @@ def by_length(length: np.ndarray):
 
 def _intern_exactly(g: Gather, off, length):
     seen: dict[bytes, int] = {}
-    first, inv = [], np.empty(off.size, _I64)
+    first: list[int] = []
+    inv = np.empty(off.size, _I64)
     for i, (o, n) in enumerate(zip(off.tolist(), length.tolist())):
         c = seen.setdefault(bytes(g.data[o:o + n]), len(seen))
         if c == len(first):

@@ -11,7 +11,8 @@ Every command exits with a code of one table (fsck(8)'s), whatever went wrong an
     16  usage: a missing argument, an unknown option, a bad value (click's own usage errors included)
 
 As in fsck(8) the codes are bits: `buildkit fsck` and the checks of several files OR them (4|8: problems in
-one, another unreadable); every other command exits with exactly one of them. `in_table` is the test the attack campaign applies.
+one, another unreadable); every other command exits with exactly one of them. `in_table` is the test the attack
+campaign applies.
 
 Library errors are typed (boltkit/errors.py); `exit_code` maps each type to its row, and BoltkitGroup
 applies it to everything a subcommand raises, so no command picks its own number.
@@ -25,7 +26,7 @@ import threading
 import click
 
 from .. import __version__
-from ..errors import BoltkitError, InUse, OutputError
+from ..errors import BoltkitError, OutputError
 from ..storage import Database
 from .output import quiet_option, warn
 
@@ -81,18 +82,21 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-def _exit_on_signals() -> None:
+def _exit_on_signals() -> dict:
     """SIGTERM and SIGHUP end the command like Ctrl-C does, through every `finally`: temp copies (--snapshot) and
     unfinished new files are removed, never left behind; a swap is never cut halfway (the repair primitive holds
-    signals back while it swaps, `repair.replace.signals_deferred`)."""
+    signals back while it swaps, `repair.replace.signals_deferred`). Returns the handlers replaced, which the
+    command puts back when it ends (a program that runs commands in-process keeps its own signal behaviour)."""
     if threading.current_thread() is not threading.main_thread():
-        return
+        return {}
 
     def stop(signum, frame):
         raise Interrupted(signum)
+    replaced = {}
     for sig in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(sig) in (signal.SIG_DFL, None):
-            signal.signal(sig, stop)
+            replaced[sig] = signal.signal(sig, stop)
+    return replaced
 
 
 def interrupted(e: KeyboardInterrupt) -> click.ClickException:
@@ -118,7 +122,7 @@ class BoltkitGroup(click.Group):
             raise
 
     def invoke(self, ctx):
-        _exit_on_signals()
+        replaced = _exit_on_signals()
         try:
             return super().invoke(ctx)
         except click.ClickException as e:      # sub-groups and sub-commands run inside: one place for all
@@ -130,6 +134,9 @@ class BoltkitGroup(click.Group):
             raise interrupted(e) from None
         except (BoltkitError, OSError) as e:
             raise failure(e) from None
+        finally:
+            for sig, handler in replaced.items():
+                signal.signal(sig, handler)
 
 
 @click.group(cls=BoltkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -198,6 +205,6 @@ def opened(path: str, meta: int | None = None, snapshot: bool = False):
         db.close()
 
 
-__all__ = ["main", "opened", "failure", "exit_code", "in_table", "Interrupted", "destinations", "output_file", "DamageSkipped",
-           "OutputError",
+__all__ = ["main", "opened", "failure", "exit_code", "in_table", "Interrupted", "destinations", "output_file",
+           "DamageSkipped", "OutputError",
            "EXIT_OK", "EXIT_DAMAGE", "EXIT_PROBLEMS", "EXIT_UNREADABLE", "EXIT_USAGE", "EXIT_CODES", "EXIT_IN_USE"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import click
 
@@ -190,16 +191,16 @@ def _steps(file, store, metadata_dbs) -> dict:
     from ..buildkit.root import discover
     from ..buildkit.steps import step_descriptions
     from ..storage import Database
-    stores = {}
-    paths = [(None, p) for p in metadata_dbs]
+    stores: dict = {}
+    paths: list[tuple[str | None, Any]] = [(None, p) for p in metadata_dbs]
     if not paths:
         try:
             found = discover(os.path.dirname(os.path.abspath(file)))
-        except (FileNotFoundError, OSError):
+        except (BoltkitError, OSError):
             found = None
         if found is not None:
             ids = {w.dir.name: w.worker_id for w in found.workers}
-            paths = [(ids.get(st.worker), st.path) for st in found.stores if st.kind == "metadata_v2.db"]
+            paths = [(ids.get(st.worker or ""), st.path) for st in found.stores if st.kind == "metadata_v2.db"]
     for worker, p in paths:
         try:
             with Database(str(p)) as mdb:
@@ -305,26 +306,15 @@ def ls(root, as_json):
       boltkit buildkit ls /var/lib/buildkit
       boltkit buildkit ls --json /var/lib/docker | jq -r .file
     """
-    import datetime
-    import os
-
-    from ..storage import Database
+    from ..buildkit.root import store_usage
     from .output import emit_json, emit_table, human_size
     found = _root_or_exit(root)
     rows = []
-    for s in found.stores:
-        st = os.stat(s.path)
-        rec = {"type": "store", "file": str(s.path), "store": str(s.path.relative_to(found.path)), "kind": s.kind, "worker": s.worker,
-               "worker_id": next((w.worker_id for w in found.workers if w.dir.name == s.worker), None),
-               "size": st.st_size,
-               "modified": datetime.datetime.fromtimestamp(st.st_mtime, datetime.timezone.utc).isoformat(
-                   timespec="seconds"),
-               "used": None, "txid": None, "error": None}
-        try:
-            with Database(str(s.path)) as db:
-                rec["used"], rec["txid"] = db.hwm * db.page_size, db.meta.txid
-        except BoltkitError as e:
-            rec["error"] = str(e)
+    for u in store_usage(found):
+        s = u.store
+        rec = {"type": "store", "file": str(s.path), "store": u.relpath, "kind": s.kind, "worker": s.worker,
+               "worker_id": u.worker_id, "size": u.size, "modified": u.modified.isoformat(timespec="seconds"),
+               "used": u.used, "txid": u.txid, "error": u.error}
         if as_json:
             emit_json(rec)
         else:
@@ -390,7 +380,7 @@ def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, 
             repaired = preen_root(str(found.path), config=config)
         except BoltkitError as e:
             click.echo(f"Error: --repair: {e}", err=True)
-            raise SystemExit(EXIT_UNREADABLE | getattr(e, "exit_bits", 0))
+            raise SystemExit(EXIT_UNREADABLE | getattr(e, "exit_bits", 0)) from None
         for step in repaired.steps:
             if as_json:
                 emit_json(step.as_record())
@@ -510,7 +500,8 @@ def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, lis
         click.echo(f"\nThe first {PLAN_ROWS} of {len(changes)} changes (--list shows every one):")
         emit_table([_change_row(c) for c in changes[:PLAN_ROWS]], ["code", "action", "bucket", "key"],
                    shrink=[2, 3])
-    summary = {"type": "plan", "file": file, "changes": len(changes), "actions": counts, "applied": False, "backup": None}
+    summary = {"type": "plan", "file": file, "changes": len(changes), "actions": counts, "applied": False,
+               "backup": None}
     if changes and apply_:
         summary["backup"] = apply_prune(plan)     # which writes the report beside the backup
         summary["applied"] = True
@@ -541,8 +532,6 @@ def history(file, as_json, snapshot):
       boltkit buildkit history /var/lib/buildkit/history.db
       boltkit buildkit history --json history.db | jq -r 'select(.error) | .ref'
     """
-    import datetime
-
     from ..buildkit.history import load_history
     from .app import opened
     from .output import emit_json, emit_table
@@ -557,11 +546,7 @@ def history(file, as_json, snapshot):
         if as_json:
             emit_json(dict(type="build", **r.as_dict()))
             continue
-        took = ""
-        if r.created_at and r.completed_at:
-            parse = datetime.datetime.fromisoformat
-            secs = (parse(r.completed_at[:26].rstrip("Z")) - parse(r.created_at[:26].rstrip("Z"))).total_seconds()
-            took = f"{secs:.1f}s"
+        took = "" if r.duration is None else f"{r.duration:.1f}s"
         rows.append([r.ref or r.key, (r.created_at or "")[:16].replace("T", " "), took,
                      f"{r.num_cached_steps}/{r.num_completed_steps}/{r.num_total_steps}", "yes" if r.pinned else "",
                      (r.error or r.decode_error or "")])
@@ -575,9 +560,11 @@ def history(file, as_json, snapshot):
 @buildkit.command()
 @click.argument("target", type=click.Path(readable=False))
 @click.option("--sort", type=click.Choice(["size", "created", "last-used", "usage"]), default="size", show_default=True)
-@click.option("--type", "record_type", multiple=True, help="Only records of this type (regular, internal, "
-                                                         "frontend, source.local, source.git.checkout, exec.cachemount).")
-@click.option("--older-than", default=None, help="Only records last used (or created) longer ago than this: 48h, 7d, 30m.")
+@click.option("--type", "record_type", multiple=True,
+              help="Only records of this type (regular, internal, frontend, source.local, source.git.checkout, "
+                   "exec.cachemount).")
+@click.option("--older-than", default=None,
+              help="Only records last used (or created) longer ago than this: 48h, 7d, 30m.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per cache record, then the totals.")
 @click.option("--config", "config_path", type=click.Path(readable=False), default=None,
               help="buildkitd.toml, for the start the listing is replayed through (its start-up GC).")
@@ -606,12 +593,10 @@ def du(target, sort, record_type, older_than, as_json, config_path):
       boltkit buildkit du --sort last-used --older-than 7d /var/lib/buildkit
       boltkit buildkit du --json /var/lib/buildkit | jq 'select(.type=="du-totals")'
     """
-    import datetime
     import os
-    import re
     from pathlib import Path
 
-    from ..buildkit.du import as_started, explain, totals, usage
+    from ..buildkit.du import as_started, explain, parse_age, select, totals, usage
     from ..buildkit.fsck import daemon_holds_lock
     from ..buildkit.metadata import load_metadata_store
     from .app import opened
@@ -661,19 +646,10 @@ def du(target, sort, record_type, older_than, as_json, config_path):
     if unreadable and len(unreadable) == len(dbs):
         raise click.ClickException(f"{target}: no metadata_v2.db could be read: " + "; ".join(unreadable))
     damage = unreadable + damage
-    if record_type:
-        rows = [r for r in rows if r.record_type in record_type]
-    if older_than:
-        m = re.fullmatch(r"(\d+)([smhd])", older_than)
-        if not m:
-            raise click.BadParameter("use a number and s, m, h or d, e.g. 48h", param_hint="--older-than")
-        limit = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(
-            seconds=int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
-        rows = [r for r in rows if (r.last_used or r.created) and (r.last_used or r.created) < limit]
-    key = {"size": lambda r: -(r.size or 0), "created": lambda r: r.created or datetime.datetime.min.replace(
-        tzinfo=datetime.timezone.utc), "last-used": lambda r: r.last_used or r.created or datetime.datetime.min.replace(
-        tzinfo=datetime.timezone.utc), "usage": lambda r: -r.usage_count}[sort]
-    rows.sort(key=key)
+    age = parse_age(older_than) if older_than else None
+    if older_than and age is None:
+        raise click.BadParameter("use a number and s, m, h or d, e.g. 48h", param_hint="--older-than")
+    rows = select(rows, types=record_type, older_than=age, sort=sort)
     t = totals(rows)
     notes = start_notes + explain(rows, bolt_bytes, bak_bytes)
     if pairs:
@@ -713,7 +689,8 @@ def du(target, sort, record_type, older_than, as_json, config_path):
     if t.shared:
         click.echo(f"Shared:       {human_size(t.shared)}")
         click.echo(f"Private:      {human_size(t.total - t.shared)}")
-    click.echo(f"Reclaimable:  {'? (buildkitd is running: only it knows what is in use)' if t.reclaimable is None else human_size(t.reclaimable)}")
+    click.echo("Reclaimable:  " + ("? (buildkitd is running: only it knows what is in use)" if t.reclaimable is None
+                                   else human_size(t.reclaimable)))
     echo_wrapped(f"Total:        {human_size(t.total)} in {t.records} record(s)"
                  + (f", {t.unknown_sizes} without a recorded size (counted as 0)" if t.unknown_sizes else ""),
                  indent=" " * 14)

@@ -5,7 +5,7 @@ import click
 
 from ..check import check_file
 from ..errors import Unsettled
-from .app import EXIT_DAMAGE, EXIT_OK, EXIT_PROBLEMS, EXIT_UNREADABLE, EXIT_USAGE, destinations, main, output_file
+from .app import EXIT_DAMAGE, EXIT_OK, EXIT_PROBLEMS, EXIT_UNREADABLE, destinations, main, output_file
 from .output import emit_json, progress, quiet_option, warn
 
 EXIT_CLEAN, EXIT_REPAIRED = EXIT_OK, EXIT_DAMAGE

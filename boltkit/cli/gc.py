@@ -9,6 +9,7 @@ import click
 from ..errors import BoltkitError
 from .buildkit import _root_or_exit, buildkit
 from .check import EXIT_UNREADABLE, FsckCommand
+from .live import settled_reads
 from .output import echo_wrapped, emit_json, emit_table, human_size, show_bytes, wide_option
 
 KEEP_TEXT = {
@@ -58,6 +59,7 @@ def _megabytes(value: float | None) -> int:
 @click.option("--json", "as_json", is_flag=True,
               help="One gc-removed and one gc-kept record per record, then one gc-pass record per worker and pass.")
 @wide_option
+@settled_reads(over="root")
 def gc(root, config_path, prune, filters, keep_duration, keep_storage, keep_storage_min, free_storage, prune_all,
        at, listing, as_json):
     """What BuildKit's garbage collection removes from ROOT, record by record, and why every other record stays.
@@ -75,8 +77,8 @@ def gc(root, config_path, prune, filters, keep_duration, keep_storage, keep_stor
     (counted as 0, as `buildctl du` does). Nothing under ROOT is written.
 
     \b
-    Exit status: 0 the replay ran; 8 ROOT cannot be read, or the daemon would not start (no GC runs);
-    16 usage (a bad filter, duration or config).
+    Exit status: 0 the replay ran; 8 ROOT or one of its stores cannot be read (what is predicted is still
+    printed), or the daemon would not start (no GC runs); 16 usage (a bad filter, duration or config).
 
     \b
     Examples:
@@ -112,16 +114,16 @@ def gc(root, config_path, prune, filters, keep_duration, keep_storage, keep_stor
         found = _root_or_exit(root)
     except click.ClickException as e:
         e.show()
-        raise SystemExit(EXIT_UNREADABLE)
+        raise SystemExit(EXIT_UNREADABLE) from None
     try:
         config = StartConfig.load(config_path) if config_path else StartConfig()
         plan = simulate_start(found.path, config=config, now=now, prune=rule)
     except (ConfigError, FilterError) as e:
         click.echo(f"Error: {e}", err=True)
-        raise SystemExit(16)
+        raise SystemExit(16) from None
     except BoltkitError as e:
         click.echo(f"Error: {e}", err=True)
-        raise SystemExit(EXIT_UNREADABLE)
+        raise SystemExit(EXIT_UNREADABLE) from None
     from ..buildkit.fsck import daemon_holds_lock
     running = daemon_holds_lock(found)
     try:
@@ -139,13 +141,15 @@ def gc(root, config_path, prune, filters, keep_duration, keep_storage, keep_stor
                 echo_wrapped("buildkitd is running on this root: the replay starts from the files as they are now; "
                              "records a running build holds are in use there and stay, which the files cannot show.")
             what = "`buildctl prune`" if rule is not None else "The next GC pass"
-            for stage, res in passes:
+            for _stage, res in passes:
                 _echo_pass(what, res, listing)
             for n in plan.notes:
                 echo_wrapped(f"note: {n.store + ': ' if n.store else ''}{n.message}")
     finally:
         close_plan(plan)
-    raise SystemExit(0 if plan.outcome in (Outcome.STARTS, Outcome.RESETS) else EXIT_UNREADABLE)
+    # a store this user cannot read leaves part of the pass unknown: unreadable input, as for simulate-start
+    raise SystemExit(0 if plan.outcome in (Outcome.STARTS, Outcome.RESETS) and not plan.unreadable
+                     else EXIT_UNREADABLE)
 
 
 def _emit_json(passes, plan) -> None:
@@ -187,7 +191,7 @@ def _echo_pass(what: str, res, listing: bool, limit: int = 20) -> None:
     if not res.kept:
         return
     by = Counter(k.reason.value for k in res.kept)
-    sizes = Counter()
+    sizes: Counter[str] = Counter()
     for k in res.kept:
         sizes[k.reason.value] += k.size or 0 if k.counted else 0
     click.echo("\nWhy the rest stays:")

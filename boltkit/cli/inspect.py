@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -89,7 +90,8 @@ def info(file, meta, snapshot, as_json, table_fmt):
             rows.append([i, m.txid, m.root, "-" if not m.has_freelist else m.freelist, m.pgid,
                          m.page_size, f"{m.checksum:016x}", state])
         click.echo()
-        emit_table(rows, ["meta", "txid", "root", "freelist", "hwm", "page size", "checksum", "state"], table_fmt, shrink=[7])
+        emit_table(rows, ["meta", "txid", "root", "freelist", "hwm", "page size", "checksum", "state"], table_fmt,
+                   shrink=[7])
 
 
 @main.command()
@@ -186,8 +188,9 @@ def page(file, page_ids, meta, snapshot, hexdump, as_json):
 def page_record(db, pgid: int) -> dict:
     """describe_page's view as a `page` record (docs/json.md) plus its text lines under "lines"."""
     v = describe_page(db, pgid)
-    rec = {"type": "page", "id": v.pgid, "header_id": v.header_id, "page_type": PageFlag.name_of(v.flags),
-           "flags": v.flags, "items": v.count, "overflow": v.overflow, "offset": v.offset, "size": v.size}
+    rec: dict[str, Any] = {"type": "page", "id": v.pgid, "header_id": v.header_id,
+                           "page_type": PageFlag.name_of(v.flags), "flags": v.flags, "items": v.count,
+                           "overflow": v.overflow, "offset": v.offset, "size": v.size}
     lines: list[str] = []
     if v.meta is not None:
         rec["meta"] = v.meta.as_dict()
@@ -197,7 +200,8 @@ def page_record(db, pgid: int) -> dict:
         lines.append(f"{len(v.freelist)} ids: " + " ".join(map(str, v.freelist[:200]))
                      + (" ..." if len(v.freelist) > 200 else ""))
     if v.flags == PageFlag.BRANCH:
-        rec["elements"] = [{"index": i, "key": encode_bytes(k, "auto"), "child": c} for i, (k, c) in enumerate(v.branch)]
+        rec["elements"] = [{"index": i, "key": encode_bytes(k, "auto"), "child": c}
+                           for i, (k, c) in enumerate(v.branch)]
         lines += [f"[{i}] {show_bytes(k, 80)} -> page {c}" for i, (k, c) in enumerate(v.branch)]
     if v.flags == PageFlag.LEAF:
         rec["elements"] = []
@@ -363,23 +367,14 @@ def tree(file, meta, snapshot, max_depth, encoding, as_json, table_fmt):
       boltkit tree --max-depth 3 containerdmeta.db
       boltkit tree --wide cache.db                 names whole, however wide the terminal
     """
+    from ..storage.stats import bucket_counts
     with opened(file, meta, snapshot) as db:
-        order: list = []
-        counts: dict = {}
         errors: list = []
-        for parent, child, item in db.walk(damage=errors):
-            if child is not None:
-                counts[child.path] = [0, 0, child]
-                order.append(child.path)
-                if parent.path:
-                    counts[parent.path][1] += 1
-            elif parent.path:
-                counts[parent.path][0] += 1
         rows = []
-        for p in order:
+        for c in bucket_counts(db, errors):
+            p, k, sub, b = c.bucket.path, c.keys, c.buckets, c.bucket
             if max_depth is not None and len(p) > max_depth:
                 continue
-            k, sub, b = counts[p]
             if as_json:
                 emit_json({"type": "bucket", "path": encode_path(p, encoding), "keys": k, "buckets": sub,
                            "inline": b.inline, "root": b.root, "sequence": b.sequence})
@@ -424,7 +419,8 @@ def stats(file, meta, snapshot, encoding, as_json, table_fmt):
             click.echo(f"\tNumber of levels in B+tree: {t.depth}")
             click.echo("Page size utilization")
             click.echo(f"\tBytes allocated for physical branch pages: {t.branch_alloc}")
-            click.echo(f"\tBytes actually used for branch data: {t.branch_inuse} ({pct(t.branch_inuse, t.branch_alloc)})")
+            click.echo(f"\tBytes actually used for branch data: {t.branch_inuse} "
+                       f"({pct(t.branch_inuse, t.branch_alloc)})")
             click.echo(f"\tBytes allocated for physical leaf pages: {t.leaf_alloc}")
             click.echo(f"\tBytes actually used for leaf data: {t.leaf_inuse} ({pct(t.leaf_inuse, t.leaf_alloc)})")
             click.echo("Bucket statistics")

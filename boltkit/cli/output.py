@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 import click
 
@@ -87,7 +88,7 @@ def fit_columns(rows: list[list[str]], headers: list[str], width: int, sep: int,
             continue
         fixed = sum(caps[i] for i in range(n) if i not in group)
 
-        def used(cap, group=group):
+        def used(cap, group=group, fixed=fixed):
             return fixed + sum(max(floor[i], min(caps[i], cap)) for i in group)
         lo, hi = 1, max(caps[i] for i in group)
         while lo < hi:   # the largest cap that fits
@@ -153,7 +154,8 @@ def note(message: str) -> None:
 
 
 def json_option(f):
-    return click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON; one record per line for listings).")(f)
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Machine-readable output (JSON; one record per line for listings).")(f)
 
 
 def table_format_option(f):
@@ -171,7 +173,8 @@ def read_options(f):
 
 
 def hex_option(f):
-    return click.option("--hex", "as_hex", is_flag=True, help="Bucket names and keys on the command line are hexadecimal.")(f)
+    return click.option("--hex", "as_hex", is_flag=True,
+                        help="Bucket names and keys on the command line are hexadecimal.")(f)
 
 
 def output_options(f):
@@ -222,7 +225,7 @@ class Progress:
                 delay = 1.0
         self.label, self.delay = label, delay
         self.start = time.monotonic()
-        self.bar = None
+        self.bar: Any = None             # click's progress bar, once the delay has passed
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:

@@ -14,7 +14,8 @@ COLOURS = {
     "unused": "#ffffff",
 }
 MEANING = {
-    "meta": "meta page", "freelist": "freelist", "branch": "branch", "leaf": "leaf", "overflow": "overflow of the page before",
+    "meta": "meta page", "freelist": "freelist", "branch": "branch", "leaf": "leaf",
+    "overflow": "overflow of the page before",
     "free": "free", "pending": "pending (freed, older tree still uses it)", "leaked": "leaked (neither used nor free)",
     "damaged": "damaged", "beyond-eof": "past the end of the file (truncated)",
     "unused": "past the high-water mark (not used yet)",

@@ -22,7 +22,8 @@ _snapshot = click.option("--snapshot", is_flag=True,
               help="Page size of the new file (default: the source's).")
 @click.option("--fill-percent", type=click.FloatRange(0.1, 1.0), default=1.0, show_default=True,
               help="How full to pack pages; 1.0 is densest (what `bbolt compact` does), 0.5 leaves room for writes.")
-@click.option("--no-freelist", is_flag=True, help="Store no freelist (bbolt rebuilds it at open, as with NoFreelistSync).")
+@click.option("--no-freelist", is_flag=True,
+              help="Store no freelist (bbolt rebuilds it at open, as with NoFreelistSync).")
 @click.option("--meta", type=click.IntRange(0, 1), default=None, help="Copy the tree of meta page 0 or 1.")
 @_snapshot
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

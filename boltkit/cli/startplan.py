@@ -40,7 +40,7 @@ def note_record(n) -> dict:
 def headline(plan: StartPlan) -> str:
     text = OUTCOME_TEXT[plan.outcome].format(resets=", ".join(plan.resets))
     if plan.outcome in (Outcome.REFUSES, Outcome.CRASHES):
-        text += f" at {plan.stage.value} ({plan.store}): {plan.message}"
+        text += f" at {plan.stage.value if plan.stage else '?'} ({plan.store}): {plan.message}"
     return text
 
 

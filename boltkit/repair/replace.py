@@ -41,7 +41,7 @@ TEMP_MARK = ".boltkit-new"
 LOCK_NAME = "buildkitd.lock"
 
 # Writer: creates the new file at the path it is given (which does not exist yet).
-Writer = Callable[[str], None]
+Writer = Callable[[str], object]
 # Verifier: None when the new file at the given path is good, else the reason it is not.
 Verifier = Callable[[str], "str | None"]
 
@@ -154,7 +154,7 @@ def stale_temps(target: str) -> list[str]:
     """Temps a killed run left beside ``target`` (its own, and its reports'): the fixed name older versions
     used, and unique names whose process is gone. A temp of a run that is still alive is not stale."""
     d, base = os.path.split(target)
-    out = []
+    out: list[str] = []
     try:
         names = os.listdir(d or ".")
     except OSError:

@@ -1,8 +1,8 @@
 """Salvage: everything recoverable from a damaged file, into a new file bbolt accepts.
 
 Sources, in order of trust: the tree of the current meta (every intact part of it), then, when that
-tree is damaged, the tree of the other meta (what the last transaction had not yet overwritten), then a linear scan of every leaf
-page that neither tree reaches (orphans, kept under ``lost+found/page-<id>`` with their provenance).
+tree is damaged, the tree of the other meta (what the last transaction had not yet overwritten), then a linear
+scan of every leaf page that neither tree reaches (orphans, kept under ``lost+found/page-<id>`` with their provenance).
 A pair is only ever copied from an element that is in the file; the first source that has a key wins.
 The input is only read; the output is written beside it, then checked.
 """
@@ -212,8 +212,8 @@ class _Collector:
             if pgid in self.reached:
                 continue
             try:
-                pid, flags, count, overflow = pager.header(pgid)
-                if pid != pgid or flags != PageFlag.LEAF or count == 0:
+                hid, hflags, hcount, _ = pager.header(pgid)
+                if hid != pgid or hflags != PageFlag.LEAF or hcount == 0:
                     continue
                 node, _ = pager.node_lenient(pgid)
                 elems, _ = pager.leaf_elements_lenient(node)

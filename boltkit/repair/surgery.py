@@ -98,7 +98,10 @@ def freelist_rebuild(src: str, dst: str) -> str:
     """A new freelist = every page below the high-water mark the tree does not use, written past the old
     high-water mark, and committed as a new transaction in the other meta slot (the old meta stays)."""
     _copy(src, dst)
-    _discard_on_failure(dst, lambda: (_rebuild_in_place(dst), _verify(dst, "rebuilding the freelist")))
+    def rebuild() -> None:
+        _rebuild_in_place(dst)
+        _verify(dst, "rebuilding the freelist")
+    _discard_on_failure(dst, rebuild)
     return "the freelist was rebuilt"
 
 
@@ -106,7 +109,7 @@ def _rebuild_in_place(path: str) -> None:
     with Database(path, lock=False) as db:
         meta = db.meta
         reached = set(reachable_pages(db, meta))
-        spans = set()
+        spans: set[int] = set()
         for pgid in reached:
             _, _, _, overflow = db.pager.header(pgid)
             spans.update(range(pgid, pgid + overflow + 1))

@@ -37,7 +37,9 @@ class Layout:
         assert self.size == self.dtype.itemsize == self.schema.sizeof()
 
     def offset_of(self, field: str) -> int:
-        return self.dtype.fields[field][1]
+        fields = self.dtype.fields
+        assert fields is not None        # a structured dtype, built from the field table
+        return fields[field][1]
 
     def parse(self, data, offset: int = 0) -> cs.Container:
         """Checked decoding through construct (diagnostics, single structures)."""

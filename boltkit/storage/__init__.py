@@ -6,3 +6,6 @@ from .pages import Node, Pager
 from .plain import plain_tree
 from .source import Source
 from .tree import Bucket, Item, Tree
+
+__all__ = ["Database", "Freelist", "read_freelist", "Meta", "MetaChoice", "decode_meta", "discover", "Node", "Pager",
+           "plain_tree", "Source", "Bucket", "Item", "Tree"]

@@ -63,6 +63,12 @@ class Meta:
     rebuilt: bool = False
 
     @property
+    def slot(self) -> int:
+        """0 or 1: the meta page this was read from (every meta but a rebuilt one has its slot)."""
+        assert self.index is not None
+        return self.index
+
+    @property
     def valid(self) -> bool:
         """What bbolt's Meta.Validate accepts."""
         return not self.errors
@@ -111,7 +117,7 @@ def decode_meta(data, offset: int, index: int, file_size: int, page_size: int | 
     pid, pflags, _, _ = PAGE_HEADER.unpack_from(data, offset)
     fields = META.unpack_from(data, offset + META_OFFSET)
     computed = fnv1a64(data[offset + META_OFFSET:offset + META_OFFSET + META_CHECKSUMMED])
-    m = Meta(index, offset, pid, pflags, *fields, computed_checksum=computed)
+    m = Meta(index, offset, pid, pflags, *fields, computed_checksum=computed)  # type: ignore[misc]
     if m.magic != MAGIC:
         m.errors.append("invalid magic (not a bbolt meta page)")
     elif m.version != VERSION:
@@ -136,8 +142,8 @@ def _judge(m: Meta, data, file_size: int, file_ps: int | None) -> None:
         m.soft.append(f"page size {ps}" + (" is not a power of two in [512, 65536]" if not trusted_page_size(ps)
                                             else "") + f", but the file's pages are {file_ps} bytes")
         ps = file_ps
-    if m.offset != m.index * ps:
-        m.faults.append(f"meta {m.index} found at offset {m.offset}, but its page size {ps} puts it at {m.index * ps}")
+    if m.offset != m.slot * ps:
+        m.faults.append(f"meta {m.index} found at offset {m.offset}, but its page size {ps} puts it at {m.slot * ps}")
     if not 2 <= m.root < m.pgid:
         m.faults.append(f"root page {m.root} outside [2, hwm {m.pgid})")
     if m.has_freelist and not 2 <= m.freelist < m.pgid:
@@ -246,7 +252,7 @@ def discover(data, file_size: int, force: int | None = None) -> MetaChoice:
         raise OpenError("big-endian bbolt file (written on s390x/ppc64/mips); only little-endian files are supported")
     warnings: list[str] = []
     cands = _candidate_sizes(data, file_size)
-    scored = []
+    scored: list = []
     for ps, source in cands:
         metas = _metas_at(data, file_size, ps)
         score = (sum(m is not None and m.usable for m in metas), sum(m is not None and m.consistent for m in metas),
@@ -275,7 +281,7 @@ def discover(data, file_size: int, force: int | None = None) -> MetaChoice:
         warnings.append(f"page size {page_size} {ps_source} ({said})")
 
     valid = [m for m in metas if m is not None and m.valid]
-    bbolt = max(valid, key=lambda m: (m.txid, -m.index)) if valid else None
+    bbolt = max(valid, key=lambda m: (m.txid, -m.slot)) if valid else None
     if force is not None:
         chosen = metas[force]
         if chosen is None or not (chosen.valid or chosen.consistent):
@@ -292,8 +298,8 @@ def discover(data, file_size: int, force: int | None = None) -> MetaChoice:
         warnings.append(f"reading through {reason}")
         return MetaChoice(metas, page_size, bbolt, reason, "checksum", bbolt, warnings, ps_source)
     if usable:
-        best = max(usable, key=lambda m: (m.txid, -m.index))
-        other = metas[1 - best.index]
+        best = max(usable, key=lambda m: (m.txid, -m.slot))
+        other = metas[1 - best.slot]
         if bbolt is not None and best is not bbolt:
             reason = (f"meta {best.index} (txid {best.txid}): meta {bbolt.index} has the newer txid {bbolt.txid}, "
                       f"which bbolt reads, but it is unusable: " + "; ".join(bbolt.faults))
@@ -307,9 +313,9 @@ def discover(data, file_size: int, force: int | None = None) -> MetaChoice:
         return MetaChoice(metas, page_size, best, reason, "bbolt", bbolt, warnings, ps_source)
     consistent = [m for m in metas if m is not None and m.consistent and _txid_in_order(m, metas)]
     if consistent:
-        best = max(consistent, key=lambda m: (m.txid, -m.index))
+        best = max(consistent, key=lambda m: (m.txid, -m.slot))
         if len(consistent) == 2:       # txids that failed their checksum are no witness: the file is
-            best = newer_meta(*consistent, data, file_size) or best
+            best = newer_meta(consistent[0], consistent[1], data, file_size) or best
         reason = (f"meta {best.index} (txid {best.txid}): {'; '.join(best.errors + best.soft)}, but every other "
                   "field agrees with the file; no meta passes bbolt's validation")
         warnings.append(f"reading through {reason}")
@@ -318,9 +324,9 @@ def discover(data, file_size: int, force: int | None = None) -> MetaChoice:
     # and the pages it no longer reaches are orphans for salvage. Better than a root rebuilt from the tree
     # pages, which would as likely be a freed root of an older transaction, bringing deleted keys back.
     located = [m for m in metas if m is not None and m.valid and m.page_size == page_size
-               and m.offset == m.index * page_size]
+               and m.offset == m.slot * page_size]
     if located:
-        best = max(located, key=lambda m: (m.txid, -m.index))
+        best = max(located, key=lambda m: (m.txid, -m.slot))
         reason = f"meta {best.index} (txid {best.txid}), whose tree cannot be entered: " + "; ".join(best.faults)
         warnings.append(f"reading through {reason}")
         return MetaChoice(metas, page_size, best, reason, "broken", bbolt, warnings, ps_source)
@@ -374,7 +380,7 @@ def _txid_in_order(m: Meta, metas: list[Meta | None]) -> bool:
     is the commonest torn-meta damage)."""
     if m.valid:
         return True
-    other = metas[1 - m.index]
+    other = metas[1 - m.slot]
     if other is None or not other.valid:     # its txid is no better witness than ours
         return True
     return abs(m.txid - other.txid) == 1

@@ -84,6 +84,7 @@ class OBucket:
     def items(self) -> Iterator[tuple[bytes, "bytes | OBucket"]]:
         """Every entry in key order (a full cursor pass: reads every page of the bucket)."""
         if not self.complete:
+            assert self.src is not None         # a bucket created in the transaction is complete from the start
             tree, db = self.ov.db.tree, self.ov.db
             for item in tree.items(self.src):
                 if item.key not in self.entries:
@@ -204,9 +205,8 @@ class Overlay:
                 entry = self._branches[node.base] = ([data[a:b] for a, b, _ in elems], [c for _, _, c in elems])
             keys, children = entry
             pgid = children[max(bisect_right(keys, key) - 1, 0)]
-            node = self._nodes.get(pgid)
-            if node is None:
-                node = self._nodes[pgid] = pager.node(pgid)
+            cached = self._nodes.get(pgid)
+            node = cached if cached is not None else self._nodes.setdefault(pgid, pager.node(pgid))
         raise CorruptionError(f"the tree under {bucket.path!r} is deeper than {_MAX_DEPTH} levels (a page cycle)",
                               pgid=node.pgid, path=bucket.path)
 

@@ -200,8 +200,8 @@ class Pager:
             ke = ks + arr["ksize"]
             return list(zip(arr["flags"].tolist(), ks.tolist(), ke.tolist(), (ke + arr["vsize"]).tolist()))
         arr = np.frombuffer(self.data, dtype=BRANCH_ELEMENT.dtype, count=n, offset=first)
-        e = first + np.arange(n, dtype=np.int64) * ELEMENT_SIZE
-        ks = e + arr["pos"]
+        offs = first + np.arange(n, dtype=np.int64) * ELEMENT_SIZE
+        ks = offs + arr["pos"]
         ke = ks + arr["ksize"]
         return list(zip(arr["pgid"].tolist(), ks.tolist(), ke.tolist(), ke.tolist()))
 
@@ -213,7 +213,8 @@ class Pager:
             problems.append(CorruptionError(f"page claims {node.count} elements, its element table holds {n}",
                                             pgid=node.owner, offset=node.base + 10))
         table_end = first + n * ELEMENT_SIZE
-        out, bad = [], []
+        out: list = []
+        bad: list = []
         raw = self._raw_elements(first, n, leaf)
         expect = table_end
         for i, (flags, ks, ke, ve) in enumerate(raw):
@@ -316,8 +317,8 @@ class Pager:
         n = node.count
         first = node.base + PAGE_HEADER_SIZE
         arr = np.frombuffer(self.data, dtype=LEAF_ELEMENT.dtype, count=n, offset=first)
-        e = first + np.arange(n, dtype=np.int64) * ELEMENT_SIZE
-        ks = e + arr["pos"]
+        offs = first + np.arange(n, dtype=np.int64) * ELEMENT_SIZE
+        ks = offs + arr["pos"]
         ke = ks + arr["ksize"]
         ve = ke + arr["vsize"]
         bad = np.flatnonzero(ve > node.end)
@@ -342,8 +343,8 @@ class Pager:
                 out.append((ks, ks + ksize, child))
             return out
         arr = np.frombuffer(self.data, dtype=BRANCH_ELEMENT.dtype, count=n, offset=first)
-        e = first + np.arange(n, dtype=np.int64) * ELEMENT_SIZE
-        ks = e + arr["pos"]
+        offs = first + np.arange(n, dtype=np.int64) * ELEMENT_SIZE
+        ks = offs + arr["pos"]
         ke = ks + arr["ksize"]
         bad = np.flatnonzero(ke > node.end)
         if bad.size:

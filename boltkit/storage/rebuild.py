@@ -76,7 +76,7 @@ def _graph(pager: Pager, pages: list[int]) -> tuple[dict[int, list[int]], dict[i
             else:
                 elems, _ = pager.leaf_elements_lenient(node)
                 roots = []
-                for flags, ks, ke, ve in elems:
+                for flags, _ks, ke, ve in elems:
                     if flags & BUCKET_LEAF_FLAG and ve - ke >= BUCKET_HEADER_SIZE:
                         r = BUCKET_HEADER.unpack_from(data, ke)[0]
                         if r:

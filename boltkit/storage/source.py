@@ -46,7 +46,7 @@ class Source:
         self.snapshot = snapshot
         self.locked_by_writer = False
         self._fd = -1
-        self._mm = None
+        self._mm: mmap.mmap | None = None
         self._extents: list[tuple[int, int]] | None = None
         self._fd = open_input(self.path)
         if lock:
@@ -86,14 +86,15 @@ class Source:
         except (OSError, ValueError) as e:
             self.close()
             raise OpenError(f"{self.path}: cannot map the file: {e}") from e
-        if hasattr(self._mm, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
+        mm = self._mm
+        if hasattr(mm, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
             # readahead: whole-file passes are page-order scans (bbolt uses MADV_RANDOM and pays for it cold)
             try:
-                self._mm.madvise(mmap.MADV_NORMAL)
+                mm.madvise(mmap.MADV_NORMAL)
             except OSError:
                 pass
-        self.data = self._mm
-        self.array = np.frombuffer(self._mm, dtype=np.uint8)
+        self.data = mm
+        self.array = np.frombuffer(mm, dtype=np.uint8)
 
     def _take_shared_lock(self, snapshot: bool) -> None:
         try:
@@ -151,7 +152,7 @@ class Source:
     def close(self) -> None:
         if self.live and self._fd >= 0:
             live.closing(self)
-        self.array = None
+        self.array = None  # type: ignore[assignment]  # closed: nothing reads through it again
         self.data = None
         if self._mm is not None:
             try:

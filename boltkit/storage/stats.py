@@ -77,7 +77,7 @@ def gather_stats(db: Database) -> DatabaseStats:
 
     root = db.root()
     order: list[tuple] = []
-    for parent, child, item in db.tree.walk(root, on_error=errors.append, on_page=on_page):
+    for parent, child, _item in db.tree.walk(root, on_error=errors.append, on_page=on_page):
         if parent.path:
             per_top[parent.path[0]].keys += 1
         if child is not None:
@@ -108,3 +108,25 @@ def _used(node: Node, elems: list) -> int:
         first_data = node.base + PAGE_HEADER_SIZE + ELEMENT_SIZE * node.count
         used += max(last_end - first_data, 0)
     return used
+
+
+@dataclass
+class BucketCount:
+    """One bucket as `boltkit tree` shows it: its plain keys and its direct sub-buckets."""
+    bucket: Bucket
+    keys: int = 0
+    buckets: int = 0
+
+
+def bucket_counts(db: Database, damage: list | None = None) -> list[BucketCount]:
+    """Every bucket below the root in walk order (a parent before its children), with its counts; with a
+    ``damage`` list the walk reads past damage (Database.walk) and the counts say what could be read."""
+    counts: dict[tuple[bytes, ...], BucketCount] = {}
+    for parent, child, _ in db.walk(damage=damage):
+        if child is not None:
+            counts[child.path] = BucketCount(child)
+            if parent.path:
+                counts[parent.path].buckets += 1
+        elif parent.path:
+            counts[parent.path].keys += 1
+    return list(counts.values())

@@ -81,8 +81,9 @@ class Tree:
         except CorruptionError as e:
             e.path = path
             raise
-        for p in problems:
+        for p in problems:          # only the lenient reads (on_error given) return problems
             p.path = path
+            assert on_error is not None
             on_error(p)
         return Bucket(path, root, seq, node)
 
@@ -90,7 +91,7 @@ class Tree:
 
     def leaves(self, bucket: Bucket, start_key: bytes | None = None, on_error: OnError | None = None,
                visited: set[int] | None = None, on_page: OnPage | None = None,
-               decode: Callable[[Node], object] | None = None) -> Iterator[tuple[Node, list]]:
+               decode: Callable[[Node], list] | None = None) -> Iterator[tuple[Node, list]]:
         """Leaf nodes of ``bucket`` in key order with their element tables, from ``start_key`` on.
 
         ``on_page(node, depth, elements)`` sees every node entered, branches included. ``decode`` replaces
