@@ -28,9 +28,13 @@ def base(tmp_path_factory):
     return root
 
 
+# the replays run at a fixed time: the recorded root's ages (and so what a keep duration keeps) stay as they were
+NOW = datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.timezone.utc)
+
+
 def _plan(root, **kw):
-    plan = simulate_start(root, config=StartConfig.load(str(CONFIG)), **kw)
-    return plan
+    kw.setdefault("now", NOW)
+    return simulate_start(root, config=StartConfig.load(str(CONFIG)), **kw)
 
 
 # -- the policy ---------------------------------------------------------------------------------------------
@@ -188,7 +192,8 @@ def test_a_filter_keeps_what_it_does_not_match(base):
 
 
 def test_gc_cli(base):
-    r = CliRunner().invoke(main, ["buildkit", "gc", "--config", str(CONFIG), str(base)], env={"COLUMNS": "80"})
+    r = CliRunner().invoke(main, ["buildkit", "gc", "--config", str(CONFIG), "--at", "2026-12-02T12:00:00Z",
+                                  str(base)], env={"COLUMNS": "80"})
     assert r.exit_code == 0, r.output
     assert "The next GC pass removes 0 record(s)" in r.output and "under-budget" in r.output
     assert max(len(line) for line in r.output.splitlines()) <= 80 or "Rules" in r.output

@@ -14,7 +14,7 @@ import pytest
 
 from boltkit.buildkit import gc as gc_model
 from boltkit.buildkit.gc import DiskStat, FilterError, Rule, parse_filter, walk_usage
-from boltkit.buildkit.gotime import parse_rfc3339
+from boltkit.buildkit.gotime import time_of
 from boltkit.buildkit.startconfig import StartConfig, go_duration
 from boltkit.buildkit.startup import Stage, close_plan, simulate_start, write_start
 from boltkit.errors import BoltkitError
@@ -61,9 +61,9 @@ def _rule(argv: list[str]) -> Rule:
 
 
 def _at(text: str) -> datetime.datetime:
-    ns = parse_rfc3339(text.encode())
-    return datetime.datetime.fromtimestamp(ns // 10**9, datetime.timezone.utc) + datetime.timedelta(
-        microseconds=ns % 10**9 // 1000)
+    when = time_of(text)
+    assert when is not None, text
+    return when
 
 
 @pytest.fixture(scope="module")
@@ -211,8 +211,10 @@ def test_du_lists_what_buildctl_du_lists(runs, name, monkeypatch):
                         else None)
     automatic = not [c for c in case["commands"] if c["argv"][:2] == ["buildctl", "prune"]]
     theirs = json.loads((DATA / name / ("du-after.json" if automatic else "du-before.json")).read_text()) or []
+    prunes = [c for c in case["commands"] if c["argv"][:2] == ["buildctl", "prune"]]
+    at = prunes[0]["started_at"] if prunes else case["daemon"]["daemon_started_at"]
     r = CliRunner().invoke(main, ["buildkit", "du", "--json", "--config", str(DATA / name / case["config"]),
-                                  str(runs / name / "before")])
+                                  "--at", at, str(runs / name / "before")])
     assert r.exit_code == 0, r.output
     ours = [json.loads(x) for x in r.output.splitlines()]
     assert {x["id"]: (x["size"], not x["reclaimable"]) for x in ours if x["type"] == "cache-record"} == \

@@ -69,6 +69,15 @@ def parse_rfc3339(value: bytes) -> int | None:
     return seconds * NS + nsec
 
 
+def time_of(text: str) -> datetime | None:
+    """An RFC 3339 time as a UTC datetime (microseconds kept), None where Go's parser refuses it."""
+    from datetime import timedelta
+    ns = parse_rfc3339(text.encode())
+    if ns is None:
+        return None
+    return datetime.fromtimestamp(ns // 10**9, timezone.utc) + timedelta(microseconds=ns % 10**9 // 1000)
+
+
 def unmarshal_binary(value: bytes) -> int | None:
     """Unix nanoseconds of a `time.Time.MarshalBinary` value (containerd's createdat, updatedat, expireat);
     None where Go's UnmarshalBinary returns an error (no data, unknown version, wrong length)."""

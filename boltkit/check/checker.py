@@ -87,6 +87,10 @@ def _check_once(path, meta, quick, revert, snapshot, progress, on_leaves) -> tup
     try:
         report.warnings = list(db.warnings)
         _check_open(db, report, quick, progress, on_leaves)
+        if db.meta.rebuilt and db.meta.root == 0:
+            # no usable meta and no page that can be a root bucket: no tree can be read, only orphan pages
+            # (salvage still takes those into lost+found)
+            report.readable = False
         if revert and meta is None and not report.clean and not db.source.locked_by_writer:
             # the other meta's tree is the one a live writer reuses first: judged only on a file at rest
             report.revert = _revert_candidate(db, quick)
@@ -127,6 +131,14 @@ def _check_metas(db: Database, report: CheckReport) -> None:
                 # released when the next begins): its root page holding something else is no damage
                 continue
             details = {"span": [m.root, m.root]} if e is m.root_page_fault else {}
+            if e is m.root_page_fault and m is not db.meta and db.meta.valid:
+                # the same at rest after a writer stopped inside a transaction: it wrote into the pages the
+                # current transaction freed. bbolt never reads that meta while the current one is valid; what is
+                # lost is only the fallback, so it is said, not counted
+                report.problems.append(Problem("B002", f"meta {i} (the fallback): {e}; the pages of its tree have "
+                                               "been reused since", file=f, pgid=i, offset=m.offset,
+                                               details=details, severity=Severity.INFO))
+                continue
             report.problems.append(Problem("B002", f"meta {i}: {e}", file=f, pgid=i, offset=m.offset,
                                            details=details))
     m0, m1 = db.metas

@@ -568,9 +568,11 @@ def history(file, as_json, snapshot):
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per cache record, then the totals.")
 @click.option("--config", "config_path", type=click.Path(readable=False), default=None,
               help="buildkitd.toml, for the start the listing is replayed through (its start-up GC).")
+@click.option("--at", "at", default=None, help="Replay the start at this time (RFC 3339) instead of now: its "
+                                               "start-up GC's keep durations count from then.")
 @wide_option
 @settled_reads(over="target")
-def du(target, sort, record_type, older_than, as_json, config_path):
+def du(target, sort, record_type, older_than, as_json, config_path, at):
     """Disk usage of cache records, offline (like `buildctl du -v`), from a root or a metadata_v2.db.
 
     Lists id, kind, type, mutable, reclaimable, shared, size, created, last used, usage count, parents and
@@ -621,9 +623,13 @@ def du(target, sort, record_type, older_than, as_json, config_path):
         # what the daemon lists once started: DiskUsage on the start model (sizes measured, pairs once)
         from ..buildkit.du import usage_after_start
         from ..buildkit.startconfig import StartConfig
+        from ..buildkit.gotime import time_of
+        when = time_of(at) if at is not None else None
+        if at is not None and when is None:
+            raise click.BadParameter(f"{at!r} is not an RFC 3339 time", param_hint="--at")
         try:
             started, start_notes = usage_after_start(found.path, StartConfig.load(config_path) if config_path
-                                                     else None)
+                                                     else None, when)
         except BoltkitError as e:
             start_notes = [f"the start could not be replayed ({e}): the listing comes from the files alone"]
     for p in dbs:

@@ -88,7 +88,7 @@ def gc(root, config_path, prune, filters, keep_duration, keep_storage, keep_stor
       boltkit buildkit gc --json /var/lib/buildkit | jq -r 'select(.type=="gc-kept") | .reason' | sort | uniq -c
     """
     from ..buildkit.gc import FilterError, Rule, parse_filter
-    from ..buildkit.gotime import parse_rfc3339
+    from ..buildkit.gotime import time_of
     from ..buildkit.startconfig import ConfigError, StartConfig, go_duration
     from ..buildkit.startup import Outcome, close_plan, simulate_start
     from .startplan import headline, note_record
@@ -100,11 +100,9 @@ def gc(root, config_path, prune, filters, keep_duration, keep_storage, keep_stor
         raise click.BadParameter(str(e)) from None
     now = None
     if at is not None:
-        ns = parse_rfc3339(at.encode())
-        if ns is None:
+        now = time_of(at)
+        if now is None:
             raise click.BadParameter(f"{at!r} is not an RFC 3339 time", param_hint="--at")
-        now = datetime.datetime.fromtimestamp(ns // 10**9, datetime.timezone.utc) + datetime.timedelta(
-            microseconds=ns % 10**9 // 1000)
     rule = None
     if prune or filters or keep_duration or keep_storage or keep_storage_min or free_storage or prune_all:
         rule = Rule(filters=tuple(filters), all=prune_all, keep_duration=duration,
