@@ -134,7 +134,10 @@ class BoltWriter:
 
     def abort(self) -> None:
         if not self.closed:
-            self.f.close()
+            try:
+                self.f.close()          # flushes what is buffered: on a full disk that fails again
+            except OSError:
+                pass
             self.closed = True
             try:
                 os.unlink(self.path)
