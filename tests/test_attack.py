@@ -273,3 +273,88 @@ def test_sparse_file_whose_hwm_covers_it(tmp_path):
     assert last["page_type"] == "leaked" and last["id"] + last["run"] == size // 4096
     text = invoke(["pages", db]).output.splitlines()
     assert len(text) < 200 and f"-{size // 4096 - 1}" in text[-1]
+
+
+# -- a hostile user's command lines: each was a traceback, a hang, a fork bomb or a file left behind ---------------
+
+def test_non_utf8_paths_and_names_are_their_own_bytes(tmp_path):
+    raw = os.fsencode(str(tmp_path)) + b"/\xff\xfe.db"
+    with open(raw, "wb") as f:
+        f.write(EXAMPLE.read_bytes())
+    name = os.fsdecode(raw)
+    for args in (["info", name], ["check", name], ["buildkit", "prune", name],
+                 ["compact", name, "-o", os.fsdecode(raw + b".c")]):
+        r = invoke(args)
+        assert r.exit_code == 0 and b"\xff\xfe.db" in r.stdout_bytes, (args, r.output[-300:])
+    r = invoke(["get", EXAMPLE, "_links", os.fsdecode(b"\xff")])
+    assert r.exit_code == 8 and "key not found: 0xff" in r.output
+
+
+def test_a_config_buildkitd_would_refuse_is_an_error_not_a_traceback(tmp_path):
+    root = attack.copy_root(CORPUS_ROOT, tmp_path / "root")
+    configs = {"malformed": b"[worker.oci\ngc = ", "worker-int": b"worker = 5", "gc-str": b"[worker.oci]\ngc = 'yes'",
+               "policy-int": b"[worker.oci]\ngcpolicy = 5", "entries-str": b"[history]\nmaxEntries = 'abc'",
+               "age-array": b"[history]\nmaxAge = []", "age-inf": b"[history]\nmaxAge = inf",
+               "history-array": b"history = [1, 2]", "binary": b"\xff\xfe\x00"}
+    paths = []
+    for name, text in configs.items():
+        (tmp_path / name).write_bytes(text)
+        paths.append(tmp_path / name)
+    attack.fifo(tmp_path / "fifo.toml")           # used to block in open() forever
+    paths += [tmp_path / "fifo.toml", tmp_path]
+    for p in paths:
+        for cmd in (["buildkit", "simulate-start"], ["buildkit", "fsck"]):
+            r = invoke(cmd + ["--config", p, root], seconds=30)
+            assert r.exit_code == 8 and str(p) in r.output, (cmd, p.name, r.exit_code, r.output[-300:])
+
+
+def test_bad_values_are_usage_errors_and_leave_nothing(tmp_path):
+    for opt, value in (("--page-size", "131072"), ("--page-size", "3000"), ("--fill-percent", "nan")):
+        r = invoke(["compact", opt, value, EXAMPLE, "-o", tmp_path / "c.db"])
+        assert r.exit_code == 16 and not (tmp_path / "c.db").exists(), (opt, value, r.output)
+    root = attack.copy_root(CORPUS_ROOT, tmp_path / "root")
+    assert invoke(["buildkit", "du", "--older-than", "99999999999999h", root]).exit_code == 0
+
+
+def test_fsck_jobs_never_fork_more_workers_than_stores(tmp_path, monkeypatch):
+    import boltkit.buildkit.fsck as fsck
+    asked = []
+    real = fsck.ProcessPoolExecutor
+    monkeypatch.setattr(fsck, "ProcessPoolExecutor", lambda max_workers: asked.append(max_workers) or real(max_workers))
+    root = attack.copy_root(CORPUS_ROOT, tmp_path / "root")
+    assert invoke(["buildkit", "fsck", "-j", "100000", root], seconds=120).exit_code == 0
+    assert asked and asked[0] <= 5, asked          # -j 100000 forked until the machine stopped
+
+
+def test_a_history_record_of_the_wrong_wire_types(tmp_path):
+    from boltkit.write import BoltWriter
+    db = tmp_path / "history.db"
+    with BoltWriter(str(db), sync=False) as w:
+        w.begin_bucket(b"_records")
+        w.put(b"a", b"\x0a\x01a\x30\x05")          # ref "a", then created_at as a varint, not a timestamp
+        w.put(b"b", b"\x08\x07")                    # ref as a varint
+        w.put(b"c", b"\x0a\x01c\x32\x02\x08\x7f")  # created_at whose seconds are length-delimited... fine
+        w.put(b"d", b"\x0a\x01d\x32\x0b\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01")  # seconds -1 (int64)
+        w.end_bucket()
+    for args in (["buildkit", "history", db], ["buildkit", "check", db]):
+        r = invoke(args)
+        assert r.exit_code in (0, 4), (args, r.output[-500:])
+
+
+def test_a_file_size_limit_exits_8_and_leaves_nothing(tmp_path):
+    """ulimit -f: SIGXFSZ used to kill the process and leave the partial output."""
+    import resource
+    root = attack.copy_root(CORPUS_ROOT, tmp_path / "root")
+    cases = [(["compact", EXAMPLE, "-o", tmp_path / "c.db"], tmp_path / "c.db"),
+             (["salvage", EXAMPLE, "-o", tmp_path / "s.db"], tmp_path / "s.db"),
+             (["surgery", "freelist", "rebuild", EXAMPLE, "-o", tmp_path / "f.db"], tmp_path / "f.db"),
+             (["buildkit", "simulate-start", "-o", tmp_path / "out", root], tmp_path / "out")]
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+    for args, out in cases:
+        proc = subprocess.run([sys.executable, "-m", "boltkit", *map(str, args)], preexec_fn=limit, cwd=ROOT,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, timeout=120)
+        err = proc.stderr.decode(errors="replace")
+        assert proc.returncode == 8 and "Traceback" not in err and str(out) in err, (args, proc.returncode, err)
+        assert not out.exists() and not list(tmp_path.glob(out.name + "*")), (args, list(tmp_path.iterdir()))

@@ -217,7 +217,10 @@ def parse_age(text: str) -> datetime.timedelta | None:
     m = re.fullmatch(r"(\d+)([smhd])", text)
     if not m:
         return None
-    return datetime.timedelta(seconds=int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
+    try:
+        return datetime.timedelta(seconds=int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
+    except OverflowError:           # older than the calendar: nothing is that old
+        return datetime.timedelta.max
 
 
 def select(rows: list[Usage], *, types: tuple[str, ...] = (), older_than: datetime.timedelta | None = None,
@@ -227,7 +230,10 @@ def select(rows: list[Usage], *, types: tuple[str, ...] = (), older_than: dateti
     if types:
         rows = [r for r in rows if r.record_type in types]
     if older_than is not None:
-        limit = (now or datetime.datetime.now(datetime.timezone.utc)) - older_than
+        try:
+            limit = (now or datetime.datetime.now(datetime.timezone.utc)) - older_than
+        except OverflowError:       # before year 1: nothing was used that long ago
+            return []
         rows = [r for r in rows if (when := r.last_used or r.created) is not None and when < limit]
     key = {"size": lambda r: -(r.size or 0), "created": lambda r: r.created or _EPOCH,
            "last-used": lambda r: r.last_used or r.created or _EPOCH, "usage": lambda r: -r.usage_count}[sort]

@@ -171,7 +171,8 @@ def _fsck_root(path, jobs, snapshot, config, simulate, progress) -> FsckResult:
     checked, total = sum(sizes), 2 * sum(sizes) if simulate else sum(sizes)
     columns: dict = {}          # cache.db decoded once, for its check, the checks across stores and the replay
     if jobs > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        # never more workers than stores (nor than cores): -j 100000 forked a process per job asked for
+        with ProcessPoolExecutor(max_workers=min(jobs, len(todo), os.cpu_count() or 1)) as pool:
             reports = dict(zip((t[0] for t in todo), pool.map(_check_one, todo)))
     else:
         reports, done = {}, 0

@@ -3,6 +3,7 @@ history retention. Absent settings take BuildKit's defaults (cmd/buildkitd/confi
 from __future__ import annotations
 
 import datetime
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -51,22 +52,62 @@ class StartConfig:
             import tomllib  # type: ignore[import-not-found,unused-ignore]  # (Python 3.11+)
         except ImportError as e:        # Python 3.10
             raise ConfigError("reading buildkitd.toml needs Python 3.11 (tomllib)") from e
+        from ..errors import OpenError
+        from ..storage.source import open_input
+        try:        # a FIFO or a device is refused at once, never waited on
+            fd = open_input(path, what="a buildkitd.toml")
+        except OpenError as e:
+            raise ConfigError(str(e)) from None
         try:
-            with open(path, "rb") as f:
+            with os.fdopen(fd, "rb") as f:
                 doc = tomllib.load(f)
         except OSError as e:
-            raise ConfigError(f"{path}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: {e.strerror or e}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
         cfg = cls(source=str(path))
-        oci = doc.get("worker", {}).get("oci", {})
-        if isinstance(oci.get("gc"), bool):
-            cfg.gc = oci["gc"]
-        cfg.gc_policy = list(oci.get("gcpolicy", []) or [])
+        where = f"{path}: buildkitd would refuse it"
+        oci = _table(_table(doc, "worker", where), "oci", where, "worker.")
+        if "gc" in oci:
+            cfg.gc = _typed(oci["gc"], bool, "worker.oci.gc", where)
+        policy = _typed(oci.get("gcpolicy", []), list, "worker.oci.gcpolicy", where)
+        for i, rule in enumerate(policy):
+            _typed(rule, dict, f"worker.oci.gcpolicy[{i}]", where)
+        cfg.gc_policy = list(policy)
         cfg.gc_space = {k: oci[k] for k in ("reservedSpace", "maxUsedSpace", "minFreeSpace", "gckeepstorage")
                         if k in oci}
-        history = doc.get("history")
-        if isinstance(history, dict):      # a [history] table replaces both defaults, zero where left out
-            cfg.history_max_age = go_duration(history.get("maxAge", 0))
-            cfg.history_max_entries = int(history.get("maxEntries", 0))
+        if "history" in doc:      # a [history] table replaces both defaults, zero where left out
+            history = _typed(doc["history"], dict, "history", where)
+            age = history.get("maxAge", 0)
+            if isinstance(age, bool) or not isinstance(age, (int, float, str)):
+                raise ConfigError(f"{where}: history.maxAge is {_kind(age)}, not a duration")
+            entries = _typed(history.get("maxEntries", 0), int, "history.maxEntries", where)
+            try:
+                cfg.history_max_age = go_duration(age)
+                if not -_MAX_INT64 <= entries < _MAX_INT64:
+                    raise OverflowError
+            except (OverflowError, ValueError):
+                raise ConfigError(f"{where}: history.maxAge {age!r} or maxEntries {entries} out of range") from None
+            cfg.history_max_entries = entries
         return cfg
+
+
+_MAX_INT64 = 1 << 63
+_KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+          dict: "a table", datetime.datetime: "a date-time", datetime.date: "a date", datetime.time: "a time"}
+
+
+def _kind(value) -> str:
+    return _KINDS.get(type(value), type(value).__name__)
+
+
+def _typed(value, want: type, name: str, where: str):
+    """``value`` when it is of the TOML type buildkitd's struct field has (a bool is no integer), else ConfigError:
+    the TOML decoder of buildkitd refuses the file, so no start happens with it."""
+    if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: {name} is {_kind(value)}, not {_KINDS.get(want, want.__name__)}")
+    return value
+
+
+def _table(doc: dict, key: str, where: str, prefix: str = "") -> dict:
+    return _typed(doc.get(key, {}), dict, prefix + key, where)

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ..check.problems import _show as _text         # bytes as a report shows them: text, else 0x-hex
-from ..errors import CorruptionError, OpenError
+from ..errors import BoltkitError, CorruptionError, OpenError
 from ..storage import Database
 from ..storage.overlay import EmptyOverlay, OBucket, Overlay
 from ..storage.gcpause import gc_paused
@@ -1209,9 +1209,21 @@ def write_start(plan: StartPlan, out: str | os.PathLike) -> list[str]:
     written around its damage is copied unchanged (a note says so). Also copies each worker's ``workerid``.
     Returns the files written, relative to ``out``."""
     import shutil
-    from ..repair.apply import write_overlay
     root, dest = Path(plan.root), Path(out)
     dest.mkdir(parents=True, exist_ok=False)
+    try:
+        return _write_start(plan, root, dest)
+    except BaseException as e:        # a full disk, a signal: the new directory goes whole, nothing half-written
+        shutil.rmtree(dest, ignore_errors=True)
+        if isinstance(e, OSError) and not isinstance(e, BoltkitError):
+            from ..write.destination import output_error
+            raise output_error(str(dest), e) from None
+        raise
+
+
+def _write_start(plan: StartPlan, root: Path, dest: Path) -> list[str]:
+    import shutil
+    from ..repair.apply import write_overlay
     found = discover(root)
     written = []
     rels = [os.path.relpath(s.path, root) for s in found.stores]

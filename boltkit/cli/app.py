@@ -96,7 +96,24 @@ def _exit_on_signals() -> dict:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(sig) in (signal.SIG_DFL, None):
             replaced[sig] = signal.signal(sig, stop)
+    if hasattr(signal, "SIGXFSZ") and signal.getsignal(signal.SIGXFSZ) in (signal.SIG_DFL, None):
+        # a file size limit (ulimit -f) reached: the write fails with EFBIG and the command exits 8 with its temps
+        # removed, instead of the process being killed by the signal with a partial file left behind
+        replaced[signal.SIGXFSZ] = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     return replaced
+
+
+def _raw_paths_to_the_terminal() -> None:
+    """A path (or name) that is not UTF-8 arrives as surrogate escapes; printed, they become its own bytes again,
+    as ls prints them, instead of a UnicodeEncodeError traceback."""
+    import sys
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None and getattr(stream, "errors", None) == "strict":
+            try:
+                reconfigure(errors="surrogateescape")
+            except (ValueError, OSError, AttributeError):
+                pass
 
 
 def interrupted(e: KeyboardInterrupt) -> click.ClickException:
@@ -123,6 +140,7 @@ class BoltkitGroup(click.Group):
 
     def invoke(self, ctx):
         replaced = _exit_on_signals()
+        _raw_paths_to_the_terminal()
         try:
             return super().invoke(ctx)
         except click.ClickException as e:      # sub-groups and sub-commands run inside: one place for all

@@ -15,8 +15,10 @@ from ..textform import ENCODINGS, encode_bytes, encode_path, is_printable_text, 
 
 
 def parse_name(text: str, as_hex: bool) -> bytes:
+    """A bucket name or key from the command line: the argument's own bytes (a name that is not UTF-8 arrives
+    as surrogate escapes, which give those bytes back), or its hex with --hex."""
     if not as_hex:
-        return text.encode("utf-8")
+        return os.fsencode(text)
     try:
         return bytes.fromhex(text)
     except ValueError:

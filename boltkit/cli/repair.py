@@ -14,13 +14,24 @@ _snapshot = click.option("--snapshot", is_flag=True,
                               "(without this, such a SRC is refused with exit 8).")
 
 
+class _Fill(click.FloatRange):
+    """A float range that also refuses NaN (which every comparison lets through)."""
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if v != v:
+            self.fail("NaN is not a fill percent", param, ctx)
+        return v
+
+
 @main.command()
 @click.argument("src", type=click.Path(readable=False))
 @click.option("-o", "--output", "dst", required=True, type=click.Path(readable=False),
               help="The new file (must not exist).")
-@click.option("--page-size", type=click.IntRange(1024, 1 << 24), default=None,
-              help="Page size of the new file (default: the source's).")
-@click.option("--fill-percent", type=click.FloatRange(0.1, 1.0), default=1.0, show_default=True,
+@click.option("--page-size", type=click.Choice([str(1 << n) for n in range(10, 17)]), default=None,
+              callback=lambda ctx, param, v: None if v is None else int(v),
+              help="Page size of the new file, a power of two from 1024 to 65536 (default: the source's).")
+@click.option("--fill-percent", type=_Fill(0.1, 1.0), default=1.0, show_default=True,
               help="How full to pack pages; 1.0 is densest (what `bbolt compact` does), 0.5 leaves room for writes.")
 @click.option("--no-freelist", is_flag=True,
               help="Store no freelist (bbolt rebuilds it at open, as with NoFreelistSync).")

@@ -18,6 +18,7 @@ from ..errors import CorruptionError, OutputExists
 from ..schemas import BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, LEAF_ELEMENT, PAGE_HEADER
 from ..storage import Database, Item
 from ..write import BoltWriter, Run
+from ..write.destination import output_error
 from .preflight import readable_source, require_sound
 
 _COUNT = PAGE_HEADER.offset_of("count")
@@ -164,7 +165,9 @@ def _compact(src, path, dst, page_size, fill_percent, freelist, meta, progress) 
             # the copy gets the source's permission bits, as `bbolt compact` opens it with the source's mode
             mode = os.stat(src).st_mode & 0o7777
             os.chmod(dst, mode)
-        except BaseException:
+        except BaseException as e:
             writer.abort()
+            if isinstance(e, OSError):      # a full disk, a file size limit: said of the file being written
+                raise output_error(dst, e) from None
             raise
         return CompactResult(db.file_size, os.path.getsize(dst), copier.buckets, copier.pairs, mode)

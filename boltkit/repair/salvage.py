@@ -23,6 +23,7 @@ from ..storage.pagemap import written_headers
 from ..storage.pages import pages_in
 from ..storage.rebuild import newer_state
 from ..write import BoltWriter
+from ..write.destination import output_error
 from .replace import NotVerified, Replaced, check_report_path, replace_file, write_report
 
 LOST_FOUND = b"lost+found"
@@ -366,8 +367,10 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, include_freed: bool 
         try:
             _write(writer, col.root)
             writer.close()
-        except BaseException:
+        except BaseException as e:
             writer.abort()
+            if isinstance(e, OSError):      # a full disk, a file size limit: said of the file being written
+                raise output_error(dst, e) from None
             raise
         finally:
             col.release()

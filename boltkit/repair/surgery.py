@@ -17,6 +17,7 @@ from ..schemas import (FREELIST_COUNT_SENTINEL, META, META_CHECKSUMMED, PAGE_HEA
 from ..storage import Database
 from ..storage.pagemap import reachable_pages
 from ..write import Run
+from ..write.destination import output_error
 from ..write.encode import encode_branch, encode_leaf
 
 
@@ -25,7 +26,14 @@ def _copy(src: str, dst: str) -> None:
         raise OutputExists(f"{dst} already exists; refusing to overwrite it")
     with Database(src):     # a readable bbolt file, not a FIFO or a text file: refused before anything is written
         pass
-    shutil.copyfile(src, dst)
+    try:
+        shutil.copyfile(src, dst)
+    except BaseException as e:      # a full disk, a file size limit, a signal: no partial copy is left behind
+        if os.path.exists(dst):
+            os.unlink(dst)
+        if isinstance(e, OSError):
+            raise output_error(dst, e) from None
+        raise
 
 
 def _discard_on_failure(dst: str, edit) -> None:

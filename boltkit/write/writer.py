@@ -18,6 +18,7 @@ from .encode import Run
 
 
 MIN_OPEN_SIZE = 4096
+MAX_WRITTEN_PAGE_SIZE = 65536     # the largest page size the meta ladder trusts (storage.meta)
 
 
 class BoltWriter:
@@ -35,6 +36,11 @@ class BoltWriter:
             raise WriteError(f"page size {page_size} outside [{MIN_PAGE_SIZE}, {MAX_PAGE_SIZE}]")
         if page_size < 1024:
             raise WriteError("page size below 1024: bbolt cannot find meta 1 in such a file")
+        if page_size & (page_size - 1) or page_size > MAX_WRITTEN_PAGE_SIZE:
+            raise WriteError(f"page size {page_size}: a power of two up to {MAX_WRITTEN_PAGE_SIZE} is wanted (a reader "
+                             "trusts no other: the file could not be read back)")
+        if fill_percent != fill_percent:
+            raise WriteError("fill percent NaN")
         self.path = str(path)
         self.page_size = page_size
         self.fill_percent = min(max(fill_percent, 0.1), 1.0)   # bbolt clamps the same way
@@ -128,7 +134,10 @@ class BoltWriter:
 
     def abort(self) -> None:
         if not self.closed:
-            self.f.close()
+            try:
+                self.f.close()          # flushes what is buffered: on a full disk that fails again
+            except OSError:
+                pass
             self.closed = True
             try:
                 os.unlink(self.path)
