@@ -137,13 +137,27 @@ class _Collector:
                 if page == origin:
                     self.damage.append(f"{source}: page {page}: {why}; its pairs go to lost+found")
 
+        placed: dict[int, tuple] = {}            # leaf page -> the bucket its pairs went to
+        listed: set[int] = set()                  # pages a branch already names as a child
+
         def on_page(bucket, node, depth, elems):
             if node.pgid:
                 at = node.base // self.db.page_size      # where it sits (a swapped page is not at its id)
                 self.reached.update(range(at, at + node.overflow + 1))
+                if node.is_leaf:
+                    placed[node.pgid] = bucket.path
             key_of = (lambda e: data[e[1]:e[2]]) if node.is_leaf else (lambda e: data[e[0]:e[1]])
             keys = [key_of(e) for e in elems]
             page = node.pgid or node.owner
+            if node.is_branch:
+                # a page two branches name (a redirected child pointer): which one is right is not known, so
+                # its pairs leave the live namespace, also when the first reference already put them there
+                for _, _, child in elems:
+                    if child in listed:
+                        doubt(child, child, "named by two branch pages")
+                        if child in placed:
+                            self._move_aside(child, placed.pop(child), source)
+                    listed.add(child)
             if len(keys) > 1 and keys != sorted(set(keys)):
                 doubt(page, page, "keys out of order")
             lo, hi = expected.get(node.pgid, (None, None))
@@ -197,6 +211,25 @@ class _Collector:
             self.put(path, item.key, self.value(item.value_start, item.value_end), source)
         if tally:
             self.tolerant_pairs += sum(len(k) for k in seen.values())
+
+    def _move_aside(self, page: int, path: tuple, source: str) -> None:
+        """Move the plain pairs of leaf ``page``, already put at ``path``, to lost+found/page-N-doubtful."""
+        live = self._cache.get(path)
+        if live is None:
+            return
+        try:
+            node, _ = self.db.pager.node_lenient(page)
+            elems, _ = self.db.pager.leaf_elements_lenient(node)
+        except CorruptionError:
+            return
+        data = self.db.data
+        target = (LOST_FOUND, f"page-{page}-doubtful".encode()) + tuple(path)
+        for flags, ks, ke, ve in elems:
+            key = data[ks:ke]
+            if not flags & BUCKET_LEAF_FLAG and key in live.values and bytes(live.values[key]) == data[ke:ve]:
+                value = live.values.pop(key)
+                self.pairs[source] = self.pairs.get(source, 0) - 1
+                self.put(target, key, value, source)
 
     def orphans(self, pager: Pager, free: set[int] | None, include_freed: bool) -> list[int]:
         """Leaf pages no tree reached: their plain pairs (and inline buckets' pairs) go to lost+found. A freed

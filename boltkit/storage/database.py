@@ -27,8 +27,13 @@ class Database:
         self.path = str(path)
         self.source = Source(self.path, snapshot=snapshot, lock=lock, refuse_held=refuse_held,
                              zero_past_end=zero_past_end)
+        size = self.source.readable_size
         try:
-            self.choice = discover(self.source.data, self.source.readable_size, force=meta)
+            self.choice = discover(self.source.data, size, force=meta)
+            if self.choice.bbolt is None and size != self.source.size:
+                # bbolt cannot open the file at all: no zeros to read as it would, whole pages only
+                size = self.source.size
+                self.choice = discover(self.source.data, size, force=meta)
         except OpenError as e:
             self.source.close()
             raise OpenError(f"{self.path}: {e}", kind=e.kind) from None
@@ -39,7 +44,7 @@ class Database:
         self.meta = self.choice.current
         self.page_size = self.choice.page_size
         self.hwm = self.meta.pgid
-        self.file_size = self.source.readable_size
+        self.file_size = size
         self.data = self.source.data
         self.pager = Pager(self.data, self.file_size, self.page_size, self.hwm)
         self.tree = Tree(self.pager)
