@@ -59,17 +59,23 @@ class DamageSkipped(click.ClickException):
     exit_code = EXIT_DAMAGE
 
 
+def _set_code(err: click.ClickException, code: int) -> None:
+    """A ClickException's exit code, set per instance (click 8.5 declares it a ClassVar; the instance
+    attribute is what click reads either way)."""
+    setattr(err, "exit_code", code)  # noqa: B010  (an assignment is what mypy refuses under click 8.5)
+
+
 def failure(e: BaseException) -> click.ClickException:
     """What an error becomes on the terminal: `Error: ...` and its exit code from the table."""
     if isinstance(e, click.ClickException):
-        e.exit_code = exit_code(e)
+        _set_code(e, exit_code(e))
         return e
     if isinstance(e, OSError) and not isinstance(e, BrokenPipeError):
         text = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
     else:
         text = str(e)
     err = click.ClickException(text)
-    err.exit_code = exit_code(e)
+    _set_code(err, exit_code(e))
     return err
 
 
@@ -122,7 +128,7 @@ def interrupted(e: KeyboardInterrupt) -> click.ClickException:
     name = signal.Signals(e.signum).name if isinstance(e, Interrupted) else "SIGINT"
     err = click.ClickException(f"interrupted by {name} before the command finished: files it had begun were "
                                "removed, and a store is only ever swapped in whole (with its backup and report)")
-    err.exit_code = EXIT_UNREADABLE
+    _set_code(err, EXIT_UNREADABLE)
     return err
 
 
@@ -135,7 +141,7 @@ class BoltkitGroup(click.Group):
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except click.UsageError as e:
-            e.exit_code = EXIT_USAGE
+            _set_code(e, EXIT_USAGE)
             raise
 
     def invoke(self, ctx):
@@ -144,7 +150,7 @@ class BoltkitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except click.ClickException as e:      # sub-groups and sub-commands run inside: one place for all
-            e.exit_code = exit_code(e)
+            _set_code(e, exit_code(e))
             raise
         except BrokenPipeError:
             ctx.exit(EXIT_OK)
