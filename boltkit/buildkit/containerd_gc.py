@@ -164,7 +164,7 @@ def _keys(b: Tree | None):
     return sorted(b) if b is not None else []
 
 
-def _uvarint(buf: bytes | None) -> int:
+def uvarint(buf: bytes | None) -> int:
     """Go's binary.Uvarint value (0 on an empty, short or overflowing buffer; trailing bytes ignored)."""
     x = shift = 0
     for i, byte in enumerate(buf or b""):
@@ -585,12 +585,12 @@ def _backend_gc(meta: Tree, removed: set, name: str, backend: Tree, problems: li
             problems.append(GcProblem(BACKEND_STORE, "backend-remove", "row-timestamp-undecodable",
                                       (b"v1", b"snapshots", rname), True, name))
             return False
-        rid = _uvarint(_get(row, b"id"))
+        rid = uvarint(_get(row, b"id"))
         entry = None
         if index is not None:
             i = bisect_left(index, _put_uvarint(rid) + b"\x00")
             first = index[i] if i < len(index) else None
-            if _uvarint(first) == rid:
+            if uvarint(first) == rid:
                 problems.append(GcProblem(BACKEND_STORE, "backend-remove", "has-children",
                                           (b"v1", b"snapshots", rname), False, name))
                 return True
@@ -601,7 +601,7 @@ def _backend_gc(meta: Tree, removed: set, name: str, backend: Tree, problems: li
                     problems.append(GcProblem(BACKEND_STORE, "backend-remove", "parent-not-found",
                                               (b"v1", b"snapshots", rname), True, name))
                     return False
-                entry = _put_uvarint(_uvarint(_get(prow, b"id"))) + b"\x00" + _put_uvarint(rid)
+                entry = _put_uvarint(uvarint(_get(prow, b"id"))) + b"\x00" + _put_uvarint(rid)
                 j = bisect_left(index, entry)
                 if j < len(index) and index[j] == entry:
                     del index[j]

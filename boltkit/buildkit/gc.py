@@ -36,6 +36,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeAlias
 
+from .containerd_gc import uvarint
 from .gotime import unix_ns
 from .startconfig import ConfigError, StartConfig, go_duration
 
@@ -313,7 +314,6 @@ class Keep(str, Enum):
     FILTER = "filter"                    # the rule's filters do not match it
     BUDGET = "under-budget"              # the total fell under what the rule keeps before its turn came
     NO_RULE = "no-rule"                  # no rule's filters match it
-    NO_POLICY = "no-policy"              # the worker has GC off
 
 
 @dataclass
@@ -363,12 +363,12 @@ class GCResult:
 class _Prune:
     """One worker's cacheManager during the prune: reference holders, sizes, and the loop of pruneOnce."""
 
-    def __init__(self, model: _Model, worker: _Worker, now: datetime.datetime, stage, why):
+    def __init__(self, model: _Model, worker: _Worker, stage, why):
         self.model = model
         self.w = worker
-        self.now_ns = unix_ns(now)
+        self.now_ns = unix_ns(model.now)
         self.stage = stage
-        self.why = why               # Why values: (removed, pair half, parent stamped, size recorded)
+        self.why = why               # Why values: (removed, pair half, size recorded)
         self.holders = worker.holders    # the references the start model counted from cacheManager.init on
         self.sizes: dict[bytes, int | None] = {}
         self.stamped_from = len(worker.stamped)
@@ -409,7 +409,7 @@ class _Prune:
         main = self.w.md.bucket(b"_main")
         b = main.bucket(rec.id) if main is not None else None
         if b is not None:
-            b.put(b"snapshot.size", _value(usage), ("record-value", self.why[3], rec.id, self.stage))
+            b.put(b"snapshot.size", int_value(usage), ("record-value", self.why[2], rec.id, self.stage))
             rec.md.values["snapshot.size"] = (usage, "")
         return usage
 
@@ -537,7 +537,7 @@ def disk_usage(model: _Model, worker: _Worker) -> list[UsageInfo]:
     """cacheManager.DiskUsage on the started daemon, without writing: the records it lists (a pair once),
     in use when a reference is left after the references of unused records on their parents are taken
     away (the rescan), and sizes measured as it measures them."""
-    p = _Prune(model, worker, model.now, None, None)
+    p = _Prune(model, worker, None, None)
     listed = [r for r in sorted(worker.records.values(), key=lambda r: r.id) if p.listed(r)]
     refs = {r.id: p.refs(r.id) for r in listed}
     done: set[bytes] = set()
@@ -601,7 +601,7 @@ def _ns(d: datetime.timedelta) -> int:
     return (d.days * 86400 + d.seconds) * 1_000_000_000 + d.microseconds * 1000
 
 
-def _value(n: int) -> bytes:
+def int_value(n: int) -> bytes:
     """metadata.NewValue of an integer: the JSON BuildKit stores."""
     return b'{"value":%d}' % n
 
@@ -626,7 +626,7 @@ def snapshot_usage(worker: _Worker, key: bytes) -> int | None:
     kind = row.get(b"kind") or b"\x00"
     if kind[:1] != b"\x02":                         # not KindActive: the size stored at commit
         return _varint(row.get(b"size"))
-    sid = _uvarint(row.get(b"id"))
+    sid = uvarint(row.get(b"id"))
     return walk_usage(Path(worker.dir) / "snapshots" / "snapshots" / str(sid))
 
 
@@ -657,26 +657,17 @@ def blob_size(worker: _Worker, digest: bytes) -> int | None:
     return _varint(b.get(b"size")) if b is not None else None
 
 
-def _uvarint(buf: bytes | None) -> int:
-    n = shift = 0
-    for byte in buf or b"":
-        n |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            break
-        shift += 7
-    return n
-
-
 def _varint(buf: bytes | None) -> int:
-    u = _uvarint(buf)
+    """Go's binary.Varint: the zig-zag signed form of the unsigned varint."""
+    u = uvarint(buf)
     return (u >> 1) ^ -(u & 1)
 
 
-def collect(model: _Model, worker: _Worker, rules: list[Rule], now: datetime.datetime, stage, why) -> GCResult:
+def collect(model: _Model, worker: _Worker, rules: list[Rule], stage, why) -> GCResult:
     """cacheManager.Prune with these rules, in order, on one worker: removals, and for every record left
     why it stayed."""
     result = GCResult(rules)
-    p = _Prune(model, worker, now, stage, why)
+    p = _Prune(model, worker, stage, why)
     per_rule: dict[bytes, list[Keep]] = {rid: [] for rid in worker.records}
     for i, rule in enumerate(rules):
         verdicts: dict[bytes, Keep] = {}
@@ -686,9 +677,7 @@ def collect(model: _Model, worker: _Worker, rules: list[Rule], now: datetime.dat
                 per_rule.setdefault(rid, []).append(k)
     for rid, rec in sorted(worker.records.items()):
         reasons = per_rule.get(rid) or []
-        if not rules:
-            reason = Keep.NO_POLICY
-        elif len(rules) > 1 and reasons and all(k is Keep.FILTER for k in reasons):
+        if len(rules) > 1 and reasons and all(k is Keep.FILTER for k in reasons):
             reason = Keep.NO_RULE
         else:
             reason = next((k for k in reversed(reasons) if k is not Keep.FILTER),

@@ -43,6 +43,7 @@ from ..errors import BoltkitError, CorruptionError, OpenError
 from ..storage import Database
 from ..storage.overlay import EmptyOverlay, OBucket, Overlay
 from ..storage.gcpause import gc_paused
+from .gc import DiskStat, collect, int_value, worker_policy
 from .gotime import parse_rfc3339, unix_ns
 from .root import Root, discover
 from .startconfig import StartConfig
@@ -112,7 +113,7 @@ class Why(str, Enum):
 ROUTINE = {Why.TEMPORARY_LEASE, Why.TOP_BUCKET_CREATED, Why.RESULT_UNLOADABLE, Why.EMPTY_BRANCH,
            Why.HISTORY_VERSION, Why.HISTORY_RETENTION, Why.UNREFERENCED, Why.PARTNERLESS_MUTABLE,
            Why.GC_POLICY, Why.GC_PAIR_HALF, Why.LAST_USED_STAMPED, Why.SIZE_RECORDED}
-GC_WHY = (Why.GC_POLICY, Why.GC_PAIR_HALF, Why.LAST_USED_STAMPED, Why.SIZE_RECORDED)
+GC_WHY = (Why.GC_POLICY, Why.GC_PAIR_HALF, Why.SIZE_RECORDED)     # gc.py's removals and size writes
 
 
 @dataclass(frozen=True)
@@ -459,8 +460,8 @@ class _Worker:
         count = (rec.md.int64("cache.usageCount") or 0) + 1
         now = self.model.clock()
         tag = ("record-value", Why.LAST_USED_STAMPED, rec.id, stage)
-        b.put(b"cache.usageCount", b'{"value":%d}' % count, tag)
-        b.put(b"cache.lastUsedAt", b'{"value":%d}' % now, tag)
+        b.put(b"cache.usageCount", int_value(count), tag)
+        b.put(b"cache.lastUsedAt", int_value(now), tag)
         rec.md.values["cache.usageCount"] = (count, "")
         rec.md.values["cache.lastUsedAt"] = (now, "")
         self.stamped.append(rec.id)
@@ -643,7 +644,6 @@ class _Model:
     def disk(self):
         """disk.GetDiskStat of the root: given, or statfs of the root here."""
         if self._disk is None:
-            from .gc import DiskStat
             self._disk = DiskStat.of(self.root.path)
         return self._disk
 
@@ -1039,20 +1039,18 @@ class _Model:
 
     def startup_gc(self, worker: _Worker) -> None:
         """Controller.gc: the worker's policy, rule by rule (gc.py)."""
-        from .gc import collect, worker_policy
         rules = worker_policy(self.config, self.disk)
         if rules:
-            self.plan.gc.append((Stage.STARTUP_GC, collect(self, worker, rules, self.now, Stage.STARTUP_GC,
+            self.plan.gc.append((Stage.STARTUP_GC, collect(self, worker, rules, Stage.STARTUP_GC,
                                                             GC_WHY)))
 
     def prune(self, rule) -> None:
         """`buildctl prune` on the started daemon: the rule on every worker, containerd's GC, and the
         release of the results whose records went (Controller.Prune's deferred ReleaseUnreferenced)."""
-        from .gc import collect
         removed = False
         for worker in [w for w in self.workers if w.md is not None]:
             with self._guard(Stage.PRUNE, worker.store("metadata_v2.db"), "cacheManager.Prune"):
-                res = collect(self, worker, [rule], self.now, Stage.PRUNE, GC_WHY)
+                res = collect(self, worker, [rule], Stage.PRUNE, GC_WHY)
             self.plan.gc.append((Stage.PRUNE, res))
             removed = removed or bool(res.removed)
             with self._guard(Stage.CONTAINERD_GC, worker.store("containerdmeta.db"), "containerd's GC"):

@@ -20,7 +20,6 @@ KEEP_TEXT = {
     "filter": "the rule's filters do not match it",
     "under-budget": "the cache is under what the rule keeps (reservedSpace / maxUsedSpace / minFreeSpace)",
     "no-rule": "no rule's filters match its type",
-    "no-policy": "GC is off for this worker (gc = false)",
 }
 
 

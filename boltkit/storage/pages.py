@@ -71,14 +71,20 @@ class Pager:
     def span_end(self, pgid: int, overflow: int) -> int:
         return (pgid + overflow + 1) * self.page_size
 
-    def node(self, pgid: int) -> Node:
-        """A tree page, validated: inside [2, hwm), span inside hwm and file, self id, branch or leaf."""
-        ps = self.page_size
-        off = pgid * ps
+    def _tree_page_offset(self, pgid: int) -> int:
+        """Where a tree page a pointer names starts; a meta page or one past the high-water mark is no tree page,
+        whatever a reader makes of its header."""
+        off = pgid * self.page_size
         if pgid < 2:
             raise CorruptionError(f"tree points at meta page {pgid}", pgid=pgid, offset=off)
         if pgid >= self.hwm:
             raise CorruptionError(f"page {pgid} is beyond the high-water mark {self.hwm}", pgid=pgid, offset=off)
+        return off
+
+    def node(self, pgid: int) -> Node:
+        """A tree page, validated: inside [2, hwm), span inside hwm and file, self id, branch or leaf."""
+        ps = self.page_size
+        off = self._tree_page_offset(pgid)
         pid, flags, count, overflow = self.header(pgid)
         if pid != pgid:
             raise CorruptionError(f"page header says id {pid}, expected {pgid}", pgid=pgid, offset=off)
@@ -101,11 +107,7 @@ class Pager:
         not fit is recovered from the element table (see leaf_elements_lenient). Raises only when no page
         can be had (beyond the high-water mark or the file, a meta page)."""
         ps = self.page_size
-        off = pgid * ps
-        if pgid < 2:
-            raise CorruptionError(f"tree points at meta page {pgid}", pgid=pgid, offset=off)
-        if pgid >= self.hwm:
-            raise CorruptionError(f"page {pgid} is beyond the high-water mark {self.hwm}", pgid=pgid, offset=off)
+        off = self._tree_page_offset(pgid)
         problems: list[CorruptionError] = []
         at = pgid
         pid, flags, count, overflow = self.header(pgid)
