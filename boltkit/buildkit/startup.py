@@ -43,6 +43,7 @@ from ..errors import BoltkitError, CorruptionError, OpenError
 from ..storage import Database
 from ..storage.overlay import EmptyOverlay, OBucket, Overlay
 from ..storage.gcpause import gc_paused
+from .containerd_gc import collect as containerd_collect
 from .gc import DiskStat, collect, int_value, worker_policy
 from .gotime import parse_rfc3339, unix_ns
 from .root import Root, discover
@@ -1075,15 +1076,11 @@ class _Model:
     def containerd_gc(self, worker: _Worker) -> None:
         if worker.cd is None:
             return
-        try:
-            from .containerd_gc import collect
-        except ImportError:
-            return
         backends = {}
         if worker.backend is not None and worker.snapshotter is not None:
             backends[worker.snapshotter.decode()] = worker.backend.root.plain()
         live = {r.md.snapshot_id() for r in worker.records.values()}
-        for rm in collect(worker.cd.root.plain(), backends, now=self.now):
+        for rm in containerd_collect(worker.cd.root.plain(), backends, now=self.now):
             ov = worker.cd if rm.store == "containerdmeta.db" else worker.backend
             if ov is None:
                 continue
