@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..check.gather import Gather
+from ..storage.gather import Gather
 from ..check.problems import Problem, Problems, ProblemTable, adder
 from ..storage import Database
-from ..check.strings import Names, by_length
+from ..storage.strings import Names, by_length
 from .cachecolumns import CacheColumns, load_cache_columns
 from .cachedb import NOT_CANONICAL, TOP_BUCKETS, split_result_id
 from .graph import cycles_of_arrays, live_mask, pair_codes, sorted_unique

@@ -4,7 +4,7 @@ A BuildKit cache.db holds ~200k ids spread over four buckets, one nested (almost
 per id and a few entries in each. Decoded entry by entry into Python objects that costs ~10 s, far more
 than the structural check of the same file. Here the elements come from the structural pass itself
 (TreeScan's ``on_leaves``: nothing is read twice), every string that names an id is interned to an
-integer by hashing (check/strings.py), and link keys in Go's canonical form are recognised a layout at a
+integer by hashing (storage/strings.py), and link keys in Go's canonical form are recognised a layout at a
 time (linkkeys.py); the semantic checks then become set operations on integer arrays (cachecheck.py). Entries
 not in the shape BuildKit writes take the exact slow path of cachedb.py, so the columns say what the object
 decoder says, sooner.
@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from ..check.gather import Gather
+from ..storage.gather import Gather
 from ..check.problems import Severity
 from ..check.scan import TreeScan
-from ..check.strings import Names, byte_strings, intern, rows_at, string_at, string_hashes
+from ..storage.strings import Names, byte_strings, intern, rows_at, string_at, string_hashes
 from ..errors import CorruptionError
 from ..schemas import BUCKET_LEAF_FLAG
 from ..storage import Database

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..check.gather import Gather
-from ..check.strings import by_length, chunks, hash_rows, rows_at, string_at, string_hashes
+from ..storage.gather import Gather
+from ..storage.strings import by_length, chunks, hash_rows, rows_at, string_at, string_hashes
 from .cachedb import CANONICAL_LINK_KEY, SPELLED_OUT_LINK_KEY, Link, decode_link_key
 
 _I64 = np.int64

@@ -7,90 +7,24 @@ key, which is what lets a pure-Python checker keep pace with bbolt's `tx.Check` 
 element bounds, inline buckets and key order. Breadth-first order cannot loop: a page is entered
 once (a per-page reference map), and a second reference is reported as a cycle when the page is an
 ancestor of the referrer, else as a multiple reference.
+
+The reading itself (the frontier, a level's nodes, their elements as offsets, the 16-byte gathers) is
+storage's (storage/levels.py, storage/gather.py); what is here is the judging done at each step of it.
 """
 from __future__ import annotations
 
 from bisect import bisect_left
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..schemas import (BRANCH_ELEMENT, BUCKET_HEADER, BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, ELEMENT_SIZE,
                        LEAF_ELEMENT, PAGE_HEADER, PAGE_HEADER_SIZE, PageFlag)
 from ..storage.pages import Pager, pages_in
-from .gather import Gather, compare_keys
+from ..storage.gather import Gather, compare_keys
+from ..storage.levels import I64, NONE, Frontier, Inline, Nodes, as_i64, chunks, expand
 from .problems import Problem
 
-I64 = np.int64
-NONE = -1
 ENTERED, SPANNED = 1, 2     # page reference map: entered as a node / covered by another page's overflow
-
-
-def _a(x) -> np.ndarray:
-    return np.asarray(x, dtype=I64)
-
-
-@dataclass
-class Frontier:
-    """Pages to enter at the next level (paged nodes), one entry per reference."""
-    pg: np.ndarray
-    parent: np.ndarray      # the referring page (-1 for the meta's root)
-    bucket: np.ndarray      # index into the bucket table
-    lo_off: np.ndarray      # key range the parent assigns: [lo, hi), -1 = unbounded
-    lo_len: np.ndarray
-    hi_off: np.ndarray
-    hi_len: np.ndarray
-    hidden: np.ndarray      # index of a "bucket not findable by key" problem covering this subtree, or -1
-
-    @classmethod
-    def empty(cls) -> "Frontier":
-        z = np.zeros(0, I64)
-        return cls(z, z, z, z, z, z, z, z)
-
-    def take(self, m) -> "Frontier":
-        return Frontier(*(getattr(self, f)[m] for f in self.__dataclass_fields__))
-
-    @classmethod
-    def concat(cls, parts: list["Frontier"]) -> "Frontier":
-        parts = [p for p in parts if p.pg.size]
-        if not parts:
-            return cls.empty()
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in cls.__dataclass_fields__))
-
-
-@dataclass
-class Inline:
-    """Inline bucket values to open at the next level."""
-    vs: np.ndarray          # value start (bucket header); the page follows 16 bytes later
-    ve: np.ndarray
-    owner: np.ndarray       # the leaf page holding the value
-    bucket: np.ndarray
-    hidden: np.ndarray
-
-
-@dataclass
-class Nodes:
-    """Valid branch/leaf nodes of one level (real pages and inline pages together)."""
-    pgid: np.ndarray        # 0 for inline pages
-    owner: np.ndarray
-    base: np.ndarray
-    end: np.ndarray
-    flags: np.ndarray
-    count: np.ndarray
-    bucket: np.ndarray
-    lo_off: np.ndarray
-    lo_len: np.ndarray
-    hi_off: np.ndarray
-    hi_len: np.ndarray
-    hidden: np.ndarray
-    vs: np.ndarray          # inline: value start; real pages: -1
-
-    def take(self, m) -> "Nodes":
-        return Nodes(*(getattr(self, f)[m] for f in self.__dataclass_fields__))
-
-    @classmethod
-    def concat(cls, a: "Nodes", b: "Nodes") -> "Nodes":
-        return cls(*(np.concatenate([getattr(a, f), getattr(b, f)]) for f in cls.__dataclass_fields__))
 
 
 class TreeScan:
@@ -119,9 +53,9 @@ class TreeScan:
         self.freed = freed
         self.parent_of = np.full(self.limit, NONE, I64)
         # bucket table: parent bucket, name offset, name length (bucket 0 = the root bucket)
-        self._b_parent = [_a([NONE])]
-        self._b_koff = [_a([0])]
-        self._b_klen = [_a([0])]
+        self._b_parent = [as_i64([NONE])]
+        self._b_koff = [as_i64([0])]
+        self._b_klen = [as_i64([0])]
         self._b_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.nbuckets = 1
         self.hidden: list[Problem] = []
@@ -178,8 +112,7 @@ class TreeScan:
             self.problem("B020", f"out of bounds: high-water mark is {self.hwm} (stack: [{self.meta.root}])",
                          pgid=self.meta.root, bucket=0, details={"stack": [self.meta.root]})
             return
-        f = Frontier(_a([self.meta.root]), _a([NONE]), _a([0]), _a([NONE]), _a([0]), _a([NONE]), _a([0]),
-                     _a([NONE]))
+        f = Frontier.root(self.meta.root)
         inl = None
         while f.pg.size or (inl is not None and inl.vs.size):
             fronts: list[Frontier] = []
@@ -189,16 +122,14 @@ class TreeScan:
                 self._process(self._enter_pages(f.take(slice(a, a + self.CHUNK_PAGES))), fronts, inls)
             if inl is not None:
                 for a in range(0, inl.vs.size, self.CHUNK_ELEMENTS):
-                    part = Inline(*(getattr(inl, k)[a:a + self.CHUNK_ELEMENTS] for k in Inline.__dataclass_fields__))
-                    self._process(self._enter_inline(part), fronts, inls)
+                    self._process(self._enter_inline(inl.take(slice(a, a + self.CHUNK_ELEMENTS))), fronts, inls)
             f = Frontier.concat(fronts)
-            inl = Inline(*(np.concatenate([getattr(x, k) for x in inls]) for k in Inline.__dataclass_fields__)) \
-                if inls else None
+            inl = Inline.concat(inls) if inls else None
             if self.progress is not None:
                 self.progress(self.pages, self.hwm)
 
     def _process(self, nodes: "Nodes", fronts: list, inls: list) -> None:
-        for chunk in self._chunks(nodes):
+        for chunk in chunks(nodes, self.CHUNK_ELEMENTS):
             fc, ic = self._elements(chunk)
             fronts.append(fc)
             if ic is not None:
@@ -209,18 +140,6 @@ class TreeScan:
 
     CHUNK_PAGES = 1 << 13
     CHUNK_ELEMENTS = 1 << 16
-
-    def _chunks(self, nodes: Nodes):
-        """Element work in slices of about CHUNK_ELEMENTS, so memory stays flat on huge levels."""
-        csum = np.cumsum(nodes.count)
-        if not csum.size or csum[-1] <= self.CHUNK_ELEMENTS:
-            yield nodes
-            return
-        cuts = np.searchsorted(csum, np.arange(self.CHUNK_ELEMENTS, int(csum[-1]), self.CHUNK_ELEMENTS))
-        bounds = [0] + sorted(set(int(c) + 1 for c in cuts)) + [nodes.pgid.size]
-        for a, b in zip(bounds, bounds[1:]):
-            if b > a:
-                yield nodes.take(slice(a, b))
 
     # -- entering pages ---------------------------------------------------------------------------
 
@@ -362,17 +281,6 @@ class TreeScan:
 
     # -- elements ---------------------------------------------------------------------------------
 
-    @staticmethod
-    def _expand(nodes: Nodes):
-        """Per element: its node index, its index within the node, and its absolute offset."""
-        counts = nodes.count
-        total = int(counts.sum())
-        node = np.repeat(np.arange(counts.size, dtype=I64), counts)
-        starts = np.cumsum(counts) - counts
-        local = np.arange(total, dtype=I64) - np.repeat(starts, counts)
-        off = nodes.base[node] + PAGE_HEADER_SIZE + local * ELEMENT_SIZE
-        return node, local, off
-
     def _drop_bad_elements(self, nodes: Nodes, node, local, off, key_start, end_of_key, inline_msg: bool):
         """Elements whose data runs past their node's end (or into its element table, or that have an empty
         key): report the first per node and drop just those elements; the rest of the page is read."""
@@ -404,7 +312,7 @@ class TreeScan:
             self.problem("B026", "branch page with no elements", pgid=nodes.pgid[i], offset=int(nodes.base[i]) + 10,
                          bucket=nodes.bucket[i])
         nodes = nodes.take(~empty)
-        node, local, off = self._expand(nodes)
+        node, local, off = expand(nodes)
         r = self.g.records(BRANCH_ELEMENT.dtype, off)
         ks = off + r["pos"].astype(I64)
         klen = r["ksize"].astype(I64)
@@ -424,7 +332,7 @@ class TreeScan:
                         nodes.hidden[node])
 
     def _leaves(self, nodes: Nodes):
-        node, local, off = self._expand(nodes)
+        node, local, off = expand(nodes)
         r = self.g.records(LEAF_ELEMENT.dtype, off)
         ks = off + r["pos"].astype(I64)
         klen = r["ksize"].astype(I64)

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..check.gather import Gather
+from ..storage.gather import Gather
 from ..errors import CorruptionError, OutputExists
 from ..schemas import BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, LEAF_ELEMENT, PAGE_HEADER
 from ..storage import Database, Item
