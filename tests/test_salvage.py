@@ -132,3 +132,46 @@ def test_in_place_salvage_keeps_the_original_and_refuses_a_held_file(tmp_path):
     assert check_file(str(path)).clean
     assert json.loads(next(tmp_path.glob("cache.db.boltkit-*.report.json")).read_text())
     assert CliRunner().invoke(main, ["salvage", str(path)]).exit_code == 16          # -o or --in-place
+
+
+def test_a_child_pointer_redirected_to_a_sub_bucket_root_invents_nothing(tmp_path):
+    """A branch element of bucket `a` rewritten to point at bucket `b`'s root leaf, whose keys fall inside the
+    range that element gives: that page is named twice (by the branch and by b's header), so which place is right
+    is unknown, and its pairs must not come back under `a`, where they never were; they stay recoverable under
+    lost+found."""
+    import struct
+
+    import boltkit
+    from boltkit.repair import salvage
+    from boltkit.schemas import ELEMENT_SIZE, PAGE_HEADER_SIZE
+    from boltkit.write import BoltWriter
+    from testdata.recovery import measure
+
+    src = tmp_path / "src.db"
+    w = BoltWriter(str(src), page_size=4096)
+    w.begin_bucket(b"a", 0)
+    for i in range(400):
+        w.put(b"k%05d" % (2 * i), b"x" * 40)
+    w.end_bucket()
+    w.begin_bucket(b"b", 0)
+    b_keys = [b"k%05d" % (2 * i + 1) for i in range(70, 90)]
+    for k in b_keys:
+        w.put(k, b"y" * 40)
+    w.end_bucket()
+    w.close()
+    with boltkit.open(str(src)) as db:
+        a, b = list(db.buckets())
+        node = db.pager.node(a.root)
+        assert node.is_branch and b.root and not b.inline
+        lo, hi = (db.data[ks:ke] for ks, ke, _ in db.pager.branch_elements(node)[1:3])
+        assert lo < b_keys[0] and b_keys[-1] < hi                  # b's keys fit where element 1 points
+        element = a.root * 4096 + PAGE_HEADER_SIZE + 1 * ELEMENT_SIZE + 8      # branch element 1's pgid
+    bad = damage.copy(src, tmp_path / "bad.db")
+    damage.write_at(bad, element, struct.pack("<Q", b.root))
+    out = tmp_path / "out.db"
+    salvage(str(bad), str(out), report=False)
+    got = pairs(export(out))
+    assert not any(p[0] == ("61",) and bytes.fromhex(p[1]) in b_keys for p in got)   # no b pair under a
+    assert {bytes.fromhex(p[1]) for p in got} >= set(b_keys)                       # all still recovered
+    assert measure(src, bad, out).invented == 0
+    assert check_file(out).clean

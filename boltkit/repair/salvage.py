@@ -138,7 +138,7 @@ class _Collector:
                     self.damage.append(f"{source}: page {page}: {why}; its pairs go to lost+found")
 
         placed: dict[int, tuple] = {}            # leaf page -> the bucket its pairs went to
-        listed: set[int] = set()                  # pages a branch already names as a child
+        listed: set[int] = set()                  # pages a branch or a bucket header already names
 
         def on_page(bucket, node, depth, elems):
             if node.pgid:
@@ -149,15 +149,20 @@ class _Collector:
             key_of = (lambda e: data[e[1]:e[2]]) if node.is_leaf else (lambda e: data[e[0]:e[1]])
             keys = [key_of(e) for e in elems]
             page = node.pgid or node.owner
+            # a page two references name (a redirected child pointer: two branch elements, or a branch element
+            # and a sub-bucket's header): which one is right is not known, so its pairs leave the live
+            # namespace, also when the first reference already put them there
             if node.is_branch:
-                # a page two branches name (a redirected child pointer): which one is right is not known, so
-                # its pairs leave the live namespace, also when the first reference already put them there
-                for _, _, child in elems:
-                    if child in listed:
-                        doubt(child, child, "named by two branch pages")
-                        if child in placed:
-                            self._move_aside(child, placed.pop(child), source)
-                    listed.add(child)
+                named = [child for _, _, child in elems]
+            else:
+                named = [root for flags, _, ke, ve in elems if flags & BUCKET_LEAF_FLAG and ve - ke >= 8
+                         and (root := int.from_bytes(data[ke:ke + 8], "little"))]
+            for child in named:
+                if child in listed:
+                    doubt(child, child, "named by two pages")
+                    if child in placed:
+                        self._move_aside(child, placed.pop(child), source)
+                listed.add(child)
             if len(keys) > 1 and keys != sorted(set(keys)):
                 doubt(page, page, "keys out of order")
             lo, hi = expected.get(node.pgid, (None, None))
