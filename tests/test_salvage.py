@@ -175,3 +175,43 @@ def test_a_child_pointer_redirected_to_a_sub_bucket_root_invents_nothing(tmp_pat
     assert {bytes.fromhex(p[1]) for p in got} >= set(b_keys)                       # all still recovered
     assert measure(src, bad, out).invented == 0
     assert check_file(out).clean
+
+
+def test_two_torn_metas_nothing_orders_keep_only_what_both_agree_on_live(tmp_path, oracle, oracle_files):
+    """Both metas torn, their txids garbled apart (the older one's now the larger), the same high-water mark and
+    freelists that each list the other's root: nothing says which transaction is later. Salvage used to take the
+    larger txid's tree whole, bringing the last transaction's deleted keys back to life; now the live namespace
+    is exactly the later state's (what both trees agree on) and the rest waits under lost+found."""
+    import boltkit
+    from boltkit.repair import salvage
+    from boltkit.schemas import META
+    from boltkit.storage.meta import newer_meta
+
+    src = oracle_files("deletes", 1)
+
+    def pairs_of(path, **kw):
+        with boltkit.open(str(path), **kw) as db:
+            return {(b.path, i.key, bytes(db.value(i))) for b, c, i in db.walk() if c is None}
+    with boltkit.open(str(src)) as db:
+        old, new = sorted(db.metas, key=lambda m: m.txid)
+    older, newer = pairs_of(src, meta=old.slot), pairs_of(src, meta=new.slot)
+    assert older - newer and not newer - older          # the last transaction deleted keys
+    bad = damage.copy(src, tmp_path / "bad.db")
+    damage.set_meta_field(bad, old.slot, "txid", new.txid + 5)
+    damage.set_meta_field(bad, new.slot, "txid", old.txid - 3)
+    for slot in (0, 1):
+        damage.flip_bits(bad, slot * old.page_size + 16 + META.offset_of("checksum"), 0x01)
+    with boltkit.open(str(bad)) as db:
+        a, b = db.metas
+        assert not a.valid and not b.valid and newer_meta(a, b, db.data, db.file_size) is None
+        assert db.meta.slot == old.slot                   # the ladder's pick is the older state
+    out = tmp_path / "out.db"
+    result = salvage(str(bad), str(out), report=False)
+    got = pairs_of(out)
+    live = {p for p in got if p[0][:1] != (b"lost+found",)}
+    assert live == newer
+    where = (b"lost+found", f"meta-{old.slot}-order-unknown".encode())
+    aside = {(p[0][2:], p[1], p[2]) for p in got if p[0][:2] == where}
+    assert aside == older - newer
+    assert any("nothing in the file says which is the later transaction" in d for d in result.damage)
+    assert oracle.check(out)[0] == 0

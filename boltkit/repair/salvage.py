@@ -236,6 +236,52 @@ class _Collector:
                 self.pairs[source] = self.pairs.get(source, 0) - 1
                 self.put(target, key, value, source)
 
+    def keep_agreed(self, other: _Bucket, mine: tuple[bytes, str], theirs: tuple[bytes, str]) -> int:
+        """Two states nothing in the file orders (both metas torn, txids garbled apart, the same high-water mark,
+        freelists that each list the other's root): either may be the later one, so the live namespace keeps
+        only what both agree on. A pair only the collected state has, or whose value differs, moves to
+        lost+found/``mine[0]``; one only ``other`` has, or its differing version, goes to lost+found/``theirs[0]``;
+        a bucket left empty that ``other`` lacks goes. Deleted keys never come back live, added ones wait in
+        lost+found. Returns the pairs that left the live namespace."""
+        moved = 0
+
+        def split(b: _Bucket, o: _Bucket | None, path: tuple) -> None:
+            nonlocal moved
+            for name, v in list(b.values.items()):
+                if not path and name == LOST_FOUND:
+                    continue
+                t = o.values.get(name) if o is not None else None
+                if isinstance(v, _Bucket):
+                    split(v, t if isinstance(t, _Bucket) else None, path + (name,))
+                    if not v.values and not isinstance(t, _Bucket):
+                        del b.values[name]
+                        self._cache.pop(path + (name,), None)
+                    continue
+                if isinstance(t, _Bucket) or t is None or bytes(t) != bytes(v):
+                    del b.values[name]
+                    self.pairs[mine[1]] = self.pairs.get(mine[1], 0) - 1
+                    self.put((LOST_FOUND, mine[0]) + path, name, v, mine[1] + ", order unknown")
+                    moved += 1
+            for name, t in (o.values.items() if o is not None else ()):
+                v = b.values.get(name)
+                if not path and name == LOST_FOUND and isinstance(t, _Bucket):
+                    graft(t, (LOST_FOUND,))          # the other tree's own doubtful pages
+                elif isinstance(t, _Bucket):
+                    if not isinstance(v, _Bucket):
+                        graft(t, (LOST_FOUND, theirs[0]) + path + (name,))
+                elif v is None or isinstance(v, _Bucket) or bytes(v) != bytes(t):
+                    self.put((LOST_FOUND, theirs[0]) + path, name, t, theirs[1] + ", order unknown")
+
+        def graft(t: _Bucket, path: tuple) -> None:
+            for name, x in t.values.items():
+                if isinstance(x, _Bucket):
+                    graft(x, path + (name,))
+                else:
+                    self.put(path, name, x, theirs[1] + ", order unknown")
+
+        split(self.root, other, ())
+        return moved
+
     def orphans(self, pager: Pager, free: set[int] | None, include_freed: bool) -> list[int]:
         """Leaf pages no tree reached: their plain pairs (and inline buckets' pairs) go to lost+found. A freed
         page (``free`` None: every unreached page may be one) gives only keys the recovered tree lacks, unless
@@ -379,9 +425,21 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, include_freed: bool 
                 if not 2 <= other.root < pages_in(db.file_size, db.page_size):
                     continue
                 pager = Pager(db.data, db.file_size, db.page_size, max(other.pgid, db.hwm))
-                col.tree(Tree(pager), other.root, f"meta {other.index} (txid {other.txid})",
-                         gaps_to=f"meta-{other.index}-order-unknown".encode() if unordered and not live_damaged
-                         else None)
+                label = f"meta {other.index} (txid {other.txid})"
+                if unordered and not live_damaged:
+                    theirs = _Collector(db)
+                    theirs.tree(Tree(pager), other.root, label)
+                    col.damage.extend(theirs.damage)
+                    col.reached |= theirs.reached
+                    moved = col.keep_agreed(theirs.root, (f"meta-{db.meta.index}-order-unknown".encode(), primary),
+                                            (f"meta-{other.index}-order-unknown".encode(), label))
+                    col.damage.append(f"meta {db.meta.index} and meta {other.index}: both torn, and nothing in the "
+                                      "file says which is the later transaction; only the pairs both trees agree on "
+                                      f"stay live ({moved} of {primary}'s went to lost+found/meta-"
+                                      f"{db.meta.index}-order-unknown, the other's to lost+found/meta-{other.index}"
+                                      "-order-unknown)")
+                    continue
+                col.tree(Tree(pager), other.root, label)
         orphan_pages: list[int] = []
         if lost_found and (live_damaged or include_freed):
             free: set[int] | None = set()

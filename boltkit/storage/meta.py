@@ -364,14 +364,18 @@ def newer_by_freelist(a: Meta, b: Meta, data, file_size: int) -> bool:
 def newer_meta(a: Meta, b: Meta, data, file_size: int) -> Meta | None:
     """The later transaction of ``a`` and ``b`` by what the file witnesses, not by their txids (which a torn
     meta write may have garbled): the freelist (``newer_by_freelist``), then the high-water mark, which bbolt
-    only ever raises (a transaction allocates past it when no freed page fits; nothing lowers it). None when
-    neither tells."""
+    only ever raises (a transaction allocates past it when no freed page fits; nothing lowers it), then txids
+    one apart: bbolt writes transaction N into slot N % 2, so the two metas of a file always hold consecutive
+    txids, and a garbled txid landing next to the other's by chance is negligible (the same trust
+    ``_txid_in_order`` gives one torn meta). None when none of these tells."""
     if newer_by_freelist(a, b, data, file_size):
         return a
     if newer_by_freelist(b, a, data, file_size):
         return b
     if a.pgid != b.pgid:
         return a if a.pgid > b.pgid else b
+    if abs(a.txid - b.txid) == 1:
+        return a if a.txid > b.txid else b
     return None
 
 
