@@ -43,6 +43,24 @@ def test_ls_lists_every_store(tmp_path):
     assert (cache["size"], cache["used"], cache["txid"]) == (524288, 83 * 4096, 439)
 
 
+def test_ls_tells_safeopen_resets_from_repair_backups(tmp_path):
+    """An operator cleaning up needs to know which .bak files are the stores buildkitd discarded and which are the
+    originals a boltkit repair kept: they are told apart by name."""
+    root = copy_root(tmp_path)
+    shutil.copyfile(root / "cache.db", root / "cache.db.a1b2c3d4e5f6g7h8i9j0k1l2m.bak")        # SafeOpen's
+    shutil.copyfile(root / "cache.db", root / "cache.db.boltkit-20261202T031500Z.bak")          # a repair's
+    shutil.copyfile(root / "history.db", root / "history.db.bak")                               # the user's
+    found = discover(root)
+    assert [p.name for p in found.backups] == ["cache.db.a1b2c3d4e5f6g7h8i9j0k1l2m.bak"]
+    assert [p.name for p in found.boltkit_backups] == ["cache.db.boltkit-20261202T031500Z.bak"]
+    assert [p.name for p in found.other_backups] == ["history.db.bak"]
+    out = run("buildkit", "ls", root).output
+    assert ("1 .bak file(s) left by buildkitd's SafeOpen resets (the stores it discarded): "
+            "cache.db.a1b2c3d4e5f6g7h8i9j0k1l2m.bak") in out
+    assert "1 .bak file(s) kept by boltkit repairs (the originals they replaced): cache.db.boltkit-" in out
+    assert "1 .bak file(s) of other origin: history.db.bak" in out
+
+
 def test_fsck_clean_root_predicts_the_release_of_results_without_records(tmp_path):
     r = run("buildkit", "fsck", copy_root(tmp_path))
     assert r.exit_code == 0, r.output

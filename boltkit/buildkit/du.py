@@ -153,7 +153,8 @@ def explain(rows: list[Usage], bolt_bytes: int = 0, bak_bytes: int = 0) -> list[
         out.append(f"{bolt_bytes} bytes of bolt files are never counted by du and never shrink after a prune "
                    "(`boltkit compact` gives the space back)")
     if bak_bytes:
-        out.append(f"{bak_bytes} bytes of .bak files left by SafeOpen resets are never read or counted again")
+        out.append(f"{bak_bytes} bytes of .bak files (SafeOpen resets' discarded stores, repairs' kept originals) "
+                   "are never read or counted by buildkitd")
     return out
 
 

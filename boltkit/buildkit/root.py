@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,9 +40,27 @@ class Root:
     stores: list[Store] = field(default_factory=list)
     workers: list[Worker] = field(default_factory=list)
     lock: Path | None = None
-    backups: list[Path] = field(default_factory=list)   # *.bak files SafeOpen left behind
+    backups: list[Path] = field(default_factory=list)   # <store>.<id>.bak files SafeOpen's resets left behind
+    boltkit_backups: list[Path] = field(default_factory=list)   # <store>.boltkit-<stamp>.bak: boltkit's repairs
+    other_backups: list[Path] = field(default_factory=list)     # any other *.bak (a user's own copies)
     docker_root: Path | None = None    # the Docker data root given, whose buildkit/ directory this is
     skipped: list[Path] = field(default_factory=list)   # bolt-looking files (*.db) that are none of the stores
+
+
+# SafeOpen renames a store it cannot open to dbPath + "." + identity.NewID() + ".bak": NewID is 25 base-36 digits
+_SAFEOPEN_BACKUP = re.compile(r"\.[0-9a-z]{25}\.bak$")
+_BOLTKIT_BACKUP = re.compile(r"\.boltkit-[^.]+\.bak$")     # repair/replace.py's and simulate-start's
+
+
+def backup_kind(name: str) -> str:
+    """Who left a *.bak file: "safeopen" (buildkitd reset the store), "boltkit" (a repair's backup of the
+    original), or "other". Told apart by name, since an operator deciding what to delete needs to know which
+    are the daemon's discarded stores and which are the copies a repair kept."""
+    if _BOLTKIT_BACKUP.search(name):
+        return "boltkit"
+    if _SAFEOPEN_BACKUP.search(name):
+        return "safeopen"
+    return "other"
 
 
 # Docker's own directories that hold no BuildKit store and can hold millions of files (layers, containers)
@@ -110,7 +129,10 @@ def _discover(base: Path) -> Root:
             if p.is_file():
                 kind = "snapshots" if name.startswith("snapshots/") else name
                 found.stores.append(Store(p, kind, d.name))
-    found.backups = sorted(p for p in base.rglob("*.bak") if p.is_file())
+    for p in sorted(p for p in base.rglob("*.bak") if p.is_file()):
+        kind = backup_kind(p.name)
+        (found.backups if kind == "safeopen" else found.boltkit_backups if kind == "boltkit"
+         else found.other_backups).append(p)
     taken = {s.path for s in found.stores}
     found.skipped = sorted(p for p in _bolt_files(base, skip=set()) if p not in taken)
     return found

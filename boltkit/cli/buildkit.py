@@ -323,9 +323,12 @@ def ls(root, as_json):
                          rec["txid"] if rec["txid"] is not None else "", rec["modified"][:16].replace("T", " ")])
     if not as_json:
         emit_table(rows, ["store", "kind", "worker id", "size", "used", "txid", "modified (UTC)"], shrink=[0, 2])
-        if found.backups:
-            click.echo(f"\n{len(found.backups)} .bak file(s) left by SafeOpen resets: "
-                       + ", ".join(str(p.relative_to(found.path)) for p in found.backups))
+        for files, what in ((found.backups, "left by buildkitd's SafeOpen resets (the stores it discarded)"),
+                            (found.boltkit_backups, "kept by boltkit repairs (the originals they replaced)"),
+                            (found.other_backups, "of other origin")):
+            if files:
+                click.echo(f"\n{len(files)} .bak file(s) {what}: "
+                           + ", ".join(str(p.relative_to(found.path)) for p in files))
 
 
 @buildkit.command(cls=FsckCommand)
@@ -610,7 +613,7 @@ def du(target, sort, record_type, older_than, as_json, config_path, at):
         found = _root_or_exit(target)
         dbs = [s.path for s in found.stores if s.kind == "metadata_v2.db"]
         bolt_bytes = sum(os.path.getsize(s.path) for s in found.stores)
-        bak_bytes = sum(os.path.getsize(p) for p in found.backups)
+        bak_bytes = sum(os.path.getsize(p) for p in found.backups + found.boltkit_backups + found.other_backups)
         running, docker = daemon_holds_lock(found), found.docker_root is not None
     else:
         dbs = [path]
