@@ -108,7 +108,8 @@ def pages(file, meta, snapshot, map_path, encoding, as_json, table_fmt):
     Types: meta, freelist, branch, leaf, overflow (continuation of the page in OF), free, pending
     (free, but the previous meta's tree still uses it), leaked (neither reachable nor free),
     beyond-eof (below the high-water mark, past the end of the file). Consecutive never-written
-    (all-zero) pages and pages past the end are one row, `A-B` (in JSON: "run": the page count).
+    (all-zero) pages, pages past the end, and the overflow pages of one page are one row, `A-B` (in
+    JSON: "run": the page count).
 
     \b
     Examples:

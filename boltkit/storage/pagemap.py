@@ -27,7 +27,8 @@ class PageInfo:
     bucket: tuple[bytes, ...] | None = None
     of: int | None = None     # for overflow pages: the page whose span they continue
     run: int = 1              # consecutive pages this row stands for: never-written (all-zero) leaked pages,
-    #                           pages past the end of the file; a 10 GiB sparse file is a few rows, not millions
+    #                           pages past the end of the file, one page's overflow span; a 10 GiB sparse file
+    #                           is a few rows, not millions
 
 
 def written_headers(db: Database, lo: int, hi: int) -> tuple[np.ndarray, ...]:
@@ -79,16 +80,31 @@ def reachable_pages(db: Database, meta: Meta, errors: list | None = None) -> dic
 
 
 def page_map(db: Database) -> tuple[list[PageInfo], list]:
-    """One row per page below the high-water mark, in page order; runs of never-written pages and of
-    pages past the end of the file are one row each (``run``)."""
+    """One row per page below the high-water mark, in page order; runs of never-written pages, of pages past
+    the end of the file, and the overflow span of one page (a 400 MB value is one row, not 100k) are one row
+    each (``run``)."""
     meta = db.meta
     errors: list = []
     limit = db.file_size // db.page_size
     known: dict[int, PageInfo] = {}
     end = meta.pgid
+    # pages some row already stands for; only those inside the file are marked (a high-water mark can lie by
+    # terabytes), past it a page is taken when a row starts there
+    taken = np.zeros(max(min(end, limit), 0), bool)
+
+    def put(info: PageInfo) -> None:
+        known[info.pgid] = info
+        taken[info.pgid:info.pgid + info.run] = True
+
+    def span(first: int, last: int, **kw) -> None:
+        """The overflow pages first..last (clipped at the high-water mark) as one row."""
+        last = min(last, end - 1)
+        if first <= last:
+            put(PageInfo(first, "overflow", run=last - first + 1, **kw))
+
     for i in (0, 1):
         if i < end:
-            known[i] = PageInfo(i, "meta")
+            put(PageInfo(i, "meta"))
     free = np.zeros(0, dtype=np.uint64)
     try:
         fl = db.freelist()
@@ -97,28 +113,24 @@ def page_map(db: Database) -> tuple[list[PageInfo], list]:
         fl = None
     if fl is not None:
         free = fl.ids
-        for p in fl.pages:
-            if p < end:
-                known[p] = PageInfo(p, "freelist" if p == fl.pgid else "overflow",
-                                    items=len(fl.ids) if p == fl.pgid else None,
-                                    overflow=fl.overflow if p == fl.pgid else 0,
-                                    of=None if p == fl.pgid else fl.pgid)
+        if fl.pgid is not None and fl.pgid < end:
+            put(PageInfo(fl.pgid, "freelist", items=len(fl.ids), overflow=fl.overflow))
+            span(fl.pgid + 1, fl.pgid + fl.overflow, of=fl.pgid)
     for pgid, (node, bucket) in reachable_pages(db, meta, errors).items():
         if pgid >= end:
             continue
-        known[pgid] = PageInfo(pgid, PageFlag.name_of(node.flags), node.count, node.overflow, bucket.path)
-        for o in range(pgid + 1, min(pgid + node.overflow + 1, end)):
-            known[o] = PageInfo(o, "overflow", bucket=bucket.path, of=pgid)
+        put(PageInfo(pgid, PageFlag.name_of(node.flags), node.count, node.overflow, bucket.path))
+        span(pgid + 1, pgid + node.overflow, bucket=bucket.path, of=pgid)
     other = None if meta.index is None else db.metas[1 - meta.index]
     still_used = set()
     if other is not None and other.usable and other.txid < meta.txid:
         still_used = set(reachable_pages(db, other))
     for p in free.tolist():
-        if p < end and p not in known:
-            known[p] = PageInfo(p, "pending" if p in still_used else "free")
+        if p < end and not (taken[p] if p < taken.size else p in known):
+            put(PageInfo(p, "pending" if p in still_used else "free"))
     # every other page below the end of the file is leaked: its header as stored, or a run of zeros
     pg, _, _, count, overflow = written_headers(db, 0, min(end, limit))
-    keep = np.fromiter((p not in known for p in pg.tolist()), bool, pg.size) if known else np.ones(pg.size, bool)
+    keep = ~taken[pg]
     for p, c, o in zip(pg[keep].tolist(), count[keep].tolist(), overflow[keep].tolist()):
         known[p] = PageInfo(p, "leaked", items=c, overflow=o)
     infos: list[PageInfo] = []
@@ -131,5 +143,5 @@ def page_map(db: Database) -> tuple[list[PageInfo], list]:
                 infos.append(PageInfo(max(nxt, limit), "beyond-eof", run=p - max(nxt, limit)))
         if p < end:
             infos.append(known[p])
-        nxt = p + 1
+            nxt = max(nxt, p + known[p].run)
     return infos, errors
