@@ -28,7 +28,7 @@ from testdata.campaign import damage_cases, salvage_cases  # noqa: E402
 from testdata.recovery import measure  # noqa: E402
 
 FIELDS = ("original", "on_intact_leaves", "recovered", "recovered_on_intact", "invented", "wellformed_on_damaged",
-          "recovered_wellformed")
+          "recovered_wellformed", "resurrected")
 
 
 def deep_chain(path: Path, depth: int) -> Path:
@@ -113,22 +113,23 @@ def main() -> None:
             g[1] += 1 if go_ok else 0
             files[name] = files.get(name, 0) + 1
             accepted[name] = accepted.get(name, 0) + (1 if ok else 0)
-            if rec.share_intact < 0.99 or rec.share_wellformed < 0.99 or rec.invented:
+            if rec.share_intact < 0.99 or rec.share_wellformed < 0.99 or rec.invented or rec.resurrected:
                 print(f"below target: {label}/{name}: {rec}", file=sys.stderr)
     print("| damage class | files | original pairs | on intact leaves | recovered | of intact leaves | "
-          "well-formed on damaged leaves | of those | invented | tx.Check ok | refused | Go compact recovered |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "well-formed on damaged leaves | of those | invented | deleted keys back | tx.Check ok | refused | "
+          "Go compact recovered |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     agg = [0] * len(FIELDS)
     for name, t in totals.items():
-        o, il, r, ri, inv, wf, rw = t
+        o, il, r, ri, inv, wf, rw, res = t
         go_r, go_n = go_totals[name]
         print(f"| {name} | {files[name]} | {o} | {il} | {r} ({100 * r / max(o, 1):.1f} %) | "
-              f"{100 * ri / max(il, 1):.2f} % | {wf} | {100 * rw / max(wf, 1):.2f} % | {inv} | "
+              f"{100 * ri / max(il, 1):.2f} % | {wf} | {100 * rw / max(wf, 1):.2f} % | {inv} | {res} | "
               f"{accepted[name]}/{files[name]} | {refused.get(name, 0)} | {go_r} ({go_n}/{files[name]} ran) |")
         agg = [x + y for x, y in zip(agg, t)]
-    o, il, r, ri, inv, wf, rw = agg
+    o, il, r, ri, inv, wf, rw, res = agg
     print(f"| **all** | {sum(files.values())} | {o} | {il} | {r} ({100 * r / max(o, 1):.1f} %) | "
-          f"{100 * ri / max(il, 1):.2f} % | {wf} | {100 * rw / max(wf, 1):.2f} % | {inv} | "
+          f"{100 * ri / max(il, 1):.2f} % | {wf} | {100 * rw / max(wf, 1):.2f} % | {inv} | {res} | "
           f"{sum(accepted.values())}/{sum(files.values())} | {sum(refused.values())} | |")
     shutil.rmtree(work, ignore_errors=True)
 

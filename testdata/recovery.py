@@ -59,6 +59,8 @@ class Recovery:
     invented: int          # pairs in the main namespace that the original file never held
     wellformed_on_damaged: int = 0     # pairs on damaged leaves whose element, key and value are intact
     recovered_wellformed: int = 0
+    resurrected: int = 0   # live pairs whose key the original's newest state no longer has, but an older one had:
+    #                        keys the last transaction deleted, back to life (invisible to `invented`)
 
     @property
     def share_intact(self) -> float:
@@ -98,5 +100,7 @@ def measure(original: Path, damaged: Path, rescued: Path | None) -> Recovery:
     except Exception:
         pass
     invented = {p for p in main if p not in orig and p not in older}
+    live_keys = {(path, k) for path, k, _ in orig}
+    resurrected = {p for p in main if p in older and (p[0], p[1]) not in live_keys}
     return Recovery(len(orig), len(intact_pairs), len(back), len(back & intact_pairs), len(invented),
-                    len(wellformed), len(back & wellformed))
+                    len(wellformed), len(back & wellformed), len(resurrected))
