@@ -6,11 +6,14 @@ import datetime
 import json
 import re
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from boltkit.buildkit.gc import (DiskStat, FilterError, Keep, Rule, default_policy, disk_space, keep_bytes, matches,
-                                 parse_filter, ram_in_bytes, rank, worker_policy)
+                                 parse_filter, ram_in_bytes, rank_scores, worker_policy)
 from boltkit.buildkit.startconfig import StartConfig
 from boltkit.buildkit.startup import Stage, close_plan, simulate_start, write_start
 from boltkit.cli import main
@@ -101,12 +104,64 @@ class _R:
         self.id, self.md = rid, _Md(last, count)
 
 
+def rank(candidates):
+    """sortDeleteRecords, transcribed loop for loop from manager.go (the reference rank_scores must equal): the
+    rank of last use plus the rank of use count, each scaled to 1; lowest first.
+    A record never used ranks first on the first axis."""
+    def last(r):
+        return r.md.int64("cache.lastUsedAt") if r.md.int64("cache.usageCount") is not None else None
+
+    def count(r):
+        return r.md.int64("cache.usageCount") or 0
+    by_last = sorted(candidates, key=lambda r: (last(r) is not None, last(r) or 0))
+    last_index, max_last, val = {}, 1.0, None
+    for r in by_last:
+        v = last(r)
+        if v is not None and (val is None or v > val):
+            val = v
+            max_last += 1
+        last_index[r.id] = max_last
+    by_count = sorted(candidates, key=count)
+    count_index, max_count, seen = {}, 1.0, 0
+    for r in by_count:
+        if count(r) != seen:
+            seen = count(r)
+            max_count += 1
+        count_index[r.id] = max_count
+    scored = [(r, last_index[r.id] / max_last + count_index[r.id] / max_count) for r in candidates]
+    scored.sort(key=lambda x: x[1])
+    return scored
+
+
+def _order(recs):
+    used = np.array([r.md.v["cache.usageCount"] is not None and r.md.v["cache.lastUsedAt"] is not None
+                     for r in recs])
+    last = np.array([(r.md.v["cache.lastUsedAt"] or 0) if r.md.v["cache.usageCount"] is not None else 0
+                     for r in recs], np.int64)
+    count = np.array([r.md.v["cache.usageCount"] or 0 for r in recs], np.int64)
+    score = rank_scores(used, last, count)
+    return [recs[i].id for i in np.argsort(score, kind="stable")], score
+
+
 def test_rank_is_sort_delete_records():
     """Least recently and least often used first; both axes count distinct values, a never-used record
     ranks first on the time axis."""
     recs = [_R(b"new-often", 300, 9), _R(b"old-rare", 100, 1), _R(b"mid", 200, 1), _R(b"never", None, None)]
-    order = [r.id for r, _ in rank(recs)]
+    order, _ = _order(recs)
+    assert order == [r.id for r, _ in rank(recs)]
     assert order[0] == b"never" and order[-1] == b"new-often" and order.index(b"old-rare") < order.index(b"mid")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.none(), st.integers(0, 6)), st.one_of(st.none(), st.integers(0, 4))),
+                min_size=1, max_size=30))
+def test_array_rank_equals_the_loops_of_manager_go(keys):
+    """The GC's array rank picks what sortDeleteRecords' loops pick, ties included: same order, same scores."""
+    recs = [_R(b"%03d" % i, last, count) for i, (last, count) in enumerate(keys)]
+    order, score = _order(recs)
+    ref = rank(recs)
+    assert order == [r.id for r, _ in ref]
+    assert sorted(score.tolist()) == [x for _, x in ref]
 
 
 # -- on a root buildkitd wrote ------------------------------------------------------------------------------

@@ -34,7 +34,9 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, Iterable, TypeAlias
+
+import numpy as np
 
 from .containerd_gc import uvarint
 from .gotime import unix_ns
@@ -466,38 +468,55 @@ class _Prune:
         return None
 
     def run(self, rule: Rule, index: int, result: GCResult, verdicts: dict[bytes, Keep]) -> None:
-        """cacheManager.prune: the budget from DiskUsage, then pruneOnce until a pass removes nothing."""
+        """cacheManager.prune: the budget from DiskUsage, then pruneOnce until a pass removes nothing.
+
+        pruneOnce judges every record on every pass, and under a byte budget removes one record a pass: O(n²)
+        in Go, minutes in Python at fleet size. Only the records a removal touches can change their verdict
+        (the references it released, and the pair halves whose listing depends on those), so each pass
+        re-judges just those and ranks the candidates in arrays (``_Candidates``): the same picks, in the
+        same order, as judging and ranking everything."""
         total = 0
         if rule.has_budget:
             total = self.disk_usage_total()
         keep = keep_bytes(total, rule, self.model.disk if rule.min_free_space else DiskStat(0, 0))
+        cands = _Candidates(sorted(self.w.records))
+        dirty: Iterable[bytes] = cands.ids
         while True:
-            released, count = self.prune_once(rule, index, total, keep, result, verdicts)
-            if count == 0:
+            for rid in dirty:
+                rec = self.w.records.get(rid)
+                if rec is None:
+                    cands.drop(rid)
+                    continue
+                why = self.verdict(rec, rule)
+                verdicts[rid] = why if why is not None else Keep.BUDGET
+                cands.set(rec, why is None)
+            if (keep != 0 and total < keep) or not cands.any():
                 return
+            released, gone = self.prune_batch(cands.pick(keep != 0), index, result, verdicts)
             total -= released
+            dirty = self._touched(gone)
 
-    def prune_once(self, rule: Rule, index: int, total: int, keep: int, result: GCResult,
-                   verdicts: dict[bytes, Keep]) -> tuple[int, int]:
-        recs = sorted(self.w.records.values(), key=lambda r: r.id)
-        under = keep != 0 and total < keep
-        candidates = []
-        for rec in recs:
-            why = self.verdict(rec, rule)
-            verdicts[rec.id] = why if why is not None else Keep.BUDGET
-            if why is None and not under:
-                candidates.append(rec)
-        if under or not candidates:
-            return 0, 0
-        tie = False
-        if keep != 0:
-            ranked = rank(candidates)
-            tie = len(ranked) > 1 and ranked[0][1] == ranked[1][1]
-            batch = [r for r, _ in ranked[:1]]
-        else:
-            batch = candidates[:MAX_PRUNE_BATCH]
-        released = count = 0
-        for rec in batch:
+    def _touched(self, gone: list[_Rec]) -> set[bytes]:
+        """The records whose verdict a removal may change: the removed ones, the records they held a
+        reference on, and the halves of a pair whose listing reads those references."""
+        out: set[bytes] = set()
+        for rec in gone:
+            out.add(rec.id)
+            for t in rec.held:
+                out.add(t)
+                held = self.w.records.get(t)
+                if held is not None:
+                    out.update(x for x in (held.equal_mutable, held.equal_immutable) if x is not None)
+        return out
+
+    def prune_batch(self, picked: tuple[list[bytes], bool], index: int, result: GCResult,
+                    verdicts: dict[bytes, Keep]) -> tuple[int, list[_Rec]]:
+        """pruneOnce's removals: each picked record with its pair partner, sizes as the daemon takes them."""
+        batch, tie = picked
+        released = 0
+        gone: list[_Rec] = []
+        for rid in batch:
+            rec = self.w.records[rid]
             partner = self.w.records.get(rec.equal_immutable) if rec.equal_immutable is not None else None
             size = self.recorded_size(rec)
             if size is None and partner is not None:
@@ -512,10 +531,11 @@ class _Prune:
             if partner is not None:
                 verdicts.pop(partner.id, None)
                 self.remove(partner, remove_snapshot=False)
+                gone.append(partner)
             self.remove(rec, remove_snapshot=True)
+            gone.append(rec)
             released += size or 0
-            count += 1
-        return released, count
+        return released, gone
 
     def remove(self, rec: _Rec, *, remove_snapshot: bool) -> None:
         """cacheRecord.remove: leases (with the snapshot), metadata, then the references on its parents;
@@ -569,32 +589,59 @@ def keep_bytes(total: int, rule: Rule, dstat: DiskStat) -> int:
     return max(keep, rule.reserved_space)
 
 
-def rank(candidates: list[_Rec]) -> list[tuple[_Rec, float]]:
-    """sortDeleteRecords: the rank of last use plus the rank of use count, each scaled to 1; lowest first.
-    A record never used ranks first on the first axis."""
-    def last(r):
-        return r.md.int64("cache.lastUsedAt") if r.md.int64("cache.usageCount") is not None else None
+class _Candidates:
+    """pruneOnce's candidates as arrays over the records in id order (the order the daemon walks them), with
+    the two keys sortDeleteRecords ranks by; kept up to date record by record between passes."""
 
-    def count(r):
-        return r.md.int64("cache.usageCount") or 0
-    by_last = sorted(candidates, key=lambda r: (last(r) is not None, last(r) or 0))
-    last_index, max_last, val = {}, 1.0, None
-    for r in by_last:
-        v = last(r)
-        if v is not None and (val is None or v > val):
-            val = v
-            max_last += 1
-        last_index[r.id] = max_last
-    by_count = sorted(candidates, key=count)
-    count_index, max_count, seen = {}, 1.0, 0
-    for r in by_count:
-        if count(r) != seen:
-            seen = count(r)
-            max_count += 1
-        count_index[r.id] = max_count
-    scored = [(r, last_index[r.id] / max_last + count_index[r.id] / max_count) for r in candidates]
-    scored.sort(key=lambda x: x[1])
-    return scored
+    def __init__(self, ids: list[bytes]):
+        self.ids = ids
+        self.at = {rid: i for i, rid in enumerate(ids)}
+        n = len(ids)
+        self.cand = np.zeros(n, bool)
+        self.used = np.zeros(n, bool)          # usageCount is set: lastUsedAt counts
+        self.last = np.zeros(n, np.int64)
+        self.count = np.zeros(n, np.int64)
+
+    def set(self, rec: _Rec, candidate: bool) -> None:
+        i = self.at[rec.id]
+        self.cand[i] = candidate
+        count = rec.md.int64("cache.usageCount")
+        last = rec.md.int64("cache.lastUsedAt") if count is not None else None
+        self.used[i] = last is not None
+        self.last[i] = last or 0
+        self.count[i] = count or 0
+
+    def drop(self, rid: bytes) -> None:
+        self.cand[self.at[rid]] = False
+
+    def any(self) -> bool:
+        return bool(self.cand.any())
+
+    def pick(self, ranked: bool) -> tuple[list[bytes], bool]:
+        """Without a budget, the first maxPruneBatch candidates; with one, the lowest of sortDeleteRecords
+        (the first such in id order, as the stable sort leaves it), and whether another ties with it."""
+        pos = np.flatnonzero(self.cand)
+        if not ranked:
+            return [self.ids[i] for i in pos[:MAX_PRUNE_BATCH].tolist()], False
+        score = rank_scores(self.used[pos], self.last[pos], self.count[pos])
+        best = int(np.argmin(score))
+        tie = pos.size > 1 and int((score == score[best]).sum()) > 1
+        return [self.ids[int(pos[best])]], tie
+
+
+def rank_scores(used: np.ndarray, last: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """sortDeleteRecords' blended rank, per record: the dense rank of last use (never used: 1) over the
+    number of distinct last uses + 1, plus the dense rank of use count (0 shares the first rank) over the
+    number of its distinct values + 1. The same float arithmetic as the loop of manager.go, so ties are the same
+    ties."""
+    distinct_last = np.unique(last[used])
+    rl = np.where(used, np.searchsorted(distinct_last, last) + 2, 1).astype(np.float64)
+    max_last = 1.0 + distinct_last.size
+    distinct_count = np.unique(count)
+    skip = 1 if distinct_count.size and distinct_count[0] == 0 else 0
+    rc = (np.searchsorted(distinct_count, count) + 2 - skip).astype(np.float64)
+    max_count = 1.0 + distinct_count.size - skip
+    return rl / max_last + rc / max_count
 
 
 def _ns(d: datetime.timedelta) -> int:
@@ -699,5 +746,5 @@ def collect(model: _Model, worker: _Worker, rules: list[Rule], stage, why) -> GC
 
 
 __all__ = ["UsageInfo", "disk_usage", "Rule", "DiskStat", "Keep", "Removed", "Kept", "GCResult", "default_policy",
-           "worker_policy",
-           "parse_filter", "matches", "keep_bytes", "rank", "collect", "disk_space", "ram_in_bytes", "FilterError"]
+           "worker_policy", "parse_filter", "matches", "keep_bytes", "rank_scores", "collect", "disk_space",
+           "ram_in_bytes", "FilterError"]
