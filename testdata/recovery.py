@@ -100,7 +100,18 @@ def measure(original: Path, damaged: Path, rescued: Path | None) -> Recovery:
     except Exception:
         pass
     invented = {p for p in main if p not in orig and p not in older}
+    # a key may be live in the newest state, or, when the damage tore the newest meta, in the transaction before
+    # it: to bbolt a torn meta is a commit that never happened, so that earlier state is as good a truth
     live_keys = {(path, k) for path, k, _ in orig}
+    try:
+        with Database(original, meta=0) as d0, Database(original, meta=1) as d1:
+            whole = [d for d in (d0, d1) if a[d.meta.offset:d.meta.offset + 80] == b[d.meta.offset:d.meta.offset + 80]]
+            if whole and max(d.meta.txid for d in whole) < max(d0.meta.txid, d1.meta.txid):
+                db = max(whole, key=lambda d: d.meta.txid)
+                live_keys |= {(p.path, it.key) for p, c, it in db.tree.walk(db.root(), on_error=lambda e: None)
+                              if c is None}
+    except Exception:
+        pass
     resurrected = {p for p in main if p in older and (p[0], p[1]) not in live_keys}
     return Recovery(len(orig), len(intact_pairs), len(back), len(back & intact_pairs), len(invented),
                     len(wellformed), len(back & wellformed), len(resurrected))

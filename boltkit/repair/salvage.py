@@ -58,6 +58,34 @@ class SalvageResult:
                 "input_pairs": self.input_pairs, "output_pairs": self.output_pairs, "warning": WARNING}
 
 
+class _Holes:
+    """Key ranges of the live tree that damage hid, per bucket path: the only places where an older tree's pairs
+    may come back to life. Elsewhere a key the older tree has and the live tree lacks was deleted since. A range
+    damage made unreadable may take any pair (what it held is unknown); a range read but doubtful (its pairs
+    went to lost+found) takes only the pairs it was seen to hold, now placed by the older tree."""
+
+    def __init__(self) -> None:
+        self.ranges: dict[tuple, list[tuple]] = {}
+        self.everywhere = False          # damage whose place is not known: every gap may be one
+        self.doubtful: set[tuple[bytes, bytes]] = set()     # (key, value) of the pairs put aside as doubtful
+
+    def add(self, path: tuple, lo: bytes | None, hi: bytes | None, doubt: bool = False) -> None:
+        self.ranges.setdefault(path, []).append((lo, hi, doubt))
+
+    def covers(self, path: tuple, key: bytes, value: bytes | None = None) -> bool:
+        """Whether ``key`` of bucket ``path`` (or the name of a bucket ``path`` runs through) falls in a range
+        that may take it: an unreadable one, or a doubtful one that held this very pair (``value``)."""
+        if self.everywhere:
+            return True
+        seen = value is not None and (key, value) in self.doubtful
+        return any(not doubt or seen for doubt in self._in(path, key)) or any(
+            not doubt or seen for i in range(len(path)) for doubt in self._in(path[:i], path[i]))
+
+    def _in(self, path: tuple, key: bytes):
+        return (doubt for lo, hi, doubt in self.ranges.get(path, ())
+                if (lo is None or lo <= key) and (hi is None or key < hi))
+
+
 class _Collector:
     def __init__(self, db: Database):
         self.db = db
@@ -119,23 +147,41 @@ class _Collector:
             b.values[key] = value
             self.pairs[source] = self.pairs.get(source, 0) + 1
 
-    def tree(self, tree: Tree, root_page: int, source: str, tally: bool = False, gaps_to: bytes | None = None) -> None:
+    def tree(self, tree: Tree, root_page: int, source: str, tally: bool = False, gaps_to: bytes | None = None,
+             holes: _Holes | None = None, fill: _Holes | None = None) -> None:
         """Walk one tree. Pairs whose place is doubtful stay, but out of the live namespace: pages whose keys
         are out of order (a key was overwritten, its value may now sit under another key), pages whose keys
         fall outside the range their parent branch gives them (a child pointer was redirected), and
         everything below such pages, sub-buckets included. With ``gaps_to``, the tree is an older state than
         the one already collected: a pair whose key the live namespace lacks was deleted since, and goes to
-        lost+found/``gaps_to`` instead of coming back to life."""
+        lost+found/``gaps_to`` instead of coming back to life, unless it falls where ``fill`` says damage hid
+        the live tree's own pairs. ``holes`` collects those places for this tree: the key range a damaged or
+        doubtful page's parent gave it, the whole bucket for a bucket's root page."""
         data = self.db.data
         suspect: dict[int, int] = {}             # page -> the page where the doubt started
         expected: dict[int, tuple] = {}          # child page -> (lo, hi) from its parent branch
         suspect_paths: dict[tuple, int] = {}
+        page_bucket: dict[int, tuple] = {}       # a page a branch or a bucket header names -> its bucket's path
+
+        def hole(page: int | None, path: tuple | None = None, doubt: bool = False) -> None:
+            if holes is None:
+                return
+            if page == root_page:
+                holes.add((), None, None, doubt)
+            elif page in page_bucket:
+                lo, hi = expected.get(page, (None, None))
+                holes.add(page_bucket[page], lo, hi, doubt)
+            elif path is not None:
+                holes.add(tuple(path), None, None, doubt)
+            else:
+                holes.everywhere = True
 
         def doubt(page: int, origin: int, why: str) -> None:
             if page not in suspect:
                 suspect[page] = origin
                 if page == origin:
                     self.damage.append(f"{source}: page {page}: {why}; its pairs go to lost+found")
+                    hole(page, doubt=True)
 
         placed: dict[int, tuple] = {}            # leaf page -> the bucket its pairs went to
         listed: set[int] = set()                  # pages a branch or a bucket header already names
@@ -154,14 +200,19 @@ class _Collector:
             # namespace, also when the first reference already put them there
             if node.is_branch:
                 named = [child for _, _, child in elems]
+                for child in named:
+                    page_bucket.setdefault(child, bucket.path)
             else:
-                named = [root for flags, _, ke, ve in elems if flags & BUCKET_LEAF_FLAG and ve - ke >= 8
-                         and (root := int.from_bytes(data[ke:ke + 8], "little"))]
+                roots = [(data[ks:ke], root) for flags, ks, ke, ve in elems if flags & BUCKET_LEAF_FLAG
+                         and ve - ke >= 8 and (root := int.from_bytes(data[ke:ke + 8], "little"))]
+                for name, root in roots:
+                    page_bucket.setdefault(root, bucket.path + (name,))
+                named = [root for _, root in roots]
             for child in named:
                 if child in listed:
                     doubt(child, child, "named by two pages")
                     if child in placed:
-                        self._move_aside(child, placed.pop(child), source)
+                        self._move_aside(child, placed.pop(child), source, holes)
                 listed.add(child)
             if len(keys) > 1 and keys != sorted(set(keys)):
                 doubt(page, page, "keys out of order")
@@ -176,6 +227,7 @@ class _Collector:
 
         def on_error(e: CorruptionError):
             self.damage.append(f"{source}: {e}")
+            hole(e.pgid, e.path)
         try:
             root = tree.bucket_at((), root_page, 0, on_error)
         except CorruptionError as e:
@@ -199,7 +251,9 @@ class _Collector:
                 if where is not None:
                     suspect_paths[child.path] = suspect.get(page, suspect_paths.get(parent.path, page))
                     continue
-                if (child.root and page in suspect) or gaps_to is not None:
+                if child.root and page in suspect:
+                    continue
+                if gaps_to is not None and (fill is None or not fill.covers(parent.path, child.path[-1])):
                     continue
                 b = self.bucket(child.path)
                 if b is not None and b.sequence == 0:
@@ -208,16 +262,20 @@ class _Collector:
             if tally:
                 seen.setdefault(parent.path, set()).add(item.key)
             path = aside(parent.path, page) or parent.path or (LOST_FOUND, b"root-bucket-keys")
+            value = self.value(item.value_start, item.value_end)
+            if holes is not None and path != parent.path:
+                holes.doubtful.add((item.key, bytes(value)))
             if gaps_to is not None and path == parent.path:
                 live = self._cache.get(path)
                 if live is not None and item.key in live.values:
                     continue
-                path = (LOST_FOUND, gaps_to) + path
-            self.put(path, item.key, self.value(item.value_start, item.value_end), source)
+                if fill is None or not fill.covers(path, item.key, bytes(value)):
+                    path = (LOST_FOUND, gaps_to) + path
+            self.put(path, item.key, value, source)
         if tally:
             self.tolerant_pairs += sum(len(k) for k in seen.values())
 
-    def _move_aside(self, page: int, path: tuple, source: str) -> None:
+    def _move_aside(self, page: int, path: tuple, source: str, holes: _Holes | None) -> None:
         """Move the plain pairs of leaf ``page``, already put at ``path``, to lost+found/page-N-doubtful."""
         live = self._cache.get(path)
         if live is None:
@@ -234,6 +292,8 @@ class _Collector:
             if not flags & BUCKET_LEAF_FLAG and key in live.values and bytes(live.values[key]) == data[ke:ve]:
                 value = live.values.pop(key)
                 self.pairs[source] = self.pairs.get(source, 0) - 1
+                if holes is not None:
+                    holes.doubtful.add((key, bytes(value)))
                 self.put(target, key, value, source)
 
     def keep_agreed(self, other: _Bucket, mine: tuple[bytes, str], theirs: tuple[bytes, str]) -> int:
@@ -399,47 +459,58 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, include_freed: bool 
             col.tree(Tree(Pager(db.data, db.file_size, db.page_size, pages_in(db.file_size, db.page_size))),
                      later.root, f"later state (root page {later.root})")
         primary = f"{db.meta.label} (txid {db.meta.txid})"
-        # a meta read past its lying checksum or page size still names an intact tree; an older transaction
-        # than bbolt's, or a rebuilt root, leaves the newest pages unreached: those are for lost+found
-        col.tree(db.tree, db.meta.root, primary, tally=True,
-                 gaps_to=None if later is None else f"txid-{db.meta.txid}-deleted-since".encode())
+        # the other meta's tree, and which transaction is the later: bbolt writes a transaction's pages, syncs,
+        # then its meta, so a meta whose checksum failed but whose fields agree with the file names a whole tree,
+        # and the file's witnesses (newer_meta) can say it is the later one
+        others = [m for m in db.metas if m is not None and m is not db.meta and (m.valid or m.consistent)
+                  and 2 <= m.root < pages_in(db.file_size, db.page_size)]
+        other = others[0] if others else None
+        witness = newer_meta(other, db.meta, db.data, db.file_size) if other is not None and not other.valid \
+            else None
+        other_later = other is not None and later is None and not db.meta.rebuilt and (
+            witness is other if not other.valid else other.txid > db.meta.txid)
+        unknown = other is not None and not other.valid and witness is None
+        holes = _Holes()
+        if other is not None and other_later:
+            # the later state is live, the earlier one only fills where damage hid the later one's pairs: a key
+            # only the earlier tree has was deleted by the later transaction, and waits in lost+found
+            label = f"meta {other.index} (txid {other.txid})"
+            col.damage.append(f"{label} is the later transaction ({'; '.join(other.errors + other.faults)}), and "
+                              f"its tree is read first; {primary}'s pairs fill in only where damage hid its own, "
+                              f"the rest go to lost+found/txid-{other.txid}-deleted-since")
+            col.tree(Tree(Pager(db.data, db.file_size, db.page_size, max(other.pgid, db.hwm))), other.root, label,
+                     holes=holes)
+            col.tree(db.tree, db.meta.root, primary, tally=True,
+                     gaps_to=f"txid-{other.txid}-deleted-since".encode(), fill=holes)
+            other = None
+        else:
+            # a meta read past its lying checksum or page size still names an intact tree; an older transaction
+            # than bbolt's, or a rebuilt root, leaves the newest pages unreached: those are for lost+found
+            col.tree(db.tree, db.meta.root, primary, tally=True,
+                     gaps_to=None if later is None else f"txid-{db.meta.txid}-deleted-since".encode(), holes=holes)
         live_damaged = (len(col.damage) > len(db.choice.warnings) or meta_lost
                         or db.choice.rung in ("older", "broken", "rebuilt"))
-        # the previous transaction fills gaps only where the current tree is damaged: on an intact tree it
-        # would bring back keys the last transaction deleted
-        for other in db.metas:
-            if other is None or other is db.meta or not (other.valid or other.consistent):
-                continue
-            # a meta whose checksum failed is the newest write attempt (bbolt writes the tree, syncs, then the
-            # meta): when it is the later transaction, its tree fills in the keys that transaction added. When
-            # neither meta passes its checksum and nothing in the file orders them, either may be the later one:
-            # the other tree's keys the live namespace lacks are kept, but under lost+found
-            unordered = False
-            if not other.valid and other.consistent:
-                witness = newer_meta(other, db.meta, db.data, db.file_size)
-                unordered = witness is None and not db.meta.valid
-                torn_newer = witness is other or (witness is None and other.txid > db.meta.txid)
+        if other is not None and (unknown or live_damaged):
+            pager = Pager(db.data, db.file_size, db.page_size, max(other.pgid, db.hwm))
+            label = f"meta {other.index} (txid {other.txid})"
+            if unknown and not db.meta.valid and not live_damaged:
+                # neither meta passes its checksum and nothing in the file orders them: either may be the later
+                theirs = _Collector(db)
+                theirs.tree(Tree(pager), other.root, label)
+                col.damage.extend(theirs.damage)
+                col.reached |= theirs.reached
+                moved = col.keep_agreed(theirs.root, (f"meta-{db.meta.index}-order-unknown".encode(), primary),
+                                        (f"meta-{other.index}-order-unknown".encode(), label))
+                col.damage.append(f"meta {db.meta.index} and meta {other.index}: both torn, and nothing in the "
+                                  "file says which is the later transaction; only the pairs both trees agree on "
+                                  f"stay live ({moved} of {primary}'s went to lost+found/meta-"
+                                  f"{db.meta.index}-order-unknown, the other's to lost+found/meta-{other.index}"
+                                  "-order-unknown)")
             else:
-                torn_newer = False
-            if live_damaged or torn_newer or unordered:
-                if not 2 <= other.root < pages_in(db.file_size, db.page_size):
-                    continue
-                pager = Pager(db.data, db.file_size, db.page_size, max(other.pgid, db.hwm))
-                label = f"meta {other.index} (txid {other.txid})"
-                if unordered and not live_damaged:
-                    theirs = _Collector(db)
-                    theirs.tree(Tree(pager), other.root, label)
-                    col.damage.extend(theirs.damage)
-                    col.reached |= theirs.reached
-                    moved = col.keep_agreed(theirs.root, (f"meta-{db.meta.index}-order-unknown".encode(), primary),
-                                            (f"meta-{other.index}-order-unknown".encode(), label))
-                    col.damage.append(f"meta {db.meta.index} and meta {other.index}: both torn, and nothing in the "
-                                      "file says which is the later transaction; only the pairs both trees agree on "
-                                      f"stay live ({moved} of {primary}'s went to lost+found/meta-"
-                                      f"{db.meta.index}-order-unknown, the other's to lost+found/meta-{other.index}"
-                                      "-order-unknown)")
-                    continue
-                col.tree(Tree(pager), other.root, label)
+                # the other tree fills in only where damage hid the live tree's pairs: elsewhere a key it has and
+                # the live tree lacks was deleted by a later transaction (or, unordered, may have been)
+                gaps = (f"meta-{other.index}-order-unknown" if unknown else f"txid-{db.meta.txid}-deleted-since")
+                col.tree(Tree(pager), other.root, label, gaps_to=gaps.encode(), fill=holes if live_damaged else None)
         orphan_pages: list[int] = []
         if lost_found and (live_damaged or include_freed):
             free: set[int] | None = set()
