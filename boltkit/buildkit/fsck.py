@@ -14,6 +14,7 @@ from ..check.checker import progress_part
 from ..check.problems import Problem, Problems, ProblemTable, Severity
 from ..errors import BoltkitError
 from ..storage import Database
+from ..storage.strings import byte_strings
 from ..storage.gcpause import gc_paused
 from .cachecheck import check_cache_columns
 from .cachecolumns import CacheLeaves, columns_from_leaves, load_cache_columns
@@ -21,6 +22,7 @@ from .cachedb import TOP_BUCKETS, split_result_id
 from .containerd import (KIND_ACTIVE, BackendSnapshot, Snapshot, backend_snapshots, leases, snapshots,
                          worker_snapshotter)
 from .history import check_history, load_history
+from .release import name_order
 from .metadata import check_metadata_store, load_metadata_store, record_ids
 from .rehome import rehome_history
 from .root import Root, discover
@@ -353,8 +355,9 @@ def _result_checks(result: FsckResult, snapshot: bool, columns: dict) -> None:
     f = str(cache.path)
     names = cols.names
     why = {}            # result id code -> (code, worker id) of its problem; absent: it has none
-    for r in np.unique(cols.result_rid).tolist():
-        parts = split_result_id(names.all_bytes()[r].decode("utf-8", "replace"))
+    rids = np.unique(cols.result_rid)
+    for r, raw in zip(rids.tolist(), byte_strings(names.data, names.off[rids], names.length[rids])):
+        parts = split_result_id(raw.decode("utf-8", "replace"))
         if parts is None:
             continue      # C16, already reported by the cache.db check
         wid, ref = parts
@@ -364,14 +367,8 @@ def _result_checks(result: FsckResult, snapshot: bool, columns: dict) -> None:
             why[r] = ("X2", wid)
     if not why:
         return
-    every = names.all_bytes()
-    text = {c: every[c].decode("utf-8", "replace") for c in set(cols.result_kid.tolist()) | set(why)}
-    pairs: dict = {}        # (key id, result id) as text, each once (as the keys are listed) -> their codes
-    for k, r in zip(cols.result_kid.tolist(), cols.result_rid.tolist()):
-        if r in why:
-            pairs.setdefault((text[k], text[r]), (k, r))
-    rows = [t + pairs[t] for t in sorted(pairs)]
-
+    rows, str_of = _result_rows(cols, why)
+    text = _Text(str_of)
     def make(code, kid, rid):
         wid = why[rid][1]
         if code == "X1":
@@ -383,8 +380,43 @@ def _result_checks(result: FsckResult, snapshot: bool, columns: dict) -> None:
 
     start = 0
     for end in range(1, len(rows) + 1):     # runs of one code, in the order of (key id, result id)
-        if end == len(rows) or why[rows[end][3]][0] != why[rows[start][3]][0]:
-            run, code = rows[start:end], why[rows[start][3]][0]
-            result.cross.extend(ProblemTable(code, len(run), lambda i, run=run, code=code: make(code, run[i][2],
-                                                                                                 run[i][3])))
+        if end == len(rows) or why[rows[end][1]][0] != why[rows[start][1]][0]:
+            run, code = rows[start:end], why[rows[start][1]][0]
+            result.cross.extend(ProblemTable(code, len(run), lambda i, run=run, code=code: make(code, run[i][0],
+                                                                                                 run[i][1])))
             start = end
+
+
+class _Text(dict):
+    """Name code -> its text, decoded when first asked for."""
+
+    def __init__(self, str_of):
+        super().__init__()
+        self.str_of = str_of
+
+    def __missing__(self, code):
+        self[code] = got = self.str_of(code)
+        return got
+
+
+def _result_rows(cols, why: dict) -> tuple[list[tuple[int, int]], object]:
+    """The (key, result) code pairs of the results ``why`` names, each pair of texts once, in text order
+    (as the keys are listed), and code -> text. ASCII names are ordered by their bytes on arrays; others
+    (whose decoded text may differ from their bytes) through their text."""
+    names = cols.names
+    hit = np.zeros(len(names), bool)
+    hit[list(why)] = True
+    at = np.flatnonzero(hit[cols.result_rid])
+    kid, rid = cols.result_kid[at], cols.result_rid[at]
+    rank, ascii = name_order(cols)
+    if ascii:
+        o = np.lexsort((rank[rid], rank[kid]))
+        kid, rid = kid[o], rid[o]
+        keep = np.r_[True, (kid[1:] != kid[:-1]) | (rid[1:] != rid[:-1])]
+        return list(zip(kid[keep].tolist(), rid[keep].tolist())), names.str
+    every = names.all_bytes()
+    text = {c: every[c].decode("utf-8", "replace") for c in set(kid.tolist()) | set(rid.tolist())}
+    pairs: dict = {}        # (key id, result id) as text, each once -> their codes
+    for k, r in zip(kid.tolist(), rid.tolist()):
+        pairs.setdefault((text[k], text[r]), (k, r))
+    return [pairs[t] for t in sorted(pairs)], text.__getitem__

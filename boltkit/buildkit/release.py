@@ -92,11 +92,20 @@ class ReleaseJournal(Sequence):
         return out
 
 
-def byte_rank(names) -> np.ndarray:
-    """Each name code's rank in byte order (Go's bytes.Compare, Python's bytes ordering)."""
+def name_order(cols) -> tuple[np.ndarray, bool]:
+    """(each name code's rank in byte order, whether every name is ASCII) of a store's columns, worked out
+    once and kept with them. Byte order is Go's bytes.Compare and Python's bytes ordering; for ASCII names
+    it is also the order of their text."""
+    got = cols.__dict__.get("_name_order")
+    if got is None:
+        got = cols.__dict__["_name_order"] = _byte_rank(cols.names)
+    return got
+
+
+def _byte_rank(names) -> tuple[np.ndarray, bool]:
     n = len(names)
     if not n:
-        return np.zeros(0, _I64)
+        return np.zeros(0, _I64), True
     off, length, u8 = names.off.astype(_I64), names.length.astype(_I64), names.data
     width = int(length.max())
     # numpy's fixed-width byte strings pad with NUL and ignore trailing NULs: exact unless a name ends in one
@@ -109,12 +118,14 @@ def byte_rank(names) -> np.ndarray:
                 rows = np.lib.stride_tricks.as_strided(u8, shape=(u8.size - m + 1, m), strides=(1, 1))[off[idx]]
                 fixed[idx] = np.ascontiguousarray(rows).view(f"S{m}").ravel()
         order = np.argsort(fixed, kind="stable")
+        ascii = not (fixed.view(np.uint8) >= 0x80).any()
     else:
         text = names.all_bytes()
         order = np.array(sorted(range(n), key=text.__getitem__), _I64)
+        ascii = all(b.isascii() for b in text)
     rank = np.empty(n, _I64)
     rank[order] = np.arange(n, dtype=_I64)
-    return rank
+    return rank, ascii
 
 
 def _groups(keys: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -144,7 +155,7 @@ def release_on_columns(cols, why_of: np.ndarray, reasons: Sequence, empty_why: i
     ``reasons`` of why that result is released, -1 for a result that stays; ``empty_why``: the index of
     emptyBranchWithParents' reason. None when the columns cannot decide (see the module)."""
     try:
-        return _release(cols, why_of, reasons, empty_why, stage, byte_rank(cols.names) if rank is None else rank)
+        return _release(cols, why_of, reasons, empty_why, stage, name_order(cols)[0] if rank is None else rank)
     except (Undecidable, RecursionError):
         return None
 
@@ -187,8 +198,12 @@ def _release(cols, why_of, reasons, empty_why, stage, rank) -> ReleaseJournal:
     np.minimum.at(zero_at, p_kid[cand], cand)
 
     climb = _Climb(cols, rank, zero_at, has_r, empty_why)
-    for p in np.flatnonzero(empty_after).tolist():
-        climb.at(p, int(p_kid[p]))
+    cand = np.flatnonzero(empty_after)
+    n_links = np.bincount(cols.link_src, minlength=n)[p_kid[cand]]
+    for p, kid, linked in zip(cand.tolist(), p_kid[cand].tolist(), n_links.tolist()):
+        if linked and kid not in climb.links:
+            continue        # it keeps the links it had: not empty (only a climb takes links away)
+        climb.at(p, kid)
 
     # pairs on a key whose `_result` bucket the climb removed before them are skipped whole
     gone_at = np.full(n, np.iinfo(_I64).max, _I64)
