@@ -93,25 +93,28 @@ class ReleaseJournal(Sequence):
 
 
 def name_order(cols) -> tuple[np.ndarray, bool]:
-    """(each name code's rank in byte order, whether every name is ASCII) of a store's columns, worked out
-    once and kept with them. Byte order is Go's bytes.Compare and Python's bytes ordering; for ASCII names
+    """(a rank per name code in byte order, whether those names are all ASCII) of the names the release
+    orders by (the keys and ids of results and of `_byresult` entries; -1 for the others), worked out once
+    and kept with the columns. Byte order is Go's bytes.Compare and Python's bytes ordering; for ASCII names
     it is also the order of their text."""
     got = cols.__dict__.get("_name_order")
     if got is None:
-        got = cols.__dict__["_name_order"] = _byte_rank(cols.names)
+        codes = np.unique(np.concatenate([cols.result_kid, cols.result_rid, cols.byresult_kid,
+                                          cols.byresult_rid]).astype(_I64))
+        got = cols.__dict__["_name_order"] = _byte_rank(cols.names, codes)
     return got
 
 
-def _byte_rank(names) -> tuple[np.ndarray, bool]:
-    n = len(names)
-    if not n:
-        return np.zeros(0, _I64), True
-    off, length, u8 = names.off.astype(_I64), names.length.astype(_I64), names.data
+def _byte_rank(names, codes: np.ndarray) -> tuple[np.ndarray, bool]:
+    rank = np.full(len(names), -1, _I64)
+    if not codes.size:
+        return rank, True
+    off, length, u8 = names.off[codes].astype(_I64), names.length[codes].astype(_I64), names.data
     width = int(length.max())
     # numpy's fixed-width byte strings pad with NUL and ignore trailing NULs: exact unless a name ends in one
     nonempty = length > 0
     if width <= 256 and not (u8[(off + length - 1)[nonempty]] == _NUL).any():
-        fixed = np.zeros(n, f"S{max(width, 1)}")
+        fixed = np.zeros(codes.size, f"S{max(width, 1)}")
         for m in np.unique(length).tolist():
             idx = np.flatnonzero(length == m)
             if m:
@@ -120,11 +123,10 @@ def _byte_rank(names) -> tuple[np.ndarray, bool]:
         order = np.argsort(fixed, kind="stable")
         ascii = not (fixed.view(np.uint8) >= 0x80).any()
     else:
-        text = names.all_bytes()
-        order = np.array(sorted(range(n), key=text.__getitem__), _I64)
+        text = [names.bytes(c) for c in codes.tolist()]
+        order = np.array(sorted(range(codes.size), key=text.__getitem__), _I64)
         ascii = all(b.isascii() for b in text)
-    rank = np.empty(n, _I64)
-    rank[order] = np.arange(n, dtype=_I64)
+    rank[codes[order]] = np.arange(codes.size, dtype=_I64)
     return rank, ascii
 
 
@@ -197,7 +199,7 @@ def _release(cols, why_of, reasons, empty_why, stage, rank) -> ReleaseJournal:
     cand = np.flatnonzero(empty_after & holds)
     np.minimum.at(zero_at, p_kid[cand], cand)
 
-    climb = _Climb(cols, rank, zero_at, has_r, empty_why)
+    climb = _Climb(cols, zero_at, has_r, empty_why)
     cand = np.flatnonzero(empty_after)
     n_links = np.bincount(cols.link_src, minlength=n)[p_kid[cand]]
     for p, kid, linked in zip(cand.tolist(), p_kid[cand].tolist(), n_links.tolist()):
@@ -246,8 +248,8 @@ class _Climb:
     """emptyBranchWithParents, run on the link graph of the columns for the keys a release may empty: the
     state of each bucket it reads is made from the columns the first time it is read, then kept."""
 
-    def __init__(self, cols, rank, zero_at, has_r, empty_why: int):
-        self.cols, self.rank, self.zero_at, self.has_r, self.why = cols, rank, zero_at, has_r, empty_why
+    def __init__(self, cols, zero_at, has_r, empty_why: int):
+        self.cols, self.zero_at, self.has_r, self.why = cols, zero_at, has_r, empty_why
         n = len(cols.names)
         self.has_l = np.zeros(n, bool)
         self.has_l[cols.links_ids] = True
@@ -302,8 +304,8 @@ class _Climb:
         self.stack.add(kid)
         if self.has_k[kid] and kid not in self.k_gone:
             idx = self.k_order[self.k_bounds[kid]:self.k_bounds[kid + 1]]
-            parents = self.cols.backlink_src[idx]
-            for parent in parents[np.argsort(self.rank[parents], kind="stable")].tolist():
+            names = self.cols.names
+            for parent in sorted(self.cols.backlink_src[idx].tolist(), key=names.bytes):
                 sub = self._links(parent)
                 if sub is not None:
                     keys = sorted((self._raw(i), i) for i in sub)
