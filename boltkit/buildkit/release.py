@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..storage.overlay import Mutation
+from .graph import sorted_unique
 
 _I64 = np.int64
 TOPS = (b"_result", b"_links", b"_byresult", b"_backlinks")
@@ -99,8 +100,8 @@ def name_order(cols) -> tuple[np.ndarray, bool]:
     it is also the order of their text."""
     got = cols.__dict__.get("_name_order")
     if got is None:
-        codes = np.unique(np.concatenate([cols.result_kid, cols.result_rid, cols.byresult_kid,
-                                          cols.byresult_rid]).astype(_I64))
+        codes = sorted_unique(np.concatenate([cols.result_kid, cols.result_rid, cols.byresult_kid,
+                                              cols.byresult_rid]).astype(_I64))
         got = cols.__dict__["_name_order"] = _byte_rank(cols.names, codes)
     return got
 
@@ -115,7 +116,7 @@ def _byte_rank(names, codes: np.ndarray) -> tuple[np.ndarray, bool]:
     nonempty = length > 0
     if width <= 256 and not (u8[(off + length - 1)[nonempty]] == _NUL).any():
         fixed = np.zeros(codes.size, f"S{max(width, 1)}")
-        for m in np.unique(length).tolist():
+        for m in sorted_unique(length).tolist():
             idx = np.flatnonzero(length == m)
             if m:
                 rows = np.lib.stride_tricks.as_strided(u8, shape=(u8.size - m + 1, m), strides=(1, 1))[off[idx]]
@@ -146,7 +147,9 @@ def release_order(cols, unloadable: np.ndarray, rank: np.ndarray) -> np.ndarray:
     kid, rid = cols.result_kid[rows], cols.result_rid[rows]
     order = np.lexsort((rank[rid], rank[kid]))
     rid = rid[order]
-    _, first = np.unique(rid, return_index=True)
+    by_rid = np.argsort(rid, kind="stable")
+    s = rid[by_rid]
+    first = by_rid[np.r_[True, s[1:] != s[:-1]]] if s.size else by_rid
     return rid[np.sort(first)]
 
 

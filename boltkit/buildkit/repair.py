@@ -10,6 +10,7 @@ in history.db build records outside `_records` put back. The records the daemon 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,7 +193,7 @@ class StartRepair:
     start_only: bool
 
     @property
-    def changes(self) -> list[StartChange]:
+    def changes(self) -> Sequence[StartChange]:
         return self.start.changes
 
     @property

@@ -997,12 +997,13 @@ class _Model:
         NewStore's creation of its top-level buckets; None otherwise, or when the columns cannot decide."""
         import numpy as np
 
+        from .graph import sorted_unique
         from .release import release_on_columns
         if ov._pending or any(m.op != "create-bucket" or m.path for m in ov.journal):
             return None
         reasons = (Why.RESULT_UNLOADABLE, Why.RESULT_OF_CLEARED_RECORD, Why.EMPTY_BRANCH)
         why_of = np.full(len(cols.names), -1, np.int64)
-        codes = np.unique(cols.result_rid)
+        codes = sorted_unique(cols.result_rid)
         if not any(w.worker_id for w in self.workers):
             why_of[codes] = 0       # no worker: every result's ref fails to load
         else:
@@ -1015,7 +1016,7 @@ class _Model:
     def _release_order(self, ov: Overlay) -> list[bytes] | None:
         """The results ReleaseUnreferenced releases, in the order its walk meets them, from the columns
         (``_columns``) instead of a lookup per key, less what earlier starts of this replay released."""
-        import numpy as np
+        from .graph import sorted_unique
 
         cols: Any = ov.columns  # type: ignore[attr-defined]
         text = cols.names.all_bytes()
@@ -1023,10 +1024,10 @@ class _Model:
         gone_results = {(m.path[1], m.key) for m in ov.journal if m.op == "delete" and len(m.path) == 2
                         and m.path[0] == RESULT}
         gone_links = {m.key for m in ov.journal if m.op == "delete-bucket" and m.path == (LINKS,)}
-        ids = sorted((text[c], c) for c in np.unique(cols.links_ids).tolist())
+        ids = sorted((text[c], c) for c in sorted_unique(cols.links_ids).tolist())
         rank = {c: i for i, (name, c) in enumerate(ids) if name not in gone_links}
         unloadable = {}
-        for code in np.unique(cols.result_rid).tolist():
+        for code in sorted_unique(cols.result_rid).tolist():
             rid = text[code]
             if self.result_exists(rid) is not None:
                 unloadable[code] = rid

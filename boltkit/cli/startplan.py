@@ -54,8 +54,8 @@ def echo_plan(plan: StartPlan, *, listing: bool, limit: int = 20) -> None:
                    "(`boltkit buildkit fsck --repair`, or `buildkit repair`).")
     if plan.changes:
         kinds: Counter = Counter()
-        for (store, op, what, why, _), n in plan.changes.counts().items():
-            kinds[store, op, what, why.value, "routine" if why in ROUTINE else "discards"] += n
+        for (store, op, what, why, _), count in plan.changes.counts().items():
+            kinds[store, op, what, why.value, "routine" if why in ROUTINE else "discards"] += count
         click.echo("\nWhat the start changes:" if plan.starts else "\nWhat it commits before it stops:")
         emit_table([[s, op, w, y, r, n] for (s, op, w, y, r), n in sorted(kinds.items())],
                    ["store", "op", "what", "why", "", "count"])
