@@ -311,3 +311,38 @@ def test_the_climb_leaves_a_cycle_to_the_walk():
         ("delete-bucket", (b"_byresult",), b"r", "byresult"), ("delete-bucket", (b"_links",), b"b", "links"),
         ("delete-bucket", (b"_result",), b"b", "results"), ("delete-bucket", (b"_backlinks",), b"a", "backlinks"),
         ("delete-bucket", (b"_links",), b"a", "links"), ("delete-bucket", (b"_result",), b"a", "results")]
+
+
+def test_a_climb_round_stale_backlinks_crashes_the_daemon_not_boltkit(tmp_path):
+    """Two keys emptied together whose stale backlinks name each other: emptyBranchWithParents recurses
+    until Go's stack overflows. The replay says so (a crash at the release, exit 8, a hint at prune), where
+    the key-by-key walk used to die of Python's own recursion limit with a traceback."""
+    from click.testing import CliRunner
+
+    from boltkit.buildkit.startup import Cause, Outcome, Stage
+    from boltkit.cli import main
+    root = tmp_path / "root"
+    root.mkdir()
+    tops = {b"_backlinks": {b"a": {b"b": b""}, b"b": {b"a": b""}}, b"_byresult": {b"w::r": {b"a": b""}},
+            b"_links": {b"a": {}, b"b": {}},
+            b"_result": {b"a": {b"w::r": b'{"CreatedAt":"2026-11-30T10:00:00.5Z","ID":"w::r"}'}, b"b": {}}}
+    with BoltWriter(str(root / "cache.db")) as w:
+        for name in sorted(tops):
+            w.begin_bucket(name)
+            for sub in sorted(tops[name]):
+                w.begin_bucket(sub)
+                for k in sorted(tops[name][sub]):
+                    w.put(k, tops[name][sub][k])
+                w.end_bucket()
+            w.end_bucket()
+    plan = simulate_start(root, now=NOW)
+    close_plan(plan)
+    assert (plan.outcome, plan.stage, plan.store, plan.cause) == (Outcome.CRASHES, Stage.RELEASE, "cache.db",
+                                                                  Cause.LINK_CYCLE)
+    assert plan.cause_records == (b"a", b"b") and "a -> b -> a" in plan.message
+    assert not [c for c in plan.changes if c.store == "cache.db"]     # the crash is inside the release
+    r = CliRunner().invoke(main, ["buildkit", "fsck", str(root)])
+    assert r.exit_code == 8, r.output
+    assert "stack overflow" in r.output
+    r = CliRunner().invoke(main, ["buildkit", "repair", str(root)])
+    assert r.exit_code == 8 and "prune --apply" in r.output, r.output

@@ -206,6 +206,9 @@ class StartRepair:
             if self.start.cause in (Cause.DAMAGE, Cause.OPEN):
                 return (f"{self.start.store} is damaged where buildkitd reads it ({self.start.message}): salvage it "
                         f"first (boltkit salvage --in-place {self.start.store}, or boltkit buildkit fsck --repair)")
+            if self.start.cause is Cause.LINK_CYCLE:
+                return (f"buildkitd would still not start: {self.start.message}; the cycle runs round stale "
+                        "backlinks (D4): boltkit buildkit prune --apply cache.db drops them")
             return f"buildkitd would still not start: {self.start.message}"
         if self.start.resets:
             return (f"SafeOpen would reset {', '.join(self.start.resets)}: salvage it first instead of losing "

@@ -64,6 +64,7 @@ class Cause(str, Enum):
     BAD_VALUE = "bad-value"            # a metadata value that does not decode: All() fails
     PARENT_CYCLE = "parent-cycle"      # getRecord recurses forever
     DAMAGE = "damage"                  # a page the daemon reads is damaged: bbolt panics
+    LINK_CYCLE = "link-cycle"          # emptyBranchWithParents recurses forever round stale backlinks
     OPEN = "open-failure"              # bolt.Open fails on a store without SafeOpen
 
 
@@ -734,6 +735,7 @@ class _Model:
         self.fixes = fixes
         self.plan = StartPlan(root.path, Outcome.STARTS)
         self.workers: list[_Worker] = []
+        self.climbing: list[bytes] = []     # the keys whose emptyBranchWithParents frames are open
 
     def note(self, kind: str, store: str | None, message: str) -> None:
         self.plan.notes.append(Note(kind, store, message))
@@ -961,8 +963,8 @@ class _Model:
             self.release(ov, rid, why)
         except _InvalidKey:
             ov.rollback(mark)
-        except CorruptionError:
-            ov.rollback(mark)       # the panic ends the process inside this transaction
+        except (CorruptionError, _Stop):
+            ov.rollback(mark)       # the panic or fatal error ends the process inside this transaction
             raise
 
     def _columns(self, ov: Overlay):
@@ -1075,6 +1077,25 @@ class _Model:
         links = links_top.bucket(kid)
         if not results.is_empty() or (links is not None and not links.is_empty()):
             return
+        climbing = self.climbing
+        if kid in climbing:
+            # back at a key whose frame has not finished: nothing between changes, so Go recurses until its
+            # goroutine stack overflows (a fatal error, not a panic: the daemon exits 2, at every start)
+            cycle = climbing[climbing.index(kid):] + [kid]
+            climbing.clear()
+            raise _Stop(Outcome.CRASHES, self.release_stage, "cache.db",
+                        "runtime: goroutine stack exceeds 1000000000-byte limit / fatal error: stack overflow "
+                        "(emptyBranchWithParents, _backlinks cycle " + " -> ".join(_text(c) for c in cycle) + ")",
+                        Cause.LINK_CYCLE, tuple(cycle[:-1]))
+        climbing.append(kid)
+        try:
+            self._empty_branch(tops, kid)
+        finally:
+            if climbing and climbing[-1] == kid:
+                climbing.pop()
+
+    def _empty_branch(self, tops: tuple, kid: bytes) -> None:
+        result_top, links_top, _, back_top = tops
         why = (Why.EMPTY_BRANCH, kid, self.release_stage)
         back = back_top.bucket(kid)
         if back is not None:
