@@ -14,13 +14,16 @@ from ..check.checker import progress_part
 from ..check.problems import Problem, Problems, ProblemTable, Severity
 from ..errors import BoltkitError
 from ..storage import Database
+from ..storage.strings import byte_strings
 from ..storage.gcpause import gc_paused
-from .cachecheck import check_cache_columns
+from .cachecheck import _unsplittable, check_cache_columns
 from .cachecolumns import CacheLeaves, columns_from_leaves, load_cache_columns
-from .cachedb import TOP_BUCKETS, split_result_id
+from .cachedb import TOP_BUCKETS
 from .containerd import (KIND_ACTIVE, BackendSnapshot, Snapshot, backend_snapshots, leases, snapshots,
                          worker_snapshotter)
+from .graph import sorted_unique
 from .history import check_history, load_history
+from .release import name_order
 from .metadata import check_metadata_store, load_metadata_store, record_ids
 from .rehome import rehome_history
 from .root import Root, discover
@@ -352,39 +355,70 @@ def _result_checks(result: FsckResult, snapshot: bool, columns: dict) -> None:
             cols = load_cache_columns(db, on_damage=lambda e: None)
     f = str(cache.path)
     names = cols.names
-    why = {}            # result id code -> (code, worker id) of its problem; absent: it has none
-    for r in np.unique(cols.result_rid).tolist():
-        parts = split_result_id(names.all_bytes()[r].decode("utf-8", "replace"))
-        if parts is None:
-            continue      # C16, already reported by the cache.db check
-        wid, ref = parts
-        if wid not in workers:
-            why[r] = ("X1", wid)
-        elif ref and (held := records.get(wid)) is not None and ref not in held:
-            why[r] = ("X2", wid)
-    if not why:
+    rids = sorted_unique(cols.result_rid)
+    kind = np.zeros(len(names), np.int8)     # per result id code: 1 X1, 2 X2, 0 neither
+    ok = rids[~_unsplittable(names, rids)[rids]]    # the others are C16, the cache.db check's
+    if not workers:
+        kind[ok] = 1
+    else:
+        for r, raw in zip(ok.tolist(), byte_strings(names.data, names.off[ok], names.length[ok])):
+            wid, ref = raw.decode("utf-8", "replace").split("::")
+            if wid not in workers:
+                kind[r] = 1
+            elif ref and (held := records.get(wid)) is not None and ref not in held:
+                kind[r] = 2
+    flagged = np.flatnonzero(kind)
+    if not flagged.size:
         return
-    every = names.all_bytes()
-    text = {c: every[c].decode("utf-8", "replace") for c in set(cols.result_kid.tolist()) | set(why)}
-    pairs: dict = {}        # (key id, result id) as text, each once (as the keys are listed) -> their codes
-    for k, r in zip(cols.result_kid.tolist(), cols.result_rid.tolist()):
-        if r in why:
-            pairs.setdefault((text[k], text[r]), (k, r))
-    rows = [t + pairs[t] for t in sorted(pairs)]
+    kids, rids, str_of = _result_rows(cols, flagged)
+    text = _Text(str_of)
 
     def make(code, kid, rid):
-        wid = why[rid][1]
+        wid, ref = text[rid].split("::")
         if code == "X1":
             return Problem("X1", f"result of worker {wid}, which this root does not have: released at next start",
                            file=f, path=(b"_result", text[kid].encode()), key=text[rid].encode())
-        return Problem("X2", f"record {split_result_id(text[rid])[1]} is missing from {workers[wid].dir.name}/"
-                             "metadata_v2.db: released at next start", file=f, path=(b"_result", text[kid].encode()),
-                       key=text[rid].encode())
+        return Problem("X2", f"record {ref} is missing from {workers[wid].dir.name}/metadata_v2.db: released at "
+                             "next start", file=f, path=(b"_result", text[kid].encode()), key=text[rid].encode())
 
-    start = 0
-    for end in range(1, len(rows) + 1):     # runs of one code, in the order of (key id, result id)
-        if end == len(rows) or why[rows[end][3]][0] != why[rows[start][3]][0]:
-            run, code = rows[start:end], why[rows[start][3]][0]
-            result.cross.extend(ProblemTable(code, len(run), lambda i, run=run, code=code: make(code, run[i][2],
-                                                                                                 run[i][3])))
-            start = end
+    codes = kind[rids]
+    bounds = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1], True]).tolist()
+    for a, b in zip(bounds, bounds[1:]):        # runs of one code, in the order of (key id, result id)
+        code = "X1" if codes[a] == 1 else "X2"
+        result.cross.extend(ProblemTable(code, b - a, lambda i, a=a, code=code: make(code, int(kids[a + i]),
+                                                                                      int(rids[a + i]))))
+
+
+class _Text(dict):
+    """Name code -> its text, decoded when first asked for."""
+
+    def __init__(self, str_of):
+        super().__init__()
+        self.str_of = str_of
+
+    def __missing__(self, code):
+        self[code] = got = self.str_of(code)
+        return got
+
+
+def _result_rows(cols, flagged: np.ndarray) -> tuple[np.ndarray, np.ndarray, object]:
+    """The (key, result) code pairs of the ``flagged`` results, each pair of texts once, in text order (as
+    the keys are listed), and code -> text. ASCII names are ordered by their bytes on arrays; others
+    (whose decoded text may differ from their bytes) through their text."""
+    names = cols.names
+    hit = np.zeros(len(names), bool)
+    hit[flagged] = True
+    at = np.flatnonzero(hit[cols.result_rid])
+    kid, rid = cols.result_kid[at], cols.result_rid[at]
+    rank, ascii = name_order(cols)
+    if ascii:
+        o = np.lexsort((rank[rid], rank[kid]))
+        kid, rid = kid[o], rid[o]
+        keep = np.r_[True, (kid[1:] != kid[:-1]) | (rid[1:] != rid[:-1])]
+        return kid[keep], rid[keep], names.str
+    text = {c: names.str(c) for c in set(kid.tolist()) | set(rid.tolist())}
+    pairs: dict = {}        # (key id, result id) as text, each once -> their codes
+    for k, r in zip(kid.tolist(), rid.tolist()):
+        pairs.setdefault((text[k], text[r]), (k, r))
+    rows = np.array([pairs[t] for t in sorted(pairs)], np.int64).reshape(-1, 2)
+    return rows[:, 0], rows[:, 1], text.__getitem__

@@ -10,6 +10,7 @@ in history.db build records outside `_records` put back. The records the daemon 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,7 +193,7 @@ class StartRepair:
     start_only: bool
 
     @property
-    def changes(self) -> list[StartChange]:
+    def changes(self) -> Sequence[StartChange]:
         return self.start.changes
 
     @property
@@ -205,6 +206,9 @@ class StartRepair:
             if self.start.cause in (Cause.DAMAGE, Cause.OPEN):
                 return (f"{self.start.store} is damaged where buildkitd reads it ({self.start.message}): salvage it "
                         f"first (boltkit salvage --in-place {self.start.store}, or boltkit buildkit fsck --repair)")
+            if self.start.cause is Cause.LINK_CYCLE:
+                return (f"buildkitd would still not start: {self.start.message}; the cycle runs round stale "
+                        "backlinks (D4): boltkit buildkit prune --apply cache.db drops them")
             return f"buildkitd would still not start: {self.start.message}"
         if self.start.resets:
             return (f"SafeOpen would reset {', '.join(self.start.resets)}: salvage it first instead of losing "

@@ -33,6 +33,8 @@ from __future__ import annotations
 import datetime
 import json
 import os
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -62,6 +64,7 @@ class Cause(str, Enum):
     BAD_VALUE = "bad-value"            # a metadata value that does not decode: All() fails
     PARENT_CYCLE = "parent-cycle"      # getRecord recurses forever
     DAMAGE = "damage"                  # a page the daemon reads is damaged: bbolt panics
+    LINK_CYCLE = "link-cycle"          # emptyBranchWithParents recurses forever round stale backlinks
     OPEN = "open-failure"              # bolt.Open fails on a store without SafeOpen
 
 
@@ -144,6 +147,101 @@ class Change:
 
 
 
+class _ChangeTable(Sequence):
+    """The changes of a bulk of mutations one store's overlay was handed (release.py's ReleaseJournal), each
+    Change made when it is read."""
+
+    def __init__(self, store: str, bulk):
+        self.store, self.bulk = store, bulk
+        self._counts: Counter | None = None
+
+    def __len__(self) -> int:
+        return len(self.bulk)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        op, path, key, what, why, subject = self.bulk.fields(range(len(self))[i])
+        return Change(self.store, op, path, key, None, what, why, subject, self.bulk.stage)
+
+    def counts(self) -> Counter:
+        if self._counts is None:
+            self._counts = Counter({(self.store, op, what, why, self.bulk.stage): n for (op, what, why), n in
+                                    self.bulk.counts().items()})
+        return self._counts
+
+
+class Changes(Sequence):
+    """A plan's changes in order: Change objects, and the tables of bulk passes whose rows become Change
+    objects only when they are read (a start that releases every result of a fleet-size cache.db makes
+    hundreds of thousands). Compares equal to a list of the same changes."""
+
+    def __init__(self, changes=()):
+        self._parts: list = []
+        self._tail: list[Change] = []
+        self.extend(changes)
+
+    def append(self, c: Change) -> None:
+        if not self._parts or self._parts[-1] is not self._tail:
+            self._tail = []
+            self._parts.append(self._tail)
+        self._tail.append(c)
+
+    def extend(self, changes) -> None:
+        if isinstance(changes, _ChangeTable):
+            self._parts.append(changes)
+        elif isinstance(changes, Changes):
+            for p in changes._parts:
+                self.extend(p)
+        else:
+            for c in changes:
+                self.append(c)
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self._parts)
+
+    def __iter__(self):
+        for p in self._parts:
+            yield from p
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return list(self)[i]
+        if i < 0:
+            i += len(self)
+        for p in self._parts:
+            if i < len(p):
+                return p[i]
+            i -= len(p)
+        raise IndexError("change index out of range")
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (Changes, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Changes({list(self)!r})"
+
+    def counts(self) -> Counter:
+        """(store, op, what, why, stage) -> how many, without making the changes of the bulk tables."""
+        out: Counter = Counter()
+        for p in self._parts:
+            if isinstance(p, _ChangeTable):
+                out.update(p.counts())
+            else:
+                out.update((c.store, c.op, c.what, c.why, c.stage) for c in p)
+        return out
+
+    def discards(self) -> list[Change]:
+        """The changes that are not routine (a table of routine changes only is not read row by row)."""
+        out: list[Change] = []
+        for p in self._parts:
+            if not isinstance(p, _ChangeTable) or any(k[3] not in ROUTINE for k in p.counts()):
+                out.extend(c for c in p if not c.routine)
+        return out
+
+
 @dataclass(frozen=True)
 class Note:
     """Something the replay could not settle exactly (a store that is not there, a value only the disk knows)."""
@@ -162,7 +260,7 @@ class StartPlan:
     cause: Cause | None = None
     cause_records: tuple[bytes, ...] = ()    # the record (bad value) or the records of the cycle
     cause_key: bytes | None = None           # the key of the bad value
-    changes: list[Change] = field(default_factory=list)
+    changes: Changes = field(default_factory=Changes)
     resets: list[str] = field(default_factory=list)       # stores SafeOpen replaces (renamed to <name>.<id>.bak)
     unreadable: list[str] = field(default_factory=list)   # stores this user cannot read: not predicted
     notes: list[Note] = field(default_factory=list)
@@ -182,7 +280,7 @@ class StartPlan:
 
     @property
     def discards(self) -> list[Change]:
-        return [c for c in self.changes if not c.routine]
+        return self.changes.discards()
 
     @property
     def exit_class(self) -> int:
@@ -637,6 +735,7 @@ class _Model:
         self.fixes = fixes
         self.plan = StartPlan(root.path, Outcome.STARTS)
         self.workers: list[_Worker] = []
+        self.climbing: list[bytes] = []     # the keys whose emptyBranchWithParents frames are open
 
     def note(self, kind: str, store: str | None, message: str) -> None:
         self.plan.notes.append(Note(kind, store, message))
@@ -703,7 +802,7 @@ class _Model:
         self._dbs: list[Database] = []
         if self.previous is not None:
             self.plan.resets = list(self.previous.resets)
-            self.plan.changes = [c for c in self.previous.changes if c.op == "reset"]
+            self.plan.changes = Changes(c for c in self.previous.changes if c.op == "reset")
             self.plan.notes = list(self.previous.notes)
             self.plan.starts_replayed = self.previous.starts_replayed + 1
         try:
@@ -819,7 +918,15 @@ class _Model:
         """ReleaseUnreferenced: Walk over `_links`, WalkResults of each key, Release of every result whose ref
         does not exist, each in its own transaction. An undecodable result ends the walk (its error is logged)."""
         self.release_stage = stage
-        order = self._release_order(ov)
+        cols = self._columns(ov)
+        bulk = self._release_bulk(ov, cols) if cols is not None else None
+        if bulk is not None:
+            if len(bulk):
+                ov.defer(bulk)
+            if self.progress is not None:
+                self.progress(len(bulk), len(bulk))
+            return
+        order = self._release_order(ov) if cols is not None else None
         if order is not None:
             for i, rid in enumerate(order):
                 self._release_one(ov, rid, self.result_exists(rid))
@@ -856,23 +963,21 @@ class _Model:
             self.release(ov, rid, why)
         except _InvalidKey:
             ov.rollback(mark)
-        except CorruptionError:
-            ov.rollback(mark)       # the panic ends the process inside this transaction
+        except (CorruptionError, _Stop):
+            ov.rollback(mark)       # the panic or fatal error ends the process inside this transaction
             raise
 
-    def _release_order(self, ov: Overlay) -> list[bytes] | None:
-        """The results ReleaseUnreferenced releases, in the order its walk meets them, from the columns of one
-        bulk pass over the file (cachecolumns.py) instead of a lookup per key; None when the walk must be
-        replayed key by key: the store is damaged (the walk's reads may crash), a result does not decode or
-        names another id, or an entry has a shape BuildKit does not write (link keys with their zero values
-        spelled out excepted: the walk never reads link keys, and emptyBranchWithParents splits them at their
-        one '@' as any other). On the fast path cache.db's four top-level buckets are primed from the same
-        columns (``OBucket.prime``), so the releases read no page either."""
-        import numpy as np
-
-        from .cachecolumns import load_cache_columns, primers
+    def _columns(self, ov: Overlay):
+        """cache.db's columns, from one bulk pass over the file (cachecolumns.py), for the fast paths of
+        ReleaseUnreferenced; None when the walk must be replayed key by key: the store is damaged (the walk's
+        reads may crash), a result does not decode or names another id, or an entry has a shape BuildKit does
+        not write (link keys with their zero values spelled out excepted: the walk never reads link keys, and
+        emptyBranchWithParents splits them at their one '@' as any other). With the columns, cache.db's four
+        top-level buckets are primed from them (``OBucket.prime``), so the releases read no page either; the
+        primers are made the first time a bucket asks (a release done in bulk reads none)."""
+        from .cachecolumns import load_cache_columns
         if ov.db is None:
-            return []
+            return None
         cols: Any = getattr(ov, "columns", None)     # the columns of an earlier start of this replay
         if cols is None:
             cols = self.columns.get("cache.db")      # what a check of the same tree read already (fsck)
@@ -881,22 +986,50 @@ class _Model:
             if not cols.sound or cols.result_errors or cols.anomalies or cols.link_errors:
                 cols = False
             else:
-                for name, children in primers(cols).items():
+                made = _Primers(cols)
+                for name in CACHE_TOP:
                     top = ov.bucket(name)
                     if top is not None and not top.touched():
-                        top.prime(children)
+                        top.prime(made.of(name))
             ov.columns = cols  # type: ignore[attr-defined]  # kept on the overlay for the next start
-        if cols is False:
+        return cols or None
+
+    def _release_bulk(self, ov: Overlay, cols):
+        """The whole pass computed on the columns (release.py), when nothing has changed cache.db yet but
+        NewStore's creation of its top-level buckets; None otherwise, or when the columns cannot decide."""
+        import numpy as np
+
+        from .graph import sorted_unique
+        from .release import release_on_columns
+        if ov._pending or any(m.op != "create-bucket" or m.path for m in ov.journal):
             return None
+        reasons = (Why.RESULT_UNLOADABLE, Why.RESULT_OF_CLEARED_RECORD, Why.EMPTY_BRANCH)
+        why_of = np.full(len(cols.names), -1, np.int64)
+        codes = sorted_unique(cols.result_rid)
+        if not any(w.worker_id for w in self.workers):
+            why_of[codes] = 0       # no worker: every result's ref fails to load
+        else:
+            for code in codes.tolist():
+                why = self.result_exists(cols.names.bytes(code))
+                if why is not None:
+                    why_of[code] = reasons.index(why)
+        return release_on_columns(cols, why_of, reasons, 2, self.release_stage)
+
+    def _release_order(self, ov: Overlay) -> list[bytes] | None:
+        """The results ReleaseUnreferenced releases, in the order its walk meets them, from the columns
+        (``_columns``) instead of a lookup per key, less what earlier starts of this replay released."""
+        from .graph import sorted_unique
+
+        cols: Any = ov.columns  # type: ignore[attr-defined]
         text = cols.names.all_bytes()
         # what earlier starts of this replay removed already
         gone_results = {(m.path[1], m.key) for m in ov.journal if m.op == "delete" and len(m.path) == 2
                         and m.path[0] == RESULT}
         gone_links = {m.key for m in ov.journal if m.op == "delete-bucket" and m.path == (LINKS,)}
-        ids = sorted((text[c], c) for c in np.unique(cols.links_ids).tolist())
+        ids = sorted((text[c], c) for c in sorted_unique(cols.links_ids).tolist())
         rank = {c: i for i, (name, c) in enumerate(ids) if name not in gone_links}
         unloadable = {}
-        for code in np.unique(cols.result_rid).tolist():
+        for code in sorted_unique(cols.result_rid).tolist():
             rid = text[code]
             if self.result_exists(rid) is not None:
                 unloadable[code] = rid
@@ -944,6 +1077,25 @@ class _Model:
         links = links_top.bucket(kid)
         if not results.is_empty() or (links is not None and not links.is_empty()):
             return
+        climbing = self.climbing
+        if kid in climbing:
+            # back at a key whose frame has not finished: nothing between changes, so Go recurses until its
+            # goroutine stack overflows (a fatal error, not a panic: the daemon exits 2, at every start)
+            cycle = climbing[climbing.index(kid):] + [kid]
+            climbing.clear()
+            raise _Stop(Outcome.CRASHES, self.release_stage, "cache.db",
+                        "runtime: goroutine stack exceeds 1000000000-byte limit / fatal error: stack overflow "
+                        "(emptyBranchWithParents, _backlinks cycle " + " -> ".join(_text(c) for c in cycle) + ")",
+                        Cause.LINK_CYCLE, tuple(cycle[:-1]))
+        climbing.append(kid)
+        try:
+            self._empty_branch(tops, kid)
+        finally:
+            if climbing and climbing[-1] == kid:
+                climbing.pop()
+
+    def _empty_branch(self, tops: tuple, kid: bytes) -> None:
+        result_top, links_top, _, back_top = tops
         why = (Why.EMPTY_BRANCH, kid, self.release_stage)
         back = back_top.bucket(kid)
         if back is not None:
@@ -1102,13 +1254,33 @@ class _Model:
             if id(ov) in seen:
                 continue
             seen.add(id(ov))
-            for m in ov.journal:
-                what, why, subject, stage = m.why
-                self.plan.changes.append(Change(rel, m.op, m.path, m.key, m.value, what, why, subject, stage))
+            for part in ov.journal.parts():
+                if not isinstance(part, list):
+                    self.plan.changes.extend(_ChangeTable(rel, part))
+                    continue
+                for m in part:
+                    what, why, subject, stage = m.why
+                    self.plan.changes.append(Change(rel, m.op, m.path, m.key, m.value, what, why, subject, stage))
 
     def close(self) -> None:
         for db in getattr(self, "_dbs", []):
             db.close()
+
+
+class _Primers:
+    """cachecolumns.primers of one store's columns, made when a primed bucket is first asked for a key."""
+
+    def __init__(self, cols):
+        self.cols = cols
+        self.made: dict | None = None
+
+    def of(self, name: bytes):
+        def children(key: bytes):
+            if self.made is None:
+                from .cachecolumns import primers
+                self.made = primers(self.cols)
+            return self.made[name](key)
+        return children
 
 
 class _InvalidKey(Exception):
@@ -1289,4 +1461,4 @@ def close_plan(plan: StartPlan) -> None:
 
 
 __all__ = ["simulate_start", "write_start", "close_plan", "StartPlan", "Change", "Note", "Outcome", "Stage", "Why",
-           "Cause", "Fix", "ROUTINE", "bbolt_open"]
+           "Cause", "Fix", "ROUTINE", "bbolt_open", "Changes"]

@@ -6,7 +6,7 @@ from collections import Counter
 
 import click
 
-from ..buildkit.startup import Outcome, StartPlan
+from ..buildkit.startup import ROUTINE, Outcome, StartPlan
 from .output import emit_table, encode_bytes, show_path
 
 OUTCOME_TEXT = {
@@ -25,7 +25,9 @@ def change_record(c, encoding: str = "auto") -> dict:
 
 
 def prediction_record(plan: StartPlan) -> dict:
-    kinds = Counter((c.store, c.what, c.why.value) for c in plan.changes)
+    kinds: Counter = Counter()
+    for (store, _, what, why, _), n in plan.changes.counts().items():
+        kinds[store, what, why.value] += n
     return {"type": "prediction", "root": str(plan.root), "outcome": plan.outcome.value,
             "daemon_exit": plan.daemon_exit, "stage": plan.stage.value if plan.stage else None, "store": plan.store,
             "message": plan.message, "resets": plan.resets, "unreadable": plan.unreadable, "changes": len(plan.changes),
@@ -51,8 +53,9 @@ def echo_plan(plan: StartPlan, *, listing: bool, limit: int = 20) -> None:
         click.echo("Nothing is written: every later start stops the same way until the store is repaired "
                    "(`boltkit buildkit fsck --repair`, or `buildkit repair`).")
     if plan.changes:
-        kinds = Counter((c.store, c.op, c.what, c.why.value, "routine" if c.routine else "discards")
-                        for c in plan.changes)
+        kinds: Counter = Counter()
+        for (store, op, what, why, _), count in plan.changes.counts().items():
+            kinds[store, op, what, why.value, "routine" if why in ROUTINE else "discards"] += count
         click.echo("\nWhat the start changes:" if plan.starts else "\nWhat it commits before it stops:")
         emit_table([[s, op, w, y, r, n] for (s, op, w, y, r), n in sorted(kinds.items())],
                    ["store", "op", "what", "why", "", "count"])

@@ -5,14 +5,16 @@ reads from the file until a key is written, and reads the file the way bbolt's c
 descends to one leaf, iterating a bucket reads all of its pages. So damage is met exactly where the
 replayed program would meet it, as a ``CorruptionError`` (bbolt panics there), and pages nobody
 touches are never read. Every mutation is journaled with a caller-supplied reason, and a savepoint
-can be rolled back, as a failed ``db.Update`` is.
+can be rolled back, as a failed ``db.Update`` is. A caller that worked out many mutations in bulk (from
+columns, say) hands them over whole (``Overlay.defer``): they are journaled at once and applied to the
+buckets only when something next reads them, so a replay whose state nobody reads costs nothing more.
 """
 from __future__ import annotations
 
 from bisect import bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from ..errors import CorruptionError
 from .database import Database
@@ -34,6 +36,62 @@ class Mutation:
     why: Any                         # the caller's reason (typed by the caller)
 
 
+class Journal:
+    """The mutations of a transaction in order: single ones as they happen, and bulks (sequences of
+    Mutations a caller computed, typically built on demand from columns) as they were handed over."""
+
+    def __init__(self):
+        self._parts: list = []
+        self._new_tail()
+
+    def _new_tail(self) -> None:
+        self._tail: list[Mutation] = []
+        self._parts.append(self._tail)
+        self.append = self._tail.append
+
+    def add_bulk(self, bulk: Sequence[Mutation]) -> None:
+        self._parts.append(bulk)
+        self._new_tail()
+
+    def parts(self) -> list[Sequence[Mutation]]:
+        """The single mutations (as lists) and the bulks, in order, the empty ones left out."""
+        return [p for p in self._parts if len(p)]
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self._parts)
+
+    def __bool__(self) -> bool:
+        return any(len(p) for p in self._parts)
+
+    def __iter__(self) -> Iterator[Mutation]:
+        for p in self._parts:
+            yield from p
+
+    def __getitem__(self, i):
+        return list(self)[i]
+
+    def truncate(self, n: int) -> None:
+        """Keep the first ``n`` mutations (a rollback); a bulk is kept or dropped whole."""
+        kept: list = []
+        for p in self._parts:
+            if n >= len(p):
+                kept.append(p)
+                n -= len(p)
+            elif isinstance(p, list):
+                kept.append(p[:n])
+                n = 0
+            elif n:
+                raise ValueError("a rollback into the middle of a bulk of mutations")
+            else:
+                break
+        self._parts = kept
+        if kept and isinstance(kept[-1], list):
+            self._tail = kept[-1]
+            self.append = self._tail.append
+        else:
+            self._new_tail()
+
+
 class OBucket:
     """One bucket of an Overlay. Child buckets are OBuckets too; the same key always gives the same object."""
 
@@ -52,6 +110,8 @@ class OBucket:
     # -- reads ----------------------------------------------------------------------------------
 
     def _load(self, key: bytes):
+        if self.ov._pending:
+            self.ov.settle()
         e = self.entries.get(key)
         if e is not None:
             return e
@@ -83,6 +143,8 @@ class OBucket:
 
     def items(self) -> Iterator[tuple[bytes, "bytes | OBucket"]]:
         """Every entry in key order (a full cursor pass: reads every page of the bucket)."""
+        if self.ov._pending:
+            self.ov.settle()
         if not self.complete:
             assert self.src is not None         # a bucket created in the transaction is complete from the start
             tree, db = self.ov.db.tree, self.ov.db
@@ -111,6 +173,8 @@ class OBucket:
 
     def is_empty(self) -> bool:
         """bbolt's `Cursor().First() == nil`."""
+        if self.ov._pending:
+            self.ov.settle()
         if self.complete:       # nothing left to read: the count says it
             return not self.live
         return next(self.items(), None) is None
@@ -165,6 +229,8 @@ class OBucket:
 
     def touched(self) -> bool:
         """Whether anything below this bucket was read into memory (untouched buckets are copied from the file)."""
+        if self.ov._pending:
+            self.ov.settle()
         return bool(self.entries)
 
 
@@ -177,8 +243,9 @@ class Overlay:
         self._branches: dict[int, tuple[list[bytes], list[int]]] = {}
         self._nodes: dict = {}               # pgid -> validated Node
         self.root = OBucket(self, (), db.root())
-        self.journal: list[Mutation] = []
+        self.journal = Journal()
         self._undo: list[tuple[OBucket, bytes, Any]] = []
+        self._pending: list[Sequence[Mutation]] = []     # bulks journaled but not applied to the buckets yet
 
     def lookup(self, bucket: Bucket, key: bytes) -> Item | None:
         """bbolt's seek for one key: one descent, reading the pages on the way (decoded pages are kept)."""
@@ -223,11 +290,36 @@ class Overlay:
 
     def rollback(self, mark: tuple[int, int]) -> None:
         """Undo everything since ``mark``, as a db.Update whose function returned an error."""
+        self.settle()
         undo, journal = mark
         while len(self._undo) > undo:
             bucket, key, old = self._undo.pop()
             bucket._replace(key, old)
-        del self.journal[journal:]
+        self.journal.truncate(journal)
+
+    def defer(self, bulk: Sequence[Mutation]) -> None:
+        """Mutations worked out elsewhere, in order, each one valid where it stands (as if made one by one):
+        journaled now, applied to the buckets when they are next read (``settle``)."""
+        self.journal.add_bulk(bulk)
+        self._pending.append(bulk)
+
+    def settle(self) -> None:
+        """Apply the deferred bulks to the buckets (undoable, not journaled again)."""
+        pending, self._pending = self._pending, []
+        for bulk in pending:
+            for m in bulk:
+                b = self.bucket(*m.path)
+                if b is None:
+                    raise ValueError(f"a deferred {m.op} in a bucket that is not there: {m.path!r}")
+                old = b._load(m.key)
+                if m.op == "put":
+                    new: Any = bytes(m.value or b"")
+                elif m.op == "create-bucket":
+                    new = old if isinstance(old, OBucket) else OBucket(self, m.path + (m.key,), None)
+                else:
+                    new = _DELETED
+                self._undo.append((b, m.key, b.entries.get(m.key, None)))
+                b._replace(m.key, new)
 
     @property
     def changed(self) -> bool:
@@ -240,8 +332,9 @@ class EmptyOverlay(Overlay):
     def __init__(self):
         self.db = None
         self.root = OBucket(self, (), None)
-        self.journal = []
+        self.journal = Journal()
         self._undo = []
+        self._pending = []
 
 
-__all__ = ["Overlay", "EmptyOverlay", "OBucket", "Mutation"]
+__all__ = ["Overlay", "EmptyOverlay", "OBucket", "Mutation", "Journal"]
