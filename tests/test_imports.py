@@ -150,3 +150,56 @@ def test_each_layer_registers_its_own_problem_codes():
     register({"C9": CATALOGUE["C9"]})           # the same meaning again is harmless
     with pytest.raises(ValueError, match="C9"):
         register({"C9": (Severity.INFO, "something else")})
+
+
+def _modules_a_run_imports(*args: str) -> set[str]:
+    """The boltkit modules one command run imports, in a fresh interpreter running the worktree's code."""
+    import subprocess
+    import sys
+    code = ("import sys\nfrom boltkit.cli import main\n"
+            "try:\n    main(sys.argv[1:], standalone_mode=False)\nexcept SystemExit:\n    pass\n"
+            "print(' '.join(m for m in sys.modules if m.startswith('boltkit')), file=sys.stderr)")
+    run = subprocess.run([sys.executable, "-c", code, *args], cwd=PACKAGE.parent, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(PACKAGE.parent), "PATH": "/usr/bin:/bin"}, timeout=120)
+    return set(run.stderr.split("\n")[-2].split())
+
+
+def test_a_structural_command_imports_only_its_layers(tmp_path):
+    """`boltkit check` and `export --count` load neither the BuildKit layer nor the writer nor salvage (their
+    imports cost more than numpy's on every run); `compact` loads the writer but not the BuildKit layer."""
+    from .conftest import EXAMPLE
+    for args in (["check", str(EXAMPLE)], ["export", "--count", str(EXAMPLE)]):
+        loaded = _modules_a_run_imports(*args)
+        assert "boltkit.check.scan" in loaded, args                  # the command did run
+        assert not {m for m in loaded if m.split(".")[1:2] in (["buildkit"], ["write"], ["repair"])}, args
+    loaded = _modules_a_run_imports("compact", str(EXAMPLE), "-o", str(tmp_path / "out.db"))
+    assert (tmp_path / "out.db").exists() and "boltkit.write.writer" in loaded
+    assert not {m for m in loaded if m.startswith("boltkit.buildkit")}
+
+
+def test_the_lazy_command_table_is_the_whole_table():
+    """Every command a module registers is found under its name, and the map of names to modules is right (a
+    name mapped to the wrong module would import every command module: correct, but slow)."""
+    from boltkit.cli import main
+    from boltkit.cli.lazy import COMMAND_MODULES, MODULES_OF
+    names = sorted(main.commands)
+    assert names == sorted(MODULES_OF) and len(main.commands) == len(MODULES_OF)
+    for name, cmd in main.commands.items():
+        assert cmd.callback.__module__.rsplit(".", 1)[1] == MODULES_OF[name][0], name
+    assert set(COMMAND_MODULES) == {m for mods in MODULES_OF.values() for m in mods}
+    assert "no-such-command" not in main.commands
+
+
+def test_the_public_names_resolve_on_first_use():
+    """`boltkit`'s BuildKit and repair names are imported when first used; `boltkit.check` stays the function
+    (the subpackage of that name is imported before it is defined)."""
+    import boltkit
+    import boltkit.check.checker  # noqa: F401
+    assert callable(boltkit.check) and boltkit.check.__module__ == "boltkit"
+    assert set(boltkit.__all__) <= set(dir(boltkit))
+    for name in boltkit.__all__:
+        assert getattr(boltkit, name) is not None, name
+    assert boltkit.CacheStore.__module__ == "boltkit.buildkit.cachedb"
+    import pytest
+    with pytest.raises(AttributeError):
+        boltkit.no_such_name  # noqa: B018

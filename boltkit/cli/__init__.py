@@ -1,5 +1,8 @@
 """Layer 7: the click application. Parsing, output formats, exit codes; no logic of its own."""
 from .app import main
-from . import buildkit, check, gc, inspect, repair, startup  # noqa: F401  (registers the commands)
+from .lazy import LazyCommands
+
+# the commands register themselves as their modules are imported, which happens when one is first looked up
+main.commands = LazyCommands(main.commands)
 
 __all__ = ["main"]

@@ -190,9 +190,10 @@ def main():
 
 def destinations(*paths: str | None, replace: bool = False) -> None:
     """Refuse bad output paths (exit 8) before a command does any work."""
-    from ..write.destination import check_destination
-    for p in paths:
-        if p is not None:
+    given = [p for p in paths if p is not None]
+    if given:       # the writer's modules only for a command that writes
+        from ..write.destination import check_destination
+        for p in given:
             check_destination(p, replace=replace)
 
 
