@@ -21,7 +21,8 @@ from ..schemas import (BRANCH_ELEMENT, BUCKET_HEADER, BUCKET_HEADER_SIZE, BUCKET
                        LEAF_ELEMENT, PAGE_HEADER, PAGE_HEADER_SIZE, PageFlag)
 from ..storage.pages import Pager, pages_in
 from ..storage.gather import Gather, compare_keys
-from ..storage.levels import I64, NONE, Frontier, Inline, Nodes, as_i64, chunks, expand
+from ..storage.levels import (I64, NONE, WINDOW_SHIFT, Frontier, Inline, Nodes, as_i64, chunks, expand, rechunk,
+                              spans)
 from .problems import Problem
 
 ENTERED, SPANNED = 1, 2     # page reference map: entered as a node / covered by another page's overflow
@@ -52,13 +53,20 @@ class TreeScan:
         self.refs = refs
         self.freed = freed
         self.parent_of = np.full(self.limit, NONE, I64)
+        # what is kept for a whole level or the whole pass is kept in 32-bit columns where the file allows it
+        # (3.6M buckets at 1 GB): offsets under 4 GiB, and ids (pages, buckets: each needs 16 bytes of the file)
+        # under 2^31; the steps work in 64 bits
+        self._off_t = np.dtype(np.uint32) if db.file_size < 1 << 32 else np.dtype(I64)
+        self._id_t = np.dtype(np.int32) if db.file_size >> 4 < 1 << 31 else np.dtype(I64)
         # bucket table: parent bucket, name offset, name length (bucket 0 = the root bucket)
-        self._b_parent = [as_i64([NONE])]
-        self._b_koff = [as_i64([0])]
-        self._b_klen = [as_i64([0])]
+        self._b_parent = [np.array([NONE], self._id_t)]
+        self._b_koff = [np.zeros(1, self._off_t)]
+        self._b_klen = [np.zeros(1, np.uint32)]
         self._b_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.nbuckets = 1
         self.hidden: list[Problem] = []
+        self._bounds: list[np.ndarray] = []     # windows of separator keys read, not yet released
+        self._nbounds = 0
         # what the pass found
         self.buckets = 0
         self.inline_buckets = 0
@@ -72,8 +80,8 @@ class TreeScan:
     def bucket_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per bucket id (0 = the root bucket): its parent bucket, and its name's offset and length."""
         if self._b_cache is None or len(self._b_cache[0]) < self.nbuckets:
-            self._b_cache = (np.concatenate(self._b_parent), np.concatenate(self._b_koff),
-                             np.concatenate(self._b_klen))
+            self._b_cache = (np.concatenate(self._b_parent).astype(I64), np.concatenate(self._b_koff).astype(I64),
+                             np.concatenate(self._b_klen).astype(I64))
         return self._b_cache
 
     def path(self, b: int) -> tuple[bytes, ...]:
@@ -113,20 +121,21 @@ class TreeScan:
                          pgid=self.meta.root, bucket=0, details={"stack": [self.meta.root]})
             return
         f = Frontier.root(self.meta.root)
-        inl = None
-        while f.pg.size or (inl is not None and inl.vs.size):
+        inl: list[Inline] = []
+        while f.pg.size or inl:
             fronts: list[Frontier] = []
             inls: list[Inline] = []
             f = f.take(np.argsort(f.pg, kind="stable"))    # file order: sequential reads
-            for a in range(0, f.pg.size, self.CHUNK_PAGES):
-                self._process(self._enter_pages(f.take(slice(a, a + self.CHUNK_PAGES))), fronts, inls)
-            if inl is not None:
-                for a in range(0, inl.vs.size, self.CHUNK_ELEMENTS):
-                    self._process(self._enter_inline(inl.take(slice(a, a + self.CHUNK_ELEMENTS))), fronts, inls)
+            for a, b in spans(f.pg * self.ps, self.CHUNK_PAGES, self.CHUNK_WINDOWS):
+                self._process(self._enter_pages(f.take(slice(a, b))), fronts, inls)
+            for part in rechunk(inl, self.CHUNK_ELEMENTS):
+                for a, b in spans(part.vs, self.CHUNK_ELEMENTS, self.CHUNK_WINDOWS):
+                    self._process(self._enter_inline(part.take(slice(a, b))), fronts, inls)
             f = Frontier.concat(fronts)
-            inl = Inline.concat(inls) if inls else None
+            inl = inls
             if self.progress is not None:
                 self.progress(self.pages, self.hwm)
+        self._release_bounds()
 
     def _process(self, nodes: "Nodes", fronts: list, inls: list) -> None:
         for chunk in chunks(nodes, self.CHUNK_ELEMENTS):
@@ -135,11 +144,37 @@ class TreeScan:
             if ic is not None:
                 inls.append(ic)
         if nodes.pgid.size and self.on_leaves is None:   # nodes are in file order, and the pages holding
-            # them are done with (unless a reader of the leaves goes back to their keys)
-            self.db.source.release(int(nodes.base.min()) - BUCKET_HEADER_SIZE, int(nodes.end.max()))
+            # them are done with (unless a reader of the leaves goes back to their keys); whole 64 KiB windows,
+            # since fault-around mapped the neighbours of the first and last page too (left mapped, they added
+            # up to 100s of MiB over the chunks of a 1 GB file)
+            window = (1 << WINDOW_SHIFT) - 1
+            lo, hi = (int(nodes.base.min()) - BUCKET_HEADER_SIZE) & ~window, (int(nodes.end.max()) + window) & ~window
+            self.db.source.release(lo, hi)
+            if not self.quick:      # the key checks read the parents' separator keys, elsewhere in the file
+                bounds = np.concatenate([nodes.lo_off, nodes.hi_off])
+                bounds = bounds[(bounds >= 0) & ((bounds < lo) | (bounds >= hi))]
+                self._bounds.append(np.unique(bounds >> WINDOW_SHIFT))
+                self._nbounds += int(self._bounds[-1].size)
+                if self._nbounds > self.BOUND_WINDOWS:      # neighbouring chunks share parents: not every time
+                    self._release_bounds()
+
+    def _release_bounds(self) -> None:
+        """Drop the windows of the parents' keys read since the last time, a run of windows a call."""
+        w = np.unique(np.concatenate(self._bounds)) if self._bounds else np.zeros(0, I64)
+        self._bounds, self._nbounds = [], 0
+        if not w.size:
+            return
+        cuts = np.flatnonzero(np.diff(w) != 1) + 1
+        for a, b in zip(w[np.r_[0, cuts]].tolist(), w[np.r_[cuts - 1, w.size - 1]].tolist()):
+            self.db.source.release(a << WINDOW_SHIFT, (b + 1) << WINDOW_SHIFT)
 
     CHUNK_PAGES = 1 << 13
     CHUNK_ELEMENTS = 1 << 16
+    # at most this many 64 KiB windows of the file a chunk: the kernel maps a whole window around each page
+    # touched (fault-around), so a chunk of sparse pages (one level's pages spread over the file) would hold
+    # 16x its pages in RSS until it is released: 512 windows are 32 MiB, a dense chunk of 8192 4 KiB pages
+    CHUNK_WINDOWS = 1 << 9
+    BOUND_WINDOWS = 1 << 9      # windows of separator keys (the parents') kept mapped before they are released
 
     # -- entering pages ---------------------------------------------------------------------------
 
@@ -247,15 +282,15 @@ class TreeScan:
         return node.base, node.end, node.flags, n
 
     def _enter_inline(self, inl: Inline) -> Nodes:
-        vs, ve = inl.vs, inl.ve
+        vs, ve = as_i64(inl.vs), as_i64(inl.ve)
         vlen = ve - vs
         short = vlen < BUCKET_HEADER_SIZE + PAGE_HEADER_SIZE
         for i in np.flatnonzero(short).tolist():
             self.problem("B035", f"inline bucket value of {int(vlen[i])} bytes has no room for its page header",
                          pgid=inl.owner[i], offset=int(vs[i]), bucket=inl.bucket[i])
         keep = ~short
-        vs, ve, vlen, owner, bucket, hidden = vs[keep], ve[keep], vlen[keep], inl.owner[keep], inl.bucket[keep], \
-            inl.hidden[keep]
+        vs, ve, vlen, owner, bucket, hidden = vs[keep], ve[keep], vlen[keep], as_i64(inl.owner[keep]), \
+            as_i64(inl.bucket[keep]), as_i64(inl.hidden[keep])
         base = vs + BUCKET_HEADER_SIZE
         h = self.g.records(PAGE_HEADER.dtype, base)
         flags = h["flags"].astype(I64)
@@ -386,9 +421,9 @@ class TreeScan:
             hdr = self.g.records(BUCKET_HEADER.dtype, ke[sub])
             root = hdr["root"].astype(np.uint64)
             ids = self.nbuckets + np.arange(sub.size, dtype=I64)
-            self._b_parent.append(nodes.bucket[node[sub]])
-            self._b_koff.append(ks[sub])
-            self._b_klen.append(klen[sub])
+            self._b_parent.append(nodes.bucket[node[sub]].astype(self._id_t))
+            self._b_koff.append(ks[sub].astype(self._off_t))
+            self._b_klen.append(klen[sub].astype(np.uint32))
             self.nbuckets += int(sub.size)
             self.buckets += int(sub.size)
             hidden = nodes.hidden[node[sub]].copy()
@@ -409,7 +444,9 @@ class TreeScan:
             zero = np.zeros(int(paged.sum()), I64)
             f_out = Frontier(roots, nodes.owner[node[sub[paged]]], ids[paged], neg, zero, neg, zero, hidden[paged])
             ii = sub[inline]
-            inl = Inline(ke[ii], ve[ii], nodes.owner[node[ii]], ids[inline], hidden[inline])
+            inl = Inline(ke[ii].astype(self._off_t), ve[ii].astype(self._off_t),
+                         nodes.owner[node[ii]].astype(self._id_t), ids[inline].astype(self._id_t),
+                         hidden[inline].astype(np.int32))
         if not self.quick:
             self._inline_sizes(nodes, node, ks, ve, flagged)
         return f_out, inl

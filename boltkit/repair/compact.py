@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from ..storage.gather import Gather
+from ..storage.levels import WINDOW_SHIFT
 from ..errors import CorruptionError, OutputExists
 from ..schemas import BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, LEAF_ELEMENT, PAGE_HEADER
 from ..storage import Database, Item
@@ -76,9 +77,28 @@ class _Copier:
             batch.append(node)
             if len(batch) >= self.BATCH:
                 yield from self._batch(batch)
+                self._release(batch)
                 batch = []
         if batch:
             yield from self._batch(batch)
+            self._release(batch)
+
+    def _release(self, nodes: list) -> None:
+        """Drop our mapping of leaves that are copied (their runs written, their sub-buckets done: the caller
+        resumed us), in whole 64 KiB windows as the kernel mapped them around each page touched; the pages
+        stay in the page cache, and a later read (a neighbour's) refaults them. Without it the copy's RSS was
+        the whole source file."""
+        starts = np.array([n.base for n in nodes], np.int64) >> WINDOW_SHIFT
+        ends = (np.array([n.end for n in nodes], np.int64) + (1 << WINDOW_SHIFT) - 1) >> WINDOW_SHIFT
+        order = np.argsort(starts)
+        a, b = int(starts[order[0]]), int(ends[order[0]])
+        for s, e in zip(starts[order[1:]].tolist(), ends[order[1:]].tolist()):
+            if s > b:
+                self.db.source.release(a << WINDOW_SHIFT, b << WINDOW_SHIFT)
+                a, b = s, e
+            else:
+                b = max(b, e)
+        self.db.source.release(a << WINDOW_SHIFT, b << WINDOW_SHIFT)
 
     def _elements(self, nodes: list):
         counts = np.array([n.count for n in nodes], np.int64)

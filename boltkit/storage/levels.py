@@ -7,6 +7,7 @@ any bulk reader that wants a tree a level at a time, with Python per level rathe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -57,7 +58,7 @@ class Frontier:
 
 @dataclass
 class Inline:
-    """Inline bucket values to open at the next level."""
+    """Inline bucket values to open at the next level (a whole level's are kept: the columns may be 32-bit)."""
     vs: np.ndarray          # value start (bucket header); the page follows 16 bytes later
     ve: np.ndarray
     owner: np.ndarray       # the leaf page holding the value
@@ -119,3 +120,46 @@ def chunks(nodes: Nodes, limit: int):
     for a, b in zip(bounds, bounds[1:]):
         if b > a:
             yield nodes.take(slice(a, b))
+
+
+WINDOW_SHIFT = 16       # the kernel's fault-around maps the 64 KiB around a touched page of a file mapping
+
+
+def spans(off: np.ndarray, limit: int, windows: int) -> Iterator[tuple[int, int]]:
+    """Slices [a, b) of a sequence of file offsets (in file order, or nearly) with at most ``limit`` entries
+    and at most ``windows`` 64 KiB windows of the file each (counted as changes of window along the
+    sequence): what one step may touch before its pages are released."""
+    n = int(off.size)
+    if n <= limit:
+        w = off >> WINDOW_SHIFT
+        if n < 2 or int(np.count_nonzero(w[1:] != w[:-1])) < windows:
+            if n:
+                yield 0, n
+            return
+    w = off >> WINDOW_SHIFT
+    ordinal = np.zeros(n, I64)
+    np.cumsum(w[1:] != w[:-1], out=ordinal[1:])
+    a = 0
+    while a < n:
+        b = min(a + limit, n, int(np.searchsorted(ordinal, ordinal[a] + windows, side="left")))
+        yield a, b
+        a = b
+
+
+def rechunk(parts: list[Inline], size: int) -> Iterator[Inline]:
+    """The concatenation of ``parts`` in slices of ``size`` entries (the last one shorter), without ever holding
+    the whole concatenation: each part is dropped from ``parts`` as it is used up."""
+    pending: list[Inline] = []
+    have = 0
+    while parts:
+        p = parts.pop(0)
+        while p.vs.size:
+            take = min(size - have, int(p.vs.size))
+            pending.append(p.take(slice(0, take)) if take < p.vs.size else p)
+            p = p.take(slice(take, None)) if take < p.vs.size else p.take(slice(0, 0))
+            have += take
+            if have == size:
+                yield Inline.concat(pending) if len(pending) > 1 else pending[0]
+                pending, have = [], 0
+    if pending:
+        yield Inline.concat(pending) if len(pending) > 1 else pending[0]
