@@ -3,7 +3,8 @@
 The source is checked first and refused when damaged (salvage is for that). Being sound, its leaf
 pages are copied as runs of elements — whole slices of packed keys and values — and its inline
 buckets, which bbolt wrote canonically and which hold all their contents in their value, are copied
-verbatim: Python works per page and per paged bucket, never per key.
+verbatim: Python works per batch of leaves (read a tree level at a time, storage/levels.py) and per paged
+bucket, never per key.
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from typing import Callable
 import numpy as np
 
 from ..storage.gather import Gather
-from ..storage.levels import WINDOW_SHIFT
+from ..storage.levels import WINDOW_SHIFT, Leaves, as_i64, leaves_in_key_order
+from ..storage.pages import Node
 from ..errors import CorruptionError, OutputExists
-from ..schemas import BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, LEAF_ELEMENT, PAGE_HEADER
+from ..schemas import BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, LEAF_ELEMENT, PAGE_HEADER, PageFlag
 from ..storage import Database, Item
 from ..write import BoltWriter, Run
 from ..write.destination import output_error
@@ -43,10 +45,6 @@ class CompactResult:
         return self.src_size - self.dst_size
 
 
-def _skip(node):
-    return None
-
-
 def _u64_at(u8: np.ndarray, off: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(u8[off[:, None] + np.arange(8)]).view("<u8").ravel()
 
@@ -67,29 +65,32 @@ class _Copier:
         self.inline_max = writer.page_size // 4        # largest inline page the destination keeps inline
         self.buckets = 0
         self.pairs = 0
+        self.entered = np.zeros(db.pager.limit_pages, bool)     # pages the copy has read, each once
 
     BATCH = 256   # leaf pages decoded together
 
     def events(self, bucket):
         """Runs to copy as they are, and the sub-buckets that need a new root of their own."""
-        batch: list = []
-        for node, _ in self.db.tree.leaves(bucket, decode=_skip):
-            batch.append(node)
-            if len(batch) >= self.BATCH:
-                yield from self._batch(batch)
+        node = bucket.node
+        if node.pgid == 0:      # an inline bucket (one too large to stay inline in the destination)
+            leaves = Leaves(as_i64([0]), as_i64([node.base]), as_i64([node.end]), as_i64([node.count]))
+            owner = as_i64([node.owner])
+        else:
+            leaves = leaves_in_key_order(self.db.pager, self.gather, node.pgid, self.entered)
+            owner = leaves.pgid
+        for a in range(0, leaves.pgid.size, self.BATCH):
+            batch = leaves.take(slice(a, a + self.BATCH))
+            yield from self._batch(batch, owner[a:a + self.BATCH])
+            if node.pgid:
                 self._release(batch)
-                batch = []
-        if batch:
-            yield from self._batch(batch)
-            self._release(batch)
 
-    def _release(self, nodes: list) -> None:
+    def _release(self, leaves: Leaves) -> None:
         """Drop our mapping of leaves that are copied (their runs written, their sub-buckets done: the caller
         resumed us), in whole 64 KiB windows as the kernel mapped them around each page touched; the pages
         stay in the page cache, and a later read (a neighbour's) refaults them. Without it the copy's RSS was
         the whole source file."""
-        starts = np.array([n.base for n in nodes], np.int64) >> WINDOW_SHIFT
-        ends = (np.array([n.end for n in nodes], np.int64) + (1 << WINDOW_SHIFT) - 1) >> WINDOW_SHIFT
+        starts = leaves.base >> WINDOW_SHIFT
+        ends = (leaves.end + (1 << WINDOW_SHIFT) - 1) >> WINDOW_SHIFT
         order = np.argsort(starts)
         a, b = int(starts[order[0]]), int(ends[order[0]])
         for s, e in zip(starts[order[1:]].tolist(), ends[order[1:]].tolist()):
@@ -100,11 +101,9 @@ class _Copier:
                 b = max(b, e)
         self.db.source.release(a << WINDOW_SHIFT, b << WINDOW_SHIFT)
 
-    def _elements(self, nodes: list):
-        counts = np.array([n.count for n in nodes], np.int64)
-        bases = np.array([n.base for n in nodes], np.int64)
-        ends = np.array([n.end for n in nodes], np.int64)
-        node = np.repeat(np.arange(len(nodes)), counts)
+    def _elements(self, leaves: Leaves, owner: np.ndarray):
+        counts, bases, ends = leaves.count, leaves.base, leaves.end
+        node = np.repeat(np.arange(counts.size), counts)
         local = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
         off = bases[node] + PAGE_HEADER.size + local * LEAF_ELEMENT.size
         r = self.gather.records(LEAF_ELEMENT.dtype, off)
@@ -113,17 +112,17 @@ class _Copier:
         ve = ke + r["vsize"].astype(np.int64)
         bad = np.flatnonzero(ve > ends[node])
         if bad.size:
-            n_ = nodes[int(node[bad[0]])]
-            raise CorruptionError("element extends past the end of its page", pgid=n_.owner, offset=int(off[bad[0]]))
+            raise CorruptionError("element extends past the end of its page", pgid=int(owner[node[bad[0]]]),
+                                  offset=int(off[bad[0]]))
         return r["flags"].astype(np.int64), ks, ke, ve, node
 
-    def _batch(self, nodes: list):
+    def _batch(self, leaves: Leaves, owner: np.ndarray):
         data, u8 = self.db.data, self.u8
         if self.progress is not None:      # the check was the first half of the work, the copy is the second
-            self.seen += len(nodes)
+            self.seen += int(leaves.pgid.size)
             hwm = self.db.pager.limit_pages
             self.progress(hwm + min(self.seen * hwm // self.pages, hwm), 2 * hwm)
-        flags, ks, ke, ve, node = self._elements(nodes)
+        flags, ks, ke, ve, node = self._elements(leaves, owner)
         isb = np.flatnonzero(flags & BUCKET_LEAF_FLAG)
         special = isb[:0]
         if isb.size:
@@ -139,7 +138,10 @@ class _Copier:
             if i > start:
                 yield Run(data, flags[start:i], ks[start:i], ke[start:i], ve[start:i])
             if i < flags.size:
-                yield Item(data[int(ks[i]):int(ke[i])], int(flags[i]), int(ke[i]), int(ve[i]), nodes[int(node[i])])
+                j = int(node[i])
+                holder = Node(int(leaves.pgid[j]), PageFlag.LEAF, int(leaves.count[j]), 0, int(leaves.base[j]),
+                              int(leaves.end[j]), int(owner[j]))
+                yield Item(data[int(ks[i]):int(ke[i])], int(flags[i]), int(ke[i]), int(ve[i]), holder)
             start = i + 1
 
     def run(self) -> None:

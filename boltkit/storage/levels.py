@@ -11,7 +11,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ..schemas import ELEMENT_SIZE, PAGE_HEADER_SIZE
+from ..errors import CorruptionError
+from ..schemas import BRANCH_ELEMENT, ELEMENT_SIZE, PAGE_HEADER, PAGE_HEADER_SIZE, PageFlag
 
 I64 = np.int64
 NONE = -1
@@ -163,3 +164,85 @@ def rechunk(parts: list[Inline], size: int) -> Iterator[Inline]:
                 pending, have = [], 0
     if pending:
         yield Inline.concat(pending) if len(pending) > 1 else pending[0]
+
+
+@dataclass
+class Leaves:
+    """Leaf pages of one bucket's tree, in key order: where each starts and ends, its element count."""
+    pgid: np.ndarray
+    base: np.ndarray
+    end: np.ndarray
+    count: np.ndarray
+
+    def take(self, m) -> "Leaves":
+        return Leaves(*(getattr(self, f)[m] for f in self.__dataclass_fields__))
+
+
+def leaves_in_key_order(pager, g, root: int, entered: np.ndarray) -> Leaves:
+    """The leaves under page ``root``, in key order, a tree level per round of gathers (a bulk reader's
+    Tree.leaves: Python per level, not per page). Every page is validated as Pager.node validates it, and
+    ``entered`` (a flag per page, shared by the caller's walks) refuses a page reached twice: CorruptionError
+    for the first fault, since a reader in key order cannot go on past a missing part of the order."""
+    ps, hwm, limit = pager.page_size, pager.hwm, pager.limit_pages
+    pg = as_i64([root])
+    done = np.zeros(1, bool)
+    base = end = count = np.zeros(1, I64)
+    while not done.all():
+        todo = np.flatnonzero(~done)
+        p = pg[todo]
+        _refuse(p, p < 2, "tree points at meta page {q}", ps)
+        _refuse(p, p >= hwm, f"page {{q}} is beyond the high-water mark {hwm}", ps)
+        _refuse(p, p >= limit, "page {q} is beyond the end of the file", ps)
+        first = np.zeros(p.size, bool)
+        first[np.unique(p, return_index=True)[1]] = True
+        _refuse(p, entered[p] | ~first, "page {q} is referenced again (cycle or shared subtree)", ps)
+        entered[p] = True
+        h = g.records(PAGE_HEADER.dtype, p * ps)
+        flags = h["flags"].astype(I64)
+        n = h["count"].astype(I64)
+        over = h["overflow"].astype(I64)
+        _refuse(p, h["id"].astype(I64) != p, "page header of page {q} says another id", ps)
+        _refuse(p, (flags != PageFlag.BRANCH) & (flags != PageFlag.LEAF), "invalid type for a tree page", ps, at=8)
+        _refuse(p, p + over >= hwm, "overflow runs past the high-water mark", ps, at=12)
+        _refuse(p, p + over >= limit, "overflow runs past the end of the file", ps, at=12)
+        b = p * ps
+        e = np.minimum(b + (over + 1) * ps, pager.file_size)
+        _refuse(p, b + PAGE_HEADER_SIZE + n * ELEMENT_SIZE > e, "the elements do not fit in the page", ps, at=10)
+        branch = flags == PageFlag.BRANCH
+        _refuse(p, branch & (n == 0), "branch page with no elements", ps, at=10)
+        leaf = ~branch
+        base, end, count = base.copy(), end.copy(), count.copy()
+        base[todo[leaf]], end[todo[leaf]], count[todo[leaf]] = b[leaf], e[leaf], n[leaf]
+        done = done.copy()
+        done[todo[leaf]] = True
+        if not branch.any():
+            break
+        # each branch gives way to its children, in place: the sequence stays in key order
+        bi = todo[branch]
+        width = np.ones(pg.size, I64)
+        width[bi] = n[branch]
+        starts = np.cumsum(width) - width
+        total = int(width.sum())
+        stay = np.ones(pg.size, bool)
+        stay[bi] = False
+        new = [np.zeros(total, I64) for _ in range(4)]
+        new_done = np.zeros(total, bool)
+        at = starts[stay]
+        for arr, old in zip(new, (pg, base, end, count)):
+            arr[at] = old[stay]
+        new_done[at] = done[stay]
+        kids = n[branch]
+        node = np.repeat(np.arange(bi.size, dtype=I64), kids)
+        local = np.arange(int(kids.sum()), dtype=I64) - np.repeat(np.cumsum(kids) - kids, kids)
+        r = g.records(BRANCH_ELEMENT.dtype, b[branch][node] + PAGE_HEADER_SIZE + local * ELEMENT_SIZE)
+        new[0][starts[bi][node] + local] = r["pgid"].astype(I64)
+        pg, base, end, count = new
+        done = new_done
+    return Leaves(pg, base, end, count)
+
+
+def _refuse(p: np.ndarray, bad: np.ndarray, message: str, ps: int, at: int = 0) -> None:
+    """CorruptionError for the first page of ``p`` that ``bad`` marks (``{q}`` in the message: its id)."""
+    if bad.any():
+        q = int(p[np.flatnonzero(bad)[0]])
+        raise CorruptionError(message.format(q=q), pgid=q, offset=q * ps + at)
