@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from ..storage.gather import Gather
-from ..storage.levels import WINDOW_SHIFT, Leaves, as_i64, leaves_in_key_order
+from ..storage.levels import Leaves, as_i64, leaves_in_key_order, release_windows
 from ..storage.pages import Node
 from ..errors import CorruptionError, OutputExists
 from ..schemas import BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG, LEAF_ELEMENT, PAGE_HEADER, PageFlag
@@ -76,7 +76,7 @@ class _Copier:
             leaves = Leaves(as_i64([0]), as_i64([node.base]), as_i64([node.end]), as_i64([node.count]))
             owner = as_i64([node.owner])
         else:
-            leaves = leaves_in_key_order(self.db.pager, self.gather, node.pgid, self.entered)
+            leaves = leaves_in_key_order(self.db.pager, self.gather, node.pgid, self.entered, self.db.source.release)
             owner = leaves.pgid
         for a in range(0, leaves.pgid.size, self.BATCH):
             batch = leaves.take(slice(a, a + self.BATCH))
@@ -86,20 +86,9 @@ class _Copier:
 
     def _release(self, leaves: Leaves) -> None:
         """Drop our mapping of leaves that are copied (their runs written, their sub-buckets done: the caller
-        resumed us), in whole 64 KiB windows as the kernel mapped them around each page touched; the pages
-        stay in the page cache, and a later read (a neighbour's) refaults them. Without it the copy's RSS was
-        the whole source file."""
-        starts = leaves.base >> WINDOW_SHIFT
-        ends = (leaves.end + (1 << WINDOW_SHIFT) - 1) >> WINDOW_SHIFT
-        order = np.argsort(starts)
-        a, b = int(starts[order[0]]), int(ends[order[0]])
-        for s, e in zip(starts[order[1:]].tolist(), ends[order[1:]].tolist()):
-            if s > b:
-                self.db.source.release(a << WINDOW_SHIFT, b << WINDOW_SHIFT)
-                a, b = s, e
-            else:
-                b = max(b, e)
-        self.db.source.release(a << WINDOW_SHIFT, b << WINDOW_SHIFT)
+        resumed us); the pages stay in the page cache, and a later read (a neighbour's) refaults them. Without
+        it the copy's RSS was the whole source file."""
+        release_windows(self.db.source.release, leaves.base, leaves.end)
 
     def _elements(self, leaves: Leaves, owner: np.ndarray):
         counts, bases, ends = leaves.count, leaves.base, leaves.end

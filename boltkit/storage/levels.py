@@ -178,11 +178,13 @@ class Leaves:
         return Leaves(*(getattr(self, f)[m] for f in self.__dataclass_fields__))
 
 
-def leaves_in_key_order(pager, g, root: int, entered: np.ndarray) -> Leaves:
+def leaves_in_key_order(pager, g, root: int, entered: np.ndarray, release=None) -> Leaves:
     """The leaves under page ``root``, in key order, a tree level per round of gathers (a bulk reader's
     Tree.leaves: Python per level, not per page). Every page is validated as Pager.node validates it, and
     ``entered`` (a flag per page, shared by the caller's walks) refuses a page reached twice: CorruptionError
-    for the first fault, since a reader in key order cannot go on past a missing part of the order."""
+    for the first fault, since a reader in key order cannot go on past a missing part of the order.
+    ``release(start, end)``, when given, drops the mapping of the pages whose headers are read, as it goes
+    (the caller reads the leaves again a batch at a time: a whole tree's leaves never sit in RSS at once)."""
     ps, hwm, limit = pager.page_size, pager.hwm, pager.limit_pages
     pg = as_i64([root])
     done = np.zeros(1, bool)
@@ -197,7 +199,7 @@ def leaves_in_key_order(pager, g, root: int, entered: np.ndarray) -> Leaves:
         first[np.unique(p, return_index=True)[1]] = True
         _refuse(p, entered[p] | ~first, "page {q} is referenced again (cycle or shared subtree)", ps)
         entered[p] = True
-        h = g.records(PAGE_HEADER.dtype, p * ps)
+        h = _records(g, PAGE_HEADER.dtype, p * ps, release)
         flags = h["flags"].astype(I64)
         n = h["count"].astype(I64)
         over = h["overflow"].astype(I64)
@@ -234,11 +236,25 @@ def leaves_in_key_order(pager, g, root: int, entered: np.ndarray) -> Leaves:
         kids = n[branch]
         node = np.repeat(np.arange(bi.size, dtype=I64), kids)
         local = np.arange(int(kids.sum()), dtype=I64) - np.repeat(np.cumsum(kids) - kids, kids)
-        r = g.records(BRANCH_ELEMENT.dtype, b[branch][node] + PAGE_HEADER_SIZE + local * ELEMENT_SIZE)
+        r = _records(g, BRANCH_ELEMENT.dtype, b[branch][node] + PAGE_HEADER_SIZE + local * ELEMENT_SIZE, release)
         new[0][starts[bi][node] + local] = r["pgid"].astype(I64)
         pg, base, end, count = new
         done = new_done
     return Leaves(pg, base, end, count)
+
+
+def _records(g, dtype, off: np.ndarray, release) -> np.ndarray:
+    """16-byte records at ``off``; with ``release``, read in file order a slice of windows at a time and the
+    windows let go after each slice, so that records spread over the whole file never map it all at once."""
+    if release is None:
+        return g.records(dtype, off)
+    order = np.argsort(off, kind="stable")
+    ordered = off[order]
+    out = np.empty(off.size, dtype)
+    for a, b in spans(ordered, ordered.size, 1 << 9):
+        out[order[a:b]] = g.records(dtype, ordered[a:b])
+        release_windows(release, ordered[a:b], ordered[a:b] + 16)
+    return out
 
 
 def _refuse(p: np.ndarray, bad: np.ndarray, message: str, ps: int, at: int = 0) -> None:
@@ -246,3 +262,21 @@ def _refuse(p: np.ndarray, bad: np.ndarray, message: str, ps: int, at: int = 0) 
     if bad.any():
         q = int(p[np.flatnonzero(bad)[0]])
         raise CorruptionError(message.format(q=q), pgid=q, offset=q * ps + at)
+
+
+def release_windows(release, start: np.ndarray, end: np.ndarray) -> None:
+    """``release(a, b)`` over the 64 KiB windows that byte ranges [start, end) touch, one call a run of
+    windows (fault-around mapped the whole window around each page touched)."""
+    if not start.size:
+        return
+    first = start >> WINDOW_SHIFT
+    last = (end + (1 << WINDOW_SHIFT) - 1) >> WINDOW_SHIFT
+    order = np.argsort(first, kind="stable")
+    a, b = int(first[order[0]]), int(last[order[0]])
+    for s, e in zip(first[order[1:]].tolist(), last[order[1:]].tolist()):
+        if s > b:
+            release(a << WINDOW_SHIFT, b << WINDOW_SHIFT)
+            a, b = s, e
+        else:
+            b = max(b, e)
+    release(a << WINDOW_SHIFT, b << WINDOW_SHIFT)
