@@ -46,7 +46,7 @@ def pairs_with_places(path: Path) -> dict[tuple, tuple[int, list[tuple[int, int]
 
 def pairs_of(path: Path) -> set[tuple]:
     with Database(path) as db:
-        return {(p.path, it.key, db.value(it)) for p, c, it in db.tree.walk(db.root(), on_error=lambda e: None)
+        return {(p.path, it.key, db.value(it)) for p, c, it in db.tree.walk(db.root(), on_damage=lambda e: None)
                 if c is None}
 
 
@@ -95,8 +95,8 @@ def measure(original: Path, damaged: Path, rescued: Path | None) -> Recovery:
     try:
         with Database(original, meta=0) as d0, Database(original, meta=1) as d1:
             for db in (d0, d1):
-                older |= {(p.path, it.key, db.value(it)) for p, c, it in db.tree.walk(db.root(), on_error=lambda e: None)
-                          if c is None}
+                older |= {(p.path, it.key, db.value(it))
+                          for p, c, it in db.tree.walk(db.root(), on_damage=lambda e: None) if c is None}
     except Exception:
         pass
     invented = {p for p in main if p not in orig and p not in older}

@@ -115,7 +115,7 @@ def load_cache_store(db: Database, on_damage=None) -> CacheStore:
     store = CacheStore()
     tree = db.tree
     root = db.root()
-    for top in tree.items(root, on_error=on_damage):
+    for top in tree.items(root, on_damage=on_damage):
         if not top.is_bucket:
             store.anomalies.append(Anomaly("C1", (), top.key, "plain key at the top level"))
             continue
@@ -124,7 +124,7 @@ def load_cache_store(db: Database, on_damage=None) -> CacheStore:
             continue
         store.top.add(top.key)
         bucket = tree.child(root, top)
-        for entry in tree.items(bucket, on_error=on_damage):
+        for entry in tree.items(bucket, on_damage=on_damage):
             name = entry.key.decode("utf-8", "replace")
             if not entry.is_bucket:
                 store.anomalies.append(Anomaly("C2", (top.key,), entry.key, "level-2 entry is a plain value, "
@@ -155,7 +155,7 @@ def _entries(db: Database, sub, on_damage):
         for flags, ks, ke, ve in elems:
             yield flags & BUCKET_LEAF_FLAG, data[ks:ke], data[ke:ve]
         return
-    for item in db.tree.items(sub, on_error=on_damage):
+    for item in db.tree.items(sub, on_damage=on_damage):
         yield item.is_bucket, item.key, db.value(item)
 
 

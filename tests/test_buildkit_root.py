@@ -127,3 +127,27 @@ def test_fsck_results_of_an_unknown_worker_are_released(tmp_path):
     x1 = [r for r in recs if r.get("code") == "X1"]
     assert len(x1) == 193 and not [r for r in recs if r.get("code") == "X2"]
     assert [k["count"] for k in recs[-1]["by_kind"] if k["what"] == "result"] == [193]
+
+
+def test_fsck_says_when_its_checks_of_a_damaged_metadata_store_read_past_damage(tmp_path):
+    """A torn metadata_v2.db under fsck: the BuildKit checks read what they can, and the store's report says that
+    they read past damage (B051, located at the first part skipped, each part in its details) instead of judging
+    the records left as if the store were whole (the damage the walk met used to be thrown away)."""
+    from boltkit.buildkit.fsck import check_store
+    from boltkit.buildkit.metadata import load_metadata_store
+    from boltkit.storage import Database
+    torn = [p for p in corpus_files("torn") if p.name == "daemon1-overlayfs-metadata_v2-slowcopy-during-build-308.db"]
+    root = copy_root(tmp_path)
+    shutil.copyfile(torn[0], root / "runc-overlayfs" / "metadata_v2.db")
+    met: list = []
+    with Database(torn[0]) as db:
+        load_metadata_store(db, on_damage=met.append)
+    assert met
+    r = run("buildkit", "fsck", "--json", "--max-errors", "100000", root)
+    assert r.exit_code & 8          # buildkitd will not start on it
+    b051 = [x for x in map(json.loads, r.output.splitlines()) if x.get("code") == "B051"]
+    assert len(b051) == 1 and b051[0]["file"].endswith("runc-overlayfs/metadata_v2.db")
+    assert (b051[0]["page"], b051[0]["offset"]) == (met[0].pgid, met[0].offset)
+    assert len(b051[0]["details"]["damage"]) == len(met)
+    # a whole store gets none
+    assert "B051" not in check_store(str(SNAP / "runc-overlayfs" / "metadata_v2.db")).counts()

@@ -35,12 +35,12 @@ def leases(db: Database, namespace: bytes = b"buildkit", on_damage=None) -> dict
     tree = db.tree
 
     def fill(lease: Lease, lb) -> None:
-        for sub in tree.items(lb, on_error=on_damage):
+        for sub in tree.items(lb, on_damage=on_damage):
             if not sub.is_bucket:
                 continue
             child = tree.child(lb, sub)
             if sub.key == b"labels":
-                lease.labels = {_text(i.key) for i in tree.items(child, on_error=on_damage)}
+                lease.labels = {_text(i.key) for i in tree.items(child, on_damage=on_damage)}
             else:
                 lease.resources += _count_leaves(tree, child, on_damage)
     return _each(db, _bucket_at(db, (b"v1", namespace, b"leases"), on_damage), Lease, fill, on_damage)
@@ -48,7 +48,7 @@ def leases(db: Database, namespace: bytes = b"buildkit", on_damage=None) -> dict
 
 def _count_leaves(tree, bucket, on_damage) -> int:
     n = 0
-    for _parent, child, _item in tree.walk(bucket, on_error=on_damage):
+    for _parent, child, _item in tree.walk(bucket, on_damage=on_damage):
         if child is None:
             n += 1
     return n
@@ -126,7 +126,7 @@ def _each(db: Database, b, make, fill, on_damage) -> dict:
     if b is None:
         return out
     tree = db.tree
-    for item in tree.items(b, on_error=on_damage):
+    for item in tree.items(b, on_damage=on_damage):
         if not item.is_bucket:
             continue
         obj = out[_text(item.key)] = make(_text(item.key))
@@ -148,7 +148,7 @@ def snapshotters(db: Database, namespace: bytes = b"buildkit", on_damage=None) -
     b = _bucket_at(db, (b"v1", namespace, b"snapshots"), on_damage)
     if b is None:
         return []
-    return [_text(it.key) for it in db.tree.items(b, on_error=on_damage) if it.is_bucket]
+    return [_text(it.key) for it in db.tree.items(b, on_damage=on_damage) if it.is_bucket]
 
 
 def snapshots(db: Database, snapshotter: str, namespace: bytes = b"buildkit", on_damage=None) -> dict[str, Snapshot]:
@@ -157,11 +157,11 @@ def snapshots(db: Database, snapshotter: str, namespace: bytes = b"buildkit", on
     tree = db.tree
 
     def fill(snap: Snapshot, sb) -> None:
-        for sub in tree.items(sb, on_error=on_damage):
+        for sub in tree.items(sb, on_damage=on_damage):
             if sub.is_bucket:
                 if sub.key in (b"children", b"labels"):
                     child = tree.child(sb, sub)
-                    entries = {_text(i.key): _text(db.value(i)) for i in tree.items(child, on_error=on_damage)
+                    entries = {_text(i.key): _text(db.value(i)) for i in tree.items(child, on_damage=on_damage)
                                if not i.is_bucket}
                     if sub.key == b"children":
                         snap.children = set(entries)
@@ -192,7 +192,7 @@ def backend_snapshots(db: Database, on_damage=None) -> dict[str, BackendSnapshot
     tree = db.tree
 
     def fill(row: BackendSnapshot, sb) -> None:
-        for sub in tree.items(sb, on_error=on_damage):
+        for sub in tree.items(sb, on_damage=on_damage):
             if sub.is_bucket:
                 continue
             v = db.value(sub)

@@ -12,7 +12,7 @@ import numpy as np
 from ..check import CheckReport, check_file
 from ..check.checker import progress_part
 from ..check.problems import Problem, Problems, ProblemTable, Severity
-from ..errors import BoltkitError
+from ..errors import BoltkitError, CorruptionError
 from ..storage import Database
 from ..storage.strings import byte_strings
 from ..storage.gcpause import gc_paused
@@ -36,10 +36,11 @@ _KIND_BY_NAME = {"cache.db": "cache.db", "metadata_v2.db": "metadata_v2.db", "hi
                  "history_c8d.db": "history.db", "containerdmeta.db": "containerd"}
 
 
-def store_kind(db: Database, name: str | None = None) -> str:
+def store_kind(db: Database, name: str | None = None, damage: list[CorruptionError] | None = None) -> str:
     """The store's kind by its top-level buckets; a store with none (BuildKit has not written to it yet)
-    is what its file ``name`` says, so `buildkit check` and `buildkit ls` agree on it."""
-    names = {item.key for item in db.tree.items(db.root(), on_error=lambda e: None)}
+    is what its file ``name`` says, so `buildkit check` and `buildkit ls` agree on it. A root bucket whose pages
+    are damaged is judged by the names that can be read; the damage goes to ``damage`` (raised without it)."""
+    names = {item.key for item in db.tree.items(db.root(), on_damage=None if damage is None else damage.append)}
     if not names and name in _KIND_BY_NAME:
         return _KIND_BY_NAME[name]
     if names & set(TOP_BUCKETS):
@@ -60,16 +61,17 @@ def check_store(path: str, *, snapshot: bool = False, progress=None, columns: di
     report = check_file(path, snapshot=snapshot, progress=progress, on_leaves=leaves)
     if not report.readable:
         return report
+    damage: list[CorruptionError] = []     # what the semantic pass read past: said in the report (B051)
     try:
         with Database(path, snapshot=snapshot) as db:
-            kind = store_kind(db, os.path.basename(path))
+            kind = store_kind(db, os.path.basename(path), damage)
             if kind == "metadata_v2.db":
-                report.problems.extend(check_metadata_store(load_metadata_store(db, on_damage=lambda e: None),
+                report.problems.extend(check_metadata_store(load_metadata_store(db, on_damage=damage.append),
                                                             str(path)))
                 return report
             if kind == "history.db":
-                report.problems.extend(check_history(load_history(db, on_damage=lambda e: None), str(path)))
-                found, where = rehome_history(db)
+                report.problems.extend(check_history(load_history(db, on_damage=damage.append), str(path)))
+                found, where = rehome_history(db, on_damage=damage.append)
                 report.problems.extend(Problem("H3", "build record outside _records: `buildkit repair` puts it back",
                                                file=str(path), path=p, key=k)
                                        for p, k in sorted(where) if k in found)
@@ -90,7 +92,21 @@ def check_store(path: str, *, snapshot: bool = False, progress=None, columns: di
             report.problems.extend(check_cache_columns(cols, str(path)))
     except BoltkitError as e:
         report.problems.append(Problem("B001", f"semantic pass stopped: {e}", file=str(path)))
+    finally:
+        if damage:
+            report.problems.append(semantic_damage(damage, str(path)))
     return report
+
+
+def semantic_damage(damage: list[CorruptionError], file: str) -> Problem:
+    """B051: the semantic checks of a store read past damage, so what it hides was not checked and what refers
+    into it may look missing. Located at the first damage met; every one is in ``details``."""
+    first = damage[0]
+    return Problem("B051", f"the semantic checks read past {len(damage)} damaged part(s); what they hide is not "
+                           "checked (salvage the store, then check it again)", file=file, pgid=first.pgid,
+                   offset=first.offset, path=first.path,
+                   details={"damage": [{"page": e.pgid, "offset": e.offset, "message": e.message}
+                                       for e in damage]})
 
 
 @dataclass
@@ -233,10 +249,13 @@ def _lease_checks(result: FsckResult, snapshot: bool) -> None:
         md, cm = w.dir / "metadata_v2.db", w.dir / "containerdmeta.db"
         if not cm.is_file() or not _sound(result, md) or not _sound(result, cm):
             continue
+        damage: list[CorruptionError] = []
         with Database(str(md), snapshot=snapshot) as db:
-            store = load_metadata_store(db, on_damage=lambda e: None)
+            store = load_metadata_store(db, on_damage=damage.append)
         with Database(str(cm), snapshot=snapshot) as db:
-            held = leases(db, on_damage=lambda e: None)
+            held = leases(db, on_damage=damage.append)
+        if damage:
+            continue    # (both checked whole) a part read past would look missing: the stores' B051 says it
         f = str(cm)
         for lid, lease in sorted(held.items()):
             if not lease.temporary and lease.record not in store.records:
@@ -344,15 +363,21 @@ def _result_checks(result: FsckResult, snapshot: bool, columns: dict) -> None:
         if not _sound(result, md):
             records[wid] = None
             continue
+        damage: list[CorruptionError] = []
         try:
             with Database(str(md), snapshot=snapshot) as db:
-                records[wid] = record_ids(db, on_damage=lambda e: None)
+                records[wid] = record_ids(db, on_damage=damage.append)
         except BoltkitError:
             records[wid] = None      # unreadable: reported on its own line, no guesses here
+        if damage:
+            records[wid] = None      # records behind the damage would look gone: no X2 from a partial read
     cols = columns.get(str(cache.path))
-    if cols is None or not cols.sound:      # a damaged tree: read as the check's own pass leaves it out
+    if cols is None or not cols.sound:
+        # a damaged tree, read as the check's own pass leaves it out: the damage met is the very damage that
+        # store's structural problems list, and a result behind it is not judged (X1/X2 are about results there)
+        met: list[CorruptionError] = []
         with Database(str(cache.path), snapshot=snapshot) as db:
-            cols = load_cache_columns(db, on_damage=lambda e: None)
+            cols = load_cache_columns(db, on_damage=met.append)
     f = str(cache.path)
     names = cols.names
     rids = sorted_unique(cols.result_rid)

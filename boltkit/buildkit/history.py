@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass, field
 
-from ..errors import CorruptionError
 from ..storage import Database
 from .gotime import parse_rfc3339
 
@@ -140,14 +139,11 @@ def load_history(db: Database, on_damage=None) -> list[HistoryRecord]:
     item = db.tree.get(root, b"_records")
     if item is None or not item.is_bucket:
         return []
-    try:
-        bucket = db.tree.child(root, item)
-    except CorruptionError as e:
-        if on_damage is None:
-            raise
-        on_damage(e)
+    bucket = db.tree.open(root, item, on_damage)
+    if bucket is None:
         return []
-    return [decode_record(it.key, db.value(it)) for it in db.tree.items(bucket, on_error=on_damage) if not it.is_bucket]
+    return [decode_record(it.key, db.value(it)) for it in db.tree.items(bucket, on_damage=on_damage)
+            if not it.is_bucket]
 
 
 def check_history(records: list[HistoryRecord], file: str | None = None) -> list:

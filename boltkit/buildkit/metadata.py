@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..check.problems import Problem, Severity, adder
-from ..errors import CorruptionError
 from ..storage import Bucket, Database, Item
 
 TOP = (b"_main", b"_index", b"_external")
@@ -60,15 +59,8 @@ class MetadataStore:
 
 
 def _child(db: Database, parent: Bucket, item: Item, on_damage) -> Bucket | None:
-    """A sub-bucket opened as tolerantly as the items around it: with ``on_damage``, a bucket whose header or root
-    page cannot be read is damage to report and skip (None), like every other reader's walk."""
-    try:
-        return db.tree.child(parent, item, on_damage)
-    except CorruptionError as e:
-        if on_damage is None:
-            raise
-        on_damage(e)
-        return None
+    """A sub-bucket opened as tolerantly as the items around it (`Tree.open`)."""
+    return db.tree.open(parent, item, on_damage)
 
 
 def record_ids(db: Database, on_damage=None) -> set[str]:
@@ -80,21 +72,21 @@ def record_ids(db: Database, on_damage=None) -> set[str]:
     bucket = _child(db, root, main, on_damage)
     if bucket is None:
         return set()
-    return {it.key.decode("utf-8", "replace") for it in db.tree.items(bucket, on_error=on_damage) if it.is_bucket}
+    return {it.key.decode("utf-8", "replace") for it in db.tree.items(bucket, on_damage=on_damage) if it.is_bucket}
 
 
 def load_metadata_store(db: Database, on_damage=None) -> MetadataStore:
     store = MetadataStore()
     tree = db.tree
     root = db.root()
-    for top in tree.items(root, on_error=on_damage):
+    for top in tree.items(root, on_damage=on_damage):
         store.top.add(top.key)
         if not top.is_bucket or top.key not in TOP:
             continue
         bucket = _child(db, root, top, on_damage)
         if bucket is None:
             continue
-        for entry in tree.items(bucket, on_error=on_damage):
+        for entry in tree.items(bucket, on_damage=on_damage):
             name = entry.key.decode("utf-8", "replace")
             if top.key == b"_index":
                 store.index_keys.append(entry.key)
@@ -107,11 +99,11 @@ def load_metadata_store(db: Database, on_damage=None) -> MetadataStore:
                 continue
             if top.key == b"_external":
                 store.externals[name] = [it.key.decode("utf-8", "replace")
-                                         for it in tree.items(sub, on_error=on_damage)]
+                                         for it in tree.items(sub, on_damage=on_damage)]
                 store.external_keys[name] = entry.key
                 continue
             rec = store.records[name] = Record(name, key=entry.key)
-            for it in tree.items(sub, on_error=on_damage):
+            for it in tree.items(sub, on_damage=on_damage):
                 key = it.key.decode("utf-8", "replace")
                 rec.entry_keys[key] = it.key
                 if it.is_bucket:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 
 from ..storage import Database
+from ..storage.tree import OnDamage
 from .cachedb import TOP_BUCKETS, CacheStore, decode_link_key, decode_result
 from .history import decode_record
 from .plan import Change
@@ -46,7 +47,10 @@ def kind_of(name: bytes, entries: list[tuple[bytes, bytes]]) -> bytes | None:
 
 def rehome(db: Database, store: CacheStore) -> tuple[list[Change], set[tuple[bytes, ...]]]:
     """Merge id buckets found away from their top-level bucket into ``store``. Returns the changes and
-    the paths of the buckets taken (to leave out when the rest of a foreign bucket is carried over)."""
+    the paths of the buckets taken (to leave out when the rest of a foreign bucket is carried over).
+
+    The store must be structurally sound (the planners refuse a damaged one first: salvage it): the read is
+    strict, so damage raises CorruptionError instead of a plan that acts as if what it hides were not there."""
     tree = db.tree
     changes: list[Change] = []
     taken: set[tuple[bytes, ...]] = set()
@@ -58,7 +62,7 @@ def rehome(db: Database, store: CacheStore) -> tuple[list[Change], set[tuple[byt
         if len(bucket.path) > _MAX_DEPTH:
             return False
         plain, subs = [], []
-        for item in tree.items(bucket, on_error=lambda e: None):
+        for item in tree.items(bucket):
             if item.is_bucket:
                 subs.append(item)
             else:
@@ -81,18 +85,18 @@ def rehome(db: Database, store: CacheStore) -> tuple[list[Change], set[tuple[byt
         return True
 
     root = db.root()
-    for top in tree.items(root, on_error=lambda e: None):
+    for top in tree.items(root):
         if not top.is_bucket:
             continue
         bucket = tree.child(root, top)
         if top.key not in TOP_BUCKETS:
             visit(bucket, "C1")
             continue
-        for entry in tree.items(bucket, on_error=lambda e: None):      # old copies nested in a top (C3)
+        for entry in tree.items(bucket):      # old copies nested in a top (C3)
             if not entry.is_bucket:
                 continue
             sub = tree.child(bucket, entry)
-            inner = [i for i in tree.items(sub, on_error=lambda e: None) if i.is_bucket]
+            inner = [i for i in tree.items(sub) if i.is_bucket]
             if not inner:
                 continue
             hint = entry.key if entry.key in TOP_BUCKETS else None
@@ -130,24 +134,25 @@ def _forget_container(store: CacheStore, top: bytes, name: str) -> None:
         table.pop(name, None)
 
 
-def _ignore(e) -> None:
-    """Damage: what it hides is not looked at (the structural check reports it)."""
-
-
-def rehome_history(db: Database) -> tuple[dict[bytes, bytes], set[tuple[tuple, bytes]]]:
+def rehome_history(db: Database, on_damage: OnDamage | None = None
+                   ) -> tuple[dict[bytes, bytes], set[tuple[tuple, bytes]]]:
     """Build records a torn history.db left outside `_records` (a salvage puts them in lost+found): pairs
     whose value decodes as a BuildHistoryRecord naming its own key. Returns the records `_records` lacks,
-    and where each taken pair sits (exact copies of records in place are taken too: they add nothing)."""
+    and where each taken pair sits (exact copies of records in place are taken too: they add nothing).
+
+    Strict by default (a repair plans on a sound store); with ``on_damage`` (fsck's H3 on a torn store) the
+    walk reads past damage and reports each part it skips there."""
     tree = db.tree
     root = db.root()
     have: dict[bytes, bytes] = {}
     item = tree.get(root, b"_records")
     if item is not None and item.is_bucket:
-        have = {it.key: db.value(it) for it in tree.items(tree.child(root, item), on_error=_ignore)
-                if not it.is_bucket}
+        records = tree.open(root, item, on_damage)
+        if records is not None:
+            have = {it.key: db.value(it) for it in tree.items(records, on_damage=on_damage) if not it.is_bucket}
     found: dict[bytes, bytes] = {}
     where: set[tuple[tuple, bytes]] = set()
-    for parent, child, it in tree.walk(root, on_error=_ignore):
+    for parent, child, it in tree.walk(root, on_damage=on_damage):
         path = parent.path
         if child is not None or not path or path[0] in (b"_records", b"_version") or any(map(_FREED.match, path)):
             continue

@@ -982,7 +982,8 @@ class _Model:
         if cols is None:
             cols = self.columns.get("cache.db")      # what a check of the same tree read already (fsck)
             if cols is None or cols.tree != (ov.db.meta.index, ov.db.meta.txid) or not cols.sound:
-                cols = load_cache_columns(ov.db, on_damage=lambda e: None)
+                met: list = []     # damage makes the columns unsound: the walk below then meets it key by key
+                cols = load_cache_columns(ov.db, on_damage=met.append)
             if not cols.sound or cols.result_errors or cols.anomalies or cols.link_errors:
                 cols = False
             else:

@@ -56,6 +56,8 @@ CATALOGUE: dict[str, tuple[Severity, str]] = {
     "B039": (Severity.WARNING, "inline bucket holds a sub-bucket (bbolt never writes this)"),
     "B040": (Severity.ERROR, "page neither reachable nor free (bbolt: unreachable unfreed, one of its errors)"),
     "B050": (Severity.INFO, "revert candidate: what the other meta's tree looks like"),
+    "B051": (Severity.WARNING, "a semantic pass (BuildKit's checks of a store) read past damage: what the damage "
+                               "hides is not checked, and what refers into it may look missing"),
 }
 
 

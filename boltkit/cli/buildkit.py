@@ -201,13 +201,17 @@ def _steps(file, store, metadata_dbs) -> dict:
         if found is not None:
             ids = {w.dir.name: w.worker_id for w in found.workers}
             paths = [(ids.get(st.worker or ""), st.path) for st in found.stores if st.kind == "metadata_v2.db"]
+    from .output import warn
     for worker, p in paths:
+        damage: list = []
         try:
             with Database(str(p)) as mdb:
-                stores[worker] = load_metadata_store(mdb, on_damage=lambda e: None)
+                stores[worker] = load_metadata_store(mdb, on_damage=damage.append)
         except BoltkitError as e:
-            from .output import warn
             warn(f"{p}: cannot name build steps from it: {e}")
+        if damage:
+            warn(f"{p}: read past {len(damage)} damaged part(s) ({damage[0]}): the steps of the records they hold "
+                 "are not named")
     if not stores:
         return {}
     return step_descriptions(((k, r.result_id) for k, rs in store.results.items() for r in rs), stores)

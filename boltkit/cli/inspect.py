@@ -265,7 +265,7 @@ def buckets(file, path, meta, snapshot, as_hex, encoding, as_json, table_fmt):
         errors: list = []
         for child in db.buckets(names, damage=errors):
             keys = subs = 0
-            for it in db.tree.items(child, on_error=errors.append):
+            for it in db.tree.items(child, on_damage=errors.append):
                 subs += it.is_bucket
                 keys += not it.is_bucket
             rec = {"type": "bucket", "path": encode_path(child.path, encoding), "keys": keys, "buckets": subs,
@@ -490,7 +490,7 @@ def export(file, path, meta, snapshot, as_hex, encoding, count_only):
 def _export(db, start, enc, encoding, write, paths: dict, errors: list, on_page) -> None:
     """Every bucket and pair under ``start`` as JSON lines (the body of `export`)."""
     data = db.data
-    for parent, child, item in db.tree.walk(start, on_error=errors.append, on_page=on_page):
+    for parent, child, item in db.tree.walk(start, on_damage=errors.append, on_page=on_page):
         if child is None:
             p = paths.get(parent.path)
             if p is None:

@@ -244,7 +244,7 @@ class _Collector:
                 return (LOST_FOUND, f"page-{origin}-doubtful".encode()) + path
             return None
 
-        for parent, child, item in tree.walk(root, on_error=on_error, on_page=on_page):
+        for parent, child, item in tree.walk(root, on_damage=on_error, on_page=on_page):
             page = item.node.owner
             if child is not None:
                 where = aside(parent.path, page)
@@ -342,6 +342,10 @@ class _Collector:
         split(self.root, other, ())
         return moved
 
+    def _orphan_damage(self, e: CorruptionError) -> None:
+        """Damage inside an orphan leaf's inline bucket: what it hides is not recovered, and the report says so."""
+        self.damage.append(f"lost+found: {e}")
+
     def orphans(self, pager: Pager, free: set[int] | None, include_freed: bool) -> list[int]:
         """Leaf pages no tree reached: their plain pairs (and inline buckets' pairs) go to lost+found. A freed
         page (``free`` None: every unreached page may be one) gives only keys the recovered tree lacks, unless
@@ -378,15 +382,15 @@ class _Collector:
                     continue
                 try:      # an inline bucket carries its own pairs
                     parent = TreeBucket(base, pgid, 0, node)
-                    child = tree.child(parent, Item(key, flags_, ke, ve, node), lambda e: None)
+                    child = tree.child(parent, Item(key, flags_, ke, ve, node), self._orphan_damage)
                     if child.inline:
-                        for it in tree.items(child, on_error=lambda e: None):
+                        for it in tree.items(child, on_damage=self._orphan_damage):
                             if not it.is_bucket and keep(it.key):
                                 self.put(child.path, it.key, self.value(it.value_start, it.value_end),
                                          "lost+found")
                                 taken += 1
-                except CorruptionError:
-                    pass
+                except CorruptionError as e:
+                    self._orphan_damage(e)
             if taken:
                 found.append(pgid)
             self.reached.update(range(pgid, pgid + node.overflow + 1))

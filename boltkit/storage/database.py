@@ -125,29 +125,24 @@ class Database:
     def items(self, path: Sequence[bytes] = (), *, damage: list[CorruptionError] | None = None) -> Iterator[Item]:
         """The entries of the bucket at ``path`` in key order, pairs and sub-bucket entries alike
         (``item.is_bucket``; a pair's value is ``db.value(item)``)."""
-        return self.tree.items(self.bucket(path), on_error=None if damage is None else damage.append)
+        return self.tree.items(self.bucket(path), on_damage=None if damage is None else damage.append)
 
     def buckets(self, path: Sequence[bytes] = (), *,
                 damage: list[CorruptionError] | None = None) -> Iterator[Bucket]:
         """The buckets directly under ``path``, opened; one whose header or root page is unreadable is damage."""
         parent = self.bucket(path)
-        on_error = None if damage is None else damage.append
-        for item in self.tree.items(parent, on_error=on_error):
-            if not item.is_bucket:
-                continue
-            try:
-                yield self.tree.child(parent, item, on_error)
-            except CorruptionError as e:
-                if damage is None:
-                    raise
-                damage.append(e)
+        on_damage = None if damage is None else damage.append
+        for item in self.tree.items(parent, on_damage=on_damage):
+            if item.is_bucket and (child := self.tree.open(parent, item, on_damage)) is not None:
+                yield child
 
     def walk(self, path: Sequence[bytes] = (), *, damage: list[CorruptionError] | None = None,
              on_page=None) -> Iterator[tuple[Bucket, Bucket | None, Item]]:
         """Every bucket and pair under ``path``, depth first in bbolt cursor order: ``(bucket, None, item)`` for a
         pair of ``bucket``, ``(bucket, child, item)`` for a sub-bucket, before the child's contents
         (`Tree.walk`)."""
-        return self.tree.walk(self.bucket(path), on_error=None if damage is None else damage.append, on_page=on_page)
+        return self.tree.walk(self.bucket(path), on_damage=None if damage is None else damage.append,
+                              on_page=on_page)
 
     def freelist(self) -> Freelist | None:
         """The stored freelist of the current meta, None when the file stores none (NoFreelistSync)."""

@@ -74,7 +74,7 @@ def reachable_pages(db: Database, meta: Meta, errors: list | None = None) -> dic
         if not node.inline:
             owners[node.pgid] = (node, bucket)
 
-    for _ in tree.walk(root, on_error=errs.append, on_page=on_page):
+    for _ in tree.walk(root, on_damage=errs.append, on_page=on_page):
         pass
     return owners
 

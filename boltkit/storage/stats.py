@@ -77,7 +77,7 @@ def gather_stats(db: Database) -> DatabaseStats:
 
     root = db.root()
     order: list[tuple] = []
-    for parent, child, _item in db.tree.walk(root, on_error=errors.append, on_page=on_page):
+    for parent, child, _item in db.tree.walk(root, on_damage=errors.append, on_page=on_page):
         if parent.path:
             per_top[parent.path[0]].keys += 1
         if child is not None:

@@ -3,7 +3,12 @@
 Traversal is iterative (an explicit stack, never Python recursion) and remembers every page it
 has entered, so a page cycle written by a torn commit ends in an error instead of a hang or a stack
 overflow (`bbolt stats` overflows its stack on such files). Callers choose what damage does: raise
-(``on_error=None``) or report it and skip just the damaged subtree (tolerant reads of torn files).
+(``on_damage=None``) or report it and skip just the damaged subtree (tolerant reads of torn files).
+
+This is the one tolerant walk: every reader of a bucket's contents (the inspect commands, the BuildKit decoders,
+salvage, stats) goes through ``items``/``open``/``walk`` and gets damage the same way, as ``on_damage`` calls with
+one record type, CorruptionError (what was skipped, and where: page, offset, bucket path). No reader drops a
+record: it returns it to its caller or turns it into a problem, a flag, a refusal.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from ..errors import CorruptionError
 from ..schemas import BUCKET_HEADER, BUCKET_HEADER_SIZE, BUCKET_LEAF_FLAG
 from .pages import Node, Pager
 
-OnError = Callable[[CorruptionError], None]
+OnDamage = Callable[[CorruptionError], None]      # receives each damage record a tolerant read skips
 OnPage = Callable[[Node, int, list], None]
 
 
@@ -51,17 +56,18 @@ class Tree:
 
     # -- opening buckets ------------------------------------------------------------------------
 
-    def bucket_at(self, path: tuple[bytes, ...], root: int, sequence: int, on_error: OnError | None = None) -> Bucket:
-        if on_error is None:
+    def bucket_at(self, path: tuple[bytes, ...], root: int, sequence: int,
+                  on_damage: OnDamage | None = None) -> Bucket:
+        if on_damage is None:
             return Bucket(path, root, sequence, self.pager.node(root))
         node, problems = self.pager.node_lenient(root)
         for p in problems:
             p.path = path
-            on_error(p)
+            on_damage(p)
         return Bucket(path, root, sequence, node)
 
-    def child(self, parent: Bucket, item: Item, on_error: OnError | None = None) -> Bucket:
-        """Open the bucket stored in a leaf item (which must carry the bucket flag). With ``on_error``, a root
+    def child(self, parent: Bucket, item: Item, on_damage: OnDamage | None = None) -> Bucket:
+        """Open the bucket stored in a leaf item (which must carry the bucket flag). With ``on_damage``, a root
         page whose header lies is read past where its elements allow (Pager.node_lenient)."""
         path = parent.path + (item.key,)
         vs, ve = item.value_start, item.value_end
@@ -71,7 +77,7 @@ class Tree:
         root, seq = BUCKET_HEADER.unpack_from(self.data, vs)
         problems: list[CorruptionError] = []
         try:
-            if on_error is None:
+            if on_damage is None:
                 node = (self.pager.inline_node(vs + BUCKET_HEADER_SIZE, ve, item.node.owner) if root == 0
                         else self.pager.node(root))
             elif root == 0:
@@ -81,35 +87,47 @@ class Tree:
         except CorruptionError as e:
             e.path = path
             raise
-        for p in problems:          # only the lenient reads (on_error given) return problems
+        for p in problems:          # only the lenient reads (on_damage given) return problems
             p.path = path
-            assert on_error is not None
-            on_error(p)
+            assert on_damage is not None
+            on_damage(p)
         return Bucket(path, root, seq, node)
+
+    def open(self, parent: Bucket, item: Item, on_damage: OnDamage | None = None) -> Bucket | None:
+        """``child`` as tolerantly as the items around it: with ``on_damage``, a bucket whose header or root page
+        cannot be read at all is one damage record, and None (its contents are what the damage hides); without,
+        the CorruptionError is raised."""
+        try:
+            return self.child(parent, item, on_damage)
+        except CorruptionError as e:
+            if on_damage is None:
+                raise
+            on_damage(e)
+            return None
 
     # -- ordered iteration ----------------------------------------------------------------------
 
-    def leaves(self, bucket: Bucket, start_key: bytes | None = None, on_error: OnError | None = None,
+    def leaves(self, bucket: Bucket, start_key: bytes | None = None, on_damage: OnDamage | None = None,
                visited: set[int] | None = None, on_page: OnPage | None = None,
                decode: Callable[[Node], list] | None = None) -> Iterator[tuple[Node, list]]:
         """Leaf nodes of ``bucket`` in key order with their element tables, from ``start_key`` on.
 
         ``on_page(node, depth, elements)`` sees every node entered, branches included. ``decode`` replaces
         Pager.leaf_elements for the leaves (bulk readers decode many leaves at once themselves).
-        With ``on_error``, damage is reported and read past: a page whose header lies or that holds bad
+        With ``on_damage``, damage is reported and read past: a page whose header lies or that holds bad
         elements still yields every element bounded by the page; only what cannot be read at all is skipped.
         """
         pager, data = self.pager, self.data
         if visited is None:
             visited = set()
         seeking = start_key is not None
-        lenient = on_error is not None
+        lenient = on_damage is not None
 
         def report(problems):
             for p in problems:
                 if p.path is None:
                     p.path = bucket.path
-                on_error(p)
+                on_damage(p)
         stack: list[Iterator] = [iter((bucket.node,))]
         trail: list[int] = []   # pages on the current descent, for error context
         while stack:
@@ -164,14 +182,14 @@ class Tree:
             except CorruptionError as e:
                 if e.path is None:
                     e.path = bucket.path
-                if on_error is None:
+                if on_damage is None:
                     raise
-                on_error(e)
+                on_damage(e)
 
-    def items(self, bucket: Bucket, start_key: bytes | None = None, on_error: OnError | None = None,
+    def items(self, bucket: Bucket, start_key: bytes | None = None, on_damage: OnDamage | None = None,
               visited: set[int] | None = None, on_page: OnPage | None = None) -> Iterator[Item]:
         data = self.data
-        for node, elems in self.leaves(bucket, start_key, on_error, visited, on_page):
+        for node, elems in self.leaves(bucket, start_key, on_damage, visited, on_page):
             if start_key is not None:
                 keys = [data[s:e] for _, s, e, _ in elems]
                 elems = elems[bisect_left(keys, start_key):]
@@ -186,7 +204,7 @@ class Tree:
 
     # -- whole-tree walk ------------------------------------------------------------------------
 
-    def walk(self, root: Bucket, on_error: OnError | None = None,
+    def walk(self, root: Bucket, on_damage: OnDamage | None = None,
              on_page: Callable[[Bucket, Node, int, list], None] | None = None
              ) -> Iterator[tuple[Bucket, Bucket | None, Item]]:
         """Depth-first over every bucket and key, in bbolt cursor order.
@@ -196,7 +214,7 @@ class Tree:
         for a sub-bucket entry, before the child's own contents.
         """
         visited: set[int] = set()
-        stack = [(root, self.items(root, on_error=on_error, visited=visited, on_page=_bind(on_page, root)))]
+        stack = [(root, self.items(root, on_damage=on_damage, visited=visited, on_page=_bind(on_page, root)))]
         while stack:
             bucket, it = stack[-1]
             item = next(it, None)
@@ -207,18 +225,19 @@ class Tree:
                 yield bucket, None, item
                 continue
             try:
-                child = self.child(bucket, item, on_error)
+                child = self.child(bucket, item, on_damage)
                 if child.root:
                     if child.root in visited:
                         raise CorruptionError(f"bucket root page {child.root} is referenced again",
                                               pgid=child.root, path=child.path)
             except CorruptionError as e:
-                if on_error is None:
+                if on_damage is None:
                     raise
-                on_error(e)
+                on_damage(e)
                 continue
             yield bucket, child, item
-            stack.append((child, self.items(child, on_error=on_error, visited=visited, on_page=_bind(on_page, child))))
+            stack.append((child, self.items(child, on_damage=on_damage, visited=visited,
+                                            on_page=_bind(on_page, child))))
 
 
 def _bind(on_page, bucket: Bucket) -> OnPage | None:
