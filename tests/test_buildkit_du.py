@@ -23,9 +23,9 @@ def run(*args):
 def test_kinds_parents_and_pinning(tmp_path):
     path = write_store(tmp_path / "metadata_v2.db", clean_metadata_tree())
     with Database(path) as db:
-        rows = {r.id: r for r in usage(load_metadata_store(db))}
+        rows = {r.id.decode(): r for r in usage(load_metadata_store(db))}
     assert {k: rows[k].kind for k in rows} == {BASE: "base", LAYER: "layer", OTHER: "base", MERGE: "merge"}
-    assert rows[MERGE].parents == [LAYER, OTHER] and rows[LAYER].children == 1
+    assert rows[MERGE].parents == [LAYER.encode(), OTHER.encode()] and rows[LAYER].children == 1
     assert rows[BASE].pinned_by_younger and not rows[MERGE].pinned_by_younger
     assert rows[BASE].size is None and rows[LAYER].description == "RUN make"
 

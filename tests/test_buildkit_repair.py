@@ -69,7 +69,7 @@ def test_deleted_record_goes_with_its_index_externals_and_leases(tmp_path):
     # index keys the record's values do not name (MetadataStore.Clear deletes only those): --prune's
     assert {f"local.sharedKey:x::{OTHER}".encode(), b"cache-dir:nocolons"} <= set(store.index_keys)
     with Database(worker / "containerdmeta.db") as db:
-        assert set(leases(db)) == {"keep0000000000000000000000"}
+        assert set(leases(db)) == {b"keep0000000000000000000000"}
     assert len(list(worker.glob("*.boltkit-*.bak"))) == 2
     assert run("buildkit", "repair", "--apply", "--prune", root).exit_code == 0
     with Database(worker / "metadata_v2.db") as db:
@@ -148,3 +148,29 @@ def test_prune_drops_entries_whose_ids_are_not_utf8_by_their_bytes(tmp_path):
         assert [i.key for i in db.items((b"_main", odd))] == [b"cache.createdAt", b"snapshot.committed"]
     again = [json.loads(x) for x in run("buildkit", "repair", "--json", "--prune", root).output.splitlines()]
     assert [c for c in again if "code" in c] == []      # (the start still creates the stores this root lacks)
+
+
+def test_records_whose_ids_decode_to_the_same_text_stay_two_records(tmp_path):
+    """Two record ids that differ only in bytes that are not UTF-8 read as one text id ("\\ufffd..."), so a model
+    keyed by text kept one record and `repair --prune` planned the other's fix not at all: the apply verified, kept
+    a backup, and left a bucket inside the second record. Keyed by their bytes, both are planned and fixed."""
+    root = tmp_path / "buildkit"
+    worker = root / "runc-overlayfs"
+    worker.mkdir(parents=True)
+    (worker / "workerid").write_text("x03o8ykcb5gi9f4j2ygkwwsgx")
+    one, two = b"\xffodd0000000000000000000zz", b"\xfeodd0000000000000000000zz"
+    t = clean_metadata_tree()
+    for rid in (one, two):
+        t[b"_main"].children[rid] = Bucket({b"cache.createdAt": env(1), b"snapshot.committed": env(True),
+                                            b"nested": Bucket({b"k": b"v"})})
+    write_store(worker / "metadata_v2.db", t)
+    r = run("buildkit", "repair", "--json", "--prune", root)
+    planned = [json.loads(x) for x in r.output.splitlines()[:-1] if "code" in json.loads(x)]
+    assert sorted(c["bucket"] for c in planned if c["code"] == "M2") == ["_main/0x" + two.hex(), "_main/0x" + one.hex()]
+    r = run("buildkit", "repair", "--apply", "--prune", root)
+    assert r.exit_code == 0, r.output
+    with Database(worker / "metadata_v2.db") as db:
+        for rid in (one, two):
+            assert [i.key for i in db.items((b"_main", rid))] == [b"cache.createdAt", b"snapshot.committed"]
+        store = load_metadata_store(db)
+    assert {one, two} <= set(store.records) and store.records[one].id == one

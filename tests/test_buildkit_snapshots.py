@@ -43,15 +43,15 @@ def records(root):
         return load_metadata_store(db).records
 
 
-def mutable_ids(recs) -> list[str]:
+def mutable_ids(recs) -> list[bytes]:
     """Uncommitted records that are no merge/diff and not the immutable half of an equalMutable pair."""
     return sorted(rid for rid, r in recs.items()
                   if r.values.get("snapshot.committed") is not True and not r.values.get("cache.equalMutable")
                   and not r.values.get("cache.mergeParents"))
 
 
-def snapshot_of(rec) -> str:
-    return rec.values.get("cache.snapshot") or rec.id
+def snapshot_of(rec) -> bytes:
+    return rec.ref("cache.snapshot") or rec.id
 
 
 def drop(path, victim: tuple[bytes, ...]) -> None:
@@ -101,7 +101,7 @@ def test_decoders_read_the_real_snapshot_stores():
     # every containerd snapshot names one backend row, and both stores agree on the parents
     assert {s.name for s in snaps.values()} == set(rows)
     for s in snaps.values():
-        assert rows[s.name].parent == (snaps[s.parent].name if s.parent else "")
+        assert rows[s.name].parent == (snaps[s.parent].name if s.parent else b"")
         # (containerd's GC deletes a snapshot without its entry in the parent's children/, so some are stale)
         assert all(snaps[c].parent == s.key for c in s.children if c in snaps)
     assert Counter(r.kind for r in rows.values()) == {KIND_COMMITTED: 89, KIND_VIEW: 65, KIND_ACTIVE: 25}
@@ -135,14 +135,14 @@ def test_clean_root_reports_neither(tmp_path):
 def test_m9_mutable_record_whose_snapshot_is_gone_from_containerdmeta(tmp_path):
     root = make_root(tmp_path)
     victim = mutable_ids(records(root))[0]
-    drop(root / WORKER / "containerdmeta.db", SNAPSHOTS + (victim.encode(),))
+    drop(root / WORKER / "containerdmeta.db", SNAPSHOTS + (victim,))
     assert check_file(root / WORKER / "containerdmeta.db").clean
     found = [p for p in cross(root) if p.code in ("M9", "M17")]
-    assert [(p.code, p.key) for p in found] == [("M9", victim.encode())]
+    assert [(p.code, p.key) for p in found] == [("M9", victim)]
     assert found[0].severity.value == "warning" and "removes the record" in found[0].message
     assert found[0].file.endswith("metadata_v2.db") and found[0].details["snapshotter"] == "overlayfs"
     status, cli = cli_codes(root)
-    assert status == 4 and [(x["code"], x["key"]) for x in cli] == [("M9", victim)]
+    assert status == 4 and [(x["code"], x["key"]) for x in cli] == [("M9", victim.decode())]
 
 
 def test_m9_backend_row_missing_from_the_snapshotter(tmp_path):
@@ -151,11 +151,11 @@ def test_m9_backend_row_missing_from_the_snapshotter(tmp_path):
     victim = mutable_ids(records(root))[-1]
     with Database(root / WORKER / "containerdmeta.db") as db:
         name = snapshots(db, "overlayfs")[victim].name
-    drop(root / WORKER / "snapshots" / "metadata.db", (b"v1", b"snapshots", name.encode()))
+    drop(root / WORKER / "snapshots" / "metadata.db", (b"v1", b"snapshots", name))
     found = [p for p in cross(root) if p.code in ("M9", "M17")]
-    assert [(p.code, p.key) for p in found] == [("M9", victim.encode())]
-    assert name in found[0].message and found[0].details["backend"] == name
-    assert [(x["code"], x["key"]) for x in cli_codes(root)[1]] == [("M9", victim)]
+    assert [(p.code, p.key) for p in found] == [("M9", victim)]
+    assert name.decode() in found[0].message and found[0].details["backend"] == name.decode()
+    assert [(x["code"], x["key"]) for x in cli_codes(root)[1]] == [("M9", victim.decode())]
 
 
 def test_m9_mutable_record_whose_snapshot_is_committed(tmp_path):
@@ -164,9 +164,9 @@ def test_m9_mutable_record_whose_snapshot_is_committed(tmp_path):
     with Database(root / WORKER / "containerdmeta.db") as db:
         name = snapshots(db, "overlayfs")[victim].name
     edit(root / WORKER / "snapshots" / "metadata.db",
-         lambda t: at(t, (b"v1", b"snapshots", name.encode())).children.__setitem__(b"kind", bytes([KIND_COMMITTED])))
+         lambda t: at(t, (b"v1", b"snapshots", name)).children.__setitem__(b"kind", bytes([KIND_COMMITTED])))
     found = [p for p in cross(root) if p.code in ("M9", "M17")]
-    assert [(p.code, p.key) for p in found] == [("M9", victim.encode())]
+    assert [(p.code, p.key) for p in found] == [("M9", victim)]
     assert "committed, not active" in found[0].message
 
 
@@ -179,7 +179,7 @@ def test_m9_leaves_merges_and_equal_mutable_records_without_committed_alone(tmp_
     rid = sorted(rid for rid, r in recs.items() if r.values.get(kind) and r.values.get("snapshot.committed") is True)[0]
     with Database(root / WORKER / "containerdmeta.db") as db:
         assert snapshot_of(recs[rid]) not in snapshots(db, "overlayfs")
-    drop(root / WORKER / "metadata_v2.db", (b"_main", rid.encode(), b"snapshot.committed"))
+    drop(root / WORKER / "metadata_v2.db", (b"_main", rid, b"snapshot.committed"))
     assert records(root)[rid].values.get("snapshot.committed") is None
     assert not [p for p in cross(root) if p.code in ("M9", "M17")]
 
@@ -189,23 +189,23 @@ def test_m9_every_mutable_record_when_the_snapshotter_bucket_is_gone(tmp_path):
     root = make_root(tmp_path)
     drop(root / WORKER / "containerdmeta.db", SNAPSHOTS)
     found = [p for p in cross(root) if p.code in ("M9", "M17")]
-    assert sorted(p.key.decode() for p in found if p.code == "M9") == mutable_ids(records(root))
+    assert sorted(p.key for p in found if p.code == "M9") == mutable_ids(records(root))
     assert all(p.code == "M9" for p in found)
 
 
 # -- M17 ----------------------------------------------------------------------------------------------------------
 
-def layer_with_snapshot(root) -> tuple[str, str, str]:
+def layer_with_snapshot(root) -> tuple[bytes, bytes, bytes]:
     """(record, its snapshot, the snapshot of another record that is not its parent) for a committed layer record
     whose parent is itself a layer."""
     recs = records(root)
     with Database(root / WORKER / "containerdmeta.db") as db:
         snaps = snapshots(db, "overlayfs")
     for rid, r in sorted(recs.items()):
-        p = r.values.get("cache.parent")
+        p = r.ref("cache.parent")
         if p and r.values.get("snapshot.committed") is True and snapshot_of(r) in snaps \
-                and recs[p].values.get("cache.parent"):
-            grand = snapshot_of(recs[recs[p].values["cache.parent"]])
+                and recs[p].ref("cache.parent"):
+            grand = snapshot_of(recs[recs[p].ref("cache.parent")])
             assert snaps[snapshot_of(r)].parent == snapshot_of(recs[p]) != grand
             return rid, snapshot_of(r), grand
     pytest.fail("the corpus root has no layer on a layer")
@@ -217,14 +217,16 @@ def test_m17_snapshot_parent_is_not_the_parent_records_snapshot(tmp_path, wrong)
     rid, sid, grand = layer_with_snapshot(root)
     cm = root / WORKER / "containerdmeta.db"
     if wrong == "grandparent":
-        edit(cm, lambda t: at(t, SNAPSHOTS + (sid.encode(),)).children.__setitem__(b"parent", grand.encode()))
+        edit(cm, lambda t: at(t, SNAPSHOTS + (sid,)).children.__setitem__(b"parent", grand))
     else:
-        drop(cm, SNAPSHOTS + (sid.encode(), b"parent"))
+        drop(cm, SNAPSHOTS + (sid, b"parent"))
     assert check_file(cm).clean
     found = [p for p in cross(root) if p.code in ("M9", "M17")]
-    assert [(p.code, p.path[-1], p.key) for p in found] == [("M17", sid.encode(), b"parent")]
+    assert [(p.code, p.path[-1], p.key) for p in found] == [("M17", sid, b"parent")]
     p = found[0]
-    assert p.severity.value == "warning" and p.details["record"] == rid and p.file.endswith("containerdmeta.db")
-    assert p.details["snapshot_parent"] == (grand if wrong == "grandparent" else "")
+    # details are JSON: the ids as text (these are ASCII)
+    assert p.severity.value == "warning" and p.details["record"] == rid.decode() \
+        and p.file.endswith("containerdmeta.db")
+    assert p.details["snapshot_parent"] == (grand.decode() if wrong == "grandparent" else "")
     status, cli = cli_codes(root)
-    assert status == 0 and [(x["code"], x["details"]["record"]) for x in cli] == [("M17", rid)]
+    assert status == 0 and [(x["code"], x["details"]["record"]) for x in cli] == [("M17", rid.decode())]

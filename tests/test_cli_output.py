@@ -83,13 +83,13 @@ def test_du_takes_a_size_from_the_equal_mutable_partner_and_knows_what_a_running
     from boltkit.buildkit.du import totals, usage
     from boltkit.buildkit.metadata import MetadataStore, Record
     store = MetadataStore(records={
-        "imm": Record("imm", {"cache.equalMutable": "mut", "snapshot.committed": True}),
-        "mut": Record("mut", {"snapshot.size": 4096}),
-        "alone": Record("alone", {"snapshot.committed": True}),
+        b"imm": Record(b"imm", {"cache.equalMutable": "mut", "snapshot.committed": True}),
+        b"mut": Record(b"mut", {"snapshot.size": 4096}),
+        b"alone": Record(b"alone", {"snapshot.committed": True}),
     })
     rows = {r.id: r for r in usage(store)}
-    assert rows["imm"].size == 4096 and rows["alone"].size is None         # BuildKit's DiskUsage does the same
-    assert (rows["imm"].mutable, rows["mut"].mutable) == (False, True)
+    assert rows[b"imm"].size == 4096 and rows[b"alone"].size is None         # BuildKit's DiskUsage does the same
+    assert (rows[b"imm"].mutable, rows[b"mut"].mutable) == (False, True)
     assert totals(list(rows.values())).reclaimable == 8192
     running = usage(store, daemon_running=True, docker=True)
     t = totals(running)

@@ -56,7 +56,7 @@ def roots(tmp_path_factory) -> dict:
 
 def _records(root: Path) -> dict:
     with Database(str(root / "runc-native" / "metadata_v2.db")) as db:
-        return {rid: rec.values for rid, rec in load_metadata_store(db).records.items()}
+        return {rid.decode(): rec.values for rid, rec in load_metadata_store(db).records.items()}   # ids: ASCII
 
 
 def _case(name: str) -> dict:

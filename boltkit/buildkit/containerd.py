@@ -1,5 +1,8 @@
 """containerdmeta.db (the OCI worker's containerd metadata): the leases of the `buildkit` namespace, which
-are the GC roots for everything metadata_v2.db references (reference/buildkit-stores.md §5.2)."""
+are the GC roots for everything metadata_v2.db references (reference/buildkit-stores.md §5.2).
+
+Ids (lease ids, snapshot keys and names, label names) are the file's bytes, as metadata_v2.db's record ids are:
+compared with them exactly, rendered only where they are shown."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,14 +10,14 @@ from dataclasses import dataclass, field
 from ..errors import CorruptionError
 from ..storage import Database
 
-TEMPORARY = "buildkit/lease.temporary"
-SUFFIXES = ("-variants", "-view")
+TEMPORARY = b"buildkit/lease.temporary"
+SUFFIXES = (b"-variants", b"-view")
 
 
 @dataclass
 class Lease:
-    id: str
-    labels: set[str] = field(default_factory=set)
+    id: bytes
+    labels: set[bytes] = field(default_factory=set)
     resources: int = 0          # snapshots + content + ingests it holds
 
     @property
@@ -22,7 +25,7 @@ class Lease:
         return TEMPORARY in self.labels
 
     @property
-    def record(self) -> str:
+    def record(self) -> bytes:
         """The record id a BuildKit lease is named after (`<id>`, `<id>-variants`, `<id>-view`)."""
         for s in SUFFIXES:
             if self.id.endswith(s):
@@ -30,7 +33,7 @@ class Lease:
         return self.id
 
 
-def leases(db: Database, namespace: bytes = b"buildkit", on_damage=None) -> dict[str, Lease]:
+def leases(db: Database, namespace: bytes = b"buildkit", on_damage=None) -> dict[bytes, Lease]:
     """The leases of a containerdmeta.db namespace, by id: labels, and how many resources each holds."""
     tree = db.tree
 
@@ -40,7 +43,7 @@ def leases(db: Database, namespace: bytes = b"buildkit", on_damage=None) -> dict
                 continue
             child = tree.child(lb, sub)
             if sub.key == b"labels":
-                lease.labels = {_text(i.key) for i in tree.items(child, on_damage=on_damage)}
+                lease.labels = {i.key for i in tree.items(child, on_damage=on_damage)}
             else:
                 lease.resources += _count_leaves(tree, child, on_damage)
     return _each(db, _bucket_at(db, (b"v1", namespace, b"leases"), on_damage), Lease, fill, on_damage)
@@ -80,20 +83,20 @@ def worker_snapshotter(worker_dir: str) -> str | None:
 @dataclass
 class Snapshot:
     """One snapshot of a containerdmeta.db namespace, under BuildKit's key."""
-    key: str
-    name: str | None = None                 # backend key in the snapshotter's metadata.db (`buildkit/<seq>/<key>`)
-    parent: str = ""                        # the parent snapshot's key, "" for none
-    children: set[str] = field(default_factory=set)
-    labels: dict[str, str] = field(default_factory=dict)
+    key: bytes
+    name: bytes | None = None               # backend key in the snapshotter's metadata.db (`buildkit/<seq>/<key>`)
+    parent: bytes = b""                     # the parent snapshot's key, empty for none
+    children: set[bytes] = field(default_factory=set)
+    labels: dict[bytes, bytes] = field(default_factory=dict)
 
 
 @dataclass
 class BackendSnapshot:
     """One row of the snapshotter's own snapshots/metadata.db."""
-    name: str
+    name: bytes
     id: int | None = None                   # directory snapshots/snapshots/<id>
     kind: int | None = None                 # KIND_VIEW, KIND_ACTIVE, KIND_COMMITTED
-    parent: str = ""                        # the parent's backend name
+    parent: bytes = b""                     # the parent's backend name
 
     @property
     def kind_name(self) -> str:
@@ -129,7 +132,7 @@ def _each(db: Database, b, make, fill, on_damage) -> dict:
     for item in tree.items(b, on_damage=on_damage):
         if not item.is_bucket:
             continue
-        obj = out[_text(item.key)] = make(_text(item.key))
+        obj = out[item.key] = make(item.key)
         try:
             fill(obj, tree.child(b, item))
         except CorruptionError as e:
@@ -151,7 +154,8 @@ def snapshotters(db: Database, namespace: bytes = b"buildkit", on_damage=None) -
     return [_text(it.key) for it in db.tree.items(b, on_damage=on_damage) if it.is_bucket]
 
 
-def snapshots(db: Database, snapshotter: str, namespace: bytes = b"buildkit", on_damage=None) -> dict[str, Snapshot]:
+def snapshots(db: Database, snapshotter: str, namespace: bytes = b"buildkit", on_damage=None
+              ) -> dict[bytes, Snapshot]:
     """The snapshots of ``v1/<namespace>/snapshots/<snapshotter>`` in a containerdmeta.db, by key; empty when the
     bucket does not exist. Damage skips what it hides (reported to ``on_damage``, raised without one)."""
     tree = db.tree
@@ -161,16 +165,16 @@ def snapshots(db: Database, snapshotter: str, namespace: bytes = b"buildkit", on
             if sub.is_bucket:
                 if sub.key in (b"children", b"labels"):
                     child = tree.child(sb, sub)
-                    entries = {_text(i.key): _text(db.value(i)) for i in tree.items(child, on_damage=on_damage)
+                    entries = {i.key: db.value(i) for i in tree.items(child, on_damage=on_damage)
                                if not i.is_bucket}
                     if sub.key == b"children":
                         snap.children = set(entries)
                     else:
                         snap.labels = entries
             elif sub.key == b"name":
-                snap.name = _text(db.value(sub))
+                snap.name = db.value(sub)
             elif sub.key == b"parent":
-                snap.parent = _text(db.value(sub))
+                snap.parent = db.value(sub)
     b = _bucket_at(db, (b"v1", namespace, b"snapshots", snapshotter.encode()), on_damage)
     return _each(db, b, Snapshot, fill, on_damage)
 
@@ -187,7 +191,7 @@ def _uvarint(b: bytes) -> int | None:
     return None
 
 
-def backend_snapshots(db: Database, on_damage=None) -> dict[str, BackendSnapshot]:
+def backend_snapshots(db: Database, on_damage=None) -> dict[bytes, BackendSnapshot]:
     """The rows of a snapshotter's snapshots/metadata.db (`v1/snapshots/<name>`), by backend name."""
     tree = db.tree
 
@@ -201,5 +205,5 @@ def backend_snapshots(db: Database, on_damage=None) -> dict[str, BackendSnapshot
             elif sub.key == b"kind":
                 row.kind = v[0] if len(v) == 1 else None
             elif sub.key == b"parent":
-                row.parent = _text(v)
+                row.parent = v
     return _each(db, _bucket_at(db, (b"v1", b"snapshots"), on_damage), BackendSnapshot, fill, on_damage)

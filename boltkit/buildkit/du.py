@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ..textform import show_bytes
 from .metadata import MetadataStore, Record
 
 SKIPPED_BY_DEFAULT_PRUNE = {"internal", "frontend"}
@@ -15,14 +16,14 @@ SKIPPED_BY_DEFAULT_PRUNE = {"internal", "frontend"}
 
 @dataclass
 class Usage:
-    id: str
+    id: bytes                   # the record's id as stored (rendered only in ``as_dict`` and the CLI)
     kind: str
     record_type: str
     size: int | None            # None: unknown (snapshot.size -1 or absent)
     created: datetime.datetime | None
     last_used: datetime.datetime | None
     usage_count: int
-    parents: list[str]
+    parents: list[bytes]
     children: int
     description: str
     pinned_by_younger: bool     # a descendant used more recently keeps it (keepDuration pins ancestors)
@@ -31,7 +32,9 @@ class Usage:
     shared: bool | None = False        # buildctl's Shared (only Docker sets it: layers of its images); None: unknown
 
     def as_dict(self) -> dict:
+        """The `cache-record` JSON record: ids as text (printable UTF-8 as it is, anything else 0x-hex)."""
         d = dict(self.__dict__)
+        d["id"], d["parents"] = show_bytes(self.id), [show_bytes(p) for p in self.parents]
         for k in ("created", "last_used"):
             d[k] = d[k].isoformat() if d[k] else None
         return d
@@ -64,12 +67,12 @@ def usage(store: MetadataStore, *, daemon_running: bool = False, docker: bool = 
     false for buildkitd. A size not recorded yet is taken from the record's equalMutable partner, as
     BuildKit's DiskUsage does."""
     recs = store.records
-    children: dict[str, list[str]] = {}
+    children: dict[bytes, list[bytes]] = {}
     for rid, rec in recs.items():
         for p in rec.parents():
             children.setdefault(p, []).append(rid)
     # newest use anywhere below each record (iterative, cycle-safe)
-    newest: dict[str, int | None] = {}
+    newest: dict[bytes, int | None] = {}
     for rid in recs:
         best = None
         seen, todo = set(), list(children.get(rid, []))
@@ -91,7 +94,8 @@ def usage(store: MetadataStore, *, daemon_running: bool = False, docker: bool = 
     for rid, rec in recs.items():
         v = rec.values
         size = known_size(v)
-        partner = recs.get(v.get("cache.equalMutable") or "")
+        em = rec.ref("cache.equalMutable")
+        partner = recs.get(em) if em is not None else None
         if size is None and partner is not None:
             size = known_size(partner.values)
         last = _time(v.get("cache.lastUsedAt"))
@@ -195,7 +199,7 @@ def as_started(rows: list[Usage], started: StartedUsage) -> tuple[list[Usage], i
     = not in use. Returns the rows, how many records the start removes and how many pair halves fold."""
     out, gone, folded = [], 0, 0
     for r in rows:
-        rid = r.id.encode("utf-8", "surrogateescape")
+        rid = r.id
         info = started.rows.get(rid)
         if info is None:
             if rid in started.halves:

@@ -16,6 +16,7 @@ from ..errors import BoltkitError, CorruptionError
 from ..storage import Database
 from ..storage.strings import byte_strings
 from ..storage.gcpause import gc_paused
+from ..textform import show_bytes
 from .cachecheck import _unsplittable, check_cache_columns
 from .cachecolumns import CacheLeaves, columns_from_leaves, load_cache_columns
 from .cachedb import TOP_BUCKETS
@@ -24,7 +25,7 @@ from .containerd import (KIND_ACTIVE, BackendSnapshot, Snapshot, backend_snapsho
 from .graph import sorted_unique
 from .history import check_history, load_history
 from .release import name_order
-from .metadata import check_metadata_store, load_metadata_store, record_ids
+from .metadata import check_metadata_store, load_metadata_store, record_keys
 from .rehome import rehome_history
 from .root import Root, discover
 from .startconfig import StartConfig
@@ -259,20 +260,20 @@ def _lease_checks(result: FsckResult, snapshot: bool) -> None:
         f = str(cm)
         for lid, lease in sorted(held.items()):
             if not lease.temporary and lease.record not in store.records:
-                result.cross.append(Problem("M16", f"lease {lid} belongs to no record of {w.dir.name}/metadata_v2.db "
-                                                   f"and holds {lease.resources} resource(s): never collected",
-                                            file=f, path=(b"v1", b"buildkit", b"leases"), key=lid.encode()))
+                result.cross.append(Problem("M16", f"lease {show_bytes(lid)} belongs to no record of {w.dir.name}/"
+                                                   f"metadata_v2.db and holds {lease.resources} resource(s): never "
+                                                   "collected", file=f, path=(b"v1", b"buildkit", b"leases"), key=lid))
         for rid, rec in sorted(store.records.items()):
             if rid not in held and not rec.values.get("cache.equalMutable") and not rec.values.get("cache.deleted"):
                 result.cross.append(Problem("M15", "record has no lease: containerd's GC may delete its data",
-                                            file=str(md), path=(b"_main",), key=rid.encode()))
+                                            file=str(md), path=(b"_main",), key=rid))
         _snapshot_checks(result, w, store, snapshot)
 
 
-def _snapshot_id(rec) -> str:
+def _snapshot_id(rec) -> bytes:
     """getSnapshotID: `cache.snapshot`, or the record id for old records without it (§3.4)."""
-    sid = rec.values.get("cache.snapshot")
-    return sid if isinstance(sid, str) and sid else rec.id
+    sid = rec.ref("cache.snapshot")
+    return sid if sid is not None else rec.id
 
 
 def _is_mutable(rec) -> bool:
@@ -299,10 +300,10 @@ def _snapshot_checks(result: FsckResult, w, store, snapshot: bool) -> None:
     cm, md = w.dir / "containerdmeta.db", w.dir / "metadata_v2.db"
     damage: list = []
     with Database(str(cm), snapshot=snapshot) as db:
-        snaps: dict[str, Snapshot] = snapshots(db, name, on_damage=damage.append)
+        snaps: dict[bytes, Snapshot] = snapshots(db, name, on_damage=damage.append)
     if damage:
         return      # a damaged subtree would look like missing snapshots; the store's own report names the damage
-    backend: dict[str, BackendSnapshot] | None = None
+    backend: dict[bytes, BackendSnapshot] | None = None
     be = w.dir / "snapshots" / "metadata.db"
     if result.reports.get(str(be)) is not None and result.reports[str(be)].readable:
         damage = []
@@ -317,25 +318,27 @@ def _snapshot_checks(result: FsckResult, w, store, snapshot: bool) -> None:
         if _is_mutable(rec):
             # getRecord Stats the record id (New made it the snapshot key, so it equals `cache.snapshot`)
             s = snaps.get(rid)
-            row = None if s is None or backend is None else backend.get(s.name or "")
+            row = None if s is None or backend is None else backend.get(s.name or b"")
+            shown = rec.name
             if s is None:
                 result.cross.append(Problem(
-                    "M9", f"mutable record's snapshot {rid} is not in {where}: buildkitd removes the record (and "
-                          "its leases) at its next start", file=str(md), path=(b"_main",), key=rid.encode(),
-                    details={"snapshot": rid, "snapshotter": name}))
+                    "M9", f"mutable record's snapshot {shown} is not in {where}: buildkitd removes the record (and "
+                          "its leases) at its next start", file=str(md), path=(b"_main",), key=rid,
+                    details={"snapshot": shown, "snapshotter": name}))
             elif backend is not None and row is None:
+                backend_name = show_bytes(s.name) if s.name is not None else None
                 result.cross.append(Problem(
-                    "M9", f"mutable record's snapshot {rid} names backend row {s.name or '(none)'}, which "
+                    "M9", f"mutable record's snapshot {shown} names backend row {backend_name or '(none)'}, which "
                           f"snapshots/metadata.db does not have: Stat fails, so buildkitd removes the record at its "
-                          "next start", file=str(md), path=(b"_main",), key=rid.encode(),
-                    details={"snapshot": rid, "snapshotter": name, "backend": s.name}))
+                          "next start", file=str(md), path=(b"_main",), key=rid,
+                    details={"snapshot": shown, "snapshotter": name, "backend": backend_name}))
             elif row is not None and row.kind is not None and row.kind != KIND_ACTIVE:
                 result.cross.append(Problem(
-                    "M9", f"mutable record's snapshot {rid} is {row.kind_name}, not active: buildkitd keeps the "
+                    "M9", f"mutable record's snapshot {shown} is {row.kind_name}, not active: buildkitd keeps the "
                           "record but cannot mount it as a writable layer", file=str(md), path=(b"_main",),
-                    key=rid.encode(), details={"snapshot": rid, "snapshotter": name, "kind": row.kind_name}))
-        parent = rec.values.get("cache.parent")
-        if not isinstance(parent, str) or not parent or parent not in recs or rec.values.get("cache.deleted") is True:
+                    key=rid, details={"snapshot": shown, "snapshotter": name, "kind": row.kind_name}))
+        parent = rec.ref("cache.parent")
+        if parent is None or parent not in recs or rec.values.get("cache.deleted") is True:
             continue        # not a layer, or its parent is missing (M4), or it goes at the next start (M14)
         sid = _snapshot_id(rec)
         s = snaps.get(sid)
@@ -343,11 +346,12 @@ def _snapshot_checks(result: FsckResult, w, store, snapshot: bool) -> None:
             continue        # not created yet (equalMutable, blob-only) or missing (M9, M15)
         want = _snapshot_id(recs[parent])
         if s.parent != want:
+            t = {"record": rec.name, "parent_record": show_bytes(parent), "snapshot_parent": show_bytes(s.parent),
+                 "expected": show_bytes(want)}
             result.cross.append(Problem(
-                "M17", f"snapshot {sid} of layer record {rid} has parent {s.parent or '(none)'}, but its parent "
-                       f"record {parent} has snapshot {want}", file=str(cm), path=bucket + (sid.encode(),),
-                key=b"parent", details={"record": rid, "parent_record": parent, "snapshot_parent": s.parent,
-                                        "expected": want}))
+                "M17", f"snapshot {show_bytes(sid)} of layer record {t['record']} has parent "
+                       f"{t['snapshot_parent'] or '(none)'}, but its parent record {t['parent_record']} has snapshot "
+                       f"{t['expected']}", file=str(cm), path=bucket + (sid,), key=b"parent", details=t))
 
 
 def _result_checks(result: FsckResult, snapshot: bool, columns: dict) -> None:
@@ -357,7 +361,7 @@ def _result_checks(result: FsckResult, snapshot: bool, columns: dict) -> None:
     if cache is None or not result.reports[str(cache.path)].readable:
         return
     workers = {w.worker_id: w for w in root.workers if w.worker_id}
-    records: dict[str, set[str] | None] = {}
+    records: dict[str, set[bytes] | None] = {}      # worker id -> its record ids, as stored
     for wid, w in workers.items():
         md = w.dir / "metadata_v2.db"
         if not _sound(result, md):
@@ -366,7 +370,7 @@ def _result_checks(result: FsckResult, snapshot: bool, columns: dict) -> None:
         damage: list[CorruptionError] = []
         try:
             with Database(str(md), snapshot=snapshot) as db:
-                records[wid] = record_ids(db, on_damage=damage.append)
+                records[wid] = record_keys(db, on_damage=damage.append)
         except BoltkitError:
             records[wid] = None      # unreadable: reported on its own line, no guesses here
         if damage:
@@ -387,7 +391,8 @@ def _result_checks(result: FsckResult, snapshot: bool, columns: dict) -> None:
         kind[ok] = 1
     else:
         for r, raw in zip(ok.tolist(), byte_strings(names.data, names.off[ok], names.length[ok])):
-            wid, ref = raw.decode("utf-8", "replace").split("::")
+            wid_b, ref = raw.split(b"::")    # the refID as the record's bytes
+            wid = wid_b.decode("utf-8", "replace")     # (a worker id is read from a text file)
             if wid not in workers:
                 kind[r] = 1
             elif ref and (held := records.get(wid)) is not None and ref not in held:
@@ -402,9 +407,9 @@ def _result_checks(result: FsckResult, snapshot: bool, columns: dict) -> None:
         wid, ref = text[rid].split("::")
         if code == "X1":
             return Problem("X1", f"result of worker {wid}, which this root does not have: released at next start",
-                           file=f, path=(b"_result", text[kid].encode()), key=text[rid].encode())
+                           file=f, path=(b"_result", names.bytes(kid)), key=names.bytes(rid))
         return Problem("X2", f"record {ref} is missing from {workers[wid].dir.name}/metadata_v2.db: released at "
-                             "next start", file=f, path=(b"_result", text[kid].encode()), key=text[rid].encode())
+                             "next start", file=f, path=(b"_result", names.bytes(kid)), key=names.bytes(rid))
 
     codes = kind[rids]
     bounds = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1], True]).tolist()

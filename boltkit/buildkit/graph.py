@@ -7,7 +7,7 @@ from typing import Iterable, TypeVar
 
 import numpy as np
 
-K = TypeVar("K", str, int)      # a key of the link graph: its id, or an integer code for it
+K = TypeVar("K", str, bytes, int)      # a key of the graph: its id (text or bytes), or an integer code for it
 
 
 def live_keys(with_results: Iterable[str], links: dict[str, list[str]]) -> set[str]:

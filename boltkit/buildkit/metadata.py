@@ -9,6 +9,7 @@ from typing import Any
 
 from ..check.problems import Problem, Severity, adder
 from ..storage import Bucket, Database, Item
+from ..textform import show_bytes
 
 TOP = (b"_main", b"_index", b"_external")
 
@@ -30,30 +31,46 @@ PARENT_KEYS = ("cache.parent", "cache.lowerDiffParent", "cache.upperDiffParent")
 
 @dataclass
 class Record:
-    id: str                                                      # the bucket name as text, for messages and parents
-    values: dict[str, Any] = field(default_factory=dict)        # key -> decoded payload (tombstones left out)
-    indexes: dict[str, str] = field(default_factory=dict)       # key -> its index string
-    raw: dict[str, bytes] = field(default_factory=dict)         # undecodable values, kept as they are
-    tombstones: set[str] = field(default_factory=set)
-    nested: list[str] = field(default_factory=list)             # buckets inside the record (BuildKit writes none)
-    key: bytes = b""                                             # the bucket name as stored: what a repair drops
-    entry_keys: dict[str, bytes] = field(default_factory=dict)   # each value, raw value and nested bucket: its key
+    """One `_main/<id>` record. Its id and every entry a repair may drop are the file's bytes (an id that is not
+    UTF-8 stays itself, and two such ids stay two records); ``values`` are looked up by BuildKit's key names."""
+    id: bytes                                                    # the bucket name as stored
+    values: dict[str, Any] = field(default_factory=dict)        # key name -> decoded payload (tombstones left out)
+    indexes: dict[str, str] = field(default_factory=dict)       # key name -> its index string
+    raw: dict[bytes, bytes] = field(default_factory=dict)       # entry key as stored -> an undecodable value
+    tombstones: set[bytes] = field(default_factory=set)
+    nested: list[bytes] = field(default_factory=list)           # buckets inside the record (BuildKit writes none)
 
-    def parents(self) -> list[str]:
+    @property
+    def key(self) -> bytes:
+        """The bucket name as stored: what a repair drops (the id itself)."""
+        return self.id
+
+    @property
+    def name(self) -> str:
+        """The id as messages show it: printable UTF-8 as it is, anything else 0x-hex."""
+        return show_bytes(self.id)
+
+    def parents(self) -> list[bytes]:
+        """The ids of the records this one is built on: its parent fields are JSON strings, so UTF-8 by nature,
+        and a record whose id is not UTF-8 can be no record's parent (Go's encoder would have replaced the bytes)."""
         out = [self.values[k] for k in PARENT_KEYS if isinstance(self.values.get(k), str) and self.values[k]]
         mp = self.values.get("cache.mergeParents")
         if isinstance(mp, list):
             out += [p for p in mp if isinstance(p, str)]
-        return out
+        return [p.encode() for p in out]
+
+    def ref(self, key: str) -> bytes | None:
+        """The record id a string field names (cache.equalMutable, cache.snapshot), None when it names none."""
+        v = self.values.get(key)
+        return v.encode() if isinstance(v, str) and v else None
 
 
 @dataclass
 class MetadataStore:
     top: set[bytes] = field(default_factory=set)
-    records: dict[str, Record] = field(default_factory=dict)
+    records: dict[bytes, Record] = field(default_factory=dict)    # by id, as stored
     index_keys: list[bytes] = field(default_factory=list)
-    externals: dict[str, list[str]] = field(default_factory=dict)
-    external_keys: dict[str, bytes] = field(default_factory=dict)   # each `_external` bucket: its name as stored
+    externals: dict[bytes, list[bytes]] = field(default_factory=dict)   # `_external/<id>`: its entry keys
     plain_main: list[bytes] = field(default_factory=list)        # plain values where record buckets belong
     plain_external: list[bytes] = field(default_factory=list)
 
@@ -65,6 +82,11 @@ def _child(db: Database, parent: Bucket, item: Item, on_damage) -> Bucket | None
 
 def record_ids(db: Database, on_damage=None) -> set[str]:
     """Names of the `_main/<id>` record buckets: the refIDs that cache.db results may point at."""
+    return {k.decode("utf-8", "replace") for k in record_keys(db, on_damage)}
+
+
+def record_keys(db: Database, on_damage=None) -> set[bytes]:
+    """``record_ids`` as the file's bytes (what a repair compares with cache.db's result ids)."""
     root = db.root()
     main = db.tree.get(root, b"_main")
     if main is None or not main.is_bucket:
@@ -72,7 +94,7 @@ def record_ids(db: Database, on_damage=None) -> set[str]:
     bucket = _child(db, root, main, on_damage)
     if bucket is None:
         return set()
-    return {it.key.decode("utf-8", "replace") for it in db.tree.items(bucket, on_damage=on_damage) if it.is_bucket}
+    return {it.key for it in db.tree.items(bucket, on_damage=on_damage) if it.is_bucket}
 
 
 def load_metadata_store(db: Database, on_damage=None) -> MetadataStore:
@@ -87,7 +109,6 @@ def load_metadata_store(db: Database, on_damage=None) -> MetadataStore:
         if bucket is None:
             continue
         for entry in tree.items(bucket, on_damage=on_damage):
-            name = entry.key.decode("utf-8", "replace")
             if top.key == b"_index":
                 store.index_keys.append(entry.key)
                 continue
@@ -98,28 +119,25 @@ def load_metadata_store(db: Database, on_damage=None) -> MetadataStore:
             if sub is None:
                 continue
             if top.key == b"_external":
-                store.externals[name] = [it.key.decode("utf-8", "replace")
-                                         for it in tree.items(sub, on_damage=on_damage)]
-                store.external_keys[name] = entry.key
+                store.externals[entry.key] = [it.key for it in tree.items(sub, on_damage=on_damage)]
                 continue
-            rec = store.records[name] = Record(name, key=entry.key)
+            rec = store.records[entry.key] = Record(entry.key)
             for it in tree.items(sub, on_damage=on_damage):
-                key = it.key.decode("utf-8", "replace")
-                rec.entry_keys[key] = it.key
                 if it.is_bucket:
-                    rec.nested.append(key)
+                    rec.nested.append(it.key)
                     continue
                 value = db.value(it)
                 if not value:
-                    rec.tombstones.add(key)
+                    rec.tombstones.add(it.key)
                     continue
                 try:
                     env = json.loads(value)
                     if not isinstance(env, dict) or set(env) - {"value", "index"}:
                         raise ValueError("not a {\"value\",\"index\"} envelope")
                 except ValueError:
-                    rec.raw[key] = value
+                    rec.raw[it.key] = value
                     continue
+                key = it.key.decode("utf-8", "replace")     # a name to look BuildKit's keys up by, not an id
                 rec.values[key] = env.get("value")
                 if env.get("index"):
                     rec.indexes[key] = env["index"]
@@ -145,17 +163,17 @@ def check_metadata_store(store: MetadataStore, file: str | None = None) -> list[
         for key in sorted(rec.raw):
             add("M3", "value is not a {\"value\",\"index\"} JSON envelope: buildkitd refuses to start", path=path,
                 key=key)
-        for key, val in sorted(rec.values.items()):
-            want = KEY_TYPES.get(key)
+        for entry, val in sorted(rec.values.items()):
+            want = KEY_TYPES.get(entry)
             # (JSON true is no number: bool is an int subclass in Python, not in Go)
             if want is not None and val is not None and (not isinstance(val, want)
                                                          or isinstance(val, bool) and bool not in want):
                 add("M3", f"payload of type {type(val).__name__}, expected {want[0].__name__}: BuildKit reads a "
-                    "zero value", path=path, key=key)
+                    "zero value", path=path, key=entry.encode())     # (a catalogue name: ASCII, exact)
         for p in rec.parents():
             if p not in recs:
-                add("M4", f"parent {p} does not exist: the record and its descendants are cleared at next start",
-                    path=path, key=p)
+                add("M4", f"parent {show_bytes(p)} does not exist: the record and its descendants are cleared at "
+                    "next start", path=path, key=p)
         kinds = [k for k in ("cache.parent", "cache.mergeParents", "cache.lowerDiffParent")
                  if rec.values.get(k)]
         if len(kinds) > 1:
@@ -166,31 +184,31 @@ def check_metadata_store(store: MetadataStore, file: str | None = None) -> list[
         for p in rec.parents():
             pv = recs[p].values if p in recs else None
             if pv is not None and pv.get("snapshot.committed") is not True and not pv.get("cache.equalMutable"):
-                add("M7", f"parent {p} is mutable: loading this record commits it (or fails while it is held)",
-                    path=path, key=p)
+                add("M7", f"parent {show_bytes(p)} is mutable: loading this record commits it (or fails while it "
+                    "is held)", path=path, key=p)
         _chain_ids(rec, recs, add, path)
-        em = rec.values.get("cache.equalMutable")
-        if isinstance(em, str) and em and em not in recs:
-            add("M8", f"equalMutable target {em} does not exist", path=path)
+        em = rec.ref("cache.equalMutable")
+        if em is not None and em not in recs:
+            add("M8", f"equalMutable target {show_bytes(em)} does not exist", path=path)
         _ranges(rec, add, path)
         if rec.values.get("cache.deleted") is True:
-            if isinstance(em, str) and em:
+            if em is not None:
                 # getRecord takes the equalMutable branch before it looks at the flag (startup case 05)
                 add("M14", "marked deleted, but it has an equalMutable: buildkitd ignores the flag and keeps it",
                     path=path)
             else:
                 add("M14", "marked deleted: removed at next start", path=path)
     for cyc in _parent_cycles(recs):
-        add("M5", f"parent cycle ({' -> '.join(cyc)}): buildkitd recurses until its stack overflows at start",
-            path=(b"_main", cyc[0]), cycle=cyc)
-    wanted = {f"{ix}::{rid}".encode() for rid, rec in recs.items() for ix in rec.indexes.values()}
+        shown = [show_bytes(c) for c in cyc]
+        add("M5", f"parent cycle ({' -> '.join(shown)}): buildkitd recurses until its stack overflows at start",
+            path=(b"_main", cyc[0]), cycle=shown)
+    wanted = {ix.encode() + b"::" + rid for rid, rec in recs.items() for ix in rec.indexes.values()}
     have = set(store.index_keys)
     for k in store.index_keys:
-        text = k.decode("utf-8", "replace")
-        if "::" not in text:
+        if b"::" not in k:
             add("M10", "index key without '::': Search over this prefix never advances (hang)", path=(b"_index",),
                 key=k, severity=Severity.ERROR)
-        elif text.rsplit("::", 1)[1] not in recs:
+        elif index_ref(k) not in recs:
             add("M10", "index entry of a missing record", path=(b"_index",), key=k)
     for k in sorted(wanted - have):
         add("M10", "value's index has no _index entry: reuse lookups miss this record", path=(b"_index",), key=k)
@@ -221,13 +239,19 @@ def _sha(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def _chain_ids(rec: Record, recs: dict[str, Record], add, path) -> None:
+def index_ref(key: bytes) -> bytes | None:
+    """The record id an `_index` key `<index>::<id>` names (None without '::'), as stored."""
+    return key.rsplit(b"::", 1)[1] if b"::" in key else None
+
+
+def _chain_ids(rec: Record, recs: dict[bytes, Record], add, path) -> None:
     """M13: chainID/blobChainID as cache/blobs.go computes them for base layers and layers (OCI ChainID)."""
     v = rec.values
     diff, blob = v.get("cache.diffID"), v.get("cache.blob")
     if not isinstance(diff, str) or not diff or kind_is_composite(v):
         return
-    parent = recs.get(v["cache.parent"]) if isinstance(v.get("cache.parent"), str) else None
+    ref = rec.ref("cache.parent")
+    parent = recs.get(ref) if ref is not None else None
     if v.get("cache.parent") and parent is None:
         return      # M4 already
     pv = parent.values if parent else {}
@@ -246,11 +270,11 @@ def kind_is_composite(v: dict) -> bool:
     return bool(v.get("cache.mergeParents") or v.get("cache.lowerDiffParent") or v.get("cache.upperDiffParent"))
 
 
-def _parent_cycles(recs: dict[str, Record]) -> list[list[str]]:
+def _parent_cycles(recs: dict[bytes, Record]) -> list[list[bytes]]:
     from .graph import cycles
     edges = {rid: [p for p in rec.parents() if p in recs] for rid, rec in recs.items()}
     for rid, rec in recs.items():
-        em = rec.values.get("cache.equalMutable")
-        if isinstance(em, str) and em in recs:
+        em = rec.ref("cache.equalMutable")
+        if em is not None and em in recs:
             edges[rid].append(em)
     return cycles(edges)

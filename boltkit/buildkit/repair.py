@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..repair.preflight import require_sound
 from ..storage import Database
-from .metadata import MetadataStore, load_metadata_store
+from .metadata import MetadataStore, index_ref, load_metadata_store
 from .prune import Change, PrunePlan, plan_file, prepare_prune, prune_report
 from .rehome import prepare_history, rehome_history
 from .root import Root, discover
@@ -49,14 +49,14 @@ def plan_metadata(md_path: str) -> tuple[StorePlan, MetadataStore]:
     for k in store.plain_external:
         plan.changes.append(Change("M2", "drop-entry", (b"_external",), k))
     for rid in sorted(set(store.externals) - set(store.records)):
-        plan.changes.append(Change("M11", "drop-externals", (b"_external",), store.external_keys[rid]))
-    for _rid, rec in sorted(store.records.items()):
+        plan.changes.append(Change("M11", "drop-externals", (b"_external",), rid))
+    for rid, rec in sorted(store.records.items()):
         for key in sorted(rec.nested):      # buckets inside a record: BuildKit never reads them
-            plan.changes.append(Change("M2", "drop-entry", (b"_main", rec.key), rec.entry_keys[key]))
+            plan.changes.append(Change("M2", "drop-entry", (b"_main", rid), key))
         for key in sorted(rec.raw):
-            plan.changes.append(Change("M3", "drop-value", (b"_main", rec.key), rec.entry_keys[key]))
+            plan.changes.append(Change("M3", "drop-value", (b"_main", rid), key))
     for k in store.index_keys:
-        ref = k.rsplit(b"::", 1)[1].decode("utf-8", "replace") if b"::" in k else None
+        ref = index_ref(k)
         if ref is None or ref not in store.records:
             plan.changes.append(Change("M10", "drop-index", (b"_index",), k))
     return plan, store
@@ -121,7 +121,8 @@ def plan_root(root: Root, *, config: StartConfig | None = None) -> RootPlan:
         md_path = w.dir / "metadata_v2.db"
         md_plan, store = plan_metadata(str(md_path))
         rel = os.path.relpath(md_path, root.path)
-        live |= {rid for rid, rec in store.records.items() if (rel, rec.key) not in cleared}
+        # (the cache model the prune plans on keeps result ids as text: the records it may keep are named so)
+        live |= {rid.decode("utf-8", "replace") for rid in store.records if (rel, rid) not in cleared}
         plan.stores.append(md_plan)
     cache = next((s for s in root.stores if s.kind == "cache.db"), None)
     if cache is not None:

@@ -56,9 +56,9 @@ class BuildKitRoot:
         raise NotFound(f"{self.layout.path}: no {kind}" + (f" for worker {worker}" if worker else ""))
 
     def records(self, worker: str | None = None, *,
-                damage: list[CorruptionError] | None = None) -> dict[str, Record]:
-        """The cache records of a worker's metadata_v2.db by id: decoded values, index keys, undecodable values
-        kept raw, parents (`Record.parents`)."""
+                damage: list[CorruptionError] | None = None) -> dict[bytes, Record]:
+        """The cache records of a worker's metadata_v2.db by id (the bucket name's bytes): decoded values, index
+        keys, undecodable values kept raw, parents (`Record.parents`)."""
         with Database(str(self.store("metadata_v2.db", worker).path)) as db:
             return load_metadata_store(db, on_damage=None if damage is None else damage.append).records
 

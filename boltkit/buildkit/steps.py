@@ -24,7 +24,7 @@ def step_descriptions(results: Iterable[tuple[str, str]], stores: dict[str | Non
             continue
         worker, ref = parts
         store = stores.get(worker) or stores.get(None)
-        rec = store.records.get(ref) if store is not None else None
+        rec = store.records.get(ref.encode()) if store is not None else None     # (the cache model: text ids)
         desc = rec.values.get("cache.description") if rec is not None else None
         if isinstance(desc, str) and desc:
             out[key] = desc

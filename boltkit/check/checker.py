@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import CorruptionError, OpenError
 from ..storage.live import settled_read
 from ..storage import Database, Pager, decode_meta, read_freelist
-from ..storage.meta import Meta
+from ..storage.meta import ChoiceWarning, Meta
 from .problems import Problem, Problems, Severity
 from .scan import TreeScan
 
@@ -144,7 +144,7 @@ def _check_metas(db: Database, report: CheckReport) -> None:
     m0, m1 = db.metas
     cur = db.meta
     for w in db.choice.warnings:
-        if w.startswith("page size"):
+        if w.kind == ChoiceWarning.PAGE_SIZE:
             report.problems.append(Problem("B002", w, file=f))
     if db.choice.rung in ("checksum", "rebuilt"):
         report.problems.append(Problem("B005", f"reading through the {db.choice.reason}", file=f,

@@ -9,6 +9,7 @@ import click
 from ..buildkit.fsck import check_store
 from ..errors import BoltkitError
 from ..repair.replace import report_beside
+from ..textform import show_bytes
 from .app import destinations, main, output_file
 from .check import FsckCommand, run_checks
 from .live import held, settled_reads
@@ -685,14 +686,16 @@ def du(target, sort, record_type, older_than, as_json, config_path, at):
     from .output import wide_requested
     when = "%Y-%m-%d %H:%M"
     if wide_requested():
-        emit_table([[r.id, r.kind, r.record_type, yes(r.mutable), yes(r.reclaimable), yes(r.shared), human_size(r.size),
-                     r.created.strftime(when) if r.created else "", r.last_used.strftime(when) if r.last_used else "",
-                     r.usage_count, " ".join(r.parents), r.description] for r in rows],
+        emit_table([[show_bytes(r.id), r.kind, r.record_type, yes(r.mutable), yes(r.reclaimable), yes(r.shared),
+                     human_size(r.size), r.created.strftime(when) if r.created else "",
+                     r.last_used.strftime(when) if r.last_used else "", r.usage_count,
+                     " ".join(map(show_bytes, r.parents)), r.description] for r in rows],
                    ["id", "kind", "type", "mutable", "reclaimable", "shared", "size", "created", "last used", "uses",
                     "parents", "description"])
     else:   # what fits 80 columns; shared only when it can be anything but "no" (Docker)
         with_shared = any(r.shared is not False for r in rows)
-        emit_table([[r.id, human_size(r.size), yes(r.reclaimable)] + ([yes(r.shared)] if with_shared else [])
+        emit_table([[show_bytes(r.id), human_size(r.size), yes(r.reclaimable)]
+                    + ([yes(r.shared)] if with_shared else [])
                     + [yes(r.mutable), (r.last_used or r.created).strftime("%Y-%m-%d") if (r.last_used or r.created)
                        else "", r.description] for r in rows],
                    ["id", "size", "reclaimable"] + (["shared"] if with_shared else []) + ["mutable", "last used",

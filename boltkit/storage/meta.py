@@ -174,6 +174,24 @@ def _judge(m: Meta, data, file_size: int, file_ps: int | None) -> None:
         m.faults.append(f"meta page flags 0x{m.page_flags:02x}, expected 0x04")
 
 
+class ChoiceWarning(str):
+    """One warning of the meta choice: the text a user reads, and its ``kind`` a caller tests (the checker turns
+    the page-size one into B002) instead of reading the text. Still a str for whoever only shows it."""
+
+    PAGE_SIZE = "page-size"        # the page size is not meta 0's: probed from the other meta or the pages
+    FORCED = "forced"              # a meta forced by the caller that bbolt would reject
+    READ_THROUGH = "read-through"  # reading through a meta bbolt rejects, or a rebuilt root
+    kind: str
+
+    def __new__(cls, kind: str, text: str) -> ChoiceWarning:
+        self = super().__new__(cls, text)
+        self.kind = kind
+        return self
+
+    def __reduce__(self):       # pickled into fsck's worker processes with the report
+        return (ChoiceWarning, (self.kind, str(self)))
+
+
 @dataclass
 class MetaChoice:
     metas: list[Meta | None]
@@ -182,7 +200,7 @@ class MetaChoice:
     reason: str
     rung: str = "bbolt"                  # bbolt | older | checksum | broken | rebuilt | forced
     bbolt: Meta | None = None            # the meta bbolt itself would read (None: bbolt cannot open the file)
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[ChoiceWarning] = field(default_factory=list)
     page_size_source: str = "meta 0"
 
     @property
@@ -250,7 +268,7 @@ def discover(data, file_size: int, force: int | None = None) -> MetaChoice:
     """Find the page size and walk the meta ladder (see the module docstring)."""
     if file_size >= 20 and bytes(data[16:20]) == MAGIC_BE:
         raise OpenError("big-endian bbolt file (written on s390x/ppc64/mips); only little-endian files are supported")
-    warnings: list[str] = []
+    warnings: list[ChoiceWarning] = []
     cands = _candidate_sizes(data, file_size)
     scored: list = []
     for ps, source in cands:
@@ -278,7 +296,7 @@ def discover(data, file_size: int, force: int | None = None) -> MetaChoice:
     if ps_source != "meta 0":
         m0 = decode_meta(data, 0, 0, file_size)
         said = f"meta 0 says {m0.page_size}" if m0 is not None and m0.magic == MAGIC else "meta 0 has no bbolt magic"
-        warnings.append(f"page size {page_size} {ps_source} ({said})")
+        warnings.append(ChoiceWarning(ChoiceWarning.PAGE_SIZE, f"page size {page_size} {ps_source} ({said})"))
 
     valid = [m for m in metas if m is not None and m.valid]
     bbolt = max(valid, key=lambda m: (m.txid, -m.slot)) if valid else None
@@ -288,14 +306,15 @@ def discover(data, file_size: int, force: int | None = None) -> MetaChoice:
             raise OpenError(f"meta {force} is invalid: " + ("; ".join(chosen.errors + chosen.soft + chosen.faults)
                                                             if chosen else "missing"))
         if not chosen.valid:
-            warnings.append(f"meta {force}: {'; '.join(chosen.errors)}; its fields agree with the file")
+            warnings.append(ChoiceWarning(ChoiceWarning.FORCED,
+                                          f"meta {force}: {'; '.join(chosen.errors)}; its fields agree with the file"))
         return MetaChoice(metas, page_size, chosen, f"meta {force} chosen by the caller", "forced", bbolt, warnings,
                           ps_source)
     usable = [m for m in metas if m is not None and m.usable]
     if bbolt is not None and not bbolt.usable and bbolt.consistent:
         # bbolt's choice, whose page size field lies: its tree is the newest transaction, at the file's page size
         reason = f"meta {bbolt.index} (txid {bbolt.txid}): " + "; ".join(bbolt.soft) + "; read at the file's page size"
-        warnings.append(f"reading through {reason}")
+        warnings.append(ChoiceWarning(ChoiceWarning.READ_THROUGH, f"reading through {reason}"))
         return MetaChoice(metas, page_size, bbolt, reason, "checksum", bbolt, warnings, ps_source)
     if usable:
         best = max(usable, key=lambda m: (m.txid, -m.slot))
@@ -318,7 +337,7 @@ def discover(data, file_size: int, force: int | None = None) -> MetaChoice:
             best = newer_meta(consistent[0], consistent[1], data, file_size) or best
         reason = (f"meta {best.index} (txid {best.txid}): {'; '.join(best.errors + best.soft)}, but every other "
                   "field agrees with the file; no meta passes bbolt's validation")
-        warnings.append(f"reading through {reason}")
+        warnings.append(ChoiceWarning(ChoiceWarning.READ_THROUGH, f"reading through {reason}"))
         return MetaChoice(metas, page_size, best, reason, "checksum", bbolt, warnings, ps_source)
     # a meta bbolt would read, but whose root page is lost (a truncated file): its tree is damage to report,
     # and the pages it no longer reaches are orphans for salvage. Better than a root rebuilt from the tree
@@ -328,7 +347,7 @@ def discover(data, file_size: int, force: int | None = None) -> MetaChoice:
     if located:
         best = max(located, key=lambda m: (m.txid, -m.slot))
         reason = f"meta {best.index} (txid {best.txid}), whose tree cannot be entered: " + "; ".join(best.faults)
-        warnings.append(f"reading through {reason}")
+        warnings.append(ChoiceWarning(ChoiceWarning.READ_THROUGH, f"reading through {reason}"))
         return MetaChoice(metas, page_size, best, reason, "broken", bbolt, warnings, ps_source)
     found = rebuild_root(data, file_size, page_size)
     if found is None:
@@ -344,7 +363,7 @@ def discover(data, file_size: int, force: int | None = None) -> MetaChoice:
                for i, m in enumerate(metas)]
     reason = (f"root rebuilt from the tree pages (root page {rebuilt.root}, {rebuilt.notes[0]}): no usable meta ("
               + "; ".join(reasons) + ")")
-    warnings.append(f"reading through the {reason}")
+    warnings.append(ChoiceWarning(ChoiceWarning.READ_THROUGH, f"reading through the {reason}"))
     return MetaChoice(metas, page_size, rebuilt, reason, "rebuilt", bbolt, warnings, ps_source)
 
 
