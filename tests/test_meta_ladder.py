@@ -348,3 +348,17 @@ def test_salvage_is_linear_in_nesting_depth(tmp_path):
     t_salvage = time.process_time() - t
     assert r.clean and r.output_pairs == depth and r.buckets == depth
     assert t_salvage <= 2 * t_compact, (t_salvage, t_compact)
+
+
+def test_a_page_size_probed_past_meta_0_is_a_typed_warning_and_a_b002(tmp_path, example_db):
+    """Meta 0 says a page size the pages deny: the size is taken from meta 1, the choice's warning says so with a
+    kind a caller tests (not its text), and the check turns exactly that warning into a B002 of its own."""
+    from boltkit.storage.meta import ChoiceWarning
+    db_path = damage.copy(example_db, tmp_path / "ps.db")
+    damage.set_meta_field(db_path, 0, "page_size", 1000)
+    with Database(db_path) as db:
+        kinds = [w.kind for w in db.choice.warnings]
+        said = [str(w) for w in db.choice.warnings if w.kind == ChoiceWarning.PAGE_SIZE]
+    assert kinds == [ChoiceWarning.PAGE_SIZE] and db.page_size == 4096
+    b002 = [p.message for p in check_file(str(db_path)).problems if p.code == "B002" and p.pgid is None]
+    assert b002 == said
