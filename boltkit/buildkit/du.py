@@ -213,6 +213,47 @@ def as_started(rows: list[Usage], started: StartedUsage) -> tuple[list[Usage], i
     return out, gone, folded
 
 
+@dataclass
+class Listing:
+    """What `buildkit du` shows: the rows selected and ordered, their totals, and the notes that explain them."""
+    rows: list[Usage]
+    totals: Totals
+    notes: list[str]
+
+
+def listing(stores: list[tuple[str, list[Usage]]], *, started: dict[str, StartedUsage] | None = None,
+            start_notes: list[str] | tuple = (), types: tuple[str, ...] = (),
+            older_than: datetime.timedelta | None = None, sort: str = "size", now: datetime.datetime | None = None,
+            bolt_bytes: int = 0, bak_bytes: int = 0) -> Listing:
+    """The listing of the ``stores`` read (metadata_v2.db path, its rows): each as the started daemon lists it
+    where ``started`` has it (`as_started`), then selected and ordered (`select`), with buildctl's totals and the
+    notes: the start's, why space stays (`explain`), pairs listed once, records the start removes."""
+    rows, removed, pairs = [], 0, 0
+    for path, these in stores:
+        if started is not None and path in started:
+            these, gone, folded = as_started(these, started[path])
+            removed += gone
+            pairs += folded
+        rows += these
+    rows = select(rows, types=types, older_than=older_than, sort=sort, now=now)
+    notes = list(start_notes) + explain(rows, bolt_bytes, bak_bytes)
+    if pairs:
+        notes.append(f"{pairs} equal-mutable pair(s) are listed once, through their mutable half, as buildctl du "
+                     "lists them")
+    if removed:
+        notes.append(f"{removed} record(s) the next start removes are not listed "
+                     "(`boltkit buildkit simulate-start` says why)")
+    return Listing(rows, totals(rows), notes)
+
+
+def root_file_bytes(root) -> tuple[int, int]:
+    """The bytes of a root's bolt files (du never counts them) and of its .bak files (SafeOpen's resets, boltkit's
+    repairs, others)."""
+    import os
+    baks = root.backups + root.boltkit_backups + root.other_backups
+    return sum(os.path.getsize(s.path) for s in root.stores), sum(os.path.getsize(p) for p in baks)
+
+
 SORT_KEYS = ("size", "created", "last-used", "usage")
 _EPOCH = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
 

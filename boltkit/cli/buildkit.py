@@ -603,10 +603,9 @@ def du(target, sort, record_type, older_than, as_json, config_path, at):
       boltkit buildkit du --sort last-used --older-than 7d /var/lib/buildkit
       boltkit buildkit du --json /var/lib/buildkit | jq 'select(.type=="du-totals")'
     """
-    import os
     from pathlib import Path
 
-    from ..buildkit.du import as_started, explain, parse_age, select, totals, usage
+    from ..buildkit.du import listing, parse_age, root_file_bytes, usage
     from ..buildkit.fsck import daemon_holds_lock
     from ..buildkit.metadata import load_metadata_store
     from .app import opened
@@ -617,16 +616,15 @@ def du(target, sort, record_type, older_than, as_json, config_path, at):
     if path.is_dir():
         found = _root_or_exit(target)
         dbs = [s.path for s in found.stores if s.kind == "metadata_v2.db"]
-        bolt_bytes = sum(os.path.getsize(s.path) for s in found.stores)
-        bak_bytes = sum(os.path.getsize(p) for p in found.backups + found.boltkit_backups + found.other_backups)
+        bolt_bytes, bak_bytes = root_file_bytes(found)
         running, docker = daemon_holds_lock(found), found.docker_root is not None
     else:
         dbs = [path]
-    rows = []
+    stores: list = []
     from ..buildkit.kinds import require_store
     damage: list = []
     unreadable = []
-    started, start_notes, removed_by_start, pairs = None, [], 0, 0
+    started, start_notes = None, []
     if path.is_dir() and not running:
         # what the daemon lists once started: DiskUsage on the start model (sizes measured, pairs once)
         from ..buildkit.du import usage_after_start
@@ -644,34 +642,24 @@ def du(target, sort, record_type, older_than, as_json, config_path, at):
         if not path.is_dir():
             with opened(str(p)) as db:
                 require_store(db, "metadata_v2.db")
-                rows += usage(load_metadata_store(db, on_damage=damage.append), daemon_running=running, docker=docker)
+                stores.append((str(p), usage(load_metadata_store(db, on_damage=damage.append),
+                                             daemon_running=running, docker=docker)))
             continue
         try:        # a root: one unreadable store is reported and skipped, the others are still counted
             with opened(str(p)) as db:
-                these = usage(load_metadata_store(db, on_damage=damage.append), daemon_running=running, docker=docker)
+                stores.append((str(p), usage(load_metadata_store(db, on_damage=damage.append),
+                                             daemon_running=running, docker=docker)))
         except BoltkitError as e:
             unreadable.append(f"{e} (its records are not counted)")
-            continue
-        if started is not None and str(p) in started:
-            these, gone, folded = as_started(these, started[str(p)])
-            removed_by_start += gone
-            pairs += folded
-        rows += these
     if unreadable and len(unreadable) == len(dbs):
         raise click.ClickException(f"{target}: no metadata_v2.db could be read: " + "; ".join(unreadable))
     damage = unreadable + damage
     age = parse_age(older_than) if older_than else None
     if older_than and age is None:
         raise click.BadParameter("use a number and s, m, h or d, e.g. 48h", param_hint="--older-than")
-    rows = select(rows, types=record_type, older_than=age, sort=sort)
-    t = totals(rows)
-    notes = start_notes + explain(rows, bolt_bytes, bak_bytes)
-    if pairs:
-        notes.append(f"{pairs} equal-mutable pair(s) are listed once, through their mutable half, as buildctl du "
-                     "lists them")
-    if removed_by_start:
-        notes.append(f"{removed_by_start} record(s) the next start removes are not listed "
-                     "(`boltkit buildkit simulate-start` says why)")
+    shown = listing(stores, started=started, start_notes=start_notes, types=record_type, older_than=age, sort=sort,
+                    bolt_bytes=bolt_bytes, bak_bytes=bak_bytes)
+    rows, t, notes = shown.rows, shown.totals, shown.notes
     if as_json:
         for r in rows:
             emit_json(dict(type="cache-record", **r.as_dict()))

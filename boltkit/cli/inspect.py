@@ -259,15 +259,13 @@ def buckets(file, path, meta, snapshot, as_hex, encoding, as_json, table_fmt):
       boltkit buckets cache.db                     _backlinks, _byresult, _links, _result
       boltkit buckets cache.db _result             one bucket per cache key
     """
+    from ..storage.stats import child_counts
     with opened(file, meta, snapshot) as db:
         names = [parse_name(p, as_hex) for p in path]
         rows = []
         errors: list = []
-        for child in db.buckets(names, damage=errors):
-            keys = subs = 0
-            for it in db.tree.items(child, on_damage=errors.append):
-                subs += it.is_bucket
-                keys += not it.is_bucket
+        for c in child_counts(db, names, errors):
+            child, keys, subs = c.bucket, c.keys, c.buckets
             rec = {"type": "bucket", "path": encode_path(child.path, encoding), "keys": keys, "buckets": subs,
                    "inline": child.inline, "root": child.root, "sequence": child.sequence}
             if as_json:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from typing import Iterator
 
 from ..schemas import ELEMENT_SIZE, PAGE_HEADER_SIZE
 from .database import Database
@@ -116,6 +117,20 @@ class BucketCount:
     bucket: Bucket
     keys: int = 0
     buckets: int = 0
+
+
+def child_counts(db: Database, path=(), damage: list | None = None) -> Iterator[BucketCount]:
+    """The buckets directly under ``path``, each with its own counts, one at a time (`boltkit buckets` streams
+    them); with a ``damage`` list a bucket or page that cannot be read is damage, and the counts say what could
+    be read."""
+    for child in db.buckets(path, damage=damage):
+        c = BucketCount(child)
+        for it in db.tree.items(child, on_damage=None if damage is None else damage.append):
+            if it.is_bucket:
+                c.buckets += 1
+            else:
+                c.keys += 1
+        yield c
 
 
 def bucket_counts(db: Database, damage: list | None = None) -> list[BucketCount]:
