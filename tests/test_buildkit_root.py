@@ -75,9 +75,21 @@ def test_fsck_freelist_damage_predicts_a_safeopen_reset(tmp_path):
     root = copy_root(tmp_path)
     damage.zero_page(root / "cache.db", 17)     # the freelist page of the current meta
     r = run("buildkit", "fsck", "--json", root)
-    assert r.exit_code == 8         # SafeOpen would empty the store: everything in it lost
+    # fsck(8)'s bits ORed: SafeOpen would empty the store, everything in it lost (8), and its freelist damage is an
+    # error-level problem left (4): 12, not the larger of the two
+    assert r.exit_code == 12
     final = json.loads(r.output.splitlines()[-1])
-    assert (final["outcome"], final["resets"]) == ("resets", ["cache.db"])
+    assert (final["outcome"], final["resets"], final["exit"]) == ("resets", ["cache.db"], 12)
+
+
+def test_fsck_exit_bits_say_unreadable_and_problems_apart(tmp_path):
+    """A store that is not bbolt at all is the 8 bit alone (its one problem says it cannot be read: the same fact);
+    problems in a store that can be read add the 4 bit to it."""
+    root = copy_root(tmp_path)
+    (root / "history.db").write_bytes(b"not a bolt file" * 300)
+    assert run("buildkit", "fsck", root).exit_code == 8
+    damage.zero_page(root / "cache.db", 17)
+    assert run("buildkit", "fsck", root).exit_code == 12
 
 
 def test_fsck_tree_damage_in_metadata_predicts_no_start(tmp_path):
@@ -86,7 +98,7 @@ def test_fsck_tree_damage_in_metadata_predicts_no_start(tmp_path):
     damage.damage_meta(md, 0)
     damage.damage_meta(md, 1)
     r = run("buildkit", "fsck", "--json", root)
-    assert r.exit_code == 8
+    assert r.exit_code == 12        # it will not start (8), and the store's damage is left (4)
     final = json.loads(r.output.splitlines()[-1])
     assert (final["outcome"], final["daemon_exit"], final["store"]) == ("refuses", 1, "runc-overlayfs/metadata_v2.db")
 

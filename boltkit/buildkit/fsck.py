@@ -129,20 +129,22 @@ class FsckResult:
         return out + [p for p in self.cross if p.severity in counted]
 
     def _any_counted(self, strict: bool) -> bool:
-        """Whether ``problems`` would have any, counted without building the problems of bulk tables."""
+        """Whether ``problems`` would have any in a store that could be read (an unreadable store's one problem is
+        the 8 bit's fact), counted without building the problems of bulk tables."""
         counted = (Severity.ERROR, Severity.WARNING) if strict else (Severity.ERROR,)
-        parts = [r.problems for r in self.reports.values()] + [self.cross]
+        parts = [r.problems for r in self.reports.values() if r.readable] + [self.cross]
         return any(p.severity_counts()[s.value] for p in parts for s in counted)
 
     def exit_code(self, *, strict: bool = False) -> int:
-        """8 the daemon will refuse, crash or reset a store (or a store cannot be read); else 4 it starts but
-        discards data, or error-level problems remain (any problem with ``strict``); else 0. (`--repair` adds
-        fsck(8)'s bit 1.)"""
-        if self.unreadable or (self.plan is not None and self.plan.exit_class == 8):
-            return 8        # the damage behind it is the same fact: the 4 bit would add nothing
-        if (self.plan is not None and self.plan.exit_class == 4) or self._any_counted(strict):
-            return 4
-        return 0
+        """fsck(8)'s bits, ORed as it ORs the outcomes of several file systems: 8 the daemon will refuse, crash or
+        reset a store, or a store cannot be read; 4 it starts but discards data, or error-level problems remain
+        in a store that could be read (any problem with ``strict``); both, 12, when both hold (a torn store the
+        daemon crashes on); 0 neither. (`--repair` adds bit 1.)"""
+        plan = self.plan.exit_class if self.plan is not None else 0
+        code = 8 if self.unreadable or plan & 8 else 0
+        if plan & 4 or self._any_counted(strict):
+            code |= 4
+        return code
 
     @property
     def status(self) -> str:

@@ -49,7 +49,8 @@ def buildkit_check(files, max_errors, snapshot, as_json):
     Files: the output and exit status of `boltkit check` (0 clean, 4 problems, 8 unreadable, 16 usage).
     A ROOT: the exit status of `buildkit fsck` (0 the daemon starts and only its routine clean-up happens,
     warnings never fail; 4 it discards data or errors remain; 8 it will not start or a store is reset or
-    unreadable). Other stores get the structural check and a note.
+    unreadable; 12 both). Exit codes of several files and roots are ORed, as fsck(8) does. Other stores
+    get the structural check and a note.
     """
     import os
 
@@ -362,11 +363,11 @@ def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, 
     crashes or has SafeOpen reset a store, and every record, lease, snapshot and cache key it removes.
 
     \b
-    Exit status (bits, as fsck(8)): 0 the daemon will start and changes nothing or only its routine
-    clean-up (warnings are printed, never fail); 4 it will start but discard data, or error-level
-    problems remain; 8 it will refuse to start, crash, or reset a store, or a store cannot be read;
-    1 (--repair) problems were repaired and the daemon will now start; 16 usage. --strict counts
-    warnings as 4.
+    Exit status (bits, ORed as fsck(8) ORs them): 0 the daemon will start and changes nothing or
+    only its routine clean-up (warnings are printed, never fail); 4 it will start but discard data,
+    or error-level problems remain; 8 it will refuse to start, crash, or reset a store, or a store
+    cannot be read; 12 both; 1 (--repair) problems were repaired and the daemon will now start;
+    16 usage. --strict counts warnings as 4.
 
     \b
     Examples:
