@@ -225,13 +225,13 @@ class _Collector:
                     if page in suspect:
                         doubt(child, suspect[page], "")
 
-        def on_error(e: CorruptionError):
+        def on_damage(e: CorruptionError):
             self.damage.append(f"{source}: {e}")
             hole(e.pgid, e.path)
         try:
-            root = tree.bucket_at((), root_page, 0, on_error)
+            root = tree.bucket_at((), root_page, 0, on_damage)
         except CorruptionError as e:
-            on_error(e)
+            on_damage(e)
             return
         seen: dict[tuple, set] = {}       # the tolerant read's distinct pairs per bucket: salvage's floor
 
@@ -244,7 +244,7 @@ class _Collector:
                 return (LOST_FOUND, f"page-{origin}-doubtful".encode()) + path
             return None
 
-        for parent, child, item in tree.walk(root, on_damage=on_error, on_page=on_page):
+        for parent, child, item in tree.walk(root, on_damage=on_damage, on_page=on_page):
             page = item.node.owner
             if child is not None:
                 where = aside(parent.path, page)
