@@ -73,6 +73,11 @@ def _child(db: Database, parent: Bucket, item: Item, on_damage) -> Bucket | None
 
 def record_ids(db: Database, on_damage=None) -> set[str]:
     """Names of the `_main/<id>` record buckets: the refIDs that cache.db results may point at."""
+    return {k.decode("utf-8", "replace") for k in record_keys(db, on_damage)}
+
+
+def record_keys(db: Database, on_damage=None) -> set[bytes]:
+    """``record_ids`` as the file's bytes (what a repair compares with cache.db's result ids)."""
     root = db.root()
     main = db.tree.get(root, b"_main")
     if main is None or not main.is_bucket:
@@ -80,7 +85,7 @@ def record_ids(db: Database, on_damage=None) -> set[str]:
     bucket = _child(db, root, main, on_damage)
     if bucket is None:
         return set()
-    return {it.key.decode("utf-8", "replace") for it in db.tree.items(bucket, on_error=on_damage) if it.is_bucket}
+    return {it.key for it in db.tree.items(bucket, on_error=on_damage) if it.is_bucket}
 
 
 def load_metadata_store(db: Database, on_damage=None) -> MetadataStore:
