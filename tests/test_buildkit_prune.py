@@ -209,3 +209,42 @@ def test_a_large_plan_is_summarised_and_listed_on_request():
     assert sum(1 for c in changes[:PLAN_ROWS] if c["key"][:40] in listed) == PLAN_ROWS
     assert changes[PLAN_ROWS]["key"] not in listed
     assert summary.output.splitlines()[-1] == full.output.splitlines()[-1]      # the same plan, said the same way
+
+
+def test_ids_that_are_not_utf8_are_planned_and_written_as_their_bytes(tmp_path, oracle):
+    """Ids are bytes from the read to the writer: two ids that differ only in bytes that are not UTF-8 stay two
+    keys (the live one kept under its own name, the dead one dropped), and an index entry under such an id goes.
+    (Decoded with "replace", both ids were one key: the dead one was never planned and the live one was
+    written under U+FFFD's bytes, a renamed key that verified.)"""
+    from boltkit.buildkit.cachedb import CacheInfoLink
+    from testdata.buildkit import WORKER, result_value
+    from testdata.trees import Bucket
+    from .test_buildkit_cache import CHILD
+    live, dead, gone = (bytes([b]) + b"odd" + b"0" * 21 for b in (0xFF, 0xFE, 0xFD))
+    rid = f"{WORKER}::ref9".encode()
+    t = clean_tree()
+    t[b"_links"].children[live] = Bucket({CacheInfoLink(0, 0, "sha256:" + "ab" * 32).encode() + b"@" + GRAND.encode():
+                                          b""})
+    t[b"_backlinks"].children[GRAND.encode()].children[live] = b""
+    t[b"_result"].children[live] = Bucket({rid: result_value(rid.decode())})
+    t[b"_byresult"].children[rid] = Bucket({live: b""})
+    t[b"_links"].children[dead] = Bucket()
+    t[b"_backlinks"].children[gone] = Bucket({CHILD.encode(): b""})
+    path = write_store(tmp_path / "cache.db", t)
+    r = run("buildkit", "prune", "--json", path)
+    assert r.exit_code == 0, r.output
+    planned = [json.loads(x) for x in r.output.splitlines()[:-1]]
+    assert planned == [
+        {"type": "change", "code": "D2", "action": "drop-key", "bucket": "_links", "key": "0x" + dead.hex()},
+        {"type": "change", "code": "D4", "action": "drop-backlink", "bucket": "_backlinks/0x" + gone.hex(),
+         "key": CHILD}]
+    assert run("buildkit", "prune", "--apply", path).exit_code == 0
+    with Database(path) as db:
+        assert check_cache_db(db) == []
+        links = {i.key for i in db.items((b"_links",))}
+        assert live in links and dead not in links
+        assert [i.key for i in db.items((b"_result", live))] == [rid]
+        assert [i.key for i in db.items((b"_byresult", rid))] == [live]
+        assert gone not in {i.key for i in db.items((b"_backlinks",))}
+    assert oracle.check(path)[0] == 0
+    assert run("buildkit", "prune", path).output.strip().endswith("nothing to prune")

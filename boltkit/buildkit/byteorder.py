@@ -17,19 +17,59 @@ _MAX_WORDS = 16        # strings longer than 128 bytes (never an id BuildKit wri
 
 
 def byte_order(names: Names, codes: np.ndarray) -> np.ndarray:
-    """The permutation that sorts ``codes`` by the bytes of their strings (stable for equal codes)."""
+    """The permutation that sorts ``codes`` by the bytes of their strings (stable for equal codes).
+    ``names.data`` is read in whole 8-byte words (a mapped file is; a buffer of its own must be padded).
+
+    Sorted on the first word, then only the runs still tied are sorted on the next word, and so on: ids
+    that differ early (BuildKit's random and digest ids) cost one pass; a shared prefix (result ids start
+    with the worker's id) a pass per word of it."""
     codes = np.asarray(codes, np.int64)
-    if codes.size < 2:
-        return np.arange(codes.size)
+    m = codes.size
+    if m < 2:
+        return np.arange(m)
     off, length = names.off[codes].astype(np.int64), names.length[codes].astype(np.int64)
-    words = -(-int(length.max()) // 8)
-    if words > _MAX_WORDS:
+    if int(length.max()) > 8 * _MAX_WORDS:
         strings = [names.bytes(c) for c in codes.tolist()]
-        return np.array(sorted(range(codes.size), key=strings.__getitem__), np.int64)
+        return np.array(sorted(range(m), key=strings.__getitem__), np.int64)
     g = Gather(names.data, names.data.size)
-    keys = [length]             # least significant first (lexsort is stable): length, the last word, ...
-    keys += [g.prefix8(off + 8 * k, length - 8 * k) for k in reversed(range(words))]
-    return np.lexsort(keys)
+    order = np.argsort(g.prefix8(off, length), kind="stable")
+    key = g.prefix8(off[order], length[order])
+    group = _runs(key)                                 # per position in ``order``: its run of equal prefixes
+    k = 1
+    while True:
+        tied = _tied(group)
+        if not tied.size:
+            return order
+        idx = order[tied]
+        if k >= _MAX_WORDS or int(length[idx].max()) <= 8 * k:
+            # equal up to the end of the shorter string: the shorter comes first
+            order[tied] = idx[np.lexsort((length[idx], group[tied]))]
+            return order
+        word = g.prefix8(off[idx] + 8 * k, length[idx] - 8 * k)
+        sub = np.lexsort((word, group[tied]))
+        order[tied] = idx[sub]
+        # the tied runs split where the new word differs: renumber them, apart from every other run
+        word, grp = word[sub], group[tied][sub]
+        split = np.ones(tied.size, bool)
+        split[1:] = (word[1:] != word[:-1]) | (grp[1:] != grp[:-1])
+        group[tied] = group.max() + 1 + np.cumsum(split)
+        k += 1
+
+
+def _runs(key: np.ndarray) -> np.ndarray:
+    """Run numbers of a sorted key: equal neighbours share one."""
+    new = np.ones(key.size, bool)
+    new[1:] = key[1:] != key[:-1]
+    return np.cumsum(new)
+
+
+def _tied(group: np.ndarray) -> np.ndarray:
+    """Positions whose run has more than one member."""
+    same = group[1:] == group[:-1]
+    tied = np.zeros(group.size, bool)
+    tied[1:] |= same
+    tied[:-1] |= same
+    return np.flatnonzero(tied)
 
 
 def byte_ranks(names: Names, codes: np.ndarray) -> np.ndarray:

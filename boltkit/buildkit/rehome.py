@@ -224,7 +224,8 @@ class _Rows:
                                           for j in (0, 1))
         c.link_key = _append(buf, [r[1] for r in self.links])
         c.result_value = _append(buf, [r[2] for r in self.results])
-        data = np.frombuffer(bytes(buf), np.uint8) if buf else np.zeros(0, np.uint8)
+        buf.extend(bytes(16 - len(buf) % 8))     # whole 8-byte words, as a mapped file has (Gather.prefix8)
+        data = np.frombuffer(bytes(buf), np.uint8)
         c.names = Names(data, np.array(offs, _I64), np.array(lens, _I64))
         return c
 
