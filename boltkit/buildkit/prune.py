@@ -137,19 +137,19 @@ def plan_prune(cols: CacheColumns, break_cycles: bool = False, records: set[byte
         code[(code == 0) & bad[c.result_rid]] = 2
         code[(code == 0) & gone[c.result_rid]] = 3
     dropped = res_order[code[res_order] > 0]
-    what = ((), ("C4", "drop-result"), ("C16", "release-result"), ("X2", "release-result"))
+    what = (("", ""), ("C4", "drop-result"), ("C16", "release-result"), ("X2", "release-result"))
     counts: dict = {}
     for k in code[dropped].tolist() if len(c.result_errors) or records is not None else []:
         counts[what[k]] = counts.get(what[k], 0) + 1
 
     def result_change(i: int) -> Change:
         row = int(dropped[i])
-        return Change(*what[code[row]], (b"_result", text(c.result_kid[row])), text(c.result_rid[row]))
+        kind, action = what[code[row]]
+        return Change(kind, action, (b"_result", text(c.result_kid[row])), text(c.result_rid[row]))
     changes.add(ChangeTable(dropped.size, counts, result_change))
     good = code == 0
 
     # links: drop poison keys, then (optionally) the links inside cycles
-    n_links = c.link_src.size
     link_order = _in_file_order(c.links_ids, c.link_src, n)
     poison = c.link_tgt < 0
     poison[c.link_spelled] = True
@@ -412,7 +412,8 @@ def plan_file(path: str, *, break_cycles: bool = False, records: set[bytes] | No
         with Database(path) as db:
             if not preflight:
                 cols = load_cache_columns(db, progress=progress_part(progress, 0, 2, 3))
-            moved, taken = ([], set())
+            moved: list[Change] = []
+            taken: set[tuple[bytes, ...]] = set()
             if rehome:
                 cols, moved, taken = rehome_columns(db, cols)
             page_size = db.page_size

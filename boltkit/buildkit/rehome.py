@@ -179,7 +179,10 @@ class _Rows:
                     self.results.append((name, k, v, r if r.error else None))
         else:
             have = {b for a, b in self.pairs[kind] if a == name}
-            self.pairs[kind] += [(name, k) for k, _ in entries if k not in have and not have.add(k)]
+            for k, _ in entries:
+                if k not in have:
+                    have.add(k)
+                    self.pairs[kind].append((name, k))
 
     def forget(self, top: bytes, name: bytes) -> None:
         if top == b"_links":
@@ -208,7 +211,9 @@ class _Rows:
             return k
         tops = (b"_links", b"_result", b"_byresult", b"_backlinks")
         ids = [np.array([intern(k) for k in self.ids[t]], _I64) for t in tops]
-        c = CacheColumns(names=None, top=self.top, foreign_top=self.foreign_top, anomalies=self.anomalies)
+        nothing = np.zeros(0, _I64)
+        c = CacheColumns(names=Names(np.zeros(0, np.uint8), nothing, nothing), top=self.top,
+                         foreign_top=self.foreign_top, anomalies=self.anomalies)      # the names come last
         c.links_ids, c.results_ids, c.byresult_ids, c.backlinks_ids = ids
         c.id_sequences = {t: np.array(list(self.ids[t].values()), np.uint64) for t in tops}
         c.link_src = np.array([intern(r[0]) for r in self.links], _I64)

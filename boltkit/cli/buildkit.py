@@ -1,7 +1,6 @@
 """`boltkit buildkit ...`: commands that understand BuildKit's stores."""
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import click
