@@ -6,17 +6,25 @@ import fcntl
 import json
 import os
 import shutil
+from collections import Counter
+from dataclasses import astuple
 
+import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from boltkit.buildkit import check_cache_db, load_cache_store
+from boltkit.buildkit import check_cache_db, load_cache_columns, load_cache_store
 from boltkit.check import check_file
 from boltkit.cli import main
 from boltkit.storage import Database
-from testdata.buildkit import clean_tree, write_store
+from testdata.buildkit import WORKER, clean_tree, result_value, write_store
+from testdata.trees import Bucket
 
 from .conftest import CORPUS, corpus_files
-from .test_buildkit_cache import (GRAND, plant_dead_chain, plant_hard_dangling, plant_missing_backlink,
+from .reference_cachecheck import load_cache_store as load_plainly
+from .reference_prune import plan_prune as reference_plan
+from .test_buildkit_cache import (GRAND, cache_trees, plant_dead_chain, plant_hard_dangling, plant_missing_backlink,
                                   plant_orphan_results, plant_stale_backlink)
 
 
@@ -209,3 +217,104 @@ def test_a_large_plan_is_summarised_and_listed_on_request():
     assert sum(1 for c in changes[:PLAN_ROWS] if c["key"][:40] in listed) == PLAN_ROWS
     assert changes[PLAN_ROWS]["key"] not in listed
     assert summary.output.splitlines()[-1] == full.output.splitlines()[-1]      # the same plan, said the same way
+
+
+def test_ids_that_are_not_utf8_are_planned_and_written_as_their_bytes(tmp_path, oracle):
+    """Ids are bytes from the read to the writer: two ids that differ only in bytes that are not UTF-8 stay two
+    keys (the live one kept under its own name, the dead one dropped), and an index entry under such an id goes.
+    (Decoded with "replace", both ids were one key: the dead one was never planned and the live one was
+    written under U+FFFD's bytes, a renamed key that verified.)"""
+    from boltkit.buildkit.cachedb import CacheInfoLink
+    from .test_buildkit_cache import CHILD
+    live, dead, gone = (bytes([b]) + b"odd" + b"0" * 21 for b in (0xFF, 0xFE, 0xFD))
+    rid = f"{WORKER}::ref9".encode()
+    t = clean_tree()
+    t[b"_links"].children[live] = Bucket({CacheInfoLink(0, 0, "sha256:" + "ab" * 32).encode() + b"@" + GRAND.encode():
+                                          b""})
+    t[b"_backlinks"].children[GRAND.encode()].children[live] = b""
+    t[b"_result"].children[live] = Bucket({rid: result_value(rid.decode())})
+    t[b"_byresult"].children[rid] = Bucket({live: b""})
+    t[b"_links"].children[dead] = Bucket()
+    t[b"_backlinks"].children[gone] = Bucket({CHILD.encode(): b""})
+    path = write_store(tmp_path / "cache.db", t)
+    r = run("buildkit", "prune", "--json", path)
+    assert r.exit_code == 0, r.output
+    planned = [json.loads(x) for x in r.output.splitlines()[:-1]]
+    assert planned == [
+        {"type": "change", "code": "D2", "action": "drop-key", "bucket": "_links", "key": "0x" + dead.hex()},
+        {"type": "change", "code": "D4", "action": "drop-backlink", "bucket": "_backlinks/0x" + gone.hex(),
+         "key": CHILD}]
+    assert run("buildkit", "prune", "--apply", path).exit_code == 0
+    with Database(path) as db:
+        assert check_cache_db(db) == []
+        links = {i.key for i in db.items((b"_links",))}
+        assert live in links and dead not in links
+        assert [i.key for i in db.items((b"_result", live))] == [rid]
+        assert [i.key for i in db.items((b"_byresult", rid))] == [live]
+        assert gone not in {i.key for i in db.items((b"_backlinks",))}
+    assert oracle.check(path)[0] == 0
+    assert run("buildkit", "prune", path).output.strip().endswith("nothing to prune")
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(tree=cache_trees(), break_cycles=st.booleans(), drop_unreachable=st.booleans(),
+       records=st.sampled_from([None, set(), {"ref1"}, {"ref1", "ref2"}]), dangling=st.booleans())
+def test_the_array_plan_agrees_with_the_plain_reference_on_random_stores(tmp_path_factory, tree, break_cycles,
+                                                                         drop_unreachable, records, dangling):
+    """The columnar plan (liveness by arrays, index differences as sorted pairs, lazy tables) makes the changes
+    the dict-and-set planner makes, in the same order wherever that order is sorted, and keeps the same store;
+    its counts and its actions' order (the summary's) are those of the rows."""
+    from boltkit.buildkit.prune import plan_prune
+    from boltkit.buildkit.plan import text_id
+    from testdata.buildkit import link_key
+    if dangling and tree.get(b"_links") is not None and tree[b"_links"].children:   # live keys linking nowhere (D1)
+        for src in [k for k, v in tree[b"_links"].children.items() if isinstance(v, Bucket)][:2]:
+            tree[b"_links"].children[src].children[link_key("nowhere00000000000000000ee")] = b""
+            if b"_result" in tree:
+                rid = f"{WORKER}::ref1"
+                tree[b"_result"].children[src] = Bucket({rid.encode(): result_value(rid)})
+    path = write_store(tmp_path_factory.mktemp("prune") / "cache.db", tree)
+    with Database(path) as db:
+        ref_out, ref_changes = reference_plan(load_plainly(db), break_cycles, records, drop_unreachable)
+        kept, changes = plan_prune(load_cache_columns(db), break_cycles,
+                                   None if records is None else {r.encode() for r in records}, drop_unreachable)
+        rows = list(changes)
+        store = kept.store()
+    same_plan(rows, ref_changes)
+    assert changes.counts() == Counter((c.code, c.action) for c in rows)
+    assert list(changes.actions()) == list(dict.fromkeys(c.action for c in rows))
+    assert len(changes) == len(rows) and changes[len(rows) // 2:] == rows[len(rows) // 2:]
+    assert store.links == {text_id(k): v for k, v in ref_out.links.items()}
+    assert store.results == {text_id(k): {text_id(r): v for r, v in res.items()} for k, res in ref_out.results.items()}
+    assert store.backlinks == {text_id(k): {text_id(s) for s in v} for k, v in ref_out.backlinks.items()}
+    assert store.byresult == {text_id(k): {text_id(s) for s in v} for k, v in ref_out.byresult.items()}
+
+
+@pytest.mark.parametrize("flags", [(False, False, False), (True, True, True)], ids=["plain", "all-options"])
+def test_the_array_plan_agrees_with_the_plain_reference_on_real_and_planted_stores(tmp_path, flags):
+    """The same agreement on the corpus's cache.db stores (ghosts and dead chains BuildKit left) and on a store
+    with every kind of dangling link and stale index planted, with and without every option."""
+    from boltkit.buildkit.prune import plan_prune
+    break_cycles, drop_unreachable, release = flags
+    for path in [p for p in corpus_files("sound") if p.name == "cache.db"] + [planted_store(tmp_path)]:
+        md = path.parent / "runc-overlayfs" / "metadata_v2.db"
+        records = None
+        if release and md.exists():
+            from boltkit.buildkit.metadata import record_keys
+            with Database(md) as mdb:
+                records = record_keys(mdb)
+        with Database(path) as db:
+            _, expected = reference_plan(load_plainly(db), break_cycles,
+                                         None if records is None else {r.decode() for r in records}, drop_unreachable)
+            _, changes = plan_prune(load_cache_columns(db), break_cycles, records, drop_unreachable)
+        same_plan(list(changes), expected)
+
+
+IN_FILE_ORDER = {"C1", "C2", "C3", "C7", "C4", "C16", "X2", "C9", "C17", "C15"}     # the rest is sorted by id
+
+
+def same_plan(rows, expected) -> None:
+    """The same changes; in the same order where the plan sorts them (the rest follow the order the ids were
+    read in, which differs between the two readers)."""
+    assert sorted(map(astuple, rows)) == sorted(map(astuple, expected))
+    assert [c for c in rows if c.code not in IN_FILE_ORDER] == [c for c in expected if c.code not in IN_FILE_ORDER]

@@ -65,7 +65,7 @@ def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
     # results and their reverse index
     for _, r in sorted(c.result_errors.items()):
         add("C4", r.error, path=(b"_result", r.key_id), key=r.result_id)
-    bad_rid = _unsplittable(names, sorted_unique(c.result_rid))
+    bad_rid = unsplittable_result_ids(names, sorted_unique(c.result_rid))
     table("C16", np.flatnonzero(bad_rid[c.result_rid]),
           lambda i: problem("C16", "result id is not <workerID>::<refID>", (b"_result", c.result_kid[i]),
                             c.result_rid[i]))
@@ -143,7 +143,7 @@ def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
     table("C14", backlinked[_root_form(names, backlinked)],
           lambda k: problem("C14", "a root-form key has backlinks", key=k))
     unreached = np.flatnonzero(is_id & ~is_target & (has_results | (outdeg > 0)))
-    table("C14", unreached[_derived(names, unreached)],
+    table("C14", unreached[derived_ids(names, unreached)],
           lambda k: problem("C14", "derived key that nothing links to: Query can never reach it", key=k))
 
     for cyc in cycles_of_arrays(src, tgt, n):
@@ -155,7 +155,7 @@ def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
     return out
 
 
-def _unsplittable(names: Names, codes: np.ndarray) -> np.ndarray:
+def unsplittable_result_ids(names: Names, codes: np.ndarray) -> np.ndarray:
     """Per code: a result id that is not `<workerID>::<refID>` (C16). One '::' and no ':::' settles it by
     arrays; the rest (never BuildKit's) are split as Python splits them."""
     n = len(names)
@@ -182,7 +182,7 @@ def _root_form(names: Names, codes: np.ndarray) -> np.ndarray:
     return root
 
 
-def _derived(names: Names, codes: np.ndarray) -> np.ndarray:
+def derived_ids(names: Names, codes: np.ndarray) -> np.ndarray:
     """Which of ``codes`` are derived ids: 25 characters of [0-9a-z]."""
     out = np.zeros(codes.size, bool)
     is25 = np.flatnonzero(names.length[codes] == 25)

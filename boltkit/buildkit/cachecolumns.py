@@ -21,7 +21,7 @@ import numpy as np
 from ..storage.gather import Gather
 from ..check.problems import Severity
 from ..check.scan import TreeScan
-from ..storage.strings import Names, byte_strings, intern, rows_at, string_at, string_hashes
+from ..storage.strings import Names, by_length, byte_strings, chunks, intern, rows_at, string_at, string_hashes
 from ..errors import CorruptionError
 from ..schemas import BUCKET_LEAF_FLAG
 from ..storage import Database
@@ -335,8 +335,9 @@ def _result_errors(g: Gather, results: Entries) -> dict[int, CacheResult]:
     matched directly; anything else goes through ``decode_result``."""
     data = g.data
     errors: dict[int, CacheResult] = {}
-    for i, (ko, kl, vo, vl) in enumerate(zip(results.key_off.tolist(), results.key_len.tolist(),
-                                             results.val_off.tolist(), results.val_len.tolist())):
+    odd = np.flatnonzero(~_in_go_form(g, results))
+    for i, ko, kl, vo, vl in zip(odd.tolist(), results.key_off[odd].tolist(), results.key_len[odd].tolist(),
+                                 results.val_off[odd].tolist(), results.val_len[odd].tolist()):
         key = data[ko:ko + kl]
         m = _RESULT.fullmatch(data[vo:vo + vl])
         if m is not None and m.group(2) == key:
@@ -346,6 +347,36 @@ def _result_errors(g: Gather, results: Entries) -> dict[int, CacheResult]:
         if r.error:
             errors[i] = r
     return errors
+
+
+_PLAIN_BYTE = np.zeros(256, bool)               # the bytes of _PLAIN
+_PLAIN_BYTE[[0x20, 0x21]] = True
+_PLAIN_BYTE[0x23:0x5c] = True
+_PLAIN_BYTE[0x5d:0x7f] = True
+_CREATED, _ID, _END = (np.frombuffer(b, np.uint8) for b in (b'{"CreatedAt":"', b'","ID":"', b'"}'))
+
+
+def _in_go_form(g: Gather, results: Entries) -> np.ndarray:
+    """Per result: its value is the JSON Go writes naming its own key (what ``_RESULT`` matches with the key as
+    its ID), decided a (value length, key length) group at a time on rows of bytes. False only means "look
+    closer": those go through the regex and ``decode_result``."""
+    kl, vl = results.key_len.astype(_I64), results.val_len.astype(_I64)
+    fixed = _CREATED.size + _ID.size + _END.size
+    ok = (vl - kl >= fixed) & (results.val_off + vl <= g.size) & (results.key_off + kl <= g.size)
+    out = np.zeros(kl.size, bool)
+    idx = np.flatnonzero(ok)
+    for pair, group in by_length(vl[idx] * (1 << 32) + kl[idx]):
+        v_len, k_len = pair >> 32, pair & 0xFFFFFFFF
+        for rows in chunks(idx[group]):
+            v = rows_at(g.u8, results.val_off[rows], v_len)
+            k = rows_at(g.u8, results.key_off[rows], k_len)
+            c = v_len - fixed - k_len                  # the CreatedAt string's length
+            at = _CREATED.size + c
+            fits = (v[:, :_CREATED.size] == _CREATED).all(1) & _PLAIN_BYTE[v[:, _CREATED.size:at]].all(1)
+            fits &= (v[:, at:at + _ID.size] == _ID).all(1) & (v[:, at + _ID.size:v_len - _END.size] == k).all(1)
+            fits &= _PLAIN_BYTE[k].all(1) & (v[:, v_len - _END.size:] == _END).all(1)
+            out[rows] = fits
+    return out
 
 
 def load_cache_store(db: Database, on_damage=None, progress=None) -> CacheStore:

@@ -17,7 +17,7 @@ from ..storage import Database
 from ..storage.strings import byte_strings
 from ..storage.gcpause import gc_paused
 from ..textform import show_bytes
-from .cachecheck import _unsplittable, check_cache_columns
+from .cachecheck import check_cache_columns, unsplittable_result_ids
 from .cachecolumns import CacheLeaves, columns_from_leaves, load_cache_columns
 from .cachedb import TOP_BUCKETS
 from .containerd import (KIND_ACTIVE, BackendSnapshot, Snapshot, backend_snapshots, leases, snapshots,
@@ -388,7 +388,7 @@ def _result_checks(result: FsckResult, snapshot: bool, columns: dict) -> None:
     names = cols.names
     rids = sorted_unique(cols.result_rid)
     kind = np.zeros(len(names), np.int8)     # per result id code: 1 X1, 2 X2, 0 neither
-    ok = rids[~_unsplittable(names, rids)[rids]]    # the others are C16, the cache.db check's
+    ok = rids[~unsplittable_result_ids(names, rids)[rids]]    # the others are C16, the cache.db check's
     if not workers:
         kind[ok] = 1
     else:

@@ -111,10 +111,13 @@ def live_mask(has_results: np.ndarray, src: np.ndarray, tgt: np.ndarray) -> np.n
     n = has_results.size
     starts, parents = _csr(tgt, src, n)
     live = has_results.copy()
+    first = np.zeros(n, np.int64)           # scratch: drops repeats from a wave without sorting it
     frontier = np.flatnonzero(live)
     while frontier.size:
-        p = np.unique(_expand(starts, parents, frontier))
-        frontier = p[~live[p]]
+        p = _expand(starts, parents, frontier)
+        p = p[~live[p]]
+        first[p[::-1]] = np.arange(p.size - 1, -1, -1)
+        frontier = p[first[p] == np.arange(p.size)]
         live[frontier] = True
     return live
 

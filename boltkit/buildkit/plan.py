@@ -6,6 +6,7 @@ The bucket and the key are the bytes of the file: the writer leaves out or adds 
 report renders them as text (printable UTF-8 as it is, anything else as 0x-hex)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..textform import show_bytes, show_path
@@ -25,3 +26,86 @@ class Change:
 def text_id(name: str) -> bytes:
     """The bytes of an id the cache model keeps as text (CacheStore decodes ids it reads as UTF-8)."""
     return name.encode("utf-8", "surrogateescape")
+
+
+class ChangeTable:
+    """Changes found in bulk, each built only when it is looked at (as check's ``ProblemTable``): a prune of a
+    fleet-size cache.db plans 300k changes, and a dry run shows their counts and the first twenty.
+
+    ``counts``: (code, action) -> how many of the rows are of it, known without building any;
+    ``make(i)``: the i-th Change, in the plan's order (the first call may sort the rows)."""
+    __slots__ = ("size", "counts", "_make")
+
+    def __init__(self, size: int, counts: dict[tuple[str, str], int], make):
+        self.size = int(size)
+        self.counts = {k: int(v) for k, v in counts.items() if v}
+        self._make = make
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> Change:
+        return self._make(i)
+
+
+class Changes(Sequence):
+    """The changes of a plan in order: lists of Changes and ChangeTables, counted without building a row;
+    iterating, indexing or slicing builds the rows asked for."""
+
+    def __init__(self, parts=()):
+        self._parts: list = []
+        for part in parts:
+            self.add(part)
+
+    def add(self, part) -> None:
+        """Append a list of Changes, a ChangeTable or another Changes."""
+        if isinstance(part, Changes):
+            self._parts.extend(part._parts)
+        elif isinstance(part, ChangeTable):
+            if part.size:
+                self._parts.append(part)
+        elif part:
+            self._parts.append(list(part))
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self._parts)
+
+    def __iter__(self):
+        for part in self._parts:
+            for i in range(len(part)):
+                yield part[i]
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            return [self[i] for i in range(start, stop, step)]
+        if index < 0:
+            index += len(self)
+        for part in self._parts:
+            if 0 <= index < len(part):
+                return part[index]
+            index -= len(part)
+        raise IndexError("change index out of range")
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"Changes({self.counts()})"
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """(code, action) -> number of changes, without building the rows of tables."""
+        out: dict[tuple[str, str], int] = {}
+        for part in self._parts:
+            items = part.counts.items() if isinstance(part, ChangeTable) else \
+                (((c.code, c.action), 1) for c in part)
+            for k, n in items:
+                out[k] = out.get(k, 0) + n
+        return out
+
+    def actions(self) -> dict[str, int]:
+        """action -> number of changes, in the order the actions first appear."""
+        out: dict[str, int] = {}
+        for (_, action), n in self.counts().items():
+            out[action] = out.get(action, 0) + n
+        return out

@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
+from ..storage.strings import Names
 from ..storage import Database
 from ..storage.tree import OnDamage
-from .cachedb import TOP_BUCKETS, CacheStore, decode_link_key, decode_result
+from .cachecolumns import CacheColumns
+from .cachedb import TOP_BUCKETS, decode_link_key, decode_result
 from .history import decode_record
 from .plan import Change
 
 _FREED = re.compile(rb"^page-\d+-free$")
 _LOST_LEAF = re.compile(rb"^page-\d+(-free|-doubtful)?$")     # a salvage label, not an id
+_I64 = np.int64
 _MAX_DEPTH = 32       # BuildKit's ids sit three levels down, a salvage adds a few: deeper is not theirs
 
 
@@ -30,7 +35,7 @@ def kind_of(name: bytes, entries: list[tuple[bytes, bytes]]) -> bytes | None:
     says nothing certain (empty, mixed, or not BuildKit's)."""
     if not entries or _LOST_LEAF.match(name) or name in TOP_BUCKETS:
         return None
-    text = name.decode("utf-8", "replace")
+    text = name.decode("utf-8", "replace")      # for the decoder's messages only
     if all(v for _, v in entries):
         ok = all(decode_result(text, k, v).error is None for k, v in entries)
         return b"_result" if ok else None
@@ -45,15 +50,37 @@ def kind_of(name: bytes, entries: list[tuple[bytes, bytes]]) -> bytes | None:
     return None
 
 
-def rehome(db: Database, store: CacheStore) -> tuple[list[Change], set[tuple[bytes, ...]]]:
-    """Merge id buckets found away from their top-level bucket into ``store``. Returns the changes and
-    the paths of the buckets taken (to leave out when the rest of a foreign bucket is carried over).
+def rehome_columns(db: Database, cols: CacheColumns) -> tuple[CacheColumns, list[Change], set[tuple[bytes, ...]]]:
+    """The columns of ``db`` with the id buckets found away from their top-level bucket merged in, the changes
+    that says, and the paths of the buckets taken (to leave out when the rest of a foreign bucket is carried
+    over). Only where the columns show buckets out of place (a top-level bucket BuildKit does not use, a
+    bucket inside an id bucket: C3) is the tree read again."""
+    ops, changes, taken = _find_rehomed(db, cols)
+    if not ops:
+        return cols, changes, taken
+    rows = _Rows(cols)
+    for op in ops:
+        if op[0] == "merge":
+            rows.merge(*op[1:])
+        else:
+            rows.forget(*op[1:])
+    rows.anomalies = [a for a in rows.anomalies if not (a.code == "C3" and (*a.bucket, a.key) in taken)]
+    return rows.columns(), changes, taken
 
-    The store must be structurally sound (the planners refuse a damaged one first: salvage it): the read is
-    strict, so damage raises CorruptionError instead of a plan that acts as if what it hides were not there."""
+
+def _find_rehomed(db: Database, cols: CacheColumns) -> tuple[list[tuple], list[Change], set[tuple[bytes, ...]]]:
+    """What to merge where, in the order found: ("merge", top, id, entries) and ("forget", top, id) for a level-2
+    bucket that only held other buckets (a container, decoded as an id with no entries: it must not stay one)."""
     tree = db.tree
+    ops: list[tuple] = []
     changes: list[Change] = []
     taken: set[tuple[bytes, ...]] = set()
+    nested: dict[bytes, list[bytes]] = {}
+    for a in cols.anomalies:
+        if a.code == "C3" and len(a.bucket) == 2 and a.bucket[1] not in nested.setdefault(a.bucket[0], []):
+            nested[a.bucket[0]].append(a.bucket[1])
+    if not cols.foreign_top and not nested:
+        return ops, changes, taken
 
     def visit(bucket, code: str, hint: bytes | None = None) -> bool:
         """Take what fits from ``bucket``'s subtree; True when nothing of it is left (taken, or a container
@@ -77,7 +104,7 @@ def rehome(db: Database, store: CacheStore) -> tuple[list[Change], set[tuple[byt
                 and not _LOST_LEAF.match(name):
             kind = hint
         if kind is not None:
-            _merge(store, kind, name.decode("utf-8", "replace"), plain)
+            ops.append(("merge", kind, name, plain))
             changes.append(Change(code, "rehome", bucket.path, kind + b"/" + name))
         elif plain or not subs:
             return False
@@ -92,8 +119,9 @@ def rehome(db: Database, store: CacheStore) -> tuple[list[Change], set[tuple[byt
         if top.key not in TOP_BUCKETS:
             visit(bucket, "C1")
             continue
-        for entry in tree.items(bucket):      # old copies nested in a top (C3)
-            if not entry.is_bucket:
+        for key in sorted(nested.get(top.key, ())):      # old copies nested in a top (C3)
+            entry = tree.get(bucket, key)
+            if entry is None or not entry.is_bucket:
                 continue
             sub = tree.child(bucket, entry)
             inner = [i for i in tree.items(sub) if i.is_bucket]
@@ -102,36 +130,119 @@ def rehome(db: Database, store: CacheStore) -> tuple[list[Change], set[tuple[byt
             hint = entry.key if entry.key in TOP_BUCKETS else None
             for item in inner:
                 visit(tree.child(sub, item), "C3", hint)
-            name = entry.key.decode("utf-8", "replace")
-            store.anomalies = [a for a in store.anomalies
-                               if not (a.code == "C3" and a.bucket == (top.key, entry.key)
-                                       and (*a.bucket, a.key) in taken)]
-            _forget_container(store, top.key, name)
-    return changes, taken
+            ops.append(("forget", top.key, entry.key))
+    return ops, changes, taken
 
 
-def _merge(store: CacheStore, kind: bytes, name: str, entries: list[tuple[bytes, bytes]]) -> None:
-    if kind == b"_links":
-        have = {ln.raw for ln in store.links.setdefault(name, [])}
-        store.links[name].extend(decode_link_key(name, k) for k, _ in entries if k not in have)
-    elif kind == b"_result":
-        ids = {r.result_id for r in store.results.setdefault(name, [])}
-        store.results[name].extend(r for r in (decode_result(name, k, v) for k, v in entries)
-                                   if r.result_id not in ids)
-    elif kind == b"_byresult":
-        store.byresult.setdefault(name, set()).update(k.decode("utf-8", "replace") for k, _ in entries)
-    else:
-        store.backlinks.setdefault(name, set()).update(k.decode("utf-8", "replace") for k, _ in entries)
+class _Rows:
+    """The columns as rows of bytes, to merge rehomed buckets into and turn back into columns: only for a
+    store with buckets out of place (a salvaged one), so plain Python."""
+
+    def __init__(self, c: CacheColumns):
+        text = c.names.bytes
+        self.anomalies = list(c.anomalies)
+        self.top, self.foreign_top = set(c.top), list(c.foreign_top)
+        self.ids: dict[bytes, dict[bytes, int]] = {}        # top -> id -> its bucket's sequence
+        for top, codes in ((b"_links", c.links_ids), (b"_result", c.results_ids), (b"_byresult", c.byresult_ids),
+                           (b"_backlinks", c.backlinks_ids)):
+            seq = c.id_sequences.get(top, np.zeros(codes.size, np.uint64)).tolist()
+            self.ids[top] = {text(k): s for k, s in zip(codes.tolist(), seq)}
+        spelled = set(c.link_spelled.tolist())
+        self.links = []         # (src, raw key, target or None, poison Link or None, spelled out)
+        for i, (src, tgt) in enumerate(zip(c.link_src.tolist(), c.link_tgt.tolist())):
+            self.links.append((text(src), c.raw(c.link_key, i), text(tgt) if tgt >= 0 else None,
+                               c.link_errors.get(i), i in spelled))
+        self.results = [(text(k), text(r), c.raw(c.result_value, i), c.result_errors.get(i))
+                        for i, (k, r) in enumerate(zip(c.result_kid.tolist(), c.result_rid.tolist()))]
+        self.pairs = {b"_byresult": [(text(r), text(k)) for r, k in zip(c.byresult_rid.tolist(),
+                                                                       c.byresult_kid.tolist())],
+                      b"_backlinks": [(text(t), text(s)) for t, s in zip(c.backlink_tgt.tolist(),
+                                                                        c.backlink_src.tolist())]}
+
+    def merge(self, kind: bytes, name: bytes, entries: list[tuple[bytes, bytes]]) -> None:
+        """Entry by entry, never overriding what is in place."""
+        self.ids[kind].setdefault(name, 0)
+        label = name.decode("utf-8", "replace")         # for the decoders' messages only
+        if kind == b"_links":
+            have = {raw for src, raw, *_ in self.links if src == name}
+            for k, _ in entries:
+                if k not in have:
+                    have.add(k)
+                    ln = decode_link_key(label, k)
+                    target = k[k.index(b"@") + 1:] if ln.target else None
+                    self.links.append((name, k, target, ln if ln.error else None, False))
+        elif kind == b"_result":
+            have = {rid for kid, rid, *_ in self.results if kid == name}
+            for k, v in entries:
+                if k not in have:
+                    have.add(k)
+                    r = decode_result(label, k, v)
+                    self.results.append((name, k, v, r if r.error else None))
+        else:
+            have = {b for a, b in self.pairs[kind] if a == name}
+            for k, _ in entries:
+                if k not in have:
+                    have.add(k)
+                    self.pairs[kind].append((name, k))
+
+    def forget(self, top: bytes, name: bytes) -> None:
+        if top == b"_links":
+            used = any(src == name for src, *_ in self.links)
+        elif top == b"_result":
+            used = any(kid == name for kid, *_ in self.results)
+        else:
+            used = any(a == name for a, _ in self.pairs[top])
+        if not used:
+            self.ids[top].pop(name, None)
+
+    def columns(self) -> CacheColumns:
+        """Back into columns: every string interned into one buffer of its own."""
+        buf = bytearray()
+        code: dict[bytes, int] = {}
+        offs: list[int] = []
+        lens: list[int] = []
+
+        def intern(b: bytes) -> int:
+            k = code.get(b)
+            if k is None:
+                k = code[b] = len(offs)
+                offs.append(len(buf))
+                lens.append(len(b))
+                buf.extend(b)
+            return k
+        tops = (b"_links", b"_result", b"_byresult", b"_backlinks")
+        ids = [np.array([intern(k) for k in self.ids[t]], _I64) for t in tops]
+        nothing = np.zeros(0, _I64)
+        c = CacheColumns(names=Names(np.zeros(0, np.uint8), nothing, nothing), top=self.top,
+                         foreign_top=self.foreign_top, anomalies=self.anomalies)      # the names come last
+        c.links_ids, c.results_ids, c.byresult_ids, c.backlinks_ids = ids
+        c.id_sequences = {t: np.array(list(self.ids[t].values()), np.uint64) for t in tops}
+        c.link_src = np.array([intern(r[0]) for r in self.links], _I64)
+        c.link_tgt = np.array([-1 if r[2] is None else intern(r[2]) for r in self.links], _I64)
+        c.link_errors = {i: r[3] for i, r in enumerate(self.links) if r[3] is not None}
+        c.link_spelled = np.array([i for i, r in enumerate(self.links) if r[4]], _I64)
+        c.result_kid = np.array([intern(r[0]) for r in self.results], _I64)
+        c.result_rid = np.array([intern(r[1]) for r in self.results], _I64)
+        c.result_errors = {i: r[3] for i, r in enumerate(self.results) if r[3] is not None}
+        c.byresult_rid, c.byresult_kid = (np.array([intern(p[j]) for p in self.pairs[b"_byresult"]], _I64)
+                                          for j in (0, 1))
+        c.backlink_tgt, c.backlink_src = (np.array([intern(p[j]) for p in self.pairs[b"_backlinks"]], _I64)
+                                          for j in (0, 1))
+        c.link_key = _append(buf, [r[1] for r in self.links])
+        c.result_value = _append(buf, [r[2] for r in self.results])
+        buf.extend(bytes(16 - len(buf) % 8))     # whole 8-byte words, as a mapped file has (Gather.prefix8)
+        data = np.frombuffer(bytes(buf), np.uint8)
+        c.names = Names(data, np.array(offs, _I64), np.array(lens, _I64))
+        return c
 
 
-def _forget_container(store: CacheStore, top: bytes, name: str) -> None:
-    """A level-2 bucket that only held other buckets is a container, not an id: it was decoded as an id
-    with no entries, and must not come back as one."""
-    tables: dict[bytes, dict] = {b"_links": store.links, b"_result": store.results, b"_byresult": store.byresult,
-                                 b"_backlinks": store.backlinks}
-    table = tables[top]
-    if not table.get(name):
-        table.pop(name, None)
+def _append(buf: bytearray, strings: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Append ``strings`` to ``buf``; their (offsets, lengths) there, as the columns keep raw keys and values."""
+    offs = []
+    for b in strings:
+        offs.append(len(buf))
+        buf.extend(b)
+    return np.array(offs, _I64), np.array([len(b) for b in strings], _I64)
 
 
 def rehome_history(db: Database, on_damage: OnDamage | None = None

@@ -116,13 +116,12 @@ def plan_root(root: Root, *, config: StartConfig | None = None) -> RootPlan:
     start = plan_start_repair(root.path, config=config)
     cleared = {(c.store, c.key) for c in start.changes if c.what == "record" and c.op == "delete-bucket"}
     start.close()
-    live: set[str] = set()
+    live: set[bytes] = set()           # record ids as stored: cache.db's result ids name them in bytes
     for w in root.workers:
         md_path = w.dir / "metadata_v2.db"
         md_plan, store = plan_metadata(str(md_path))
         rel = os.path.relpath(md_path, root.path)
-        # (the cache model the prune plans on keeps result ids as text: the records it may keep are named so)
-        live |= {rid.decode("utf-8", "replace") for rid in store.records if (rel, rid) not in cleared}
+        live |= {rec.key for rec in store.records.values() if (rel, rec.key) not in cleared}
         plan.stores.append(md_plan)
     cache = next((s for s in root.stores if s.kind == "cache.db"), None)
     if cache is not None:

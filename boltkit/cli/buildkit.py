@@ -1,7 +1,6 @@
 """`boltkit buildkit ...`: commands that understand BuildKit's stores."""
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import click
@@ -488,23 +487,21 @@ def prune(file, apply_, break_cycles, metadata_db, rehome, drop_unreachable, lis
         require_store(db, "cache.db")
     records = None
     if metadata_db is not None:
-        from ..buildkit.metadata import record_ids
+        from ..buildkit.metadata import record_keys
         with Database(metadata_db) as mdb:
-            records = record_ids(mdb)
+            records = record_keys(mdb)
     with progress(f"planning {file}", as_json=as_json) as p:
         plan = plan_file(file, break_cycles=break_cycles, records=records, rehome=rehome,
                          drop_unreachable=drop_unreachable, progress=p)
     changes = plan.changes
-    counts: dict[str, int] = {}
-    for c in changes:
-        counts[c.action] = counts.get(c.action, 0) + 1
+    counts = changes.actions()
     if as_json:
         for c in changes:
             emit_json(dict(type="change", **c.as_dict()))
     elif listing or len(changes) <= PLAN_ROWS:
         emit_table([_change_row(c) for c in changes], ["code", "action", "bucket", "key"], shrink=[2, 3])
     else:       # a fleet-size plan: hundreds of thousands of rows would bury the summary
-        kinds = Counter((c.code, c.action) for c in changes)
+        kinds = changes.counts()        # counted without building the rows
         emit_table([[code, action, n] for (code, action), n in sorted(kinds.items())], ["code", "action", "count"])
         click.echo(f"\nThe first {PLAN_ROWS} of {len(changes)} changes (--list shows every one):")
         emit_table([_change_row(c) for c in changes[:PLAN_ROWS]], ["code", "action", "bucket", "key"],

@@ -26,11 +26,12 @@ def readable_source(path: str, snapshot: bool):
     yield path
 
 
-def require_sound(path: str, meta: int | None = None, name: str | None = None, progress=None):
+def require_sound(path: str, meta: int | None = None, name: str | None = None, progress=None, on_leaves=None):
     """Raise CorruptionError unless ``path`` is structurally sound (the repairs that copy a tree need that);
     the check's report otherwise. ``name``: what to call the file in messages (the source, when ``path`` is a
-    snapshot of it); ``progress(done, total)``: pages checked, as check_file reports them."""
-    report = check_file(path, meta=meta, revert=False, progress=progress)
+    snapshot of it); ``progress(done, total)``: pages checked, as check_file reports them; ``on_leaves``: the
+    check pass's leaves (TreeScan), for a repair that reads the tree from them instead of reading it again."""
+    report = check_file(path, meta=meta, revert=False, progress=progress, on_leaves=on_leaves)
     path = name or path
     if not report.readable:
         raise CorruptionError(f"{path} cannot be read: {report.problems[0].message if report.problems else ''}; "
