@@ -393,7 +393,10 @@ def _result_checks(result: FsckResult, snapshot: bool, columns: dict) -> None:
         kind[ok] = 1
     else:
         for r, raw in zip(ok.tolist(), byte_strings(names.data, names.off[ok], names.length[ok])):
-            wid_b, ref = raw.split(b"::")    # the refID as the record's bytes
+            parts = raw.split(b"::")
+            if len(parts) != 2:     # the names changed under a live read since they were classified: the
+                continue            # unsettled run is retried, and judges nothing here meanwhile
+            wid_b, ref = parts       # the refID as the record's bytes
             wid = wid_b.decode("utf-8", "replace")     # (a worker id is read from a text file)
             if wid not in workers:
                 kind[r] = 1
@@ -406,7 +409,7 @@ def _result_checks(result: FsckResult, snapshot: bool, columns: dict) -> None:
     text = _Text(str_of)
 
     def make(code, kid, rid):
-        wid, ref = text[rid].split("::")
+        wid, _, ref = text[rid].partition("::")
         if code == "X1":
             return Problem("X1", f"result of worker {wid}, which this root does not have: released at next start",
                            file=f, path=(b"_result", names.bytes(kid)), key=names.bytes(rid))
