@@ -99,6 +99,15 @@ class _Collector:
         self.tolerant_pairs = 0
         self._cache: dict[tuple, _Bucket] = {(): self.root}
         self._view = memoryview(db.data)
+        self.progress: Progress | None = None     # (pages reached, pages in the file), every few hundred pages
+        self._ticks = 0
+
+    def tick(self) -> None:
+        """One more page visited: progress, as pages reached by the walks and the orphan scan so far."""
+        self._ticks += 1
+        if self.progress is not None and not self._ticks & 255:
+            total = self.db.pager.limit_pages
+            self.progress(min(len(self.reached), total), total)
 
     def value(self, start: int, end: int):
         """A value to keep: a copy when small, a view of the map when big (a 400 MB value is held once, by the
@@ -189,6 +198,7 @@ class _Collector:
         listed: set[int] = set()                  # pages a branch or a bucket header already names
 
         def on_page(bucket, node, depth, elems):
+            self.tick()
             if node.pgid:
                 at = node.base // self.db.page_size      # where it sits (a swapped page is not at its id)
                 self.reached.update(range(at, at + node.overflow + 1))
@@ -360,6 +370,7 @@ class _Collector:
         pg, pid, flags, count, _ = written_headers(self.db, 2, pager.limit_pages)
         leaf = (pid == pg.astype(np.uint64)) & (flags == PageFlag.LEAF) & (count > 0)
         for pgid in pg[leaf].tolist():
+            self.tick()
             if pgid in self.reached:
                 continue
             try:
@@ -404,7 +415,8 @@ class _Collector:
 _TREE_INTACT = {"B003", "B010", "B011", "B012", "B013", "B014", "B015", "B016", "B040", "B050"}
 
 # shares of one salvage's progress bar: the check of the source, the copy or the collection, the check of the output
-_CHECKED, _COPIED, _TOTAL = 350, 800, 1000
+# (the tolerant path: the walks and the orphan scan, then the writing, then the check of the output)
+_CHECKED, _COLLECTED, _COPIED, _TOTAL = 350, 700, 800, 1000
 
 
 def _sound(db: Database, progress: Progress | None):
@@ -500,6 +512,7 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, include_freed: bool 
                                        sound.pairs), report_path, progress)
     with db:
         col = _Collector(db)
+        col.progress = progress_part(progress, _CHECKED, _COLLECTED, _TOTAL)
         col.damage.extend(db.choice.warnings)
         # a meta slot holding no meta at all (overwritten, zeroed) may have held the newest transaction: when
         # the pages show a state later than the meta read (its tree reaches past that meta's high-water mark),
@@ -586,6 +599,8 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, include_freed: bool 
         if not col.pairs and not col.buckets and not empty_ok:
             raise SalvageRefused(f"nothing readable in {src}: no pair and no bucket could be recovered "
                                  f"({'; '.join(col.damage[:3]) or 'no tree'}); nothing was written")
+        if progress is not None:
+            progress(_COLLECTED, _TOTAL)
         writer = BoltWriter(dst, page_size=page_size or db.page_size)
         try:
             _write(writer, col.root)
@@ -631,17 +646,20 @@ def _verified(result: SalvageResult, report_path: str | None, progress: Progress
 
 
 def salvage_in_place(src: str, *, lost_found: bool = True, include_freed: bool = False,
-                     report_path: str | None = None) -> tuple[SalvageResult, Replaced | None]:
+                     report_path: str | None = None,
+                     progress: Progress | None = None) -> tuple[SalvageResult, Replaced | None]:
     """Salvage ``src`` into a new file beside it and, when that checks clean, swap it in through the one repair
     primitive (`replace.replace_file`: refused while a process holds ``src`` or its BuildKit root; the original
     kept as a unique backup; owner, mode and a symlink kept). The report goes beside the backup (or to
     ``report_path``). Returns the result and the replacement (None when the new file did not check clean: ``src``
     is untouched, the attempt is kept as ``result.dst`` with its report beside it). SalvageRefused (nothing
-    swapped) when the new file would hold fewer pairs than the tolerant read of ``src``."""
+    swapped) when the new file would hold fewer pairs than the tolerant read of ``src``. ``progress`` as for
+    `salvage`."""
     box: list[SalvageResult] = []
 
     def write(tmp: str) -> None:
-        box.append(salvage(src, tmp, lost_found=lost_found, include_freed=include_freed, report=False))
+        box.append(salvage(src, tmp, lost_found=lost_found, include_freed=include_freed, report=False,
+                           progress=progress))
 
     def verify(tmp: str) -> str | None:
         return None if box[-1].clean else "the salvaged file does not check clean"
