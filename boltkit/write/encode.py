@@ -57,6 +57,15 @@ class Run:
         return b"".join(bytes(buf[a:b]) for a, b in self.stretches())
 
     @classmethod
+    def packed(cls, runs: list["Run"]) -> "Run":
+        """One run over a new buffer holding the elements of ``runs`` (over different buffers), packed."""
+        flags = np.concatenate([r.flags for r in runs])
+        klen = np.concatenate([r.ke - r.ks for r in runs])
+        vlen = np.concatenate([r.ve - r.ke for r in runs])
+        ks = np.concatenate([[0], np.cumsum(klen + vlen)[:-1]]).astype(np.int64)
+        return cls(b"".join(r.data() for r in runs), flags, ks, ks + klen, ks + klen + vlen)
+
+    @classmethod
     def concat(cls, runs: list["Run"]) -> "Run":
         """One run from several over the same buffer."""
         return cls(runs[0].buf, *(np.concatenate([getattr(r, f) for r in runs]) for f in ("flags", "ks", "ke", "ve")))
