@@ -108,7 +108,7 @@ def _leaf_of(path: Path) -> tuple[int, int]:
     """(offset, size) of a leaf page of the tree of ``path`` (a page salvage has to read around once zeroed)."""
     from boltkit.storage import Database
     with Database(str(path)) as db:
-        for parent, child, item in db.tree.walk(db.root()):
+        for _, child, _ in db.tree.walk(db.root()):
             if child is not None and not child.inline:
                 for node, _ in db.tree.leaves(child):
                     return node.pgid * db.page_size, db.page_size
