@@ -198,6 +198,9 @@ def main() -> None:
     ap.add_argument("--skip", default=None, help="comma-separated rows to leave out")
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("BOLTKIT_BENCH_DATA", HERE / "data")),
                     help="where the generated files are kept (default benchmarks/data/, git-ignored)")
+    ap.add_argument("--scratch", type=Path, default=None,
+                    help="where the commands' outputs go, one directory per file (default: beside the data; give "
+                         "one of your own when others measure from the same data directory)")
     ap.add_argument("--oracle", type=Path, default=None, help="an oracle binary already built (default: build one)")
     ap.add_argument("--results", type=Path, default=None, help="where to keep the figures (default DATA/results.json)")
     ap.add_argument("--render", type=Path, nargs="+", default=None, metavar="RESULTS",
@@ -229,8 +232,8 @@ def main() -> None:
             subprocess.run([str(oracle), "gen", "-seed", "1", *gen_args, "-scale", str(scale), str(tmp)], check=True)
             tmp.rename(path)
         size = path.stat().st_size
-        scratch = data / f"scratch-{fname}"
-        scratch.mkdir(exist_ok=True)
+        scratch = (args.scratch or data) / f"scratch-{fname}"
+        scratch.mkdir(parents=True, exist_ok=True)
         clean_scratch(scratch)
         prepare_root(path, scratch)
         cmds = commands(oracle, path, scratch)

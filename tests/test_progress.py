@@ -102,3 +102,62 @@ def test_fsck_and_prune_draw_a_bar_and_quiet_or_json_silence_it(tmp_path, comman
         assert quiet[0] == 0 and b"%" not in quiet[2] and quiet[1] == out, args
     as_json = run_on_tty("buildkit", command, "--json", target, tmp_path=tmp_path)
     assert as_json[0] == 0 and b"%" not in as_json[2]
+
+
+def _leaf_of(path: Path) -> tuple[int, int]:
+    """(offset, size) of a leaf page of the tree of ``path`` (a page salvage has to read around once zeroed)."""
+    from boltkit.storage import Database
+    with Database(str(path)) as db:
+        for _, child, _ in db.tree.walk(db.root()):
+            if child is not None and not child.inline:
+                for node, _ in db.tree.leaves(child):
+                    return node.pgid * db.page_size, db.page_size
+    raise AssertionError("no paged bucket")
+
+
+@pytest.mark.parametrize("damaged", [False, True], ids=["sound", "damaged"])
+@pytest.mark.parametrize("in_place", [False, True], ids=["to-a-new-file", "in-place"])
+def test_salvage_draws_a_bar_and_quiet_or_json_silence_it(tmp_path, damaged, in_place):
+    """A sound source is copied in bulk, a damaged one walked tolerantly: both report their progress."""
+    import shutil
+    src = tmp_path / "cache.db"
+    shutil.copyfile(EXAMPLE, src)
+    if damaged:
+        at, size = _leaf_of(src)
+        with open(src, "r+b") as f:
+            f.seek(at)
+            f.write(bytes(size))
+
+    def args(*extra):
+        out = tmp_path / f"out{''.join(extra)}.db"
+        return ["salvage", str(src), *(["--in-place"] if in_place else ["-o", str(out)]), *extra]
+    code, out, shown = run_on_tty(*args(), tmp_path=tmp_path)
+    assert code == 0, shown
+    assert b"salvaging" in shown and b"100%" in shown and shown.endswith(b"\r\n")
+    assert b"salvaging" not in out and b"%|" not in out
+    for extra in (["-q"], ["--json"]):
+        if in_place:
+            shutil.copyfile(EXAMPLE, src)
+        code, out, shown = run_on_tty(*args(*extra), tmp_path=tmp_path)
+        assert code == 0 and b"%" not in shown and b"salvaging" not in shown, extra
+
+
+def test_buildkit_repair_draws_a_bar_and_quiet_or_json_silence_it(tmp_path):
+    """The replayed start (its releases), the stores written and verified; with --prune also the plan before."""
+    import shutil
+    from .conftest import CORPUS
+    # with --prune, the plan releases what the start would, so the replay that follows has nothing to release
+    for args, labels in ((["--apply"], [b"replaying the start", b"repairing"]),
+                         (["--apply", "--prune"], [b"planning", b"repairing"])):
+        root = tmp_path / ("root" + "".join(args))
+        shutil.copytree(CORPUS / "daemon1-overlayfs" / "01-after-30-builds", root)
+        code, out, shown = run_on_tty("buildkit", "repair", *args, str(root), tmp_path=tmp_path)
+        assert code == 0, shown
+        assert all(label in shown for label in labels) and b"100%" in shown and shown.endswith(b"\r\n"), args
+        assert b"%" not in out and b"applied" in out
+    for quiet in (["-q"], ["--json"]):
+        root = tmp_path / ("quiet" + quiet[0])
+        shutil.copytree(CORPUS / "daemon1-overlayfs" / "01-after-30-builds", root)
+        code, out, shown = run_on_tty("buildkit", "repair", "--apply", "--prune", *quiet, str(root),
+                                      tmp_path=tmp_path)
+        assert code == 0 and b"%" not in shown and b"repairing" not in shown, quiet

@@ -35,7 +35,10 @@ class PreenResult:
     steps: list[PreenStep] = field(default_factory=list)
 
 
-def preen_root(root: str, *, config: StartConfig | None = None) -> PreenResult:
+def preen_root(root: str, *, config: StartConfig | None = None, progress=None) -> PreenResult:
+    """``progress(done, total)``: the stores checked, the damaged ones salvaged, the tidy-up, the start replayed
+    and applied, each a share of one bar."""
+    from ..check.checker import progress_part
     from ..repair.replace import InUse, refuse_if_held
     from ..repair.salvage import salvage_in_place
     found = discover(root)
@@ -43,7 +46,7 @@ def preen_root(root: str, *, config: StartConfig | None = None) -> PreenResult:
     try:
         refuse_if_held([str(s.path) for s in found.stores] + ([str(found.lock)] if found.lock is not None else []))
         from .fsck import fsck_root
-        first = fsck_root(str(found.path), simulate=False)
+        first = fsck_root(str(found.path), simulate=False, progress=progress_part(progress, 0, 300, 1000))
         errors = False
         for s in found.stores:
             rel = os.path.relpath(s.path, found.path)
@@ -54,7 +57,8 @@ def preen_root(root: str, *, config: StartConfig | None = None) -> PreenResult:
             else:
                 errors |= any(p.severity.value == "error" for p in first.reports[str(s.path)].problems)
                 continue
-            res, done = salvage_in_place(str(s.path))        # which writes its report beside the backup
+            # which writes its report beside the backup
+            res, done = salvage_in_place(str(s.path), progress=progress_part(progress, 300, 500, 1000))
             if done is None:
                 raise PreenError(f"{rel}: the salvaged copy did not verify; {rel} is untouched (the attempt is "
                                  f"{res.dst})")
@@ -66,19 +70,21 @@ def preen_root(root: str, *, config: StartConfig | None = None) -> PreenResult:
             # lost+found) and entries of the wrong shape (poison link keys): put back and tidy, before the start
             # is replayed on the result
             from .repair import apply_root, plan_root
-            tidy = plan_root(discover(found.path), config=config)
+            tidy = plan_root(discover(found.path), config=config, progress=progress_part(progress, 500, 650, 1000))
             if tidy.changes:
-                for store, backup in apply_root(tidy):      # a report per store beside its backup
+                # a report per store beside its backup
+                for store, backup in apply_root(tidy, progress_part(progress, 650, 700, 1000)):
                     result.steps.append(PreenStep(os.path.relpath(store, found.path), "rehome", backup,
                                                   {"changes": sum(1 for path, _ in tidy.changes if path == store)}))
-        rep = plan_start_repair(found.path, config=config)
+        rep = plan_start_repair(found.path, config=config, progress=progress_part(progress, 700, 900, 1000))
         if rep.blocked is not None:
             rep.close()
             raise PreenError(rep.blocked)
         if not rep.changes:
             rep.close()
             return result
-        backups = apply_start_repair(rep, {"operation": "buildkit fsck --repair"})   # a report per store
+        backups = apply_start_repair(rep, {"operation": "buildkit fsck --repair"},    # a report per store
+                                     progress=progress_part(progress, 900, 1000, 1000))
         for rel, backup in backups:
             result.steps.append(PreenStep(rel, "repair", backup, {"changes": sum(1 for c in rep.changes
                                                                                  if c.store == rel)}))

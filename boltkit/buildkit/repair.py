@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..check.checker import Progress, progress_part
 from ..repair.preflight import require_sound
 from ..storage import Database
 from .metadata import MetadataStore, index_ref, load_metadata_store
@@ -105,15 +106,19 @@ class RootPlan:
         return out
 
 
-def plan_root(root: Root, *, config: StartConfig | None = None) -> RootPlan:
+def plan_root(root: Root, *, config: StartConfig | None = None, progress: Progress | None = None) -> RootPlan:
     """Refuse structurally damaged stores (salvage first), then plan each worker's metadata fixes and the cache.db
     prune that releases the results whose records are gone, or go at the start the repair then applies (the
     start model says which: the prune sees the records as the start leaves them, so the dead chains their
-    results held up go too, and the start that follows has nothing left to release)."""
-    for s in root.stores:
-        require_sound(str(s.path))
+    results held up go too, and the start that follows has nothing left to release). ``progress(done, total)``:
+    the stores checked (by size), the start replayed, cache.db's prune planned."""
+    sizes = [max(os.path.getsize(s.path), 1) if os.path.exists(s.path) else 1 for s in root.stores]
+    total, done = 3 * sum(sizes), 0
+    for s, size in zip(root.stores, sizes):
+        require_sound(str(s.path), progress=progress_part(progress, done, done + size, total))
+        done += size
     plan = RootPlan(root, [])
-    start = plan_start_repair(root.path, config=config)
+    start = plan_start_repair(root.path, config=config, progress=progress_part(progress, done, 2 * done, total))
     cleared = {(c.store, c.key) for c in start.changes if c.what == "record" and c.op == "delete-bucket"}
     start.close()
     live: set[bytes] = set()           # record ids as stored: cache.db's result ids name them in bytes
@@ -125,7 +130,8 @@ def plan_root(root: Root, *, config: StartConfig | None = None) -> RootPlan:
         plan.stores.append(md_plan)
     cache = next((s for s in root.stores if s.kind == "cache.db"), None)
     if cache is not None:
-        plan.cache = plan_file(str(cache.path), records=live if root.workers else None, rehome=True, preflight=False)
+        plan.cache = plan_file(str(cache.path), records=live if root.workers else None, rehome=True, preflight=False,
+                               progress=progress_part(progress, 2 * done, total, total))
     history = next((s for s in root.stores if s.kind == "history.db"), None)
     if history is not None:
         with Database(str(history.path)) as db:
@@ -133,6 +139,8 @@ def plan_root(root: Root, *, config: StartConfig | None = None) -> RootPlan:
         plan.history_path = str(history.path)
         plan.history_changes = [Change("H3", "rehome" if k in plan.history_found else "drop-copy", tuple(path), k)
                                 for path, k in sorted(plan.history_where)]
+    if progress is not None:
+        progress(total, total)
     return plan
 
 
@@ -143,25 +151,33 @@ def written_stores(plan: RootPlan) -> list[str]:
         ([plan.history_path] if plan.history_changes and plan.history_path is not None else [])
 
 
-def apply_root(plan: RootPlan) -> list[tuple[str, str]]:
+def apply_root(plan: RootPlan, progress: Progress | None = None) -> list[tuple[str, str]]:
     """Apply a root plan: refused before any write when the root's lock or any store it writes is held; then every
     store is written beside itself and verified, and only when all verified are they swapped in, each with a
-    report of its own changes beside its backup. Returns (store, backup) pairs, as `apply_start_repair` does."""
+    report of its own changes beside its backup. Returns (store, backup) pairs, as `apply_start_repair` does.
+    ``progress(done, total)``: the stores written and verified."""
     from ..repair.replace import refuse_if_held, signals_deferred
     stores = written_stores(plan)
     refuse_if_held(stores + ([str(plan.root.lock)] if plan.root.lock is not None else []))
     extra = {"root": str(plan.root.path)}
-    prepared = []
+    prepared: list = []
+
+    def step() -> None:
+        if progress is not None:
+            progress(len(prepared), len(stores))
     try:
         for p in plan.stores:
             if p.changes:
                 prepared.append((p.path, prepare_plan(p), _store_report(p.path, p.changes, extra)))
+                step()
         if plan.cache is not None and plan.cache.changes:
             prepared.append((plan.cache.path, prepare_prune(plan.cache), prune_report(plan.cache, extra)))
+            step()
         if plan.history_changes and plan.history_path is not None:
             prepared.append((plan.history_path,
                              prepare_history(plan.history_path, plan.history_found, plan.history_where),
                              _store_report(plan.history_path, plan.history_changes, extra)))
+            step()
     except BaseException:
         for _, pr, _ in prepared:
             pr.discard()
@@ -220,13 +236,16 @@ class StartRepair:
 
 
 def plan_start_repair(root: str | os.PathLike, *, config: StartConfig | None = None, start_only: bool = False,
-                      now=None) -> StartRepair:
+                      now=None, progress: Progress | None = None) -> StartRepair:
     """The default repair's plan: fixes until the replayed start no longer refuses or crashes (or a cause
-    only salvage can fix), then the start's own changes. ``start_only``: no fixes, exactly what a start does."""
+    only salvage can fix), then the start's own changes. ``start_only``: no fixes, exactly what a start does.
+    ``progress(done, total)``: the results the replayed start releases (of the last replay, when a fix needs
+    another)."""
     fixes: list[Fix] = []
     found = discover(root)
     while True:
-        plan = simulate_start(found.path, config=config, now=now, fixes=tuple(fixes), until_stable=not start_only)
+        plan = simulate_start(found.path, config=config, now=now, fixes=tuple(fixes), until_stable=not start_only,
+                              progress=progress)
         if plan.starts or start_only or plan.cause not in (Cause.BAD_VALUE, Cause.PARENT_CYCLE) \
                 or len(fixes) > 10000:
             return StartRepair(found.path, tuple(fixes), plan, start_only)
@@ -235,11 +254,12 @@ def plan_start_repair(root: str | os.PathLike, *, config: StartConfig | None = N
         close_plan(plan)
 
 
-def apply_start_repair(rep: StartRepair, report: dict | None = None) -> list[tuple[str, str]]:
+def apply_start_repair(rep: StartRepair, report: dict | None = None,
+                       progress: Progress | None = None) -> list[tuple[str, str]]:
     """Write every store the repair changes beside itself and verify it; only when all verified are they swapped
     in (the one repair primitive, each with a report of its own beside its backup). Returns (store, backup) pairs.
     Every store, and the root's lock, is checked for holders before the first write, so a root is never half
-    repaired."""
+    repaired. ``progress(done, total)``: the stores written, then each verified (by its check's pages)."""
     from ..check import check_file
     from ..errors import BoltkitError
     from ..repair.apply import write_overlay
@@ -252,15 +272,23 @@ def apply_start_repair(rep: StartRepair, report: dict | None = None) -> list[tup
     lock = rep.root / "buildkitd.lock"
     refuse_if_held([str(rep.root / rel) for rel, _ in changed] + ([str(lock)] if os.path.lexists(lock) else []))
 
-    def verify(new: str) -> str | None:
-        checked = check_file(new, revert=False)
-        return None if checked.clean else (checked.problems[0].message if checked.problems else "not clean")
-    def writer(ov):
-        return lambda new: write_overlay(ov, new)
+    def verifier(i: int):
+        def verify(new: str) -> str | None:    # the second half of the store's share: its check
+            share = progress_part(progress, 1000 * i + 500, 1000 * i + 1000, 1000 * len(changed))
+            checked = check_file(new, revert=False, progress=share)
+            return None if checked.clean else (checked.problems[0].message if checked.problems else "not clean")
+        return verify
+
+    def writer(i: int, ov):
+        def write(new: str) -> None:
+            write_overlay(ov, new)
+            if progress is not None:
+                progress(1000 * i + 500, 1000 * len(changed))
+        return write
     prepared = []
     try:
-        for rel, ov in changed:
-            prepared.append((rel, prepare(str(rep.root / rel), writer(ov), verify)))
+        for i, (rel, ov) in enumerate(changed):
+            prepared.append((rel, prepare(str(rep.root / rel), writer(i, ov), verifier(i))))
     except BaseException:
         for _, pr in prepared:
             pr.discard()

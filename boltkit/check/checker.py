@@ -107,6 +107,17 @@ def _check_once(path, meta, quick, revert, snapshot, progress, on_leaves) -> tup
     return report, settled
 
 
+def check_database(db: Database, progress: Progress | None = None) -> CheckReport:
+    """The structural check of a file already open (``db``, under the meta it was opened with), without the revert
+    candidate: for a command that reads the file anyway and wants to know first whether it is sound (salvage)."""
+    report = CheckReport(file=db.path)
+    report.warnings = list(db.warnings)
+    _check_open(db, report, False, progress)
+    if db.meta.rebuilt and db.meta.root == 0:
+        report.readable = False
+    return report
+
+
 def _check_open(db: Database, report: CheckReport, quick: bool, progress: Progress | None, on_leaves=None) -> None:
     report.meta_index = db.meta.index
     report.txid = db.meta.txid
@@ -296,4 +307,4 @@ def _revert_candidate(db: Database, quick: bool) -> dict | None:
             "errors": errors, "warnings": warnings, "codes": sub.counts()}
 
 
-__all__ = ["check_file", "CheckReport", "decode_meta"]
+__all__ = ["check_file", "check_database", "CheckReport", "decode_meta"]

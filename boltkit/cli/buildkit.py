@@ -385,7 +385,8 @@ def fsck(root, jobs, max_errors, snapshot, config_path, strict, preen, listing, 
     if preen:
         from ..buildkit.preen import preen_root
         try:
-            repaired = preen_root(str(found.path), config=config)
+            with progress(f"repairing {root}", as_json=as_json) as p:
+                repaired = preen_root(str(found.path), config=config, progress=p)
         except BoltkitError as e:
             click.echo(f"Error: --repair: {e}", err=True)
             raise SystemExit(EXIT_UNREADABLE | getattr(e, "exit_bits", 0)) from None
@@ -715,6 +716,7 @@ def du(target, sort, record_type, older_than, as_json, config_path, at):
 @click.option("--list", "listing", is_flag=True, help="Every change, not only the counts by kind.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per change, then a summary.")
 @wide_option
+@quiet_option
 @settled_reads(over="root", unless=lambda kw: kw["apply_"])
 def repair(root, apply_, start_only, prune_more, config_path, listing, as_json):
     """Repair a whole BuildKit root so buildkitd starts cleanly (dry run by default; stop buildkitd first).
@@ -745,7 +747,8 @@ def repair(root, apply_, start_only, prune_more, config_path, listing, as_json):
     if prune_more:
         # first what only --prune does (ids back where BuildKit looks, poison entries, ghosts), so the start
         # that follows is replayed on the result and the root ends where a start changes nothing
-        more = plan_root(found, config=config)
+        with progress(f"planning {root}", as_json=as_json) as p:
+            more = plan_root(found, config=config, progress=p)
         extra = more.changes
         if as_json:
             for path, c in extra:
@@ -755,8 +758,10 @@ def repair(root, apply_, start_only, prune_more, config_path, listing, as_json):
                         for p, c in extra], ["store", "code", "action", "bucket", "key"], shrink=[0, 3, 4])
             click.echo()
         if apply_ and extra:
-            backups += [b for _, b in apply_root(more)]     # each store's report is written beside its backup
-    rep = plan_start_repair(found.path, config=config, start_only=start_only)
+            with progress(f"repairing {root}", as_json=as_json) as p:     # each store's report beside its backup
+                backups += [b for _, b in apply_root(more, progress=p)]
+    with progress(f"replaying the start of {root}", as_json=as_json) as p:
+        rep = plan_start_repair(found.path, config=config, start_only=start_only, progress=p)
     blocked = rep.blocked
     changes = rep.changes
     if as_json:
@@ -765,7 +770,8 @@ def repair(root, apply_, start_only, prune_more, config_path, listing, as_json):
     elif changes or blocked:
         echo_plan(rep.start, listing=listing)
     if apply_ and changes and blocked is None:
-        backups += [b for _, b in apply_start_repair(rep)]     # InUse: exit 8, through the group's handler
+        with progress(f"repairing {root}", as_json=as_json) as p:     # InUse: exit 8, through the group's handler
+            backups += [b for _, b in apply_start_repair(rep, progress=p)]
     else:
         rep.close()
     total = len(changes) + len(extra)

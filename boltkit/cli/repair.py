@@ -77,6 +77,7 @@ def compact(src, dst, page_size, fill_percent, no_freelist, meta, snapshot, as_j
                    "only keys the recovered tree lacks, and lost+found is scanned only when the tree is damaged.")
 @_snapshot
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@quiet_option
 def salvage(src, dst, in_place, report_path, no_lost_found, include_freed, snapshot, as_json):
     """Recover everything recoverable from a damaged SRC into a new, valid file.
 
@@ -104,13 +105,14 @@ def salvage(src, dst, in_place, report_path, no_lost_found, include_freed, snaps
         raise click.UsageError("--snapshot reads a copy of a file a writer holds; --in-place needs the writer gone")
     destinations(dst)      # before the salvage pass: a bad path costs nothing and leaves nothing behind
     destinations(report_path, replace=True)
-    if in_place:
-        result, done = salvage_in_place(src, lost_found=not no_lost_found, include_freed=include_freed,
-                                        report_path=report_path)
-        backup = done.backup if done else None
-    else:
-        result, backup = salvage_file(src, dst, lost_found=not no_lost_found, include_freed=include_freed,
-                                      snapshot=snapshot, report=report_path or True), None
+    with progress(f"salvaging {src}", as_json=as_json) as p:
+        if in_place:
+            result, done = salvage_in_place(src, lost_found=not no_lost_found, include_freed=include_freed,
+                                            report_path=report_path, progress=p)
+            backup = done.backup if done else None
+        else:
+            result, backup = salvage_file(src, dst, lost_found=not no_lost_found, include_freed=include_freed,
+                                          snapshot=snapshot, report=report_path or True, progress=p), None
     report_path = result.report_path
     if as_json:
         emit_json(dict(type="salvage", **result.report()))

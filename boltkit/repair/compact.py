@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..check.checker import progress_part
 from ..storage.gather import Gather
 from ..storage.levels import Leaves, as_i64, leaves_in_key_order, release_windows
 from ..storage.pages import Node
@@ -107,10 +108,9 @@ class _Copier:
 
     def _batch(self, leaves: Leaves, owner: np.ndarray):
         data, u8 = self.db.data, self.u8
-        if self.progress is not None:      # the check was the first half of the work, the copy is the second
+        if self.progress is not None:      # leaf pages copied, against the pages the check found reachable
             self.seen += int(leaves.pgid.size)
-            hwm = self.db.pager.limit_pages
-            self.progress(hwm + min(self.seen * hwm // self.pages, hwm), 2 * hwm)
+            self.progress(min(self.seen, self.pages), self.pages)
         flags, ks, ke, ve, node = self._elements(leaves, owner)
         isb = np.flatnonzero(flags & BUCKET_LEAF_FLAG)
         special = isb[:0]
@@ -166,11 +166,13 @@ def compact(src: str, dst: str, *, page_size: int | None = None, fill_percent: f
 
 def _compact(src, path, dst, page_size, fill_percent, freelist, meta, progress) -> CompactResult:
     report = require_sound(path, meta, name=src,
-                           progress=None if progress is None else lambda d, t: progress(d, 2 * t))
+                           progress=progress_part(progress, 0, 500, 1000))
     with Database(path, meta=meta, refuse_held=True) as db:
         writer = BoltWriter(dst, page_size=page_size or db.page_size, fill_percent=fill_percent, freelist=freelist)
         try:
-            copier = _Copier(db, writer, progress, report.pages_reachable or db.pager.limit_pages)
+            # the check was the first half of the work, the copy is the second
+            copier = _Copier(db, writer, progress_part(progress, 500, 1000, 1000),
+                             report.pages_reachable or db.pager.limit_pages)
             copier.run()
             writer.close()
             # the copy gets the source's permission bits, as `bbolt compact` opens it with the source's mode

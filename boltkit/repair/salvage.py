@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..check import check_file
+from ..check import Severity, check_file
+from ..check.checker import Progress, check_database, progress_part
 from ..errors import CorruptionError, OutputExists, SalvageRefused
 from ..schemas import BUCKET_LEAF_FLAG, PageFlag
 from ..storage import Database, Item, Pager, Tree
@@ -24,6 +25,7 @@ from ..storage.pages import pages_in
 from ..storage.rebuild import newer_state
 from ..write import BoltWriter
 from ..write.destination import output_error
+from .compact import _Copier
 from .replace import NotVerified, Replaced, check_report_path, replace_file, write_report
 
 LOST_FOUND = b"lost+found"
@@ -97,6 +99,15 @@ class _Collector:
         self.tolerant_pairs = 0
         self._cache: dict[tuple, _Bucket] = {(): self.root}
         self._view = memoryview(db.data)
+        self.progress: Progress | None = None     # (pages reached, pages in the file), every few hundred pages
+        self._ticks = 0
+
+    def tick(self) -> None:
+        """One more page visited: progress, as pages reached by the walks and the orphan scan so far."""
+        self._ticks += 1
+        if self.progress is not None and not self._ticks & 255:
+            total = self.db.pager.limit_pages
+            self.progress(min(len(self.reached), total), total)
 
     def value(self, start: int, end: int):
         """A value to keep: a copy when small, a view of the map when big (a 400 MB value is held once, by the
@@ -187,6 +198,7 @@ class _Collector:
         listed: set[int] = set()                  # pages a branch or a bucket header already names
 
         def on_page(bucket, node, depth, elems):
+            self.tick()
             if node.pgid:
                 at = node.base // self.db.page_size      # where it sits (a swapped page is not at its id)
                 self.reached.update(range(at, at + node.overflow + 1))
@@ -358,6 +370,7 @@ class _Collector:
         pg, pid, flags, count, _ = written_headers(self.db, 2, pager.limit_pages)
         leaf = (pid == pg.astype(np.uint64)) & (flags == PageFlag.LEAF) & (count > 0)
         for pgid in pg[leaf].tolist():
+            self.tick()
             if pgid in self.reached:
                 continue
             try:
@@ -397,6 +410,42 @@ class _Collector:
         return found
 
 
+# what a sound tree may carry and still be copied in bulk: problems of the metas' agreement, the freelist and
+# leaked pages change nothing the live tree holds, and on an intact tree salvage takes nothing but that tree
+_TREE_INTACT = {"B003", "B010", "B011", "B012", "B013", "B014", "B015", "B016", "B040", "B050"}
+
+# shares of one salvage's progress bar: the check of the source, the copy or the collection, the check of the output
+# (the tolerant path: the walks and the orphan scan, then the writing, then the check of the output)
+_CHECKED, _COLLECTED, _COPIED, _TOTAL = 350, 700, 800, 1000
+
+
+def _sound(db: Database, progress: Progress | None):
+    """The check report of ``db`` when its live tree is intact and bbolt reads it as boltkit does; else None.
+
+    Such a tree is all salvage takes from a file (#11: on a sound file the output's dump equals the input's,
+    without lost+found; the other meta and freed pages are read only where the live tree is damaged), so it is
+    copied as `compact` copies it, in bulk. Anything the tolerant walk would doubt (keys out of order or outside
+    their branch's range, a page named twice, a plain key at the root, unknown flag bits) is a problem here, and
+    sends the file down the tolerant path."""
+    if db.choice.rung != "bbolt" or db.warnings or any(m is None or not m.valid for m in db.metas):
+        return None
+    report = check_database(db, progress)
+    if not report.readable:
+        return None
+    bad = [c for c, n in report.counts().items() if n and c not in _TREE_INTACT]
+    if any(p.severity != Severity.INFO for p in report.problems.select(lambda c: c in bad)):
+        return None
+    return report
+
+
+def _copy_sound(db: Database, writer: BoltWriter, pages: int, progress: Progress | None) -> tuple[int, int]:
+    """Copy the live tree of a sound ``db`` (see `_sound`) into ``writer``: runs of leaf elements and inline
+    buckets as they are, as `compact` does. Returns (buckets, pairs) copied."""
+    copier = _Copier(db, writer, progress, pages)
+    copier.run()
+    return copier.buckets, copier.pairs
+
+
 def _write(writer: BoltWriter, bucket: _Bucket) -> None:
     """Depth-first in key order, with an explicit stack (no recursion limit on deep trees)."""
     stack = [iter(sorted(bucket.values.items()))]
@@ -429,7 +478,8 @@ def _key_index(bucket: _Bucket) -> set[bytes]:
 
 
 def salvage(src: str, dst: str, *, lost_found: bool = True, include_freed: bool = False,
-            page_size: int | None = None, snapshot: bool = False, report: str | bool = True) -> SalvageResult:
+            page_size: int | None = None, snapshot: bool = False, report: str | bool = True,
+            progress: Progress | None = None) -> SalvageResult:
     """Salvage ``src`` into the new file ``dst``. Raises SalvageRefused (and leaves no ``dst``) when the
     output would hold fewer pairs than the tolerant read of ``src``, or nothing from a damaged file.
 
@@ -439,15 +489,30 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, include_freed: bool 
     the recovered tree does not have anywhere; ``include_freed`` takes every freed pair.
 
     The JSON report goes to ``report`` when it is a path, beside ``dst`` as `DST.report.json` when True, nowhere
-    when False. A source a writer holds is refused (InUse) unless ``snapshot``: then a consistent copy is read."""
+    when False. A source a writer holds is refused (InUse) unless ``snapshot``: then a consistent copy is read.
+    ``progress(done, total)``: the work so far, in shares of the whole (check, copy or collection, verification)."""
     if os.path.exists(dst):
         raise OutputExists(f"{dst} already exists; refusing to overwrite it")
     report_path = (dst + ".report.json") if report is True else (report or None)
     if report_path is not None:
         check_report_path(report_path)
     db = Database(src, snapshot=snapshot, refuse_held=True, zero_past_end=False)
+    try:
+        sound = None if lost_found and include_freed else _sound(db, progress_part(progress, 0, _CHECKED, _TOTAL))
+        if sound is not None:
+            buckets, pairs = _salvage_sound(db, dst, page_size or db.page_size, sound.pages_reachable,
+                                            progress_part(progress, _CHECKED, _COPIED, _TOTAL))
+            primary = f"{db.meta.label} (txid {db.meta.txid})"
+    except BaseException:
+        db.close()
+        raise
+    if sound is not None:
+        db.close()
+        return _verified(SalvageResult(src, dst, {primary: pairs} if pairs else {}, buckets, [], [], False,
+                                       sound.pairs), report_path, progress)
     with db:
         col = _Collector(db)
+        col.progress = progress_part(progress, _CHECKED, _COLLECTED, _TOTAL)
         col.damage.extend(db.choice.warnings)
         # a meta slot holding no meta at all (overwritten, zeroed) may have held the newest transaction: when
         # the pages show a state later than the meta read (its tree reaches past that meta's high-water mark),
@@ -534,6 +599,8 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, include_freed: bool 
         if not col.pairs and not col.buckets and not empty_ok:
             raise SalvageRefused(f"nothing readable in {src}: no pair and no bucket could be recovered "
                                  f"({'; '.join(col.damage[:3]) or 'no tree'}); nothing was written")
+        if progress is not None:
+            progress(_COLLECTED, _TOTAL)
         writer = BoltWriter(dst, page_size=page_size or db.page_size)
         try:
             _write(writer, col.root)
@@ -545,30 +612,54 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, include_freed: bool 
             raise
         finally:
             col.release()
-    checked = check_file(dst, revert=False)       # one pass over the new file: its check and its pair count
-    got = checked.pairs
-    if got < expected:
-        os.unlink(dst)
-        raise SalvageRefused(f"the salvaged file would hold {got} pairs, fewer than the {expected} that a tolerant "
-                             f"read of {src} gives; nothing was written")
-    result = SalvageResult(src, dst, col.pairs, col.buckets, col.damage, orphan_pages, checked.clean, expected, got)
+    return _verified(SalvageResult(src, dst, col.pairs, col.buckets, col.damage, orphan_pages, False, expected),
+                     report_path, progress)
+
+
+def _salvage_sound(db: Database, dst: str, page_size: int, pages: int,
+                   progress: Progress | None) -> tuple[int, int]:
+    """Write the live tree of a sound ``db`` to ``dst`` in bulk (`_copy_sound`); (buckets, pairs) written."""
+    writer = BoltWriter(dst, page_size=page_size)
+    try:
+        buckets, pairs = _copy_sound(db, writer, pages or db.pager.limit_pages, progress)
+        writer.close()
+    except BaseException as e:
+        writer.abort()
+        if isinstance(e, OSError):      # a full disk, a file size limit: said of the file being written
+            raise output_error(dst, e) from None
+        raise
+    return buckets, pairs
+
+
+def _verified(result: SalvageResult, report_path: str | None, progress: Progress | None) -> SalvageResult:
+    """The written file read back, before anyone may swap it in: its check and its pair count, refused (and
+    removed) when it holds fewer pairs than the tolerant read of the source (``result.input_pairs``)."""
+    checked = check_file(result.dst, revert=False, progress=progress_part(progress, _COPIED, _TOTAL, _TOTAL))
+    result.output_pairs, result.clean = checked.pairs, checked.clean
+    if result.output_pairs < result.input_pairs:
+        os.unlink(result.dst)
+        raise SalvageRefused(f"the salvaged file would hold {result.output_pairs} pairs, fewer than the "
+                             f"{result.input_pairs} that a tolerant read of {result.src} gives; nothing was written")
     if report_path is not None:
         result.report_path = write_report(report_path, result.report())
     return result
 
 
 def salvage_in_place(src: str, *, lost_found: bool = True, include_freed: bool = False,
-                     report_path: str | None = None) -> tuple[SalvageResult, Replaced | None]:
+                     report_path: str | None = None,
+                     progress: Progress | None = None) -> tuple[SalvageResult, Replaced | None]:
     """Salvage ``src`` into a new file beside it and, when that checks clean, swap it in through the one repair
     primitive (`replace.replace_file`: refused while a process holds ``src`` or its BuildKit root; the original
     kept as a unique backup; owner, mode and a symlink kept). The report goes beside the backup (or to
     ``report_path``). Returns the result and the replacement (None when the new file did not check clean: ``src``
     is untouched, the attempt is kept as ``result.dst`` with its report beside it). SalvageRefused (nothing
-    swapped) when the new file would hold fewer pairs than the tolerant read of ``src``."""
+    swapped) when the new file would hold fewer pairs than the tolerant read of ``src``. ``progress`` as for
+    `salvage`."""
     box: list[SalvageResult] = []
 
     def write(tmp: str) -> None:
-        box.append(salvage(src, tmp, lost_found=lost_found, include_freed=include_freed, report=False))
+        box.append(salvage(src, tmp, lost_found=lost_found, include_freed=include_freed, report=False,
+                           progress=progress))
 
     def verify(tmp: str) -> str | None:
         return None if box[-1].clean else "the salvaged file does not check clean"

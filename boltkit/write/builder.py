@@ -15,6 +15,8 @@ from ..schemas import BUCKET_LEAF_FLAG, ELEMENT_SIZE, PAGE_HEADER_SIZE
 from .encode import (LARGE, Run, bucket_value, encode_alone, encode_branch, encode_leaf, encode_leaf_pairs,
                      encode_leaves, pages_for)
 
+PACK_LIMIT = 16 << 20     # bytes of runs over different buffers copied into one before a flush (huge values: not)
+
 
 class PageSink:
     """Allocates page ids in order and writes pages at their offsets (a sequential stream)."""
@@ -136,9 +138,13 @@ class BucketBuilder:
             return
         if not self.runs:
             return
+        if len(self.runs) > 1 and any(r.buf is not self.runs[0].buf for r in self.runs):
+            if sum(int((r.ve - r.ks).sum()) for r in self.runs) > PACK_LIMIT:
+                return self._flush_leaves_one_by_one(final)
+            # a put among copied runs (a sub-bucket's value between runs of its parent's leaves): copying a few
+            # pages' bytes into one buffer keeps the flush on the batch path, instead of a page at a time
+            self.runs = [Run.packed(self.runs)]
         run = Run.concat(self.runs) if len(self.runs) > 1 else self.runs[0]
-        if len(self.runs) > 1 and any(r.buf is not run.buf for r in self.runs):
-            return self._flush_leaves_one_by_one(final)
         # greedy cuts: as many elements per page as fit under the fill threshold (at least one)
         cum = np.concatenate([[0], np.cumsum(run.sizes())])
         room = self.threshold - PAGE_HEADER_SIZE

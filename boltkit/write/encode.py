@@ -57,6 +57,15 @@ class Run:
         return b"".join(bytes(buf[a:b]) for a, b in self.stretches())
 
     @classmethod
+    def packed(cls, runs: list["Run"]) -> "Run":
+        """One run over a new buffer holding the elements of ``runs`` (over different buffers), packed."""
+        flags = np.concatenate([r.flags for r in runs])
+        klen = np.concatenate([r.ke - r.ks for r in runs])
+        vlen = np.concatenate([r.ve - r.ke for r in runs])
+        ks = np.concatenate([[0], np.cumsum(klen + vlen)[:-1]]).astype(np.int64)
+        return cls(b"".join(r.data() for r in runs), flags, ks, ks + klen, ks + klen + vlen)
+
+    @classmethod
     def concat(cls, runs: list["Run"]) -> "Run":
         """One run from several over the same buffer."""
         return cls(runs[0].buf, *(np.concatenate([getattr(r, f) for r in runs]) for f in ("flags", "ks", "ke", "ve")))
@@ -125,6 +134,8 @@ def encode_leaves(run: Run, cuts: list[tuple[int, int]], pgids: list[int], page_
     raw = table.tobytes()
     sizes = PAGE_HEADER_SIZE + ELEMENT_SIZE * counts + (cum[starts + counts] - cum[starts])
     npages = -(-sizes // page_size)
+    if not ((run.ve - run.ks) >= LARGE).any():
+        return [_small_leaves(run, cuts, pgids, raw, cum, npages, page_size)]
     parts: list = []
     view = memoryview(run.buf)
     blob = bytearray(_small_bytes(run, cuts, npages, page_size))
@@ -151,6 +162,27 @@ def encode_leaves(run: Run, cuts: list[tuple[int, int]], pgids: list[int], page_
         off = page_start + int(npages[k]) * page_size - streamed     # the zero tail stays in ``blob``
     parts.append(bv[done:off])
     return [p for p in parts if len(p)]
+
+
+def _small_leaves(run: Run, cuts: list[tuple[int, int]], pgids: list[int], raw: bytes, cum: np.ndarray,
+                  npages: np.ndarray, page_size: int) -> bytearray:
+    """encode_leaves' pages when no stretch is large: the keys and values packed once for the whole run (one
+    slice per stretch contiguous in the source), then each page is a header, its slice of the element table and
+    its slice of those bytes: no array work per page."""
+    data = memoryview(run.data())
+    blob = bytearray(int(npages.sum()) * page_size)
+    pack = PAGE_HEADER.struct.pack
+    starts = cum.tolist()
+    pages = npages.tolist()
+    off = 0
+    for k, (a, b) in enumerate(cuts):
+        blob[off:off + PAGE_HEADER_SIZE] = pack(pgids[k], PageFlag.LEAF, b - a, pages[k] - 1)
+        t = off + PAGE_HEADER_SIZE
+        blob[t:t + ELEMENT_SIZE * (b - a)] = raw[ELEMENT_SIZE * a:ELEMENT_SIZE * b]
+        t += ELEMENT_SIZE * (b - a)
+        blob[t:t + starts[b] - starts[a]] = data[starts[a]:starts[b]]
+        off += pages[k] * page_size
+    return blob
 
 
 def encode_alone(key: bytes, value, flags: int, pgid: int, page_size: int) -> list:
