@@ -8,8 +8,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "boltkit"
 
-# what each layer may import besides itself and the shared top-level modules (errors, textform); DESIGN §2, with
-# buildkit's prunes writing their pruned store through `write`
+# what each layer may import besides itself and the shared top-level modules (errors, textform, chained); DESIGN
+# §2, with buildkit's prunes writing their pruned store through `write`
 MAY_IMPORT = {
     "schemas": set(),
     "storage": {"schemas"},
@@ -20,7 +20,8 @@ MAY_IMPORT = {
     "boltkit": {"schemas", "storage", "check", "write", "repair", "buildkit"},      # the public face (__init__)
     "cli": {"schemas", "storage", "check", "write", "repair", "buildkit", "boltkit"},
 }
-SHARED = {"boltkit.errors", "boltkit.textform"}   # importable from every layer; they import nothing of boltkit
+SHARED = {"boltkit.errors", "boltkit.textform", "boltkit.chained"}   # importable from every layer; they import
+#                                                                      nothing of boltkit
 
 
 def modules() -> dict[str, Path]:

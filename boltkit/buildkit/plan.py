@@ -6,9 +6,9 @@ The bucket and the key are the bytes of the file: the writer leaves out or adds 
 report renders them as text (printable UTF-8 as it is, anything else as 0x-hex)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..chained import Chained
 from ..textform import show_bytes, show_path
 
 
@@ -48,7 +48,7 @@ class ChangeTable:
         return self._make(i)
 
 
-class Changes(Sequence):
+class Changes(Chained):
     """The changes of a plan in order: lists of Changes and ChangeTables, counted without building a row;
     iterating, indexing or slicing builds the rows asked for."""
 
@@ -66,29 +66,6 @@ class Changes(Sequence):
                 self._parts.append(part)
         elif part:
             self._parts.append(list(part))
-
-    def __len__(self) -> int:
-        return sum(len(part) for part in self._parts)
-
-    def __iter__(self):
-        for part in self._parts:
-            for i in range(len(part)):
-                yield part[i]
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            start, stop, step = index.indices(len(self))
-            return [self[i] for i in range(start, stop, step)]
-        if index < 0:
-            index += len(self)
-        for part in self._parts:
-            if 0 <= index < len(part):
-                return part[index]
-            index -= len(part)
-        raise IndexError("change index out of range")
-
-    def __eq__(self, other) -> bool:
-        return list(self) == list(other)
 
     def __repr__(self) -> str:
         return f"Changes({self.counts()})"

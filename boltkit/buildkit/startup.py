@@ -40,6 +40,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from ..chained import Chained
 from ..check.problems import _show as _text         # bytes as a report shows them: text, else 0x-hex
 from ..errors import BoltkitError, CorruptionError, OpenError
 from ..storage import Database
@@ -171,7 +172,7 @@ class _ChangeTable(Sequence):
         return self._counts
 
 
-class Changes(Sequence):
+class Changes(Chained):
     """A plan's changes in order: Change objects, and the tables of bulk passes whose rows become Change
     objects only when they are read (a start that releases every result of a fleet-size cache.db makes
     hundreds of thousands). Compares equal to a list of the same changes."""
@@ -196,29 +197,6 @@ class Changes(Sequence):
         else:
             for c in changes:
                 self.append(c)
-
-    def __len__(self) -> int:
-        return sum(len(p) for p in self._parts)
-
-    def __iter__(self):
-        for p in self._parts:
-            yield from p
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return list(self)[i]
-        if i < 0:
-            i += len(self)
-        for p in self._parts:
-            if i < len(p):
-                return p[i]
-            i -= len(p)
-        raise IndexError("change index out of range")
-
-    def __eq__(self, other) -> bool:
-        if isinstance(other, (Changes, list, tuple)):
-            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
-        return NotImplemented
 
     def __repr__(self) -> str:
         return f"Changes({list(self)!r})"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from ..chained import Chained
 from ..textform import encode_bytes, encode_path, show_bytes
 
 
@@ -134,7 +135,7 @@ class ProblemTable:
         return self._make(i)
 
 
-class Problems:
+class Problems(Chained):
     """The problems of a report, in the order found: a sequence of Problems and ProblemTables that
     counts without building, and builds each Problem when it is iterated, indexed or sliced."""
 
@@ -157,32 +158,6 @@ class Problems:
         else:
             for p in items:
                 self.append(p)
-
-    def __len__(self) -> int:
-        return sum(len(part) for part in self._parts)
-
-    def __bool__(self) -> bool:
-        return any(len(part) for part in self._parts)
-
-    def __iter__(self):
-        for part in self._parts:
-            for i in range(len(part)):
-                yield part[i]
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            start, stop, step = index.indices(len(self))
-            return [self[i] for i in range(start, stop, step)]
-        if index < 0:
-            index += len(self)
-        for part in self._parts:
-            if index < len(part):
-                return part[index]
-            index -= len(part)
-        raise IndexError("problem index out of range")
-
-    def __eq__(self, other) -> bool:
-        return list(self) == list(other)
 
     def __repr__(self) -> str:
         return f"Problems({self.counts()})"
