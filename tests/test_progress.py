@@ -5,6 +5,7 @@ import os
 import pty
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,10 @@ def run_on_tty(*args: str, tmp_path: Path) -> tuple[int, bytes, bytes]:
     """(exit status, stdout, what the terminal on stderr showed) of `python -m boltkit ARGS`."""
     master, slave = pty.openpty()
     env = dict(os.environ, PYTHONPATH=str(ROOT), BOLTKIT_PROGRESS_DELAY="0", COLUMNS="100")
-    proc = subprocess.Popen([sys.executable, "-m", "boltkit", *args], stdout=subprocess.PIPE, stderr=slave,
+    # stdout into a file, not a pipe: a pipe nobody reads while the terminal is drained fills at 64 KiB (a
+    # --json plan is longer) and the child blocks on it forever
+    stdout = tempfile.TemporaryFile(dir=tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "boltkit", *args], stdout=stdout, stderr=slave,
                             cwd=tmp_path, env=env)
     os.close(slave)
     shown = b""
@@ -29,9 +33,11 @@ def run_on_tty(*args: str, tmp_path: Path) -> tuple[int, bytes, bytes]:
         if not chunk:
             break
         shown += chunk
-    out = proc.stdout.read()
     code = proc.wait(timeout=60)
     os.close(master)
+    stdout.seek(0)
+    out = stdout.read()
+    stdout.close()
     return code, out, shown
 
 

@@ -601,15 +601,8 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, include_freed: bool 
                                  f"({'; '.join(col.damage[:3]) or 'no tree'}); nothing was written")
         if progress is not None:
             progress(_COLLECTED, _TOTAL)
-        writer = BoltWriter(dst, page_size=page_size or db.page_size)
         try:
-            _write(writer, col.root)
-            writer.close()
-        except BaseException as e:
-            writer.abort()
-            if isinstance(e, OSError):      # a full disk, a file size limit: said of the file being written
-                raise output_error(dst, e) from None
-            raise
+            _write_file(dst, page_size or db.page_size, lambda w: _write(w, col.root))
         finally:
             col.release()
     return _verified(SalvageResult(src, dst, col.pairs, col.buckets, col.damage, orphan_pages, False, expected),
@@ -619,16 +612,22 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, include_freed: bool 
 def _salvage_sound(db: Database, dst: str, page_size: int, pages: int,
                    progress: Progress | None) -> tuple[int, int]:
     """Write the live tree of a sound ``db`` to ``dst`` in bulk (`_copy_sound`); (buckets, pairs) written."""
+    return _write_file(dst, page_size, lambda w: _copy_sound(db, w, pages or db.pager.limit_pages, progress))
+
+
+def _write_file(dst: str, page_size: int, fill):
+    """``fill(writer)`` into a new file ``dst``, closed when it returns; on any failure the partial file goes,
+    and an OSError (a full disk, a file size limit) is said of the file being written."""
     writer = BoltWriter(dst, page_size=page_size)
     try:
-        buckets, pairs = _copy_sound(db, writer, pages or db.pager.limit_pages, progress)
+        out = fill(writer)
         writer.close()
     except BaseException as e:
         writer.abort()
-        if isinstance(e, OSError):      # a full disk, a file size limit: said of the file being written
+        if isinstance(e, OSError):
             raise output_error(dst, e) from None
         raise
-    return buckets, pairs
+    return out
 
 
 def _verified(result: SalvageResult, report_path: str | None, progress: Progress | None) -> SalvageResult:
