@@ -22,6 +22,19 @@ from boltkit.write import BoltWriter
 NOW = datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)
 
 
+def _write_cache_db(root, tops) -> None:
+    """root/cache.db with the four top-level buckets of ``tops``: {top: {id: {key: value}}}."""
+    with BoltWriter(str(root / "cache.db")) as w:
+        for name in sorted(tops):
+            w.begin_bucket(name)
+            for sub in sorted(tops[name]):
+                w.begin_bucket(sub)
+                for k in sorted(tops[name][sub]):
+                    w.put(k, tops[name][sub][k])
+                w.end_bucket()
+            w.end_bucket()
+
+
 def _root(oracle, tmp_path, *flags):
     root = tmp_path / "root"
     root.mkdir()
@@ -68,15 +81,7 @@ def _chains(tmp_path, seed: int, spelled: float = 0.0, n: int = 150, result_id=N
     }
     root = tmp_path / "root"
     root.mkdir(exist_ok=True)
-    with BoltWriter(str(root / "cache.db")) as w:
-        for name in sorted(tops):
-            w.begin_bucket(name)
-            for sub in sorted(tops[name]):
-                w.begin_bucket(sub)
-                for k in sorted(tops[name][sub]):
-                    w.put(k, tops[name][sub][k])
-                w.end_bucket()
-            w.end_bucket()
+    _write_cache_db(root, tops)
     return root
 
 
@@ -326,15 +331,7 @@ def test_a_climb_round_stale_backlinks_crashes_the_daemon_not_boltkit(tmp_path):
     tops = {b"_backlinks": {b"a": {b"b": b""}, b"b": {b"a": b""}}, b"_byresult": {b"w::r": {b"a": b""}},
             b"_links": {b"a": {}, b"b": {}},
             b"_result": {b"a": {b"w::r": b'{"CreatedAt":"2026-11-30T10:00:00.5Z","ID":"w::r"}'}, b"b": {}}}
-    with BoltWriter(str(root / "cache.db")) as w:
-        for name in sorted(tops):
-            w.begin_bucket(name)
-            for sub in sorted(tops[name]):
-                w.begin_bucket(sub)
-                for k in sorted(tops[name][sub]):
-                    w.put(k, tops[name][sub][k])
-                w.end_bucket()
-            w.end_bucket()
+    _write_cache_db(root, tops)
     plan = simulate_start(root, now=NOW)
     close_plan(plan)
     assert (plan.outcome, plan.stage, plan.store, plan.cause) == (Outcome.CRASHES, Stage.RELEASE, "cache.db",
