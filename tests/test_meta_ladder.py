@@ -325,29 +325,47 @@ def test_salvage_never_gives_fewer_pairs_than_the_tolerant_read(tmp_path, source
     assert bad.read_bytes() == before and sorted(p.name for p in tmp_path.glob("gone.db*")) == ["gone.db"]
 
 
-def test_salvage_is_linear_in_nesting_depth(tmp_path):
-    """A chain of nested buckets: salvage (walk, write, check of the new file) within 2x compact's CPU time."""
-    import time
-
-    from boltkit.repair import compact, salvage
+def _nested_chain(path, depth):
     from boltkit.write import BoltWriter
-    src = tmp_path / "deep.db"
-    w = BoltWriter(str(src), page_size=4096)
-    depth = 600
+    w = BoltWriter(str(path), page_size=4096)
     for i in range(depth):
         w.begin_bucket(b"b%05d" % i, 0)
         w.put(b"a", b"v%d" % i)
     for _ in range(depth):
         w.end_bucket()
     w.close()
-    t = time.process_time()
-    compact(str(src), str(tmp_path / "c.db"))
-    t_compact = time.process_time() - t
-    t = time.process_time()
-    r = salvage(str(src), str(tmp_path / "s.db"))
-    t_salvage = time.process_time() - t
-    assert r.clean and r.output_pairs == depth and r.buckets == depth
-    assert t_salvage <= 2 * t_compact, (t_salvage, t_compact)
+
+
+def _calls(fn, *args):
+    """fn(*args) and the function calls (Python and C) it made: a count of work that does not depend on the
+    machine's load, where a CPU-time ratio failed CI on a busy runner. Time is the benchmark's row (depth)."""
+    import sys
+    n = 0
+
+    def count(frame, event, arg):
+        nonlocal n
+        n += event in ("call", "c_call")
+    sys.setprofile(count)
+    try:
+        result = fn(*args)
+    finally:
+        sys.setprofile(None)
+    return result, n
+
+
+def test_salvage_is_linear_in_nesting_depth(tmp_path):
+    """A chain of nested buckets: salvage's work (walk, write, check of the new file) doubles when the depth doubles,
+    and stays within 2.5x compact's on the same file. A walk that re-reads the path per level grows 4x instead."""
+    from boltkit.repair import compact, salvage
+    work = {}
+    for depth in (100, 200):
+        src = tmp_path / f"deep{depth}.db"
+        _nested_chain(src, depth)
+        r, work[depth] = _calls(salvage, str(src), str(tmp_path / f"s{depth}.db"))
+        assert r.clean and r.output_pairs == depth and r.buckets == depth
+        _, compact_work = _calls(compact, str(src), str(tmp_path / f"c{depth}.db"))
+        assert work[depth] <= 2.5 * compact_work, (depth, work[depth], compact_work)
+    assert work[200] <= 2.3 * work[100], work
 
 
 def test_a_page_size_probed_past_meta_0_is_a_typed_warning_and_a_b002(tmp_path, example_db):
