@@ -210,3 +210,28 @@ def test_a_source_held_by_a_writer_is_refused_unless_snapshot(tmp_path, args):
     assert check_file(str(tmp_path / "out.db")).clean
     assert not [p for p in os.listdir(os.environ.get("TMPDIR", "/tmp")) if p.startswith("boltkit-snapshot-")
                 and os.stat(os.path.join(os.environ.get("TMPDIR", "/tmp"), p)).st_mtime > os.stat(src).st_mtime]
+
+
+def test_a_report_streams_its_lists_an_item_per_line(tmp_path):
+    """A prune's report lists 300k changes: they are written as a generator yields them, one per line (grep and
+    jq -c see one change a line), and the file is the JSON the fields stand for, whatever their Python types."""
+    class Row:
+        def as_dict(self):
+            return {"key": b"\xff\x00id"}
+    made = []
+
+    def changes():
+        for i in range(3):
+            made.append(i)
+            yield {"code": "D2", "key": b"k%d" % i, "path": (b"_links", b"x")}
+    record = {"operation": "buildkit prune", "changes": changes(), "empty": [], "row": Row(), "nested": {"a": [1]},
+              "codes": ("D2", "D4"), "count": 3}
+    path = rp.write_report(str(tmp_path / "r.json"), record)
+    text = open(path).read()
+    assert json.loads(text) == {"operation": "buildkit prune", "changes": [
+        {"code": "D2", "key": f"k{i}", "path": ["_links", "x"]} for i in range(3)], "empty": [],
+        "row": {"key": "\\xff\x00id"}, "nested": {"a": [1]}, "codes": ["D2", "D4"], "count": 3}
+    assert made == [0, 1, 2]
+    lines = text.splitlines()
+    assert [json.loads(line.rstrip(",")) for line in lines if line.startswith('  {"code"')] == \
+        json.loads(text)["changes"]

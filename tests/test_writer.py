@@ -41,6 +41,45 @@ def test_round_trip_through_our_reader(tmp_path_factory, tree, page_size):
     assert report.clean, [p.line() for p in report.problems[:5]]
 
 
+def write_with_put_bucket(writer, root: dict) -> None:
+    """write_tree, but every bucket that holds only plain pairs goes in with one put_bucket call."""
+    def rec(children: dict) -> None:
+        for name in sorted(children):
+            v = children[name]
+            if isinstance(v, Bucket) and not any(isinstance(c, Bucket) for c in v.children.values()):
+                writer.put_bucket(name, sorted(v.children.items()), v.sequence)
+            elif isinstance(v, Bucket):
+                writer.begin_bucket(name, v.sequence)
+                rec(v.children)
+                writer.end_bucket()
+            else:
+                writer.put(name, v)
+    rec(root)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                 HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(tree=trees, page_size=page_sizes, fill=st.sampled_from([0.1, 0.5, 1.0]))
+def test_a_bucket_put_whole_is_the_file_written_pair_by_pair(tmp_path_factory, tree, page_size, fill):
+    """put_bucket (a prune's 400k id buckets) writes exactly the bytes begin_bucket, put and end_bucket write,
+    inline or not, at every page size and fill."""
+    d = tmp_path_factory.mktemp("w")
+    one_by_one = write(d / "a.db", tree, page_size, fill_percent=fill)
+    with BoltWriter(d / "b.db", page_size=page_size, fill_percent=fill) as w:
+        write_with_put_bucket(w, tree)
+    assert (d / "b.db").read_bytes() == one_by_one.read_bytes()
+
+
+def test_a_bucket_put_whole_refuses_what_put_refuses(tmp_path):
+    from boltkit.errors import WriteError
+    with BoltWriter(tmp_path / "t.db") as w:
+        w.put_bucket(b"b", [(b"k", b"v")])
+        for name, pairs in ((b"a", [(b"k", b"v")]), (b"c", [(b"k", b"v"), (b"k", b"w")]), (b"d", [(b"", b"v")]),
+                            (b"", [])):
+            with pytest.raises(WriteError):
+                w.put_bucket(name, pairs)
+
+
 def test_inline_exactly_when_bbolt_would(tmp_path):
     # 16 + (16 + 1 + 1000) = 1033 > 1024: paged; 16 + (16 + 1 + 991) = 1024: inline (quarter of 4096)
     tree = {b"a": Bucket({b"k": b"x" * 991}), b"b": Bucket({b"k": b"x" * 992}),

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..storage.gcpause import gc_paused
+from ..storage.strings import byte_strings
 from .byteorder import byte_order, byte_ranks
 from .cachecheck import derived_ids, unsplittable_result_ids
 from .cachecolumns import CacheColumns
@@ -52,17 +53,20 @@ class PrunedColumns:
 
     def store(self) -> PrunedStore:
         c = self.cols
-        text = c.names.bytes
+        text = c.names.all_bytes()           # every name once, in one gather, not a slice of the map per use
+        u8 = c.names.data
         out = PrunedStore()
-        out.links.update((text(k), []) for k in self.link_ids.tolist())
-        for src, row in zip(c.link_src[self.link_rows].tolist(), self.link_rows.tolist()):
-            out.links[text(src)].append(c.raw(c.link_key, row))
-        for kid, rid, row in zip(c.result_kid[self.result_rows].tolist(), c.result_rid[self.result_rows].tolist(),
-                                 self.result_rows.tolist()):
-            out.results.setdefault(text(kid), {})[text(rid)] = c.raw(c.result_value, row)
+        out.links.update((text[k], []) for k in self.link_ids.tolist())
+        link_keys = byte_strings(u8, c.link_key[0][self.link_rows], c.link_key[1][self.link_rows])
+        for src, key in zip(c.link_src[self.link_rows].tolist(), link_keys):
+            out.links[text[src]].append(key)
+        values = byte_strings(u8, c.result_value[0][self.result_rows], c.result_value[1][self.result_rows])
+        for kid, rid, value in zip(c.result_kid[self.result_rows].tolist(), c.result_rid[self.result_rows].tolist(),
+                                   values):
+            out.results.setdefault(text[kid], {})[text[rid]] = value
         for table, (a, b) in ((out.backlinks, self.backlinks), (out.byresult, self.byresult)):
             for x, y in zip(a.tolist(), b.tolist()):
-                table.setdefault(text(x), set()).add(text(y))
+                table.setdefault(text[x], set()).add(text[y])
         return out
 
 
@@ -356,10 +360,7 @@ def write_pruned(pruned: PrunedStore, writer, foreign: dict | None = None) -> No
     def bucket(name: bytes, children: dict[bytes, dict[bytes, bytes]]) -> None:
         writer.begin_bucket(name)
         for sub in sorted(children):
-            writer.begin_bucket(sub)
-            for k, v in sorted(children[sub].items()):
-                writer.put(k, v)
-            writer.end_bucket()
+            writer.put_bucket(sub, sorted(children[sub].items()))
         writer.end_bucket()
 
     tops = {
@@ -433,7 +434,7 @@ def apply_prune(plan: PrunePlan, report: dict | None = None) -> str:
 
 def prune_report(plan: PrunePlan, extra: dict | None = None) -> dict:
     return {"operation": "buildkit prune", "file": plan.path, **(extra or {}), "actions": plan.changes.actions(),
-            "changes": [c.as_dict() for c in plan.changes]}
+            "changes": (c.as_dict() for c in plan.changes)}     # written as they are made (replace.write_report)
 
 
 def prepare_prune(plan: PrunePlan, *, check_holders: bool = True):

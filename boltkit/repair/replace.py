@@ -262,8 +262,7 @@ def write_report(path: str, record: dict) -> str:
     tmp = temp_name(path)
     try:
         with open(tmp, "x") as f:
-            json.dump(record, f, indent=1, default=_jsonable)
-            f.write("\n")
+            _dump(f, record)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -276,6 +275,32 @@ def write_report(path: str, record: dict) -> str:
             raise BoltkitError(f"cannot write the report {path}: {e.strerror or e}") from None
         raise
     return path
+
+
+def _dump(f, record: dict) -> None:
+    """The report as JSON: a field per line, and a list field (or any iterable, consumed as it is written: a
+    prune's 300k changes are never all built) an item per line. Each item goes through the C encoder (json.dump
+    with an indent runs the pure-Python one: 10 s for a fleet-size prune's report, under signals held back)."""
+    encode = json.JSONEncoder(default=_jsonable).encode
+    f.write("{")
+    for n, (key, value) in enumerate(record.items()):
+        f.write(("," if n else "") + "\n " + encode(key) + ": ")
+        if isinstance(value, (str, bytes, dict)) or hasattr(value, "as_dict") or not hasattr(value, "__iter__"):
+            f.write(encode(value))
+            continue
+        f.write("[")
+        items = iter(value)
+        first = next(items, _END)
+        if first is not _END:
+            f.write("\n  " + encode(first))
+            for item in items:
+                f.write(",\n  " + encode(item))
+            f.write("\n ")
+        f.write("]")
+    f.write("\n}\n")
+
+
+_END = object()
 
 
 def _jsonable(o):

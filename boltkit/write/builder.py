@@ -15,6 +15,7 @@ from ..schemas import BUCKET_LEAF_FLAG, ELEMENT_SIZE, PAGE_HEADER_SIZE
 from .encode import (LARGE, Run, bucket_value, encode_alone, encode_branch, encode_leaf, encode_leaf_pairs,
                      encode_leaves, pages_for)
 
+BATCH_PAGES = 32         # pages' worth of single puts gathered before they are cut into pages
 PACK_LIMIT = 16 << 20     # bytes of runs over different buffers copied into one before a flush (huge values: not)
 
 
@@ -48,6 +49,9 @@ class BucketBuilder:
         ps = sink.page_size
         self.threshold = max(int(ps * fill_percent), PAGE_HEADER_SIZE + ELEMENT_SIZE)
         self.inline_limit = ps // 4 if inline_allowed else -1
+        # single puts are written BATCH_PAGES pages at a time: the cuts and the encoding are array work whose
+        # fixed cost, paid per page, was most of a prune's write (400k inline buckets into 28k pages)
+        self.batch = self.threshold * BATCH_PAGES
         self.runs: list[Run] = []            # level 0: leaf elements not yet written
         self.levels: list[list] = [[]]       # level 0 unused; above: (first key, child pgid)
         self.level_sizes: list[int] = [PAGE_HEADER_SIZE]
@@ -74,7 +78,7 @@ class BucketBuilder:
         if flags & BUCKET_LEAF_FLAG:
             self.has_subbucket = True
         size = self.level_sizes[0]
-        if size > self.threshold and (self.has_subbucket or size > self.inline_limit):    # a page to write
+        if size > self.batch and (self.has_subbucket or size > self.inline_limit):    # pages to write
             self._settle()
             self._flush_leaves(final=False)
 

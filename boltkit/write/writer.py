@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 
 from ..errors import OutputExists, WriteError
-from ..schemas import (BUCKET_HEADER, BUCKET_LEAF_FLAG, MAGIC, MAX_PAGE_SIZE, META, META_CHECKSUMMED, META_OFFSET,
-                       MIN_PAGE_SIZE, PAGE_HEADER, PAGE_HEADER_SIZE, PGID_NO_FREELIST, VERSION, PageFlag,
+from ..schemas import (BUCKET_HEADER, BUCKET_LEAF_FLAG, ELEMENT_SIZE, MAGIC, MAX_PAGE_SIZE, META, META_CHECKSUMMED,
+                       META_OFFSET, MIN_PAGE_SIZE, PAGE_HEADER, PAGE_HEADER_SIZE, PGID_NO_FREELIST, VERSION, PageFlag,
                        fnv1a64)
 from .builder import BucketBuilder, PageSink
 from .destination import output_error
-from .encode import Run
+from .encode import Run, bucket_value, encode_leaf_pairs
 
 
 MIN_OPEN_SIZE = 4096
@@ -80,6 +80,33 @@ class BoltWriter:
         if len(self.stack) == 1 and (run.flags & BUCKET_LEAF_FLAG).sum() != len(run):
             raise WriteError("the root bucket holds only buckets")
         self.stack[-1][2].add_run(run)
+
+    def put_bucket(self, name: bytes, pairs: list[tuple[bytes, bytes]], sequence: int = 0) -> None:
+        """A whole bucket of plain pairs, in strictly increasing key order, at once: the same bytes as
+        begin_bucket, a put per pair and end_bucket, but a bucket small enough to be inline (as a BuildKit id
+        bucket almost always is) is encoded straight into its parent's entry, without a builder of its own:
+        a prune writes 400k of them."""
+        parent = self.stack[-1][2]
+        if parent.last_key is not None and name <= parent.last_key:
+            raise WriteError(f"bucket {name!r} out of order after {parent.last_key!r}")
+        if not name:
+            raise WriteError("empty bucket name")
+        size = PAGE_HEADER_SIZE + sum(ELEMENT_SIZE + len(k) + len(v) for k, v in pairs)
+        if size > self.page_size // 4:     # not inline (bbolt's inlineable): pages of its own
+            self.begin_bucket(name, sequence)
+            for k, v in pairs:
+                self.put(k, v)
+            self.end_bucket()
+            return
+        last = None
+        for k, _ in pairs:
+            if not k:
+                raise WriteError("empty key (bbolt requires a key)")
+            if last is not None and k <= last:
+                raise WriteError(f"keys must be added in strictly increasing order: {k!r} after {last!r}")
+            last = k
+        parent.add(name, bucket_value(0, sequence, encode_leaf_pairs([(k, v, 0) for k, v in pairs], 0, None)),
+                   BUCKET_LEAF_FLAG)
 
     def end_bucket(self) -> None:
         if len(self.stack) == 1:
