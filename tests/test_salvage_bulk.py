@@ -26,13 +26,13 @@ def _content(path) -> list:
 
 
 def _both(monkeypatch, tmp_path, src, **kw):
-    """(bulk result, tolerant result, whether the bulk path ran): the same salvage with `_sound` as it is and
+    """(bulk result, tolerant result, whether the bulk path ran): the same salvage with `intact_tree` as it is and
     with it forced to say no."""
     ran = []
     real = salvage_mod._copy_sound
     monkeypatch.setattr(salvage_mod, "_copy_sound", lambda *a: ran.append(1) or real(*a))
     bulk = salvage_mod.salvage(str(src), str(tmp_path / "bulk.db"), report=False, **kw)
-    monkeypatch.setattr(salvage_mod, "_sound", lambda db, progress: None)
+    monkeypatch.setattr(salvage_mod, "intact_tree", lambda db, progress: None)
     tolerant = salvage_mod.salvage(str(src), str(tmp_path / "tolerant.db"), report=False, **kw)
     monkeypatch.undo()
     return bulk, tolerant, bool(ran)

@@ -126,6 +126,26 @@ def test_stores_after_the_start(cases, name, tmp_path):
         assert (missing, extra, differ) == ([], [], []), store
 
 
+@pytest.mark.parametrize("name", ["03-parent-missing", "12-dangling-link"])
+def test_stores_copied_in_bulk_are_the_stores_copied_key_by_key(cases, name, tmp_path, monkeypatch):
+    """-o copies the buckets a start never read in bulk when the store's tree checks intact (compact's copier,
+    inline buckets verbatim): the same stores, bucket for bucket, as the key-by-key copy it falls back to."""
+    import boltkit.repair.apply as apply_mod
+    used = []
+    real = apply_mod.intact_tree
+    monkeypatch.setattr(apply_mod, "intact_tree", lambda db, **kw: used.append(real(db, **kw)) or used[-1])
+    outs = {}
+    for way in ("bulk", "key-by-key"):
+        plan = simulate_start(cases / name / "before", config=StartConfig.load(str(CONFIG)))
+        try:
+            write_start(plan, tmp_path / way)
+        finally:
+            close_plan(plan)
+        outs[way] = {store: _dump(tmp_path / way / store) for store in STORES}
+        monkeypatch.setattr(apply_mod, "intact_tree", lambda db, **kw: None)
+    assert any(r is not None for r in used) and outs["bulk"] == outs["key-by-key"]
+
+
 def test_second_start_of_an_unchanged_root_changes_nothing(cases, tmp_path):
     """Case 02's point: the state after one start is a fixed point; so is our -o of case 01."""
     plan = simulate_start(cases / "01-clean-start" / "before", config=StartConfig.load(str(CONFIG)))

@@ -133,9 +133,11 @@ class _Copier:
                 yield Item(data[int(ks[i]):int(ke[i])], int(flags[i]), int(ke[i]), int(ve[i]), holder)
             start = i + 1
 
-    def run(self) -> None:
+    def run(self, start=None) -> None:
+        """Copy the contents of ``start`` (default: the root; its sub-buckets, for a whole file) into the
+        writer's current bucket."""
         tree, writer = self.db.tree, self.writer
-        root = self.db.root()
+        root = self.db.root() if start is None else start
         stack = [(root, self.events(root))]
         while stack:
             bucket, events = stack[-1]

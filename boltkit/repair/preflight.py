@@ -3,13 +3,37 @@ from __future__ import annotations
 
 import contextlib
 
-from ..check import Severity, check_file
+from ..check import CheckReport, Severity, check_file
+from ..check.checker import Progress, check_database
 from ..errors import CorruptionError, InUse
+from ..storage import Database
 from ..storage.source import consistent_copy, held_by_writer
 from .replace import report_beside, write_report  # noqa: F401  (their home is replace.py)
 
 # problems that do not change what the tree holds: leaked pages, meta txid gaps, revert information
 HARMLESS = {"B040", "B003", "B050"}
+# ... and, for a copy of the live tree, the freelist's faults too (a copy writes a freelist of its own)
+TREE_INTACT = HARMLESS | {"B010", "B011", "B012", "B013", "B014", "B015", "B016"}
+
+
+def intact_tree(db: Database, progress: Progress | None = None, *, as_bbolt: bool = True) -> CheckReport | None:
+    """The check report of ``db`` when the tree of its meta is intact (and, ``as_bbolt``, that meta is the one
+    bbolt reads, both metas valid, nothing doubtful in the choice); else None.
+
+    Such a tree can be copied as `compact` copies it, in bulk: runs of leaf elements and inline buckets
+    verbatim (salvage of a sound file; the stores a replayed start writes, under the meta its SafeOpen chose).
+    Anything the tolerant walk would doubt (keys out of order or outside their branch's range, a page named
+    twice, a plain key at the root, unknown flag bits) is a problem here, and sends the caller down its
+    key-by-key path."""
+    if as_bbolt and (db.choice.rung != "bbolt" or db.warnings or any(m is None or not m.valid for m in db.metas)):
+        return None
+    report = check_database(db, progress)
+    if not report.readable:
+        return None
+    bad = [c for c, n in report.counts().items() if n and c not in TREE_INTACT]
+    if any(p.severity != Severity.INFO for p in report.problems.select(lambda c: c in bad)):
+        return None
+    return report
 
 
 @contextlib.contextmanager

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..check import Severity, check_file
-from ..check.checker import Progress, check_database, progress_part
+from ..check import check_file
+from ..check.checker import Progress, progress_part
 from ..errors import CorruptionError, OutputExists, SalvageRefused
 from ..schemas import BUCKET_LEAF_FLAG, PageFlag
 from ..storage import Database, Item, Pager, Tree
@@ -26,6 +26,7 @@ from ..storage.rebuild import newer_state
 from ..write import BoltWriter
 from ..write.destination import output_error
 from .compact import _Copier
+from .preflight import intact_tree
 from .replace import NotVerified, Replaced, check_report_path, replace_file, write_report
 
 LOST_FOUND = b"lost+found"
@@ -412,30 +413,10 @@ class _Collector:
 
 # what a sound tree may carry and still be copied in bulk: problems of the metas' agreement, the freelist and
 # leaked pages change nothing the live tree holds, and on an intact tree salvage takes nothing but that tree
-_TREE_INTACT = {"B003", "B010", "B011", "B012", "B013", "B014", "B015", "B016", "B040", "B050"}
 
 # shares of one salvage's progress bar: the check of the source, the copy or the collection, the check of the output
 # (the tolerant path: the walks and the orphan scan, then the writing, then the check of the output)
 _CHECKED, _COLLECTED, _COPIED, _TOTAL = 350, 700, 800, 1000
-
-
-def _sound(db: Database, progress: Progress | None):
-    """The check report of ``db`` when its live tree is intact and bbolt reads it as boltkit does; else None.
-
-    Such a tree is all salvage takes from a file (#11: on a sound file the output's dump equals the input's,
-    without lost+found; the other meta and freed pages are read only where the live tree is damaged), so it is
-    copied as `compact` copies it, in bulk. Anything the tolerant walk would doubt (keys out of order or outside
-    their branch's range, a page named twice, a plain key at the root, unknown flag bits) is a problem here, and
-    sends the file down the tolerant path."""
-    if db.choice.rung != "bbolt" or db.warnings or any(m is None or not m.valid for m in db.metas):
-        return None
-    report = check_database(db, progress)
-    if not report.readable:
-        return None
-    bad = [c for c, n in report.counts().items() if n and c not in _TREE_INTACT]
-    if any(p.severity != Severity.INFO for p in report.problems.select(lambda c: c in bad)):
-        return None
-    return report
 
 
 def _copy_sound(db: Database, writer: BoltWriter, pages: int, progress: Progress | None) -> tuple[int, int]:
@@ -498,7 +479,7 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, include_freed: bool 
         check_report_path(report_path)
     db = Database(src, snapshot=snapshot, refuse_held=True, zero_past_end=False)
     try:
-        sound = None if lost_found and include_freed else _sound(db, progress_part(progress, 0, _CHECKED, _TOTAL))
+        sound = None if lost_found and include_freed else intact_tree(db, progress_part(progress, 0, _CHECKED, _TOTAL))
         if sound is not None:
             buckets, pairs = _salvage_sound(db, dst, page_size or db.page_size, sound.pages_reachable,
                                             progress_part(progress, _CHECKED, _COPIED, _TOTAL))

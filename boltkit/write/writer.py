@@ -108,6 +108,14 @@ class BoltWriter:
         parent.add(name, bucket_value(0, sequence, encode_leaf_pairs([(k, v, 0) for k, v in pairs], 0, None)),
                    BUCKET_LEAF_FLAG)
 
+    def put_bucket_value(self, name: bytes, value) -> None:
+        """A bucket entry copied as it is: ``value`` is a sound inline bucket's value (header and page) as bbolt
+        wrote it, which holds everything the bucket is (as compact copies inline buckets in runs)."""
+        parent = self.stack[-1][2]
+        if not name:
+            raise WriteError("empty bucket name")
+        parent.add(name, value, BUCKET_LEAF_FLAG)
+
     def end_bucket(self) -> None:
         if len(self.stack) == 1:
             raise WriteError("end_bucket without begin_bucket")
