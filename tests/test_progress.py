@@ -91,14 +91,16 @@ def test_export_draws_no_bar_over_its_own_output_on_the_same_terminal(tmp_path):
     assert b'"type":"pair"' in shown and b"exporting" not in shown
 
 
-@pytest.mark.parametrize("command,label", [("fsck", b"checking"), ("prune", b"planning")])
+@pytest.mark.parametrize("command,label", [("fsck", b"checking"), ("prune", b"planning"),
+                                           ("simulate-start", b"replaying")])
 def test_fsck_and_prune_draw_a_bar_and_quiet_or_json_silence_it(tmp_path, command, label):
-    """fsck: the stores' pages, then the replay's releases; prune: the check, the read and the plan."""
+    """fsck: the stores' pages, then the replay's releases; prune: the check, the read and the plan;
+    simulate-start: the replay's releases."""
     import shutil
     root = tmp_path / "root"
     root.mkdir()
     shutil.copyfile(EXAMPLE, root / "cache.db")
-    target = str(root) if command == "fsck" else str(root / "cache.db")
+    target = str(root / "cache.db") if command == "prune" else str(root)
     code, out, shown = run_on_tty("buildkit", command, target, tmp_path=tmp_path)
     assert code == 0, shown
     assert label in shown and b"100%" in shown and shown.endswith(b"\r\n")

@@ -8,7 +8,7 @@ from ..errors import OutputExists
 from .buildkit import _root_or_exit, buildkit
 from .check import FsckCommand
 from .live import remove_new_dir, settled_reads
-from .output import emit_json, show_bytes, wide_option
+from .output import emit_json, progress, quiet_option, show_bytes, wide_option
 from .startplan import change_record, echo_plan, headline, note_record, prediction_record
 
 
@@ -22,6 +22,7 @@ from .startplan import change_record, echo_plan, headline, note_record, predicti
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON record per change and note, then one prediction record (docs/json.md).")
 @wide_option
+@quiet_option
 @settled_reads(over="root", discard=remove_new_dir("out"))
 def simulate_start(root, out, config_path, listing, as_json):
     """What buildkitd will do to ROOT at its next start, replayed offline from BuildKit's own code paths.
@@ -52,7 +53,8 @@ def simulate_start(root, out, config_path, listing, as_json):
     if out is not None and os.path.exists(out):
         raise OutputExists(f"{out} already exists: -o writes a new directory")
     config = StartConfig.load(config_path) if config_path else None
-    plan = simulate(found.path, config=config)
+    with progress(f"replaying the start of {root}", as_json=as_json) as p:
+        plan = simulate(found.path, config=config, progress=p)
     try:
         written = write_start(plan, out) if out is not None else []
     finally:
