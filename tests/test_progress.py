@@ -92,10 +92,11 @@ def test_export_draws_no_bar_over_its_own_output_on_the_same_terminal(tmp_path):
 
 
 @pytest.mark.parametrize("command,label", [("fsck", b"checking"), ("prune", b"planning"),
-                                           ("simulate-start", b"replaying")])
+                                           ("simulate-start", b"replaying"), ("gc", b"replaying"),
+                                           ("du", b"replaying")])
 def test_fsck_and_prune_draw_a_bar_and_quiet_or_json_silence_it(tmp_path, command, label):
     """fsck: the stores' pages, then the replay's releases; prune: the check, the read and the plan;
-    simulate-start: the replay's releases."""
+    simulate-start, gc and du: the replay's releases (of the start they follow)."""
     import shutil
     root = tmp_path / "root"
     root.mkdir()

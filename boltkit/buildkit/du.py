@@ -170,13 +170,13 @@ class StartedUsage:
     halves: set[bytes]              # immutable halves of pairs, listed through their mutable half
 
 
-def usage_after_start(root, config=None, now=None) -> tuple[dict[str, StartedUsage], list[str]]:
+def usage_after_start(root, config=None, now=None, progress=None) -> tuple[dict[str, StartedUsage], list[str]]:
     """DiskUsage of each worker as the daemon will list it once started (gc.disk_usage on the start
     model), per metadata_v2.db path; and notes. Empty when the start would not get that far (the listing
-    then comes from the files alone)."""
+    then comes from the files alone). ``progress(done, total)``: the start's releases."""
     from .gc import disk_usage
     from .startup import Outcome, close_plan, simulate_start
-    plan = simulate_start(root, config=config, now=now)
+    plan = simulate_start(root, config=config, now=now, progress=progress)
     try:
         if plan.outcome not in (Outcome.STARTS, Outcome.RESETS):
             return {}, [f"buildkitd would not start ({plan.outcome.value}): sizes and the record list are "

@@ -578,6 +578,7 @@ def history(file, as_json, snapshot):
 @click.option("--at", "at", default=None, help="Replay the start at this time (RFC 3339) instead of now: its "
                                                "start-up GC's keep durations count from then.")
 @wide_option
+@quiet_option
 @settled_reads(over="target")
 def du(target, sort, record_type, older_than, as_json, config_path, at):
     """Disk usage of cache records, offline (like `buildctl du -v`), from a root or a metadata_v2.db.
@@ -633,8 +634,9 @@ def du(target, sort, record_type, older_than, as_json, config_path, at):
         if at is not None and when is None:
             raise click.BadParameter(f"{at!r} is not an RFC 3339 time", param_hint="--at")
         try:
-            started, start_notes = usage_after_start(found.path, StartConfig.load(config_path) if config_path
-                                                     else None, when)
+            with progress(f"replaying the start of {target}", as_json=as_json) as p:
+                started, start_notes = usage_after_start(found.path, StartConfig.load(config_path) if config_path
+                                                         else None, when, progress=p)
         except BoltkitError as e:
             start_notes = [f"the start could not be replayed ({e}): the listing comes from the files alone"]
     for p in dbs:

@@ -10,7 +10,7 @@ from ..errors import BoltkitError
 from .buildkit import _root_or_exit, buildkit
 from .check import EXIT_UNREADABLE, FsckCommand
 from .live import settled_reads
-from .output import echo_wrapped, emit_json, emit_table, human_size, show_bytes, wide_option
+from .output import echo_wrapped, emit_json, emit_table, human_size, progress, quiet_option, show_bytes, wide_option
 
 KEEP_TEXT = {
     "parent": "a kept record is built on it (it can go only after them)",
@@ -58,6 +58,7 @@ def _megabytes(value: float | None) -> int:
 @click.option("--json", "as_json", is_flag=True,
               help="One gc-removed and one gc-kept record per record, then one gc-pass record per worker and pass.")
 @wide_option
+@quiet_option
 @settled_reads(over="root")
 def gc(root, config_path, prune, filters, keep_duration, keep_storage, keep_storage_min, free_storage, prune_all,
        at, listing, as_json):
@@ -114,7 +115,8 @@ def gc(root, config_path, prune, filters, keep_duration, keep_storage, keep_stor
         raise SystemExit(EXIT_UNREADABLE) from None
     try:
         config = StartConfig.load(config_path) if config_path else StartConfig()
-        plan = simulate_start(found.path, config=config, now=now, prune=rule)
+        with progress(f"replaying the start of {root}", as_json=as_json) as p:
+            plan = simulate_start(found.path, config=config, now=now, prune=rule, progress=p)
     except (ConfigError, FilterError) as e:
         click.echo(f"Error: {e}", err=True)
         raise SystemExit(16) from None
