@@ -108,7 +108,7 @@ def measure(original: Path, damaged: Path, rescued: Path | None) -> Recovery:
             whole = [d for d in (d0, d1) if a[d.meta.offset:d.meta.offset + 80] == b[d.meta.offset:d.meta.offset + 80]]
             if whole and max(d.meta.txid for d in whole) < max(d0.meta.txid, d1.meta.txid):
                 db = max(whole, key=lambda d: d.meta.txid)
-                live_keys |= {(p.path, it.key) for p, c, it in db.tree.walk(db.root(), on_error=lambda e: None)
+                live_keys |= {(p.path, it.key) for p, c, it in db.tree.walk(db.root(), on_damage=lambda e: None)
                               if c is None}
     except Exception:
         pass

@@ -538,6 +538,24 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, include_freed: bool 
             # than bbolt's, or a rebuilt root, leaves the newest pages unreached: those are for lost+found
             col.tree(db.tree, db.meta.root, primary, tally=True,
                      gaps_to=None if later is None else f"txid-{db.meta.txid}-deleted-since".encode(), holes=holes)
+            tied = db.meta.tied_root if db.meta.rebuilt else None
+            if tied is not None:
+                # no meta, and two states fit the file alike with nothing to order them: either may be the later
+                # transaction (a key only one has may have been deleted since), so as for two torn metas only
+                # what both agree on stays live
+                label = f"root page {tied}"
+                theirs = _Collector(db)
+                theirs.tree(Tree(Pager(db.data, db.file_size, db.page_size, pages_in(db.file_size, db.page_size))),
+                            tied, label)
+                col.damage.extend(theirs.damage)
+                col.reached |= theirs.reached
+                moved = col.keep_agreed(theirs.root, (f"root-page-{db.meta.root}-order-unknown".encode(), primary),
+                                        (f"root-page-{tied}-order-unknown".encode(), label))
+                col.damage.append(f"rebuilt root page {db.meta.root} and root page {tied}: both fit the file, and "
+                                  "nothing in it says which is the later transaction; only the pairs both trees agree "
+                                  f"on stay live ({moved} of {primary}'s went to lost+found/root-page-"
+                                  f"{db.meta.root}-order-unknown, the other's to lost+found/root-page-{tied}"
+                                  "-order-unknown)")
         live_damaged = (len(col.damage) > len(db.choice.warnings) or meta_lost
                         or db.choice.rung in ("older", "broken", "rebuilt"))
         if other is not None and (unknown or live_damaged):

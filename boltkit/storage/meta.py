@@ -61,6 +61,7 @@ class Meta:
     bad_root: bool = False                               # its root page is not a tree page
     root_page_fault: str | None = None                   # that fault: the one judged from another page's content
     rebuilt: bool = False
+    tied_root: int | None = None     # rebuilt: another root as fit that nothing orders against this one
 
     @property
     def slot(self) -> int:
@@ -356,7 +357,7 @@ def discover(data, file_size: int, force: int | None = None) -> MetaChoice:
         raise OpenError("both meta pages are unusable and no root bucket could be rebuilt from the tree pages: "
                         + "; ".join(reasons))
     rebuilt = Meta(None, -1, -1, PageFlag.META, MAGIC, VERSION, page_size, 0, found.root, 0, found.freelist,
-                   found.pgid, 0, 0, 0, rebuilt=True)
+                   found.pgid, 0, 0, 0, rebuilt=True, tied_root=found.tied)
     rebuilt.errors.append("rebuilt from the tree pages: no meta page could be used")
     rebuilt.notes.append(found.note)
     reasons = [f"meta {i}: " + ("missing" if m is None else "; ".join(m.errors + m.soft + m.faults))

@@ -39,6 +39,25 @@ class RebuiltRoot:
     freelist: int
     pgid: int
     note: str
+    tied: int | None = None     # the root of a state as fit as this one that nothing in the file orders against it
+
+
+def unordered_tie(ranked: list[State]) -> State | None:
+    """A state that fits the file exactly as well as the best one (``ranked[0]``, from ``states``), that no
+    equally fit state witnesses as older, and that neither witnesses the best nor is witnessed by it (each
+    freelist lists the other's root: a transaction reused a page its predecessor had freed). Then the pages
+    say only that the two are transactions N and N-1, not which is which. An equally fit state some other one
+    witnesses as older (N-2) is no rival: it is neither's successor."""
+    if not ranked:
+        return None
+    best = ranked[0]
+    ties = [t for t in ranked[1:] if t.misfit == best.misfit]
+    for s in ties:
+        if any(t.witnesses_newer_than(s) for t in [best] + ties if t is not s):
+            continue
+        if not (best.witnesses_newer_than(s) or s.witnesses_newer_than(best)):
+            return s
+    return None
 
 
 @dataclass(frozen=True)
@@ -215,7 +234,11 @@ def rebuild_root(data, file_size: int, page_size: int) -> RebuiltRoot | None:
         note = (f"it reaches {len(best.pages)} of {tree_pages} tree pages{with_fl}; {best.conflicts} reached "
                 f"page(s) listed free, {best.unexplained} tree page(s) neither reached nor free; "
                 f"{len(ranked) - 1} other candidate(s)")
+        tie = unordered_tie(ranked)
+        if tie is not None:
+            note += f"; root page {tie.root} fits as well and nothing orders the two"
+        tied = None if tie is None else tie.root
     else:
-        root, freelist = 0, PGID_NO_FREELIST
+        root, freelist, tied = 0, PGID_NO_FREELIST, None
         note = f"none of the {tree_pages} tree pages can be a root bucket: every page is an orphan"
-    return RebuiltRoot(root, freelist, -(-file_size // page_size), note)
+    return RebuiltRoot(root, freelist, -(-file_size // page_size), note, tied)
