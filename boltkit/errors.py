@@ -67,14 +67,16 @@ class NotFound(BoltkitError):
 
 
 class CorruptionError(BoltkitError):
-    """A read ran into damage. ``pgid``/``offset`` say where, when known."""
+    """A read ran into damage. ``pgid``/``offset`` say where, when known. ``whole``: a tolerant read found all of
+    what the damage displaced (a swapped page at the other's place), so nothing is hidden behind it."""
 
     def __init__(self, message: str, *, pgid: int | None = None, offset: int | None = None,
-                 path: tuple[bytes, ...] | None = None):
+                 path: tuple[bytes, ...] | None = None, whole: bool = False):
         self.message = message
         self.pgid = pgid
         self.offset = offset
         self.path = path
+        self.whole = whole
         super().__init__(self.describe())
 
     def describe(self) -> str:

@@ -41,3 +41,19 @@ def test_salvage_meets_the_targets(tmp_path, oracle, oracle_files, case):
         assert rec.share_intact >= 0.99 and rec.share_wellformed >= 0.99, where
         assert rec.invented == 0, where
         assert oracle.check(out)[0] == 0, where
+
+
+@pytest.mark.parametrize("case", ["pages 0-1 zeroed", "first 64 KiB zeroed", "two leaves swapped",
+                                  "leaf and branch swapped"])
+@pytest.mark.parametrize("seed", [1, 2])
+def test_no_deleted_key_comes_back_to_life(tmp_path, oracle_files, case, seed):
+    """On a file whose last transactions deleted keys: with no meta left (two states fit alike and nothing
+    orders them: only what both agree on stays live), or with pages swapped (each found at the other's place:
+    nothing is hidden, so the older tree fills nothing), no key the last transaction deleted is live again."""
+    src = oracle_files("deletes", seed)
+    bad = damage.copy(src, tmp_path / "bad.db")
+    dict(salvage_cases(src, random.Random(f"deletes-{seed}-{case}")))[case](bad)
+    out = tmp_path / "out.db"
+    salvage(str(bad), str(out), report=False)
+    rec = measure(src, bad, out)
+    assert rec.resurrected == 0 and rec.invented == 0 and rec.share_intact >= 0.99, rec

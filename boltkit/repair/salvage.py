@@ -240,7 +240,8 @@ class _Collector:
 
         def on_damage(e: CorruptionError):
             self.damage.append(f"{source}: {e}")
-            hole(e.pgid, e.path)
+            if not e.whole:     # a page found at another's place hides nothing: its keys are still range-checked
+                hole(e.pgid, e.path)
         try:
             root = tree.bucket_at((), root_page, 0, on_damage)
         except CorruptionError as e:

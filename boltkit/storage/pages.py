@@ -116,7 +116,7 @@ class Pager:
             if moved is not None:
                 problems.append(CorruptionError(f"page header says id {pid}, expected {pgid}; page {pgid} was "
                                                 f"found at page {moved}'s place (swapped pages)", pgid=pgid,
-                                                offset=off))
+                                                offset=off, whole=True))
                 at = moved
                 pid, flags, count, overflow = self.header(at)
             else:
