@@ -34,20 +34,20 @@ def dump_lines(root: dict) -> list[str]:
     return out
 
 
-def write_tree(writer, root: dict) -> None:
+def write_tree(writer, root: dict, whole_buckets: bool = False) -> None:
+    """``root`` into a BoltWriter; ``whole_buckets``: a bucket of plain pairs only goes in with one put_bucket."""
     def rec(children: dict) -> None:
         for name in sorted(children):
             v = children[name]
-            if isinstance(v, Bucket):
+            if whole_buckets and isinstance(v, Bucket) and not any(isinstance(c, Bucket) for c in v.children.values()):
+                writer.put_bucket(name, sorted(v.children.items()), v.sequence)
+            elif isinstance(v, Bucket):
                 writer.begin_bucket(name, v.sequence)
                 rec(v.children)
                 writer.end_bucket()
             else:
                 writer.put(name, v)
-    for name in sorted(root):
-        writer.begin_bucket(name, root[name].sequence)
-        rec(root[name].children)
-        writer.end_bucket()
+    rec(root)
 
 
 keys = st.one_of(st.binary(min_size=1, max_size=24), st.text("abcdefgh/:_-0123456789", min_size=1, max_size=40)

@@ -41,22 +41,6 @@ def test_round_trip_through_our_reader(tmp_path_factory, tree, page_size):
     assert report.clean, [p.line() for p in report.problems[:5]]
 
 
-def write_with_put_bucket(writer, root: dict) -> None:
-    """write_tree, but every bucket that holds only plain pairs goes in with one put_bucket call."""
-    def rec(children: dict) -> None:
-        for name in sorted(children):
-            v = children[name]
-            if isinstance(v, Bucket) and not any(isinstance(c, Bucket) for c in v.children.values()):
-                writer.put_bucket(name, sorted(v.children.items()), v.sequence)
-            elif isinstance(v, Bucket):
-                writer.begin_bucket(name, v.sequence)
-                rec(v.children)
-                writer.end_bucket()
-            else:
-                writer.put(name, v)
-    rec(root)
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(tree=trees, page_size=page_sizes, fill=st.sampled_from([0.1, 0.5, 1.0]))
@@ -66,7 +50,7 @@ def test_a_bucket_put_whole_is_the_file_written_pair_by_pair(tmp_path_factory, t
     d = tmp_path_factory.mktemp("w")
     one_by_one = write(d / "a.db", tree, page_size, fill_percent=fill)
     with BoltWriter(d / "b.db", page_size=page_size, fill_percent=fill) as w:
-        write_with_put_bucket(w, tree)
+        write_tree(w, tree, whole_buckets=True)
     assert (d / "b.db").read_bytes() == one_by_one.read_bytes()
 
 

@@ -310,6 +310,16 @@ class _Collector:
                     holes.doubtful.add((key, bytes(value)))
                 self.put(target, key, value, source)
 
+    def agree_with(self, tree: Tree, root_page: int, label: str, mine: tuple[str, str], theirs: str) -> int:
+        """Collect the tree at ``root_page`` (``label``) apart, then keep live only what it and the collected state
+        agree on (``keep_agreed``; ``mine``: (lost+found name, source) for this state's own pairs, ``theirs``: the
+        lost+found name for the other's). Returns the pairs that left the live namespace."""
+        other = _Collector(self.db)
+        other.tree(tree, root_page, label)
+        self.damage.extend(other.damage)
+        self.reached |= other.reached
+        return self.keep_agreed(other.root, (mine[0].encode(), mine[1]), (theirs.encode(), label))
+
     def keep_agreed(self, other: _Bucket, mine: tuple[bytes, str], theirs: tuple[bytes, str]) -> int:
         """Two states nothing in the file orders (both metas torn, txids garbled apart, the same high-water mark,
         freelists that each list the other's root): either may be the later one, so the live namespace keeps
@@ -544,14 +554,10 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, include_freed: bool 
                 # no meta, and two states fit the file alike with nothing to order them: either may be the later
                 # transaction (a key only one has may have been deleted since), so as for two torn metas only
                 # what both agree on stays live
-                label = f"root page {tied}"
-                theirs = _Collector(db)
-                theirs.tree(Tree(Pager(db.data, db.file_size, db.page_size, pages_in(db.file_size, db.page_size))),
-                            tied, label)
-                col.damage.extend(theirs.damage)
-                col.reached |= theirs.reached
-                moved = col.keep_agreed(theirs.root, (f"root-page-{db.meta.root}-order-unknown".encode(), primary),
-                                        (f"root-page-{tied}-order-unknown".encode(), label))
+                moved = col.agree_with(Tree(Pager(db.data, db.file_size, db.page_size,
+                                                  pages_in(db.file_size, db.page_size))), tied, f"root page {tied}",
+                                       (f"root-page-{db.meta.root}-order-unknown", primary),
+                                       f"root-page-{tied}-order-unknown")
                 col.damage.append(f"rebuilt root page {db.meta.root} and root page {tied}: both fit the file, and "
                                   "nothing in it says which is the later transaction; only the pairs both trees agree "
                                   f"on stay live ({moved} of {primary}'s went to lost+found/root-page-"
@@ -564,12 +570,9 @@ def salvage(src: str, dst: str, *, lost_found: bool = True, include_freed: bool 
             label = f"meta {other.index} (txid {other.txid})"
             if unknown and not db.meta.valid and not live_damaged:
                 # neither meta passes its checksum and nothing in the file orders them: either may be the later
-                theirs = _Collector(db)
-                theirs.tree(Tree(pager), other.root, label)
-                col.damage.extend(theirs.damage)
-                col.reached |= theirs.reached
-                moved = col.keep_agreed(theirs.root, (f"meta-{db.meta.index}-order-unknown".encode(), primary),
-                                        (f"meta-{other.index}-order-unknown".encode(), label))
+                moved = col.agree_with(Tree(pager), other.root, label,
+                                       (f"meta-{db.meta.index}-order-unknown", primary),
+                                       f"meta-{other.index}-order-unknown")
                 col.damage.append(f"meta {db.meta.index} and meta {other.index}: both torn, and nothing in the "
                                   "file says which is the later transaction; only the pairs both trees agree on "
                                   f"stay live ({moved} of {primary}'s went to lost+found/meta-"
