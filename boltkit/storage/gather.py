@@ -2,15 +2,17 @@
 
 Every record the tree walk needs — page header, branch element, leaf element, bucket header — is
 16 bytes (see schemas.layout). Real pages sit at multiples of the page size, so their records are
-16-aligned and one structured view of the file gathers them all at once. Inline buckets sit at any
-offset; for those we keep one view per byte shift (0..15) and gather each residue class from the
-view it is aligned in, so unaligned records cost the same as aligned ones.
+16-aligned and one view of the file as 16-byte items gathers them all at once. Inline buckets sit at any
+offset; for those a second view has an item starting at every byte (a stride of 1), so a batch of records
+at any offsets is still one gather of 16-byte items (it was a gather per residue class mod 16, sixteen for
+a batch of inline-bucket records, at five times the cost), viewed as the record's dtype afterwards.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..schemas import BRANCH_ELEMENT, BUCKET_HEADER, LEAF_ELEMENT, PAGE_HEADER
+from .heap import keep_freed_memory
 
 RECORD = 16
 for _layout in (PAGE_HEADER, BRANCH_ELEMENT, LEAF_ELEMENT, BUCKET_HEADER):
@@ -23,13 +25,16 @@ class Gather:
         self.size = size
         self.u8 = np.frombuffer(data, dtype=np.uint8, count=size)
         self._views: dict = {}
+        keep_freed_memory()     # every bulk reader gathers through one of these: its chunks' temporaries
 
-    def _view(self, dtype: np.dtype, shift: int) -> np.ndarray:
-        key = (dtype, shift)
+    def _items(self, size: int, stride: int) -> np.ndarray:
+        """The file as ``size``-byte opaque items, one starting every ``stride`` bytes."""
+        key = ("items", size, stride)
         v = self._views.get(key)
         if v is None:
-            n = max((self.size - shift) // dtype.itemsize, 0)
-            v = np.frombuffer(self.data, dtype=dtype, count=n, offset=shift) if n else np.zeros(0, dtype)
+            n = (self.size - size) // stride + 1 if self.size >= size else 0
+            v = np.ndarray((n,), np.dtype((np.void, size)), buffer=self.data, strides=(stride,)) if n else \
+                np.zeros(0, np.dtype((np.void, size)))
             self._views[key] = v
         return v
 
@@ -38,37 +43,37 @@ class Gather:
         off = np.asarray(off, dtype=np.int64)
         if off.size == 0:
             return np.zeros(0, dtype)
-        residue = off & (RECORD - 1)
-        if not residue.any():
-            return self._view(dtype, 0)[off >> 4]
-        out = np.empty(off.size, dtype)
-        order = np.argsort(residue, kind="stable")          # a counting sort: one pass, not 16 masks
-        ends = np.cumsum(np.bincount(residue, minlength=RECORD))
-        start = 0
-        for k in range(RECORD):
-            if ends[k] > start:
-                idx = order[start:ends[k]]
-                out[idx] = self._view(dtype, k)[(off[idx] - k) >> 4]
-            start = ends[k]
-        return out
+        if not (off & (RECORD - 1)).any():
+            return self._items(RECORD, RECORD)[off >> 4].view(dtype)
+        return self._items(RECORD, 1)[off].view(dtype)
 
     def prefix8(self, off: np.ndarray, length: np.ndarray) -> np.ndarray:
         """The first 8 bytes at ``off`` as a big-endian u64, bytes at or past ``length`` read as zero.
 
-        Two aligned big-endian words around each offset, shifted together: no per-byte gather."""
+        One gather of 8-byte items from the view with an item at every byte; an offset in the file's last 7
+        bytes reads the last item and shifts (the bytes past the end are past ``length`` too)."""
         if off.size == 0:
             return np.zeros(0, np.uint64)
-        words = self._view(_BE64, 0)
-        top = words.size - 1
         length = np.minimum(np.minimum(length, self.size - off), 8).clip(0)
-        w = off >> 3
-        hi = words[np.minimum(w, top)]
-        lo = words[np.minimum(w + 1, top)]
-        shift = ((off & 7) * 8).astype(np.uint64)
-        # lo >> (64 - shift), written so that shift 0 gives 0 instead of an undefined 64-bit shift
-        out = (hi << shift) | ((lo >> np.uint64(1)) >> (np.uint64(63) - shift))
+        if self.size < 8:
+            return _prefix8_bytes(self.u8, off, length)
+        last = self.size - 8
+        at = np.minimum(off, last)
+        out = self._items(8, 1)[at].view(_BE64).astype(np.uint64)
+        tail = off > last
+        if tail.any():
+            out[tail] <<= ((off[tail] - last) * 8).astype(np.uint64)
         out &= _KEEP[length]
         return out
+
+
+def _prefix8_bytes(u8: np.ndarray, off: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """prefix8 a byte at a time: for buffers shorter than one 8-byte item."""
+    out = np.zeros(off.size, np.uint64)
+    for i in range(8):
+        have = length > i
+        out[have] |= u8[off[have] + i].astype(np.uint64) << np.uint64(56 - 8 * i)
+    return out
 
 
 _BE64 = np.dtype(">u8")
