@@ -4,6 +4,7 @@ the 8-byte big-endian key prefixes, including offsets in the buffer's last bytes
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -48,14 +49,40 @@ def test_prefix8_is_the_first_bytes_big_endian(seed, size, n):
         assert int(got[i]) == int.from_bytes(head.ljust(8, b"\0"), "big")
 
 
-@settings(max_examples=40, deadline=None)
-@given(keys=st.lists(st.binary(min_size=0, max_size=24), min_size=2, max_size=40))
-def test_compare_keys_is_bytes_order(keys):
-    data = b"".join(keys) + b"\xff" * 8      # bytes after the last key must not count
+@settings(max_examples=80, deadline=None)
+@given(stem=st.binary(min_size=0, max_size=70),
+       tails=st.lists(st.tuples(st.booleans(), st.binary(min_size=0, max_size=50)), min_size=2, max_size=40),
+       pad=st.sampled_from([0, 8, 64]))
+def test_compare_keys_is_bytes_order(stem, tails, pad):
+    """Keys sharing a long prefix (the 32-byte rounds), some ending inside a block, some in the buffer's last
+    bytes (pad 0: the 8-byte rounds)."""
+    keys = [(stem if whole else stem[:len(t) % (len(stem) + 1)]) + t for whole, t in tails]
+    data = b"".join(keys) + b"\xff" * pad      # bytes after the last key must not count
     off = np.cumsum([0] + [len(k) for k in keys[:-1]]).astype(np.int64)
     ln = np.array([len(k) for k in keys], np.int64)
     g = Gather(data, len(data))
     a, b = np.arange(len(keys) - 1), np.arange(1, len(keys))
-    got = compare_keys(g, off[a], ln[a], off[b], ln[b])
     want = [(x > y) - (x < y) for x, y in zip(keys[:-1], keys[1:])]
-    assert got.tolist() == want
+    assert compare_keys(g, off[a], ln[a], off[b], ln[b]).tolist() == want
+    first = g.prefix8(off, ln)
+    assert compare_keys(g, off[a], ln[a], off[b], ln[b], first[a], first[b]).tolist() == want
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compare_keys_on_long_shared_prefixes(seed):
+    """Thousands of keys sharing prefixes of 0-80 bytes and differing at any byte after: every word of the
+    32-byte blocks decides some pair."""
+    rng = np.random.default_rng(seed)
+    stems = [rng.integers(0, 256, rng.integers(0, 81), dtype=np.uint8).tobytes() for _ in range(8)]
+    keys = []
+    for _ in range(3000):
+        stem = stems[rng.integers(0, len(stems))]
+        tail = rng.integers(0, 3, rng.integers(0, 40), dtype=np.uint8).tobytes()     # few values: long ties
+        keys.append(stem[:rng.integers(0, len(stem) + 1)] + tail if rng.random() < 0.2 else stem + tail)
+    data = b"".join(keys) + b"\xff" * 64
+    off = np.cumsum([0] + [len(k) for k in keys[:-1]]).astype(np.int64)
+    ln = np.array([len(k) for k in keys], np.int64)
+    g = Gather(data, len(data))
+    a, b = np.arange(len(keys) - 1), np.arange(1, len(keys))
+    want = [(x > y) - (x < y) for x, y in zip(keys[:-1], keys[1:])]
+    assert compare_keys(g, off[a], ln[a], off[b], ln[b]).tolist() == want

@@ -12,14 +12,18 @@ are recognised by their magic and refused with a clear message).
 from __future__ import annotations
 
 import struct
+from functools import cached_property
+from typing import TYPE_CHECKING
 
-import construct as cs
 import numpy as np
 
-_KINDS = {
-    "u16": (cs.Int16ul, "<u2", "H"),
-    "u32": (cs.Int32ul, "<u4", "I"),
-    "u64": (cs.Int64ul, "<u8", "Q"),
+if TYPE_CHECKING:
+    import construct as cs
+
+_KINDS = {      # construct's type (by name: construct is imported when a schema is first used), dtype, struct
+    "u16": ("Int16ul", "<u2", "H"),
+    "u32": ("Int32ul", "<u4", "I"),
+    "u64": ("Int64ul", "<u8", "Q"),
 }
 
 
@@ -30,11 +34,19 @@ class Layout:
         self.name = name
         self.fields = fields
         self.names = tuple(n for n, _ in fields)
-        self.schema = cs.Struct(*[(n / _KINDS[k][0]) for n, k in fields])
         self.dtype = np.dtype([(n, _KINDS[k][1]) for n, k in fields])
         self.struct = struct.Struct("<" + "".join(_KINDS[k][2] for _, k in fields))
         self.size = self.struct.size
-        assert self.size == self.dtype.itemsize == self.schema.sizeof()
+        assert self.size == self.dtype.itemsize
+
+    @cached_property
+    def schema(self):
+        """The construct schema, built on first use: the bulk readers never need it, and importing construct
+        (with hashlib, pdb and inspect behind it) was a tenth of a `check`'s interpreter start."""
+        import construct as cs
+        schema = cs.Struct(*[(n / getattr(cs, _KINDS[k][0])) for n, k in self.fields])
+        assert schema.sizeof() == self.size
+        return schema
 
     def offset_of(self, field: str) -> int:
         fields = self.dtype.fields
