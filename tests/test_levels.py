@@ -14,7 +14,7 @@ from boltkit.errors import CorruptionError
 from boltkit.schemas import PAGE_HEADER
 from boltkit.storage import Database
 from boltkit.storage.gather import Gather
-from boltkit.storage.levels import WINDOW_SHIFT, Inline, leaves_in_key_order, rechunk, spans
+from boltkit.storage.levels import WINDOW_SHIFT, Inline, leaves_in_key_order, rechunk, release_windows, spans
 from boltkit.write import BoltWriter
 
 from .conftest import corpus_files
@@ -107,3 +107,24 @@ def test_the_pass_finds_the_same_in_any_slicing(path, monkeypatch):
     monkeypatch.setattr(TreeScan, "CHUNK_WINDOWS", 1)
     monkeypatch.setattr(TreeScan, "BOUND_WINDOWS", 1)
     assert found() == default
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_release_windows_covers_exactly_the_windows_touched(seed):
+    """One call per run of touched 64 KiB windows: the calls' windows are the ranges' windows, no two calls
+    touch or overlap, and they come in file order."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 300))
+    start = rng.integers(0, 1 << 24, n) if seed % 2 else np.sort(rng.integers(0, 1 << 22, n))
+    end = start + rng.integers(0, 1 << 18, n)
+    calls: list[tuple[int, int]] = []
+    release_windows(lambda a, b: calls.append((a, b)), start.astype(np.int64), end.astype(np.int64))
+    want = set()
+    for s, e in zip(start.tolist(), end.tolist()):
+        want.update(range(s >> WINDOW_SHIFT, -(-e >> WINDOW_SHIFT)))
+    got = set()
+    for a, b in calls:
+        assert a % (1 << WINDOW_SHIFT) == 0 and b % (1 << WINDOW_SHIFT) == 0 and b > a
+        got.update(range(a >> WINDOW_SHIFT, b >> WINDOW_SHIFT))
+    assert all(b < c for (_, b), (c, _) in zip(calls, calls[1:]))
+    assert got == want

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,6 +13,7 @@ from boltkit.check import check_file
 from boltkit.cli import main
 from boltkit.storage import Database
 from boltkit.write import BoltWriter
+from boltkit.write.builder import greedy_cuts
 from testdata.trees import Bucket, dump_lines, page_sizes, trees, write_tree
 
 from .conftest import corpus_files, corpus_id
@@ -176,3 +178,24 @@ def test_huge_values_streamed_from_where_they_lie_give_the_same_file(tmp_path, m
     assert r1.exit_code == r2.exit_code == 0, (r1.output, r2.output)
     assert (tmp_path / "c-copied.db").read_bytes() == (tmp_path / "c-streamed.db").read_bytes()
     assert export_lines(tmp_path / "c-streamed.db") == export_lines(streamed)
+
+
+def _greedy_cuts_page_by_page(cum, room, final):
+    """The greedy cut as the builder made it before: a searchsorted a page."""
+    cuts, a, n = [], 0, len(cum) - 1
+    while a < n:
+        b = max(int(np.searchsorted(cum, cum[a] + room, side="right")) - 1, a + 1)
+        if b >= n and not final:
+            break
+        b = min(b, n)
+        cuts.append((a, b))
+        a = b
+    return cuts
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(16, 5000), min_size=0, max_size=400), room=st.integers(16, 4096),
+       final=st.booleans())
+def test_greedy_cuts_are_the_page_by_page_cuts(sizes, room, final):
+    cum = np.concatenate([[0], np.cumsum(np.array(sizes, np.int64))]).astype(np.int64)
+    assert greedy_cuts(cum, room, final) == _greedy_cuts_page_by_page(cum, room, final)

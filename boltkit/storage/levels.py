@@ -272,11 +272,8 @@ def release_windows(release, start: np.ndarray, end: np.ndarray) -> None:
     first = start >> WINDOW_SHIFT
     last = (end + (1 << WINDOW_SHIFT) - 1) >> WINDOW_SHIFT
     order = np.argsort(first, kind="stable")
-    a, b = int(first[order[0]]), int(last[order[0]])
-    for s, e in zip(first[order[1:]].tolist(), last[order[1:]].tolist()):
-        if s > b:
-            release(a << WINDOW_SHIFT, b << WINDOW_SHIFT)
-            a, b = s, e
-        else:
-            b = max(b, e)
-    release(a << WINDOW_SHIFT, b << WINDOW_SHIFT)
+    first, last = first[order], np.maximum.accumulate(last[order])
+    # a run ends where the next range starts past everything before it (ranges that touch are one run)
+    breaks = np.flatnonzero(first[1:] > last[:-1])
+    for a, b in zip(first[np.r_[0, breaks + 1]].tolist(), last[np.r_[breaks, first.size - 1]].tolist()):
+        release(a << WINDOW_SHIFT, b << WINDOW_SHIFT)

@@ -33,6 +33,14 @@ class PageSink:
         self.next_pgid += pages_for(size, self.page_size)
         return pgid
 
+    def allocate_many(self, sizes: np.ndarray) -> list[int]:
+        """``allocate`` for each size in turn, in one step."""
+        pages = -(-sizes // self.page_size)
+        ends = self.next_pgid + np.cumsum(pages)
+        pgids = (ends - pages).tolist()
+        self.next_pgid = int(ends[-1]) if ends.size else self.next_pgid
+        return pgids
+
     def write(self, pgid: int, data) -> None:
         """``data``: the page's bytes, or a list of buffers to write one after the other (a huge value is
         written from where it lies, see encode.encode_leaves). Allocation order == write order: an append."""
@@ -149,22 +157,13 @@ class BucketBuilder:
             # pages' bytes into one buffer keeps the flush on the batch path, instead of a page at a time
             self.runs = [Run.packed(self.runs)]
         run = Run.concat(self.runs) if len(self.runs) > 1 else self.runs[0]
-        # greedy cuts: as many elements per page as fit under the fill threshold (at least one)
         cum = np.concatenate([[0], np.cumsum(run.sizes())])
-        room = self.threshold - PAGE_HEADER_SIZE
-        cuts = []
-        a = 0
         n_el = len(run)
-        while a < n_el:
-            b = max(int(np.searchsorted(cum, cum[a] + room, side="right")) - 1, a + 1)
-            if b >= n_el and not final:
-                break   # the last page is not full yet: wait for more keys
-            b = min(b, n_el)
-            cuts.append((a, b))
-            a = b
+        cuts = greedy_cuts(cum, self.threshold - PAGE_HEADER_SIZE, final)
         if not cuts:
             return
-        pgids = [self.sink.allocate(PAGE_HEADER_SIZE + int(cum[b] - cum[a])) for a, b in cuts]
+        at = np.array(cuts, np.int64)
+        pgids = self.sink.allocate_many(PAGE_HEADER_SIZE + cum[at[:, 1]] - cum[at[:, 0]])
         self.sink.write(pgids[0], encode_leaves(run, cuts, pgids, self.sink.page_size))
         used = int(cum[cuts[-1][1]])
         self.level_sizes[0] -= used
@@ -172,8 +171,8 @@ class BucketBuilder:
         self.runs = [rest] if len(rest) else []
         self.written[0] += len(cuts)
         self.last_written[0] = pgids[-1]
-        for (a, _), pgid in zip(cuts, pgids):
-            self._push(1, (run.key(a), pgid))
+        buf, ks, ke = run.buf, run.ks[at[:, 0]].tolist(), run.ke[at[:, 0]].tolist()
+        self._push_many(1, [(bytes(buf[k:e]), pgid) for k, e, pgid in zip(ks, ke, pgids)])
 
     def _flush_leaves_one_by_one(self, final: bool) -> None:
         """Runs over different buffers (single puts mixed with copied runs): one page at a time."""
@@ -224,13 +223,19 @@ class BucketBuilder:
             self._push(level + 1, (chunk[0][0], pgid))
 
     def _push(self, level: int, entry) -> None:
+        self._push_many(level, [entry])
+
+    def _push_many(self, level: int, entries: list) -> None:
+        """Entries for the branch level ``level``, in key order. Pushing them all and then writing the full pages
+        gives the pages pushing them one by one would (each page is the longest run of entries from the front
+        that fits, and is only cut while what is waiting does not fit in one page)."""
         if level == len(self.levels):
             self.levels.append([])
             self.level_sizes.append(PAGE_HEADER_SIZE)
             self.written.append(0)
             self.last_written.append(0)
-        self.levels[level].append(entry)
-        self.level_sizes[level] += ELEMENT_SIZE + len(entry[0])
+        self.levels[level].extend(entries)
+        self.level_sizes[level] += ELEMENT_SIZE * len(entries) + sum(len(e[0]) for e in entries)
         if self.level_sizes[level] > self.threshold:
             self._flush_branches(level, final=False)
 
@@ -256,6 +261,28 @@ class BucketBuilder:
             level += 1
             self._flush_branches(level, final=True)
         return bucket_value(self.last_written[level], sequence)
+
+
+def greedy_cuts(cum: np.ndarray, room: int, final: bool) -> list[tuple[int, int]]:
+    """Pages of elements, greedily: each takes as many elements from where the last ended as fit in ``room``
+    bytes (at least one); ``cum`` is the running total of the elements' sizes, from 0. Unless ``final``, the
+    elements that would only fill a last page partly are left out (more may come). Where each page would end
+    is found for every element at once (one searchsorted), and the pages are then followed from element 0: a
+    list step a page, where a searchsorted a page cost more than the page's encoding."""
+    n = cum.size - 1
+    if n <= 0:
+        return []
+    nxt = np.maximum(np.searchsorted(cum, cum[:-1] + room, side="right") - 1, np.arange(1, n + 1)).tolist()
+    cuts = []
+    a = 0
+    while a < n:
+        b = nxt[a]
+        if b >= n and not final:
+            break   # the last page is not full yet: wait for more keys
+        b = min(b, n)
+        cuts.append((a, b))
+        a = b
+    return cuts
 
 
 def _run(buf: bytes, flags: np.ndarray, klen: np.ndarray, vlen: np.ndarray) -> Run:
