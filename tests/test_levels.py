@@ -128,3 +128,24 @@ def test_release_windows_covers_exactly_the_windows_touched(seed):
         got.update(range(a >> WINDOW_SHIFT, b >> WINDOW_SHIFT))
     assert all(b < c for (_, b), (c, _) in zip(calls, calls[1:]))
     assert got == want
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_nodes_hold_is_the_per_element_bounds_test(seed):
+    """TreeScan._nodes_hold (a node at a time, by reduceat) says yes exactly when no element's data starts
+    inside its node's element table or ends past its node: the per-element test of _drop_bad_elements."""
+    from boltkit.storage.levels import Nodes, expand
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    count = rng.integers(0, 6, n) * (rng.random(n) < 0.8)
+    base = np.cumsum(rng.integers(200, 400, n)) * 16
+    end = base + 4096
+    z = np.zeros(n, np.int64)
+    nodes = Nodes(z + 5, z + 5, base, end, z + 2, count.astype(np.int64), z, z - 1, z, z - 1, z, z - 1, z - 1)
+    node, local, off = expand(nodes)
+    table_end = base[node] + 16 + count[node] * 16
+    ks = table_end + rng.integers(-3 if seed % 3 == 0 else 0, 100, node.size)
+    ve = ks + rng.integers(0, 4200 if seed % 4 == 0 else 3000, node.size)
+    ve = np.minimum(ve, end[node] + (1 if seed % 5 == 0 else 0))
+    bad = (ve > end[node]) | (ks < table_end)
+    assert TreeScan._nodes_hold(nodes, ks, ve) == (not bad.any())

@@ -319,6 +319,8 @@ class TreeScan:
     def _drop_bad_elements(self, nodes: Nodes, node, local, off, key_start, end_of_key, inline_msg: bool):
         """Elements whose data runs past their node's end (or into its element table, or that have an empty
         key): report the first per node and drop just those elements; the rest of the page is read."""
+        if self._nodes_hold(nodes, key_start, end_of_key):
+            return None
         table_end = nodes.base[node] + PAGE_HEADER_SIZE + nodes.count[node] * ELEMENT_SIZE
         bad = (end_of_key > nodes.end[node]) | (key_start < table_end)
         if not bad.any():
@@ -331,6 +333,20 @@ class TreeScan:
             self.problem("B030", f"{what} {int(local[e])}: key/value extends past the end of its page{more}",
                          pgid=nodes.owner[n_], offset=int(off[e]), bucket=nodes.bucket[n_])
         return ~bad
+
+    @staticmethod
+    def _nodes_hold(nodes: Nodes, key_start, end_of_key) -> bool:
+        """Whether every element's data lies within its node, past the element table: the test of
+        _drop_bad_elements a node at a time (its elements' nearest start and farthest end), which a sound level
+        passes without an array op per element. Elements must be those of ``expand(nodes)``, in order."""
+        count = nodes.count
+        full = np.flatnonzero(count)
+        if not full.size:
+            return True
+        first = (np.cumsum(count) - count)[full]
+        table_end = nodes.base[full] + PAGE_HEADER_SIZE + count[full] * ELEMENT_SIZE
+        return bool((np.maximum.reduceat(end_of_key, first) <= nodes.end[full]).all()
+                    and (np.minimum.reduceat(key_start, first) >= table_end).all())
 
     def _elements(self, nodes: Nodes):
         is_branch = nodes.flags == PageFlag.BRANCH
@@ -390,31 +406,36 @@ class TreeScan:
             flagged[n_] = True
             self.problem("B038", f"element {int(local[e])} flags 0x{int(flags[e]):x}", pgid=nodes.owner[n_],
                          bucket=nodes.bucket[n_], key=self.key(ks[e], klen[e]))
-        is_bucket = (flags & BUCKET_LEAF_FLAG) != 0
-        plain = ~is_bucket
-        root_plain = plain & (nodes.bucket[node] == 0)
-        for e in np.flatnonzero(root_plain).tolist():
+        # what concerns sub-bucket entries is worked out on those alone (a flat file's leaves hold none, a
+        # BuildKit store's inline buckets none), in element order, so the problems come out in the same order
+        bi = np.flatnonzero(flags & BUCKET_LEAF_FLAG)
+        root_nodes = nodes.bucket == 0
+        root_plain = np.zeros(0, I64)
+        if root_nodes.any():
+            root_plain = np.flatnonzero(root_nodes[node] & ((flags & BUCKET_LEAF_FLAG) == 0))
+        for e in root_plain.tolist():
             n_ = node[e]
             flagged[n_] = True
             self.problem("B037", f"element {int(local[e])} of the root bucket is a plain key", pgid=nodes.owner[n_],
                          bucket=0, key=self.key(ks[e], klen[e]))
-        self.pairs += int(plain.sum())
-        self.pair_bytes += int((ve[plain] - ks[plain]).sum())
-        in_inline = nodes.pgid[node] == 0
-        nested = is_bucket & in_inline
-        for e in np.flatnonzero(nested).tolist():
+        self.pairs += int(node.size - bi.size)
+        self.pair_bytes += int((ve - ks).sum()) - int((ve[bi] - ks[bi]).sum())
+        in_inline = nodes.pgid[node[bi]] == 0
+        for e in bi[in_inline].tolist():
             n_ = node[e]
             flagged[n_] = True
             self.problem("B039", "inline bucket holds a sub-bucket entry (not followed)", pgid=nodes.owner[n_],
                          bucket=nodes.bucket[n_], key=self.key(ks[e], klen[e]))
-        vlen = ve - ke
-        short = is_bucket & ~in_inline & (vlen < BUCKET_HEADER_SIZE)
-        for e in np.flatnonzero(short).tolist():
+        vlen = np.zeros(node.size, I64)        # a value's length, where it is a sub-bucket's
+        vlen[bi] = ve[bi] - ke[bi]
+        paged = bi[~in_inline]
+        short = paged[vlen[paged] < BUCKET_HEADER_SIZE]
+        for e in short.tolist():
             n_ = node[e]
             flagged[n_] = True
             self.problem("B035", f"bucket value of {int(vlen[e])} bytes is shorter than a bucket header",
                          pgid=nodes.owner[n_], offset=int(ke[e]), bucket=nodes.bucket[n_], key=self.key(ks[e], klen[e]))
-        sub = np.flatnonzero(is_bucket & ~in_inline & ~short)
+        sub = paged[vlen[paged] >= BUCKET_HEADER_SIZE]
         f_out = Frontier.empty()
         inl = None
         if sub.size:
