@@ -105,7 +105,6 @@ def test_the_pass_finds_the_same_in_any_slicing(path, monkeypatch):
                        for p in check_file(path, revert=False).problems)
     default = found()
     monkeypatch.setattr(TreeScan, "CHUNK_WINDOWS", 1)
-    monkeypatch.setattr(TreeScan, "BOUND_WINDOWS", 1)
     assert found() == default
 
 

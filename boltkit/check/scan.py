@@ -65,8 +65,12 @@ class TreeScan:
         self._b_cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.nbuckets = 1
         self.hidden: list[Problem] = []
-        self._bounds: list[np.ndarray] = []     # windows of separator keys read, not yet released
-        self._nbounds = 0
+        # the key range each node's parent gives it, as copies of the separator keys: the nodes of a level
+        # read the keys of the level before from here (``_keys``), the next level's are gathered into
+        # ``_next_keys`` as the branches are read (see _bound_keys)
+        self._keys = _key_store([])
+        self._next_keys: list[np.ndarray] = []
+        self._next_size = 0
         # what the pass found
         self.buckets = 0
         self.inline_buckets = 0
@@ -133,9 +137,9 @@ class TreeScan:
                     self._process(self._enter_inline(part.take(slice(a, b))), fronts, inls)
             f = Frontier.concat(fronts)
             inl = inls
+            self._keys, self._next_keys, self._next_size = _key_store(self._next_keys), [], 0
             if self.progress is not None:
                 self.progress(self.pages, self.hwm)
-        self._release_bounds()
 
     def _process(self, nodes: "Nodes", fronts: list, inls: list) -> None:
         for chunk in chunks(nodes, self.CHUNK_ELEMENTS):
@@ -150,23 +154,6 @@ class TreeScan:
             window = (1 << WINDOW_SHIFT) - 1
             lo, hi = (int(nodes.base.min()) - BUCKET_HEADER_SIZE) & ~window, (int(nodes.end.max()) + window) & ~window
             self.db.source.release(lo, hi)
-            if not self.quick:      # the key checks read the parents' separator keys, elsewhere in the file
-                bounds = np.concatenate([nodes.lo_off, nodes.hi_off])
-                bounds = bounds[(bounds >= 0) & ((bounds < lo) | (bounds >= hi))]
-                self._bounds.append(np.unique(bounds >> WINDOW_SHIFT))
-                self._nbounds += int(self._bounds[-1].size)
-                if self._nbounds > self.BOUND_WINDOWS:      # neighbouring chunks share parents: not every time
-                    self._release_bounds()
-
-    def _release_bounds(self) -> None:
-        """Drop the windows of the parents' keys read since the last time, a run of windows a call."""
-        w = np.unique(np.concatenate(self._bounds)) if self._bounds else np.zeros(0, I64)
-        self._bounds, self._nbounds = [], 0
-        if not w.size:
-            return
-        cuts = np.flatnonzero(np.diff(w) != 1) + 1
-        for a, b in zip(w[np.r_[0, cuts]].tolist(), w[np.r_[cuts - 1, w.size - 1]].tolist()):
-            self.db.source.release(a << WINDOW_SHIFT, (b + 1) << WINDOW_SHIFT)
 
     CHUNK_PAGES = 1 << 13
     CHUNK_ELEMENTS = 1 << 16
@@ -174,7 +161,6 @@ class TreeScan:
     # touched (fault-around), so a chunk of sparse pages (one level's pages spread over the file) would hold
     # 16x its pages in RSS until it is released: 512 windows are 32 MiB, a dense chunk of 8192 4 KiB pages
     CHUNK_WINDOWS = 1 << 9
-    BOUND_WINDOWS = 1 << 9      # windows of separator keys (the parents') kept mapped before they are released
 
     # -- entering pages ---------------------------------------------------------------------------
 
@@ -377,10 +363,40 @@ class TreeScan:
         last_of_node = np.ones(n, bool)
         last_of_node[:-1] = node[1:] != node[:-1]
         nxt = np.minimum(np.arange(n) + 1, max(n - 1, 0))
+        lo_off, lo_len = ks, klen
         hi_off = np.where(last_of_node, nodes.hi_off[node], ks[nxt] if n else ks)
         hi_len = np.where(last_of_node, nodes.hi_len[node], klen[nxt] if n else klen)
-        return Frontier(r["pgid"].astype(I64), nodes.pgid[node], nodes.bucket[node], ks, klen, hi_off, hi_len,
+        if not self.quick:      # the children's bounds, as copies (the children's level never reads this page)
+            lo_off, hi_off = self._bound_keys(ks, klen, last_of_node, nxt, nodes.hi_off[node], nodes.hi_len[node])
+        return Frontier(r["pgid"].astype(I64), nodes.pgid[node], nodes.bucket[node], lo_off, lo_len, hi_off, hi_len,
                         nodes.hidden[node])
+
+    def _bound_keys(self, ks, klen, last_of_node, nxt, up_off, up_len):
+        """Where the children's bounds are in the next level's key store: every separator key of these
+        branches copied there (child i's lower bound, and child i-1's upper one), and the upper bound a last
+        child inherits copied from this level's store (-1, unbounded, stays -1). When the children's keys are
+        checked, their parents' pages (elsewhere in the file) are not read again: they used to be, and to keep
+        memory bounded their 64 KiB windows were released in thousands of calls a pass, and refaulted."""
+        n = ks.size
+        lo = self._copy_keys(self.g.u8, ks, klen)
+        up = np.flatnonzero(last_of_node & (up_off >= 0))
+        hi = np.full(n, NONE, I64)
+        inner = ~last_of_node
+        hi[inner] = lo[nxt[inner]] if n else lo[inner]
+        hi[up] = self._copy_keys(self._keys.u8, up_off[up], up_len[up])
+        return lo, hi
+
+    def _copy_keys(self, u8: np.ndarray, off: np.ndarray, length: np.ndarray) -> np.ndarray:
+        """Append the keys at ``off`` (``length`` bytes each) of ``u8`` to the next level's store; their offsets
+        there."""
+        length = as_i64(length)
+        starts = np.cumsum(length) - length
+        total = int(length.sum())
+        if total:
+            self._next_keys.append(u8[np.repeat(as_i64(off) - starts, length) + np.arange(total, dtype=I64)])
+        at = self._next_size + starts
+        self._next_size += total
+        return at
 
     def _leaves(self, nodes: Nodes):
         node, local, off = expand(nodes)
@@ -531,7 +547,7 @@ class TreeScan:
         lo_set = firsts[nodes.lo_off[node[firsts]] >= 0]
         if lo_set.size:
             n_ = node[lo_set]
-            c = compare_keys(self.g, ks[lo_set], klen[lo_set], nodes.lo_off[n_], nodes.lo_len[n_])
+            c = compare_keys(self.g, ks[lo_set], klen[lo_set], nodes.lo_off[n_], nodes.lo_len[n_], gb=self._keys)
             for e in lo_set[c < 0].tolist():
                 m = node[e]
                 self.problem("B033", f"the first key on {self._kind(nodes, m)} page {int(nodes.pgid[m])} needs to be "
@@ -540,7 +556,7 @@ class TreeScan:
         hi_set = lasts[nodes.hi_off[node[lasts]] >= 0]
         if hi_set.size:
             n_ = node[hi_set]
-            c = compare_keys(self.g, ks[hi_set], klen[hi_set], nodes.hi_off[n_], nodes.hi_len[n_])
+            c = compare_keys(self.g, ks[hi_set], klen[hi_set], nodes.hi_off[n_], nodes.hi_len[n_], gb=self._keys)
             for e in hi_set[c >= 0].tolist():
                 m = node[e]
                 self.problem("B033", f"the last key on {self._kind(nodes, m)} page {int(nodes.pgid[m])} needs to be < "
@@ -569,3 +585,10 @@ class TreeScan:
                 reported += 1
                 if reported >= self.MAX_KEY_PROBLEMS_PER_PAGE:
                     break
+
+
+def _key_store(parts: list[np.ndarray]) -> Gather:
+    """A level's separator keys, copied, as one buffer to gather from (zero-padded: a block read of the last key
+    stays inside it)."""
+    buf = np.concatenate(parts + [np.zeros(64, np.uint8)])
+    return Gather(buf, buf.size)

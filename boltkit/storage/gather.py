@@ -92,13 +92,16 @@ _KEEP = np.array([((1 << (8 * n)) - 1) << (64 - 8 * n) for n in range(9)], dtype
 BLOCK = 32      # bytes a key pair still tied after its first 8 is compared in, a round
 
 
-def compare_keys(g: Gather, a_off, a_len, b_off, b_len, a_first=None, b_first=None) -> np.ndarray:
+def compare_keys(g: Gather, a_off, a_len, b_off, b_len, a_first=None, b_first=None, gb: Gather | None = None
+                 ) -> np.ndarray:
     """Byte-wise comparison of key pairs (like bytes.Compare): -1, 0 or 1 per pair, each round only on the
-    pairs still tied. ``a_first``/``b_first``: first-round prefixes, if known.
+    pairs still tied. ``a_first``/``b_first``: first-round prefixes, if known. ``gb``: where the ``b`` keys
+    are, when not in ``g``.
 
     The first round compares 8 bytes; the pairs it leaves tied (BuildKit's keys share long prefixes: `sha256:`,
     a link's `{"Digest":"sha256:`) are compared 32 bytes a round, one gather of 32-byte items per side, since
     every gather of keys spread over the file is a cache miss a key, and 8 bytes a round took four of them."""
+    gb = g if gb is None else gb
     n = len(a_off)
     res = np.zeros(n, dtype=np.int8)
     todo = np.arange(n)
@@ -111,15 +114,15 @@ def compare_keys(g: Gather, a_off, a_len, b_off, b_len, a_first=None, b_first=No
                 ca, cb = a_first, b_first
             else:
                 ca = g.prefix8(a_off[todo], al)
-                cb = g.prefix8(b_off[todo], bl)
+                cb = gb.prefix8(b_off[todo], bl)
             width = 8
         else:
             ao, bo = a_off[todo] + shift, b_off[todo] + shift
-            if max(int(ao.max()), int(bo.max())) + BLOCK > g.size:      # a key in the file's last bytes
-                ca, cb = g.prefix8(ao, al), g.prefix8(bo, bl)
+            if int(ao.max()) + BLOCK > g.size or int(bo.max()) + BLOCK > gb.size:     # a key in the last bytes
+                ca, cb = g.prefix8(ao, al), gb.prefix8(bo, bl)
                 width = 8
             else:
-                ca, cb = _first_difference(_block_words(g, ao, al), _block_words(g, bo, bl))
+                ca, cb = _first_difference(_block_words(g, ao, al), _block_words(gb, bo, bl))
                 width = BLOCK
         lt = ca < cb
         gt = ca > cb
