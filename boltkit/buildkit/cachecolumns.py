@@ -3,45 +3,30 @@
 A BuildKit cache.db holds ~200k ids spread over four buckets, one nested (almost always inline) bucket
 per id and a few entries in each. Decoded entry by entry into Python objects that costs ~10 s, far more
 than the structural check of the same file. Here the elements come from the structural pass itself
-(TreeScan's ``on_leaves``: nothing is read twice), every string that names an id is interned to an
-integer by hashing (storage/strings.py), and link keys in Go's canonical form are recognised a layout at a
-time (linkkeys.py); the semantic checks then become set operations on integer arrays (cachecheck.py). Entries
+(TreeScan's ``on_leaves``, read a chunk at a time while resident: cacheleaves.py), every string that names
+an id is interned to an integer by hashing (storage/strings.py), and link keys in Go's canonical form are
+recognised a layout at a time (linkkeys.py); the semantic checks then become set operations on integer
+arrays (cachecheck.py). Entries
 not in the shape BuildKit writes take the exact slow path of cachedb.py, so the columns say what the object
 decoder says, sooner.
 """
 from __future__ import annotations
 
-import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..storage.gather import Gather
 from ..check.problems import Severity
 from ..check.scan import TreeScan
-from ..storage.strings import Names, by_length, byte_strings, chunks, intern, rows_at, string_at, string_hashes
+from ..storage.strings import Names, byte_strings
 from ..errors import CorruptionError
-from ..schemas import BUCKET_LEAF_FLAG
 from ..storage import Database
 from .cachedb import LAZY, NOT_CANONICAL, TOP_BUCKETS, Anomaly, CacheResult, CacheStore, Link, decode_result
+from .cacheleaves import RESULT, CacheLeaves
 from .graph import GraphSummary, summarize_arrays
-from .linkkeys import link_targets
 
 _I64 = np.int64
-
-
-@dataclass
-class Entries:
-    """One top-level bucket: its id buckets (names as file ranges) and their level-3 entries."""
-    name_off: np.ndarray
-    name_len: np.ndarray
-    owner: np.ndarray            # per entry: index into the names
-    key_off: np.ndarray
-    key_len: np.ndarray
-    val_off: np.ndarray
-    val_len: np.ndarray
 
 
 _UNSET: Any = None     # a column load_cache_columns has not filled yet
@@ -74,10 +59,17 @@ class CacheColumns:
     id_sequences: dict = field(default_factory=dict)    # top bucket name -> the sequence of each of its ids
     tree: tuple | None = None           # (meta index, txid) of the tree the columns were read from
     sound: bool = False                 # the pass that read them met no damage: nothing was left out
+    data: np.ndarray | None = None      # the bytes link_key and result_value point into (None: names.data)
+
+    @property
+    def raw_data(self) -> np.ndarray:
+        """The bytes ``link_key`` and ``result_value`` are ranges of: the file (still mapped; its pages are
+        read again when asked for), or the buffer the names are in."""
+        return self.names.data if self.data is None else self.data
 
     def raw(self, off_len: tuple, i: int) -> bytes:
         o = int(off_len[0][i])
-        return self.names.data[o:o + int(off_len[1][i])].tobytes()
+        return self.raw_data[o:o + int(off_len[1][i])].tobytes()
 
     def graph_summary(self, top: int = 10) -> GraphSummary:
         """``graph.summarize`` of the link graph: keys with a `_links` bucket or a parent are its nodes."""
@@ -93,7 +85,7 @@ class CacheColumns:
     def to_store(self) -> CacheStore:
         """The same contents as Python objects, for the repairs that rewrite the store: what the object
         decoder of cachedb.py gives, built from the columns (poison keys and odd results are decoded already)."""
-        u8 = self.names.data
+        u8 = self.raw_data
         names = [b.decode("utf-8", "replace") for b in self.names.all_bytes()]
 
         def raw(off_len):
@@ -115,7 +107,7 @@ class CacheColumns:
         for i, (kid, rid, value) in enumerate(zip(self.result_kid.tolist(), self.result_rid.tolist(),
                                                   raw(self.result_value))):
             r = odd.get(i)
-            m = _RESULT.fullmatch(value) if r is None else None
+            m = RESULT.fullmatch(value) if r is None else None
             if m is not None:
                 r = CacheResult(names[kid], names[rid], m.group(1).decode(), names[rid], value)
             elif r is None:     # valid JSON, but not in Go's byte form (order, spaces, escapes): decode it
@@ -126,39 +118,6 @@ class CacheColumns:
         for tgt, src in zip(self.backlink_tgt.tolist(), self.backlink_src.tolist()):
             s.backlinks[names[tgt]].add(names[src])
         return s
-
-
-class CacheLeaves:
-    """Receives the leaf elements of the structural pass (TreeScan's ``on_leaves``) and keeps them, so
-    the semantic check reads nothing twice. Stops keeping them as soon as the root bucket shows the file
-    is not a cache.db."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget what was kept (a read of a live file that did not settle is read again)."""
-        self.parts: list[tuple] = []
-        self.scan = None
-        self.wanted = True
-
-    def __call__(self, scan, bucket, flags, ks, klen, ve) -> None:
-        if self.scan is None:
-            root = np.flatnonzero(bucket == 0)
-            names = {bytes(scan.data[int(ks[i]):int(ks[i] + klen[i])]) for i in root}
-            self.wanted = not root.size or bool(names & set(TOP_BUCKETS))
-        self.scan = scan
-        if self.wanted:     # compact: the bulk of a cache.db's memory is these arrays
-            self.parts.append((bucket.astype(np.int32), (flags & BUCKET_LEAF_FLAG) != 0, ks,
-                               klen.astype(np.int32), (ve - ks - klen).astype(np.int32)))
-
-    def take(self) -> tuple:
-        """(bucket, is_bucket, key_start, key_len, value_len) of every element kept, once."""
-        parts, self.parts = self.parts, []
-        if not parts:
-            return np.zeros(0, np.int32), np.zeros(0, bool), np.zeros(0, _I64), np.zeros(0, np.int32), \
-                np.zeros(0, np.int32)
-        return tuple(np.concatenate(x) for x in zip(*parts))
 
 
 def load_cache_columns(db: Database, on_damage=None, progress=None) -> CacheColumns:
@@ -189,97 +148,28 @@ def load_cache_columns(db: Database, on_damage=None, progress=None) -> CacheColu
 
 
 def columns_from_leaves(leaves: CacheLeaves) -> CacheColumns:
-    """Sort the elements of a cache.db's tree into its four buckets and decode them (see the module)."""
-    if leaves.scan is None:
-        g = Gather(np.zeros(0, np.uint8), 0)
-        parent, koff, klen = (np.zeros(1, _I64),) * 3
-    else:
-        g = leaves.scan.g
-        parent, koff, klen = leaves.scan.bucket_table()
-    bucket, is_bucket, ks, kl, vlen = leaves.take()
-    cols = CacheColumns(names=_UNSET)
-    u8 = g.u8
-
-    def name(b) -> bytes:
-        return u8[int(koff[b]):int(koff[b] + klen[b])].tobytes()
-
-    def key(i) -> bytes:
-        return u8[int(ks[i]):int(ks[i] + kl[i])].tobytes()
-
-    for i in np.flatnonzero((bucket == 0) & ~is_bucket):
-        cols.anomalies.append(Anomaly("C1", (), key(i), "plain key at the top level"))
-    tops = np.flatnonzero(parent == 0)
-    tops = tops[tops > 0]
-    by_name: dict[bytes, list[int]] = {}
-    for t in tops.tolist():
-        by_name.setdefault(name(t), []).append(t)
-    for top_name in by_name:
+    """The columns of what ``leaves`` read during the structural pass (see the module and cacheleaves.py)."""
+    r = leaves.finish()
+    cols = CacheColumns(names=r["names"], anomalies=r["anomalies"], data=r["data"])
+    for top_name in r["by_name"]:
         if top_name in TOP_BUCKETS:
             cols.top.add(top_name)
         else:
             cols.foreign_top.append(top_name)
-
-    level = np.zeros(parent.size, np.int8)             # 1: a top-level bucket BuildKit uses, 2: an id bucket
-    top_of = np.full(parent.size, -1, _I64)            # id bucket -> index of its top in TOP_BUCKETS
-    for j, top_name in enumerate(TOP_BUCKETS):
-        level[by_name.get(top_name, [])] = 1
-        top_of[by_name.get(top_name, [])] = j
-    ids = np.flatnonzero((level[parent] == 1) & (np.arange(parent.size) > 0))
-    level[ids] = 2
-    top_of[ids] = top_of[parent[ids]]
-    lvl = level[bucket]
-    for i in np.flatnonzero((lvl == 1) & ~is_bucket):
-        cols.anomalies.append(Anomaly("C2", (TOP_BUCKETS[top_of[bucket[i]]],), key(i),
-                                      "level-2 entry is a plain value, not a bucket"))
-    in_id = lvl == 2
-    for i in np.flatnonzero(in_id & is_bucket):
-        cols.anomalies.append(Anomaly("C3", (TOP_BUCKETS[top_of[bucket[i]]], name(bucket[i])), key(i),
-                                      "level-3 entry is a bucket"))
-    for i in np.flatnonzero(in_id & ~is_bucket & (vlen > 0) & (top_of[bucket] != TOP_BUCKETS.index(b"_result"))):
-        cols.anomalies.append(Anomaly("C7", (TOP_BUCKETS[top_of[bucket[i]]], name(bucket[i])), key(i),
-                                      f"value of {int(vlen[i])} bytes, expected empty"))
-
-    entries = {}
-    plain = in_id & ~is_bucket
-    for j, top_name in enumerate(TOP_BUCKETS):
-        mine = ids[top_of[ids] == j]
-        e = np.flatnonzero(plain & (top_of[bucket] == j))
-        entries[top_name] = Entries(koff[mine], klen[mine], np.searchsorted(mine, bucket[e]), ks[e], kl[e],
-                                    ks[e] + kl[e], vlen[e])
-    return _decode(cols, g, *(entries[n] for n in (b"_links", b"_result", b"_byresult", b"_backlinks")))
-
-
-def _decode(cols: CacheColumns, g: Gather, links: Entries, results: Entries, byresult: Entries,
-            backlinks: Entries) -> CacheColumns:
-    ids = [(links.name_off, links.name_len), (results.name_off, results.name_len),
-           (byresult.name_off, byresult.name_len), (backlinks.name_off, backlinks.name_len)]
-    keys = [(results.key_off, results.key_len), (byresult.key_off, byresult.key_len),
-            (backlinks.key_off, backlinks.key_len)]
-    # link keys are checked on a second core meanwhile: numpy lets go of the interpreter while it works
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        found = pool.submit(link_targets, g, links)
-        hashed = [string_hashes(g, *r) for r in ids + keys]
-        cols.result_errors = _result_errors(g, results)
-        has_tgt, tgt_off, tgt_len, cols.link_errors, tgt_hashed, cols.link_spelled = found.result()
-    sources = ids + [(tgt_off, tgt_len)] + keys
-    codes, cols.names = intern(g, [s[0] for s in sources], [s[1] for s in sources],
-                               hashed[:4] + [tgt_hashed] + hashed[4:])
-    (cols.links_ids, cols.results_ids, cols.byresult_ids, cols.backlinks_ids, tcodes,
-     cols.result_rid, cols.byresult_kid, cols.backlink_src) = codes
-    cols.link_src = cols.links_ids[links.owner]
-    cols.link_tgt = np.full(links.owner.size, -1, _I64)
-    cols.link_tgt[has_tgt] = tcodes
-    cols.link_key = (links.key_off, links.key_len)
-    cols.result_kid = cols.results_ids[results.owner]
-    cols.result_value = (results.val_off, results.val_len)
-    cols.byresult_rid = cols.byresult_ids[byresult.owner]
-    cols.backlink_tgt = cols.backlinks_ids[backlinks.owner]
-    for name, e in zip((b"_links", b"_result", b"_byresult", b"_backlinks"), (links, results, byresult, backlinks)):
-        at = e.name_off + e.name_len + 8                # the bucket header after the name: root, then sequence
-        ok = at + 8 <= g.size
-        seq = np.zeros(at.size, np.uint64)
-        seq[ok] = rows_at(g.u8, at[ok], 8).copy().view("<u8").ravel()
-        cols.id_sequences[name] = seq
+    cols.links_ids, cols.results_ids = r["links_ids"], r["results_ids"]
+    cols.byresult_ids, cols.backlinks_ids = r["byresult_ids"], r["backlinks_ids"]
+    cols.link_src = cols.links_ids[r["link_owner"]]
+    cols.link_tgt = r["link_tgt"]
+    cols.link_key = r["link_key"]
+    cols.link_errors, cols.link_spelled = r["link_errors"], r["link_spelled"]
+    cols.result_kid = cols.results_ids[r["result_owner"]]
+    cols.result_rid = r["result_rid"]
+    cols.result_value, cols.result_errors = r["result_value"], r["result_errors"]
+    cols.byresult_rid = cols.byresult_ids[r["byresult_owner"]]
+    cols.byresult_kid = r["byresult_kid"]
+    cols.backlink_tgt = cols.backlinks_ids[r["backlink_owner"]]
+    cols.backlink_src = r["backlink_src"]
+    cols.id_sequences = r["id_sequences"]
     return cols
 
 
@@ -288,7 +178,7 @@ def primers(cols: CacheColumns) -> dict:
     the replay of a start (startup.py) then reads cache.db's id buckets without a page read per key. Only
     for columns of a sound tree without anomalies (every level-2 entry an id bucket, every level-3 entry a
     plain value, empty but in `_result`), the shape the primed buckets assume."""
-    names, u8 = cols.names, cols.names.data
+    names, u8 = cols.names, cols.raw_data
     text = names.all_bytes()
     code_of = dict(zip(text, range(len(text))))
 
@@ -324,59 +214,6 @@ def _primer(code_of, slot, bounds, order, keys, values, sequences):
             return sequences[i], dict.fromkeys([keys[j] for j in rows], b"")
         return sequences[i], {keys[j]: values[j] for j in rows}
     return children
-
-
-_PLAIN = rb'[\x20\x21\x23-\x5b\x5d-\x7e]*'       # JSON string content that needs no decoding
-_RESULT = re.compile(rb'\{"CreatedAt":"(' + _PLAIN + rb')","ID":"(' + _PLAIN + rb')"\}')
-
-
-def _result_errors(g: Gather, results: Entries) -> dict[int, CacheResult]:
-    """Results that do not decode, or whose JSON ID differs from their key (C4). The JSON Go writes is
-    matched directly; anything else goes through ``decode_result``."""
-    data = g.data
-    errors: dict[int, CacheResult] = {}
-    odd = np.flatnonzero(~_in_go_form(g, results))
-    for i, ko, kl, vo, vl in zip(odd.tolist(), results.key_off[odd].tolist(), results.key_len[odd].tolist(),
-                                 results.val_off[odd].tolist(), results.val_len[odd].tolist()):
-        key = data[ko:ko + kl]
-        m = _RESULT.fullmatch(data[vo:vo + vl])
-        if m is not None and m.group(2) == key:
-            continue
-        kid = string_at(g.u8, results.name_off, results.name_len, results.owner[i]).decode("utf-8", "replace")
-        r = decode_result(kid, bytes(key), bytes(data[vo:vo + vl]))
-        if r.error:
-            errors[i] = r
-    return errors
-
-
-_PLAIN_BYTE = np.zeros(256, bool)               # the bytes of _PLAIN
-_PLAIN_BYTE[[0x20, 0x21]] = True
-_PLAIN_BYTE[0x23:0x5c] = True
-_PLAIN_BYTE[0x5d:0x7f] = True
-_CREATED, _ID, _END = (np.frombuffer(b, np.uint8) for b in (b'{"CreatedAt":"', b'","ID":"', b'"}'))
-
-
-def _in_go_form(g: Gather, results: Entries) -> np.ndarray:
-    """Per result: its value is the JSON Go writes naming its own key (what ``_RESULT`` matches with the key as
-    its ID), decided a (value length, key length) group at a time on rows of bytes. False only means "look
-    closer": those go through the regex and ``decode_result``."""
-    kl, vl = results.key_len.astype(_I64), results.val_len.astype(_I64)
-    fixed = _CREATED.size + _ID.size + _END.size
-    ok = (vl - kl >= fixed) & (results.val_off + vl <= g.size) & (results.key_off + kl <= g.size)
-    out = np.zeros(kl.size, bool)
-    idx = np.flatnonzero(ok)
-    for pair, group in by_length(vl[idx] * (1 << 32) + kl[idx]):
-        v_len, k_len = pair >> 32, pair & 0xFFFFFFFF
-        for rows in chunks(idx[group]):
-            v = rows_at(g.u8, results.val_off[rows], v_len)
-            k = rows_at(g.u8, results.key_off[rows], k_len)
-            c = v_len - fixed - k_len                  # the CreatedAt string's length
-            at = _CREATED.size + c
-            fits = (v[:, :_CREATED.size] == _CREATED).all(1) & _PLAIN_BYTE[v[:, _CREATED.size:at]].all(1)
-            fits &= (v[:, at:at + _ID.size] == _ID).all(1) & (v[:, at + _ID.size:v_len - _END.size] == k).all(1)
-            fits &= _PLAIN_BYTE[k].all(1) & (v[:, v_len - _END.size:] == _END).all(1)
-            out[rows] = fits
-    return out
 
 
 def load_cache_store(db: Database, on_damage=None, progress=None) -> CacheStore:

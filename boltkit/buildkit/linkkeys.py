@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..storage.gather import Gather
-from ..storage.strings import by_length, chunks, hash_rows, rows_at, string_at, string_hashes
+from ..storage.strings import by_length, chunks, hash_rows, rows_at
 from .cachedb import CANONICAL_LINK_KEY, SPELLED_OUT_LINK_KEY, Link, decode_link_key
 
 _I64 = np.int64
@@ -25,36 +24,27 @@ _DIGEST_KINDS = (np.frombuffer(b"sha256:", np.uint8), np.frombuffer(b"random:", 
 _LAYOUTS_PER_LENGTH = 32          # past that, a length's remaining keys are decoded one by one
 
 
-def link_targets(g: Gather, links) -> tuple:
-    """Of the link keys of ``links`` (cachecolumns.Entries): which have a target, the targets as file ranges
-    with their ``string_hashes``, the poison keys (C9/C17) found one by one, by index with their reason, and
-    the indices of the keys in a spelled-out layout (C9, ``NOT_CANONICAL``)."""
-    off, length = links.key_off, links.key_len
-    at = np.full(off.size, -1, _I64)                 # offset of the '@' inside the key; -1 = slow path
+def link_layouts(u8: np.ndarray, size: int, off: np.ndarray, length: np.ndarray) -> tuple:
+    """Of the link keys at the file ranges ``off``, ``length`` (one chunk of the structural pass, its pages
+    resident): the offset of the '@' before each one's target (-1: in no layout, or not wholly in the file;
+    ``slow_link`` decides those), the targets' ``string_hashes`` from the rows at hand, and which keys are in a
+    spelled-out layout (C9, ``NOT_CANONICAL``)."""
+    at = np.full(off.size, -1, _I64)
     spelled = np.zeros(off.size, bool)
-    h1 = np.zeros(off.size, np.uint64)               # the targets' string_hashes, from the rows at hand
+    h1 = np.zeros(off.size, np.uint64)
     h2 = np.zeros(off.size, np.uint64)
-    u8 = g.u8
-    usable = np.flatnonzero((length >= 3) & (off + length <= g.size))
+    usable = np.flatnonzero((length >= 3) & (off + length <= size))
     for n_len, group in by_length(length[usable]):
         for idx in chunks(usable[group]):
             _match_layouts(rows_at(u8, off[idx], n_len), idx, at, h1, h2, spelled)
+    return at, h1, h2, spelled
 
-    errors: dict[int, Link] = {}
-    slow = np.flatnonzero(at < 0)
-    for i in slow:
-        key = string_at(u8, off, length, i)
-        src = string_at(u8, links.name_off, links.name_len, links.owner[i]).decode("utf-8", "replace")
-        link = decode_link_key(src, key)
-        if link.error:
-            errors[int(i)] = link
-        if link.target:
-            at[i] = key.index(b"@")
-    slow = slow[at[slow] >= 0]
-    h1[slow], h2[slow] = string_hashes(g, off[slow] + at[slow] + 1, length[slow] - at[slow] - 1)
-    has = at >= 0
-    return has, off[has] + at[has] + 1, length[has] - at[has] - 1, errors, (h1[has], h2[has]), \
-        np.flatnonzero(spelled)
+
+def slow_link(src: str, key: bytes) -> tuple[Link | None, int]:
+    """A link key no layout took, decoded exactly: the poison key (None: it is not one) and the offset of
+    the '@' before its target (-1: it has none)."""
+    link = decode_link_key(src, key)
+    return (link if link.error else None), (key.index(b"@") if link.target else -1)
 
 
 def _match_layouts(rows: np.ndarray, idx: np.ndarray, at: np.ndarray, h1: np.ndarray, h2: np.ndarray,

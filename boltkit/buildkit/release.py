@@ -45,8 +45,9 @@ class ReleaseJournal(Sequence):
     name code; -1: the link key ``link``), ``what`` (into WHATS), ``why`` (into ``reasons``), ``subject``
     (a name code). Every mutation is a delete or a delete-bucket and happens in ``stage``."""
 
-    def __init__(self, names, link_key: tuple, columns: dict, reasons: Sequence, stage: Any):
+    def __init__(self, names, link_key: tuple, columns: dict, reasons: Sequence, stage: Any, raw_data=None):
         self.names, self.link_key, self.reasons, self.stage = names, link_key, tuple(reasons), stage
+        self.raw_data = names.data if raw_data is None else raw_data    # the bytes link_key points into
         self.op, self.top, self.bucket, self.key = (columns[c] for c in ("op", "top", "bucket", "key"))
         self.link, self.what, self.why, self.subject = (columns[c] for c in ("link", "what", "why", "subject"))
 
@@ -64,7 +65,7 @@ class ReleaseJournal(Sequence):
             raw = self._bytes(key)
         else:
             o = int(self.link_key[0][self.link[i]])
-            raw = self.names.data[o:o + int(self.link_key[1][self.link[i]])].tobytes()
+            raw = self.raw_data[o:o + int(self.link_key[1][self.link[i]])].tobytes()
         return OPS[self.op[i]], path, raw, WHATS[self.what[i]], self.reasons[self.why[i]], \
             self._bytes(int(self.subject[i]))
 
@@ -236,7 +237,7 @@ def _release(cols, why_of, reasons, empty_why, stage, rank) -> ReleaseJournal:
     order = np.lexsort((columns["slot"], columns["pair"]))
     small = {"op": np.int8, "top": np.int8, "what": np.int8, "why": np.int16}
     out = {k: v[order].astype(small.get(k, _I64)) for k, v in columns.items() if k not in ("pair", "slot")}
-    return ReleaseJournal(cols.names, cols.link_key, out, reasons, stage)
+    return ReleaseJournal(cols.names, cols.link_key, out, reasons, stage, cols.raw_data)
 
 
 def _rows(pairs, slot, mask, op, top, bucket, key, what, why, subject) -> dict:
@@ -271,7 +272,7 @@ class _Climb:
     def _raw(self, i: int) -> bytes:
         off, length = self.cols.link_key
         o = int(off[i])
-        return self.cols.names.data[o:o + int(length[i])].tobytes()
+        return self.cols.raw_data[o:o + int(length[i])].tobytes()
 
     def _links(self, kid: int) -> dict[int, int] | None:
         if kid in self.l_gone or not self.has_l[kid]:

@@ -38,8 +38,10 @@ class TreeScan:
         self.db = db
         # on_leaves(scan, bucket, flags, key_start, key_len, value_end): every batch of leaf elements the
         # pass reads (damaged nodes already dropped), for readers that want the whole file's contents in
-        # arrays without a second pass (the BuildKit cache.db check)
+        # arrays without a second pass (the BuildKit cache.db check); the pages read are kept mapped for it
+        # unless it says it reads all it needs during the call (``on_leaves.keeps_pages = False``)
         self.on_leaves = on_leaves
+        self._keep_pages = on_leaves is not None and getattr(on_leaves, "keeps_pages", True)
         self.data = db.data
         self.meta = meta
         self.emit = emit
@@ -87,6 +89,21 @@ class TreeScan:
             self._b_cache = (np.concatenate(self._b_parent).astype(I64), np.concatenate(self._b_koff).astype(I64),
                              np.concatenate(self._b_klen).astype(I64))
         return self._b_cache
+
+    def buckets_since(self, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``bucket_table`` of the buckets numbered ``start`` and up: an ``on_leaves`` reader follows the table
+        as the pass grows it (a bucket is numbered when its parent's leaf is read, after that leaf's
+        ``on_leaves`` call and before any leaf of its own)."""
+        parts: list[int] = []
+        n = self.nbuckets
+        for i in range(len(self._b_parent) - 1, -1, -1):
+            if n <= start:
+                break
+            n -= self._b_parent[i].size
+            parts.append(i)
+        cut = start - n
+        return tuple(np.concatenate([c[i] for i in reversed(parts)])[cut:].astype(I64)      # type: ignore[return-value]
+                     if parts else np.zeros(0, I64) for c in (self._b_parent, self._b_koff, self._b_klen))
 
     def path(self, b: int) -> tuple[bytes, ...]:
         parent, koff, klen = self.bucket_table()
@@ -147,7 +164,7 @@ class TreeScan:
             fronts.append(fc)
             if ic is not None:
                 inls.append(ic)
-        if nodes.pgid.size and self.on_leaves is None:   # nodes are in file order, and the pages holding
+        if nodes.pgid.size and not self._keep_pages:   # nodes are in file order, and the pages holding
             # them are done with (unless a reader of the leaves goes back to their keys); whole 64 KiB windows,
             # since fault-around mapped the neighbours of the first and last page too (left mapped, they added
             # up to 100s of MiB over the chunks of a 1 GB file)

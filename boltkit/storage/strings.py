@@ -159,6 +159,151 @@ def _unique(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order[new], inv
 
 
+class Interner:
+    """Codes for byte strings met a chunk at a time, while the pages holding them are resident: each
+    distinct string is hashed (``hash_rows``) and copied out once, into a buffer of its own, so the file's
+    pages can be released as soon as a chunk is read and nothing needs them again.
+
+    The strings form numbered lists (as ``intern`` takes them); each string added says where it stands (its
+    list and position, ``place``), and ``finish`` numbers the distinct strings in order of first appearance
+    in the lists, as ``intern`` does. A string added but never placed (a candidate that turned out not to
+    be in any list) gets no code.
+
+    A string is recognised by its first hash in a sorted table and confirmed by its second, as ``intern``
+    does; a string whose first hash is taken by another string (never seen) is interned by its bytes."""
+
+    def __init__(self):
+        self._h1 = np.zeros(0, np.uint64)      # sorted first hashes of the distinct strings
+        self._at = np.zeros(0, _I64)           # the provisional code of each
+        self._h1r = np.zeros(0, np.uint64)     # the same, for the strings added since the last merge
+        self._atr = np.zeros(0, _I64)
+        self._h2 = np.zeros(0, np.uint64)      # by provisional code: the second hash
+        self._first = np.zeros(0, _I64)        # by provisional code: the first place it stands at
+        self._off = np.zeros(0, _I64)          # by provisional code: where its bytes are in the buffer
+        self._len = np.zeros(0, _I64)
+        self._buf = bytearray()
+        self._exact: dict[bytes, int] = {}     # strings whose first hash another string has
+        self.n = 0
+
+    @staticmethod
+    def where(list_no: int, positions) -> np.ndarray:
+        """The place key of positions in list ``list_no``: lists in order, then positions."""
+        return np.asarray(positions, _I64) + (list_no << 40)
+
+    def add(self, u8: np.ndarray, off: np.ndarray, length: np.ndarray, where: np.ndarray | None = None,
+            hashes: tuple | None = None) -> np.ndarray:
+        """Provisional codes of the strings at the ranges ``off``, ``length`` of ``u8`` (in bounds), placed at
+        ``where`` (see ``where``; None: not yet). ``hashes``: their ``string_hashes``, where the caller has
+        them."""
+        off, length = np.asarray(off, _I64), np.asarray(length, _I64)
+        m = off.size
+        if not m:
+            return np.zeros(0, _I64)
+        if hashes is None:
+            h1, h2 = np.empty(m, np.uint64), np.empty(m, np.uint64)
+            for n, group in by_length(length):
+                for idx in chunks(group):
+                    h1[idx], h2[idx] = hash_rows(rows_at(u8, off[idx], n))
+        else:
+            h1, h2 = hashes
+        first, inv = _unique(h1)
+        u = h1[first]                                  # the distinct first hashes, ascending
+        code_u = self._find(u)
+        new = np.flatnonzero(code_u < 0)
+        if new.size:
+            fresh = self._grow(new.size)
+            reps = first[new]
+            self._h2[fresh] = h2[reps]
+            self._keep(u8, off[reps], length[reps], fresh)
+            code_u[new] = fresh
+            self._insert(u[new], fresh)
+        codes = code_u[inv]
+        for i in np.flatnonzero(self._h2[codes] != h2).tolist():      # the first hash is another string's
+            o, n = int(off[i]), int(length[i])
+            b = u8[o:o + n].tobytes()
+            c = self._exact.get(b)
+            if c is None:
+                c = self._exact[b] = int(self._grow(1)[0])
+                self._h2[c] = h2[i]
+                self._keep(u8, off[i:i + 1], length[i:i + 1], np.array([c]))
+            codes[i] = c
+        if where is not None:
+            self.place(codes, where)
+        return codes
+
+    def _find(self, u: np.ndarray) -> np.ndarray:
+        """The provisional codes of the first hashes ``u`` (ascending; -1: not in the table). The table is
+        a large sorted part and a recent one, merged when the recent part grows past a quarter of the
+        other, so adding a chunk does not move the whole table."""
+        out = np.full(u.size, -1, _I64)
+        for h, at in ((self._h1, self._at), (self._h1r, self._atr)):
+            if h.size:
+                pos = np.minimum(np.searchsorted(h, u), h.size - 1)
+                hit = h[pos] == u
+                out[hit] = at[pos[hit]]
+        return out
+
+    def _insert(self, u: np.ndarray, codes: np.ndarray) -> None:
+        pos = np.searchsorted(self._h1r, u)
+        self._h1r, self._atr = np.insert(self._h1r, pos, u), np.insert(self._atr, pos, codes)
+        if self._h1r.size > max(self._h1.size // 4, CHUNK):
+            h = np.concatenate([self._h1, self._h1r])
+            order = np.argsort(h, kind="stable")
+            self._h1, self._at = h[order], np.concatenate([self._at, self._atr])[order]
+            self._h1r, self._atr = np.zeros(0, np.uint64), np.zeros(0, _I64)
+
+    def add_bytes(self, strings: list, where: np.ndarray | None = None) -> np.ndarray:
+        """``add`` of Python byte strings."""
+        buf = np.frombuffer(b"".join(strings) + b"\0", np.uint8)
+        length = np.array([len(b) for b in strings], _I64)
+        return self.add(buf, np.cumsum(length) - length, length, where)
+
+    def place(self, codes: np.ndarray, where: np.ndarray) -> None:
+        """The strings ``codes`` stand at ``where`` (see ``where``)."""
+        np.minimum.at(self._first, codes, where)
+
+    def bytes(self, code: int) -> bytes:
+        """The bytes of the string with provisional code ``code``."""
+        o = int(self._off[code])
+        return bytes(self._buf[o:o + int(self._len[code])])
+
+    def finish(self) -> tuple[np.ndarray, "Names"]:
+        """Per provisional code its code (-1: never placed), and the strings by code, in a buffer of their own
+        (padded to whole 8-byte words, as a mapped file is read by ``Gather.prefix8``)."""
+        first = self._first[:self.n]
+        placed = np.flatnonzero(first != _UNPLACED)
+        order = placed[np.argsort(first[placed], kind="stable")]
+        rank = np.full(self.n, -1, _I64)
+        rank[order] = np.arange(order.size, dtype=_I64)
+        self._buf.extend(bytes(16 - len(self._buf) % 8))
+        data = np.frombuffer(bytes(self._buf), np.uint8)
+        self._buf = bytearray()
+        return rank, Names(data, self._off[order], self._len[order])
+
+    def _grow(self, k: int) -> np.ndarray:
+        """k new provisional codes."""
+        if self.n + k > self._h2.size:
+            cap = max(2 * self._h2.size, self.n + k, 1024)
+            self._h2, self._off, self._len = (np.resize(a, cap) for a in (self._h2, self._off, self._len))
+            first = np.full(cap, _UNPLACED, _I64)
+            first[:self._first.size] = self._first
+            self._first = first
+        fresh = np.arange(self.n, self.n + k, dtype=_I64)
+        self.n += k
+        return fresh
+
+    def _keep(self, u8: np.ndarray, off: np.ndarray, length: np.ndarray, codes: np.ndarray) -> None:
+        """Copy the strings' bytes into the buffer, a length at a time."""
+        for n, group in by_length(length):
+            self._off[codes[group]] = len(self._buf) + n * np.arange(group.size, dtype=_I64)
+            self._len[codes[group]] = n
+            if n:
+                self._buf += rows_at(u8, off[group], n).tobytes()
+
+
+_UNPLACED = np.iinfo(_I64).max
+
+
 def by_length(length: np.ndarray):
     """(n, indices of the strings of length n) for each length present."""
     key = length.astype(np.uint16) if length.size and length.max() < 2**16 else length    # radix sort
