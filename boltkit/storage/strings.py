@@ -169,14 +169,13 @@ class Interner:
     in the lists, as ``intern`` does. A string added but never placed (a candidate that turned out not to
     be in any list) gets no code.
 
-    A string is recognised by its first hash in a sorted table and confirmed by its second, as ``intern``
+    A string is recognised by its first hash in a hash table and confirmed by its second, as ``intern``
     does; a string whose first hash is taken by another string (never seen) is interned by its bytes."""
 
     def __init__(self):
-        self._h1 = np.zeros(0, np.uint64)      # sorted first hashes of the distinct strings
-        self._at = np.zeros(0, _I64)           # the provisional code of each
-        self._h1r = np.zeros(0, np.uint64)     # the same, for the strings added since the last merge
-        self._atr = np.zeros(0, _I64)
+        self._table = np.zeros((1, 2), np.uint64)    # hash table of the distinct strings' first hashes (_find)
+        self._claim = np.zeros(0, _I64)
+        self._mask, self._shift, self._filled = 0, np.uint64(63), 0
         self._h2 = np.zeros(0, np.uint64)      # by provisional code: the second hash
         self._first = np.zeros(0, _I64)        # by provisional code: the first place it stands at
         self._off = np.zeros(0, _I64)          # by provisional code: where its bytes are in the buffer
@@ -206,18 +205,16 @@ class Interner:
                     h1[idx], h2[idx] = hash_rows(rows_at(u8, off[idx], n))
         else:
             h1, h2 = hashes
-        first, inv = _unique(h1)
-        u = h1[first]                                  # the distinct first hashes, ascending
-        code_u = self._find(u)
-        new = np.flatnonzero(code_u < 0)
+        codes = self._find(h1)
+        new = np.flatnonzero(codes < 0)
         if new.size:
-            fresh = self._grow(new.size)
-            reps = first[new]
+            first, inv = _unique(h1[new])
+            fresh = self._grow(first.size)
+            reps = new[first]
             self._h2[fresh] = h2[reps]
             self._keep(u8, off[reps], length[reps], fresh)
-            code_u[new] = fresh
-            self._insert(u[new], fresh)
-        codes = code_u[inv]
+            self._insert(h1[reps], fresh)
+            codes[new] = fresh[inv]
         for i in np.flatnonzero(self._h2[codes] != h2).tolist():      # the first hash is another string's
             o, n = int(off[i]), int(length[i])
             b = u8[o:o + n].tobytes()
@@ -231,26 +228,52 @@ class Interner:
             self.place(codes, where)
         return codes
 
-    def _find(self, u: np.ndarray) -> np.ndarray:
-        """The provisional codes of the first hashes ``u`` (ascending; -1: not in the table). The table is
-        a large sorted part and a recent one, merged when the recent part grows past a quarter of the
-        other, so adding a chunk does not move the whole table."""
-        out = np.full(u.size, -1, _I64)
-        for h, at in ((self._h1, self._at), (self._h1r, self._atr)):
-            if h.size:
-                pos = np.minimum(np.searchsorted(h, u), h.size - 1)
-                hit = h[pos] == u
-                out[hit] = at[pos[hit]]
+    def _find(self, h: np.ndarray) -> np.ndarray:
+        """The provisional codes of the first hashes ``h`` (-1: not in the table). The table is open
+        addressing on the hashes' top bits, probed linearly, all lookups of a call at once; a slot holds a
+        hash and its code + 1 (0: free) side by side, one read a probe."""
+        out = np.full(h.size, -1, _I64)
+        if not self._filled:
+            return out
+        at = (h >> self._shift).astype(_I64)
+        todo = np.arange(h.size)
+        while todo.size:
+            slot = self._table.take(at, axis=0)        # (a fancy index of rows is several times slower)
+            c = slot[:, 1].view(_I64) - 1
+            hit = (c >= 0) & (slot[:, 0] == h[todo])
+            out[todo[hit]] = c[hit]
+            on = ~hit & (c >= 0)                      # another string's slot: the next one
+            todo, at = todo[on], (at[on] + 1) & self._mask
         return out
 
-    def _insert(self, u: np.ndarray, codes: np.ndarray) -> None:
-        pos = np.searchsorted(self._h1r, u)
-        self._h1r, self._atr = np.insert(self._h1r, pos, u), np.insert(self._atr, pos, codes)
-        if self._h1r.size > max(self._h1.size // 4, CHUNK):
-            h = np.concatenate([self._h1, self._h1r])
-            order = np.argsort(h, kind="stable")
-            self._h1, self._at = h[order], np.concatenate([self._at, self._atr])[order]
-            self._h1r, self._atr = np.zeros(0, np.uint64), np.zeros(0, _I64)
+    def _insert(self, h: np.ndarray, codes: np.ndarray) -> None:
+        """Put the distinct first hashes ``h``, none in the table yet, in it (grown to stay half empty)."""
+        if 2 * (self._filled + h.size) > self._table.shape[0]:
+            cap = max(1 << 16, 1 << int(2 * (self._filled + h.size)).bit_length())
+            old = self._table[self._table[:, 1] != 0]
+            self._table = np.zeros((cap, 2), np.uint64)
+            self._mask, self._shift = cap - 1, np.uint64(64 - (cap.bit_length() - 1))
+            self._filled = 0
+            self._put(old[:, 0], old[:, 1].view(_I64) - 1)
+        self._put(h, codes)
+
+    def _put(self, h: np.ndarray, codes: np.ndarray) -> None:
+        at = (h >> self._shift).astype(_I64)
+        todo = np.arange(h.size)
+        if self._claim.size != self._table.shape[0]:
+            self._claim = np.full(self._table.shape[0], -1, np.int32)
+        claim = self._claim                 # per slot: which of the strings after it takes it this round
+        while todo.size:
+            free = np.flatnonzero(self._table.reshape(-1).take(2 * at + 1) == 0)
+            claim[at[free]] = free          # several after one slot: one write wins
+            mine = free[claim[at[free]] == free]
+            claim[at[free]] = -1
+            self._table[at[mine], 0] = h[todo[mine]]
+            self._table[at[mine], 1] = (codes[todo[mine]] + 1).astype(np.uint64)
+            left = np.ones(todo.size, bool)
+            left[mine] = False
+            todo, at = todo[left], (at[left] + 1) & self._mask
+        self._filled += h.size
 
     def add_bytes(self, strings: list, where: np.ndarray | None = None) -> np.ndarray:
         """``add`` of Python byte strings."""
