@@ -72,7 +72,7 @@ class CacheLeaves:
         self.seen = 1                                   # buckets placed (bucket 0: the root)
         self.level = np.zeros(1024, np.int8)            # per bucket: 1 a top-level bucket BuildKit uses, 2 an id
         self.top_of = np.full(1024, -1, np.int8)        # per bucket (levels 1, 2): index into TOP_BUCKETS
-        self.id_index = np.full(1024, -1, _I64)         # per id bucket: its index among its top's ids
+        self.id_index = np.full(1024, -1, np.int32)     # per id bucket: its index among its top's ids
         self.by_name: dict[bytes, list[int]] = {}       # top-level bucket name -> its buckets
         self.pending: tuple | None = None               # the last chunk's id bucket entries: (key start, code, sequence)
         self.ids = [_Column(np.int32) for _ in TOP_BUCKETS]         # per top: its ids' provisional codes
@@ -131,7 +131,7 @@ class CacheLeaves:
                         (_BACKLINKS, self._pairs)):
             e = np.flatnonzero(plain & (top == j))
             if e.size:
-                read(j, u8, size, self.id_index[b[e]], ks[e], klen[e], vlen[e])
+                read(j, u8, size, self.id_index[b[e]].astype(_I64), ks[e], klen[e], vlen[e])
 
     def _place(self, scan) -> None:
         """Place the buckets the pass has numbered since the last call: top-level ones by name, id buckets
@@ -278,7 +278,7 @@ class CacheLeaves:
             return rank[codes]
         has = tgt >= 0
         tgt[has] = rank[tgt[has]]
-        return dict(
+        out = dict(
             names=names, anomalies=anomalies, by_name=self.by_name,
             links_ids=final(ids[_LINKS]), results_ids=final(ids[_RESULT_TOP]), byresult_ids=final(ids[_BYRESULT]),
             backlinks_ids=final(ids[_BACKLINKS]),
@@ -291,6 +291,8 @@ class CacheLeaves:
             id_sequences={TOP_BUCKETS[j]: self.sequences[j].take() for j in (_LINKS, _RESULT_TOP, _BYRESULT,
                                                                             _BACKLINKS)},
             data=self.scan.g.u8 if self.scan is not None else np.zeros(8, np.uint8))
+        self.reset()            # what was kept to get here (and the pass itself) can go before the checks run
+        return out
 
 
 def _resized(a: np.ndarray, n: int, fill) -> np.ndarray:

@@ -174,7 +174,6 @@ class Interner:
 
     def __init__(self):
         self._table = np.zeros((1, 2), np.uint64)    # hash table of the distinct strings' first hashes (_find)
-        self._claim = np.zeros(0, _I64)
         self._mask, self._shift, self._filled = 0, np.uint64(63), 0
         self._h2 = np.zeros(0, np.uint64)      # by provisional code: the second hash
         self._first = np.zeros(0, _I64)        # by provisional code: the first place it stands at
@@ -260,9 +259,7 @@ class Interner:
     def _put(self, h: np.ndarray, codes: np.ndarray) -> None:
         at = (h >> self._shift).astype(_I64)
         todo = np.arange(h.size)
-        if self._claim.size != self._table.shape[0]:
-            self._claim = np.full(self._table.shape[0], -1, np.int32)
-        claim = self._claim                 # per slot: which of the strings after it takes it this round
+        claim = np.full(self._table.shape[0], -1, np.int32)    # per slot: which string after it takes it
         while todo.size:
             free = np.flatnonzero(self._table.reshape(-1).take(2 * at + 1) == 0)
             claim[at[free]] = free          # several after one slot: one write wins
