@@ -74,7 +74,7 @@ class CacheLeaves:
         self.top_of = np.full(1024, -1, np.int8)        # per bucket (levels 1, 2): index into TOP_BUCKETS
         self.id_index = np.full(1024, -1, np.int32)     # per id bucket: its index among its top's ids
         self.by_name: dict[bytes, list[int]] = {}       # top-level bucket name -> its buckets
-        self.pending: tuple | None = None               # the last chunk's id bucket entries: (key start, code, sequence)
+        self.pending: tuple | None = None       # the last chunk's id bucket entries: (key start, code, sequence)
         self.ids = [_Column(np.int32) for _ in TOP_BUCKETS]         # per top: its ids' provisional codes
         self.sequences = [_Column(np.uint64) for _ in TOP_BUCKETS]
         self.c1: list[bytes] = []

@@ -237,7 +237,7 @@ def _release(cols, why_of, reasons, empty_why, stage, rank) -> ReleaseJournal:
     order = np.lexsort((columns["slot"], columns["pair"]))
     small = {"op": np.int8, "top": np.int8, "what": np.int8, "why": np.int16}
     out = {k: v[order].astype(small.get(k, _I64)) for k, v in columns.items() if k not in ("pair", "slot")}
-    return ReleaseJournal(cols.names, cols.link_key, out, reasons, stage, cols.raw_data)
+    return ReleaseJournal(cols.names, cols.link_key, out, reasons, stage, _raw_data(cols))
 
 
 def _rows(pairs, slot, mask, op, top, bucket, key, what, why, subject) -> dict:
@@ -272,7 +272,7 @@ class _Climb:
     def _raw(self, i: int) -> bytes:
         off, length = self.cols.link_key
         o = int(off[i])
-        return self.cols.raw_data[o:o + int(length[i])].tobytes()
+        return _raw_data(self.cols)[o:o + int(length[i])].tobytes()
 
     def _links(self, kid: int) -> dict[int, int] | None:
         if kid in self.l_gone or not self.has_l[kid]:
@@ -331,3 +331,10 @@ class _Climb:
         self.r_gone[kid] = self.pair
         self.emit(1, R, -1, kid, -1, W_RESULTS, kid)
         self.stack.discard(kid)
+
+
+def _raw_data(cols) -> np.ndarray:
+    """The bytes the columns' raw link keys are ranges of (``CacheColumns.raw_data``; the names' buffer for
+    columns that keep everything there)."""
+    data = getattr(cols, "raw_data", None)
+    return cols.names.data if data is None else data

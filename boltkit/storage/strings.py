@@ -113,17 +113,27 @@ def rows_at(u8: np.ndarray, off: np.ndarray, n: int) -> np.ndarray:
 
 def hash_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``string_hashes`` of strings given as the rows of one (m, n) byte array: zero-padded to whole
-    8-byte words and hashed a word column at a time."""
+    8-byte words and hashed a word column at a time (in place: no temporaries a column)."""
     m, n = rows.shape
-    buf = np.zeros((m, -(-n // 8) * 8), np.uint8)
+    w = -(-n // 8)
+    buf = np.zeros((m, w * 8), np.uint8)
     buf[:, :n] = rows
+    words = buf.view(np.uint64)
     a = np.full(m, n * 0x9E3779B97F4A7C15 % 2**64, np.uint64)
     b = ~a
-    for col in np.ascontiguousarray(buf.view(np.uint64).T):
-        a = (a ^ col) * np.uint64(0x100000001B3)
-        x = (b + col) * np.uint64(0xC2B2AE3D27D4EB4F)
-        b = x ^ (x >> np.uint64(29))
+    x = np.empty(m, np.uint64)
+    for j in range(w):
+        col = words[:, j]
+        np.bitwise_xor(a, col, out=a)
+        np.multiply(a, _FNV, out=a)
+        np.add(b, col, out=x)
+        np.multiply(x, _MIX, out=x)
+        np.right_shift(x, _29, out=b)
+        np.bitwise_xor(b, x, out=b)
     return a ^ (a >> np.uint64(31)), b
+
+
+_FNV, _MIX, _29 = np.uint64(0x100000001B3), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(29)
 
 
 def _unique(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
