@@ -36,6 +36,9 @@ _PLAIN = rb'[\x20\x21\x23-\x5b\x5d-\x7e]*'       # JSON string content that need
 RESULT = re.compile(rb'\{"CreatedAt":"(' + _PLAIN + rb')","ID":"(' + _PLAIN + rb')"\}')
 
 
+_BYTES_A_STRING = 512      # of a cache.db's file a distinct id (about 700 in BuildKit-like stores): the table's size
+
+
 class _Column:
     """An integer column appended to a chunk at a time."""
 
@@ -96,6 +99,7 @@ class CacheLeaves:
             root = np.flatnonzero(bucket == 0)
             names = {bytes(scan.data[int(ks[i]):int(ks[i] + klen[i])]) for i in root}
             self.wanted = not root.size or bool(names & set(TOP_BUCKETS))
+            self.strings = Interner(scan.g.size // _BYTES_A_STRING)
         self.scan = scan
         self._place(scan)
         self.pending = None

@@ -182,8 +182,12 @@ class Interner:
     A string is recognised by its first hash in a hash table and confirmed by its second, as ``intern``
     does; a string whose first hash is taken by another string (never seen) is interned by its bytes."""
 
-    def __init__(self):
+    def __init__(self, expect: int = 0):
+        """``expect``: about how many distinct strings will come (the table is made for them at once; it
+        grows past them all the same)."""
+        self._expect = expect
         self._table = np.zeros((1, 2), np.uint64)    # hash table of the distinct strings' first hashes (_find)
+        self._claim = np.zeros(0, np.int32)
         self._mask, self._shift, self._filled = 0, np.uint64(63), 0
         self._h2 = np.zeros(0, np.uint64)      # by provisional code: the second hash
         self._first = np.zeros(0, _I64)        # by provisional code: the first place it stands at
@@ -207,13 +211,19 @@ class Interner:
         m = off.size
         if not m:
             return np.zeros(0, _I64)
-        if hashes is None:
-            h1, h2 = np.empty(m, np.uint64), np.empty(m, np.uint64)
+        if hashes is not None:
+            codes = self._codes(u8, off, length, *hashes)
+        else:                       # a length at a time: the rows hashed are the bytes kept of new strings
+            codes = np.empty(m, _I64)
             for n, group in by_length(length):
                 for idx in chunks(group):
-                    h1[idx], h2[idx] = hash_rows(rows_at(u8, off[idx], n))
-        else:
-            h1, h2 = hashes
+                    rows = rows_at(u8, off[idx], n)
+                    codes[idx] = self._codes(u8, off[idx], length[idx], *hash_rows(rows), rows)
+        if where is not None:
+            self.place(codes, where)
+        return codes
+
+    def _codes(self, u8, off, length, h1, h2, rows=None) -> np.ndarray:
         codes = self._find(h1)
         new = np.flatnonzero(codes < 0)
         if new.size:
@@ -221,7 +231,13 @@ class Interner:
             fresh = self._grow(first.size)
             reps = new[first]
             self._h2[fresh] = h2[reps]
-            self._keep(u8, off[reps], length[reps], fresh)
+            if rows is None:
+                self._keep(u8, off[reps], length[reps], fresh)
+            else:
+                n = rows.shape[1]
+                self._off[fresh] = len(self._buf) + n * np.arange(fresh.size, dtype=_I64)
+                self._len[fresh] = n
+                self._buf += rows[reps].tobytes()
             self._insert(h1[reps], fresh)
             codes[new] = fresh[inv]
         for i in np.flatnonzero(self._h2[codes] != h2).tolist():      # the first hash is another string's
@@ -233,8 +249,6 @@ class Interner:
                 self._h2[c] = h2[i]
                 self._keep(u8, off[i:i + 1], length[i:i + 1], np.array([c]))
             codes[i] = c
-        if where is not None:
-            self.place(codes, where)
         return codes
 
     def _find(self, h: np.ndarray) -> np.ndarray:
@@ -258,7 +272,7 @@ class Interner:
     def _insert(self, h: np.ndarray, codes: np.ndarray) -> None:
         """Put the distinct first hashes ``h``, none in the table yet, in it (grown to stay half empty)."""
         if 2 * (self._filled + h.size) > self._table.shape[0]:
-            cap = max(1 << 16, 1 << int(2 * (self._filled + h.size)).bit_length())
+            cap = max(1 << 16, 1 << int(2 * max(self._filled + h.size, self._expect)).bit_length())
             old = self._table[self._table[:, 1] != 0]
             self._table = np.zeros((cap, 2), np.uint64)
             self._mask, self._shift = cap - 1, np.uint64(64 - (cap.bit_length() - 1))
@@ -269,14 +283,19 @@ class Interner:
     def _put(self, h: np.ndarray, codes: np.ndarray) -> None:
         at = (h >> self._shift).astype(_I64)
         todo = np.arange(h.size)
-        claim = np.full(self._table.shape[0], -1, np.int32)    # per slot: which string after it takes it
+        if self._claim.size != self._table.shape[0]:
+            self._claim = np.full(self._table.shape[0], -1, np.int32)
+        claim = self._claim                 # per slot: which of the strings after it takes it this round
+        flat = self._table.reshape(-1)      # (slot, 0): hash, (slot, 1): code + 1; a flat index is the fast one
         while todo.size:
-            free = np.flatnonzero(self._table.reshape(-1).take(2 * at + 1) == 0)
-            claim[at[free]] = free          # several after one slot: one write wins
-            mine = free[claim[at[free]] == free]
-            claim[at[free]] = -1
-            self._table[at[mine], 0] = h[todo[mine]]
-            self._table[at[mine], 1] = (codes[todo[mine]] + 1).astype(np.uint64)
+            free = np.flatnonzero(flat.take(2 * at + 1) == 0)
+            want = at[free]
+            claim[want] = free              # several after one slot: one write wins
+            mine = free[claim[want] == free]
+            claim[want] = -1
+            slot = 2 * at[mine]
+            flat[slot] = h[todo[mine]]
+            flat[slot + 1] = (codes[todo[mine]] + 1).astype(np.uint64)
             left = np.ones(todo.size, bool)
             left[mine] = False
             todo, at = todo[left], (at[left] + 1) & self._mask
