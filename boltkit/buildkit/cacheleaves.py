@@ -36,7 +36,7 @@ _PLAIN = rb'[\x20\x21\x23-\x5b\x5d-\x7e]*'       # JSON string content that need
 RESULT = re.compile(rb'\{"CreatedAt":"(' + _PLAIN + rb')","ID":"(' + _PLAIN + rb')"\}')
 
 
-_BYTES_A_STRING = 512      # of a cache.db's file a distinct id (about 700 in BuildKit-like stores): the table's size
+_BYTES_A_STRING = 700      # of a cache.db's file a distinct id takes in BuildKit-like stores: the table's size
 
 
 class _Column:

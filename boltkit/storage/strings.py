@@ -186,9 +186,10 @@ class Interner:
         """``expect``: about how many distinct strings will come (the table is made for them at once; it
         grows past them all the same)."""
         self._expect = expect
-        self._table = np.zeros((1, 2), np.uint64)    # hash table of the distinct strings' first hashes (_find)
+        self._table = np.zeros(1, np.uint64)   # hash table of the distinct strings' first hashes (_find)
         self._claim = np.zeros(0, np.int32)
-        self._mask, self._shift, self._filled = 0, np.uint64(63), 0
+        self._mask, self._filled = np.uint64(0), 0
+        self._h1 = np.zeros(0, np.uint64)      # by provisional code: the first hash
         self._h2 = np.zeros(0, np.uint64)      # by provisional code: the second hash
         self._first = np.zeros(0, _I64)        # by provisional code: the first place it stands at
         self._off = np.zeros(0, _I64)          # by provisional code: where its bytes are in the buffer
@@ -253,52 +254,56 @@ class Interner:
 
     def _find(self, h: np.ndarray) -> np.ndarray:
         """The provisional codes of the first hashes ``h`` (-1: not in the table). The table is open
-        addressing on the hashes' top bits, probed linearly, all lookups of a call at once; a slot holds a
-        hash and its code + 1 (0: free) side by side, one read a probe."""
+        addressing on the hashes' low bits, probed linearly, all lookups of a call at once. A slot is one
+        word: the hash's top 32 bits and the code + 1 (0: free); a match of those bits is confirmed by the
+        whole hash, kept by code."""
         out = np.full(h.size, -1, _I64)
         if not self._filled:
             return out
-        at = (h >> self._shift).astype(_I64)
+        at = (h & self._mask).astype(_I64)
+        low = h & _HIGH_FREE
         todo = np.arange(h.size)
         while todo.size:
-            slot = self._table.take(at, axis=0)        # (a fancy index of rows is several times slower)
-            c = slot[:, 1].view(_I64) - 1
-            hit = (c >= 0) & (slot[:, 0] == h[todo])
+            slot = self._table[at]
+            used = slot != 0
+            c = (slot & _LOW32).astype(_I64) - 1
+            hit = used & ((slot & _HIGH_FREE) == low[todo])
+            hit[hit] = self._h1[c[hit]] == h[todo[hit]]
             out[todo[hit]] = c[hit]
-            on = ~hit & (c >= 0)                      # another string's slot: the next one
-            todo, at = todo[on], (at[on] + 1) & self._mask
+            on = ~hit & used                          # another string's slot: the next one
+            todo, at = todo[on], (at[on] + 1) & (self._table.size - 1)
         return out
 
     def _insert(self, h: np.ndarray, codes: np.ndarray) -> None:
-        """Put the distinct first hashes ``h``, none in the table yet, in it (grown to stay half empty)."""
-        if 2 * (self._filled + h.size) > self._table.shape[0]:
-            cap = max(1 << 16, 1 << int(2 * max(self._filled + h.size, self._expect)).bit_length())
-            old = self._table[self._table[:, 1] != 0]
-            self._table = np.zeros((cap, 2), np.uint64)
-            self._mask, self._shift = cap - 1, np.uint64(64 - (cap.bit_length() - 1))
+        """Put the distinct first hashes ``h``, none in the table yet, in it (grown to stay at most 70 % full)."""
+        self._h1[codes] = h
+        if 10 * (self._filled + h.size) > 7 * self._table.size:
+            need = max(self._filled + h.size, self._expect) * 10 // 7
+            cap = max(1 << 16, 1 << int(need).bit_length())
+            old = np.flatnonzero(self._table)
+            old_codes = (self._table[old] & _LOW32).astype(_I64) - 1
+            self._table = np.zeros(cap, np.uint64)
+            self._claim = np.full(cap, -1, np.int32)
+            self._mask = np.uint64(cap - 1)
             self._filled = 0
-            self._put(old[:, 0], old[:, 1].view(_I64) - 1)
+            self._put(self._h1[old_codes], old_codes)
         self._put(h, codes)
 
     def _put(self, h: np.ndarray, codes: np.ndarray) -> None:
-        at = (h >> self._shift).astype(_I64)
+        at = (h & self._mask).astype(_I64)
+        word = (h & _HIGH_FREE) | (codes + 1).astype(np.uint64)
         todo = np.arange(h.size)
-        if self._claim.size != self._table.shape[0]:
-            self._claim = np.full(self._table.shape[0], -1, np.int32)
         claim = self._claim                 # per slot: which of the strings after it takes it this round
-        flat = self._table.reshape(-1)      # (slot, 0): hash, (slot, 1): code + 1; a flat index is the fast one
         while todo.size:
-            free = np.flatnonzero(flat.take(2 * at + 1) == 0)
+            free = np.flatnonzero(self._table[at] == 0)
             want = at[free]
             claim[want] = free              # several after one slot: one write wins
             mine = free[claim[want] == free]
             claim[want] = -1
-            slot = 2 * at[mine]
-            flat[slot] = h[todo[mine]]
-            flat[slot + 1] = (codes[todo[mine]] + 1).astype(np.uint64)
+            self._table[at[mine]] = word[todo[mine]]
             left = np.ones(todo.size, bool)
             left[mine] = False
-            todo, at = todo[left], (at[left] + 1) & self._mask
+            todo, at = todo[left], (at[left] + 1) & (self._table.size - 1)
         self._filled += h.size
 
     def add_bytes(self, strings: list, where: np.ndarray | None = None) -> np.ndarray:
@@ -332,8 +337,9 @@ class Interner:
     def _grow(self, k: int) -> np.ndarray:
         """k new provisional codes."""
         if self.n + k > self._h2.size:
-            cap = max(2 * self._h2.size, self.n + k, 1024)
-            self._h2, self._off, self._len = (np.resize(a, cap) for a in (self._h2, self._off, self._len))
+            cap = max(self._h2.size * 3 // 2, self.n + k, 1024)
+            self._h1, self._h2, self._off, self._len = (np.resize(a, cap) for a in (self._h1, self._h2, self._off,
+                                                                                    self._len))
             first = np.full(cap, _UNPLACED, _I64)
             first[:self._first.size] = self._first
             self._first = first
@@ -351,6 +357,8 @@ class Interner:
 
 
 _UNPLACED = np.iinfo(_I64).max
+_LOW32 = np.uint64(0xFFFFFFFF)
+_HIGH_FREE = np.uint64(0xFFFFFFFF00000000)      # a slot's hash bits (the table's index is the low bits)
 
 
 def by_length(length: np.ndarray):
