@@ -338,8 +338,8 @@ class Interner:
         """k new provisional codes."""
         if self.n + k > self._h2.size:
             cap = max(self._h2.size * 3 // 2, self.n + k, 1024)
-            self._h1, self._h2, self._off, self._len = (np.resize(a, cap) for a in (self._h1, self._h2, self._off,
-                                                                                    self._len))
+            self._h1, self._h2 = np.resize(self._h1, cap), np.resize(self._h2, cap)
+            self._off, self._len = np.resize(self._off, cap), np.resize(self._len, cap)
             first = np.full(cap, _UNPLACED, _I64)
             first[:self._first.size] = self._first
             self._first = first
