@@ -105,9 +105,12 @@ def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
     stale = back[~_member(back, edges)]
     table("D4", stale, lambda p: problem("D4", f"stale backlink: {names.str(p % n)} has no link to this key",
                                          (b"_backlinks", p // n), p % n))
+    del back, order, link_pairs, link_rows, result_pairs, byresult_pairs      # the peak is later: let them go
 
     e_tgt, e_src = edges // max(n, 1), edges % max(n, 1)
+    del edges
     n_parents = np.bincount(e_tgt, minlength=n)
+    del e_tgt
     parents_start = np.concatenate([[0], np.cumsum(n_parents)])
 
     def parents(t):
@@ -145,6 +148,7 @@ def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
     unreached = np.flatnonzero(is_id & ~is_target & (has_results | (outdeg > 0)))
     table("C14", unreached[derived_ids(names, unreached)],
           lambda k: problem("C14", "derived key that nothing links to: Query can never reach it", key=k))
+    del live, outdeg, is_id, is_target, has_results, has_backlinks, backlinked, unreached, targets
 
     for cyc in cycles_of_arrays(src, tgt, n):
         keys = sorted(names.str(k) for k in cyc)
