@@ -243,6 +243,7 @@ class CacheLeaves:
         s = self.strings
         ids = [x.take() for x in self.ids]
         c = {k: v.take() for k, v in self.cols.items()}
+        self.ids, self.cols = [], {}        # each column once: popped below as it is made final
 
         def id_name(top: int, b: int) -> bytes:
             return s.bytes(int(ids[top][self.id_index[b]]))
@@ -260,7 +261,7 @@ class CacheLeaves:
             if at >= 0:
                 targets.append(key[at + 1:])
                 with_target.append(i)
-        tgt = c["link_tgt"].astype(_I64)
+        tgt = c.pop("link_tgt").astype(_I64)
         if targets:
             tgt[with_target] = s.add_bytes(targets, Interner.where(TARGETS, with_target))
         result_errors: dict[int, CacheResult] = {}
@@ -276,6 +277,7 @@ class CacheLeaves:
         anomalies += [Anomaly("C7", (TOP_BUCKETS[t], id_name(t, b)), k, f"value of {n} bytes, expected empty")
                       for t, b, k, n in self.c7]
         rank, names = s.finish()
+        del s
         self.strings = Interner()
 
         def final(codes: np.ndarray) -> np.ndarray:
@@ -286,12 +288,12 @@ class CacheLeaves:
             names=names, anomalies=anomalies, by_name=self.by_name,
             links_ids=final(ids[_LINKS]), results_ids=final(ids[_RESULT_TOP]), byresult_ids=final(ids[_BYRESULT]),
             backlinks_ids=final(ids[_BACKLINKS]),
-            link_owner=c["link_owner"].astype(_I64), link_tgt=tgt, link_key=(c["link_off"], c["link_len"]),
-            link_errors=link_errors, link_spelled=c["link_spelled"],
-            result_owner=c["result_owner"].astype(_I64), result_rid=final(c["result_rid"]),
-            result_value=(c["result_voff"], c["result_vlen"]), result_errors=result_errors,
-            byresult_owner=c["byresult_owner"].astype(_I64), byresult_kid=final(c["byresult_kid"]),
-            backlink_owner=c["backlink_owner"].astype(_I64), backlink_src=final(c["backlink_src"]),
+            link_owner=c.pop("link_owner"), link_tgt=tgt, link_key=(c.pop("link_off"), c.pop("link_len")),
+            link_errors=link_errors, link_spelled=c.pop("link_spelled"),
+            result_owner=c.pop("result_owner"), result_rid=final(c.pop("result_rid")),
+            result_value=(c.pop("result_voff"), c.pop("result_vlen")), result_errors=result_errors,
+            byresult_owner=c.pop("byresult_owner"), byresult_kid=final(c.pop("byresult_kid")),
+            backlink_owner=c.pop("backlink_owner"), backlink_src=final(c.pop("backlink_src")),
             id_sequences={TOP_BUCKETS[j]: self.sequences[j].take() for j in (_LINKS, _RESULT_TOP, _BYRESULT,
                                                                             _BACKLINKS)},
             data=self.scan.g.u8 if self.scan is not None else np.zeros(8, np.uint8))

@@ -330,7 +330,7 @@ class Interner:
         rank = np.full(self.n, -1, _I64)
         rank[order] = np.arange(order.size, dtype=_I64)
         self._buf.extend(bytes(16 - len(self._buf) % 8))
-        data = np.frombuffer(bytes(self._buf), np.uint8)
+        data = np.frombuffer(self._buf, np.uint8)      # the buffer itself (no copy): it grows no more
         self._buf = bytearray()
         return rank, Names(data, self._off[order], self._len[order])
 
