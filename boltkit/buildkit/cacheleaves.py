@@ -240,16 +240,15 @@ class CacheLeaves:
         decoded (see ``cachecolumns.columns_from_leaves``)."""
         if self.scan is not None:
             self._place(self.scan)
-        s = self.strings
         ids = [x.take() for x in self.ids]
         c = {k: v.take() for k, v in self.cols.items()}
         self.ids, self.cols = [], {}        # each column once: popped below as it is made final
 
         def id_name(top: int, b: int) -> bytes:
-            return s.bytes(int(ids[top][self.id_index[b]]))
+            return self.strings.bytes(int(ids[top][self.id_index[b]]))
 
         def id_text(top: int, owner: int) -> str:
-            return s.bytes(int(ids[top][owner])).decode("utf-8", "replace")
+            return self.strings.bytes(int(ids[top][owner])).decode("utf-8", "replace")
 
         link_errors: dict[int, Link] = {}
         targets: list[bytes] = []
@@ -263,7 +262,7 @@ class CacheLeaves:
                 with_target.append(i)
         tgt = c.pop("link_tgt").astype(_I64)
         if targets:
-            tgt[with_target] = s.add_bytes(targets, Interner.where(TARGETS, with_target))
+            tgt[with_target] = self.strings.add_bytes(targets, Interner.where(TARGETS, with_target))
         result_errors: dict[int, CacheResult] = {}
         for i, owner, key, value in self.odd_results:
             r = decode_result(id_text(_RESULT_TOP, owner), key, value)
@@ -276,9 +275,8 @@ class CacheLeaves:
                       for t, b, k in self.c3]
         anomalies += [Anomaly("C7", (TOP_BUCKETS[t], id_name(t, b)), k, f"value of {n} bytes, expected empty")
                       for t, b, k, n in self.c7]
-        rank, names = s.finish()
-        del s
-        self.strings = Interner()
+        rank, names = self.strings.finish()
+        self.strings = Interner()           # the table and the per-string arrays go before the columns are made
 
         def final(codes: np.ndarray) -> np.ndarray:
             return rank[codes]
