@@ -54,7 +54,7 @@ class PrunedColumns:
     def store(self) -> PrunedStore:
         c = self.cols
         text = c.names.all_bytes()           # every name once, in one gather, not a slice of the map per use
-        u8 = c.names.data
+        u8 = c.raw_data                      # the file the raw link keys and values are ranges of
         out = PrunedStore()
         out.links.update((text[k], []) for k in self.link_ids.tolist())
         link_keys = byte_strings(u8, c.link_key[0][self.link_rows], c.link_key[1][self.link_rows])
