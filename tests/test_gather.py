@@ -49,6 +49,17 @@ def test_prefix8_is_the_first_bytes_big_endian(seed, size, n):
         assert int(got[i]) == int.from_bytes(head.ljust(8, b"\0"), "big")
 
 
+def _neighbours(keys: list[bytes], pad: int):
+    """The keys back to back in one buffer (then ``pad`` bytes of 0xff), and each neighbour pair's order by
+    Python's bytes comparison: (gather, offsets, lengths, left indices, right indices, -1/0/1 per pair)."""
+    data = b"".join(keys) + b"\xff" * pad
+    off = np.cumsum([0] + [len(k) for k in keys[:-1]]).astype(np.int64)
+    ln = np.array([len(k) for k in keys], np.int64)
+    a, b = np.arange(len(keys) - 1), np.arange(1, len(keys))
+    want = [(x > y) - (x < y) for x, y in zip(keys[:-1], keys[1:])]
+    return Gather(data, len(data)), off, ln, a, b, want
+
+
 @settings(max_examples=80, deadline=None)
 @given(stem=st.binary(min_size=0, max_size=70),
        tails=st.lists(st.tuples(st.booleans(), st.binary(min_size=0, max_size=50)), min_size=2, max_size=40),
@@ -57,12 +68,7 @@ def test_compare_keys_is_bytes_order(stem, tails, pad):
     """Keys sharing a long prefix (the 32-byte rounds), some ending inside a block, some in the buffer's last
     bytes (pad 0: the 8-byte rounds)."""
     keys = [(stem if whole else stem[:len(t) % (len(stem) + 1)]) + t for whole, t in tails]
-    data = b"".join(keys) + b"\xff" * pad      # bytes after the last key must not count
-    off = np.cumsum([0] + [len(k) for k in keys[:-1]]).astype(np.int64)
-    ln = np.array([len(k) for k in keys], np.int64)
-    g = Gather(data, len(data))
-    a, b = np.arange(len(keys) - 1), np.arange(1, len(keys))
-    want = [(x > y) - (x < y) for x, y in zip(keys[:-1], keys[1:])]
+    g, off, ln, a, b, want = _neighbours(keys, pad)     # bytes after the last key must not count
     assert compare_keys(g, off[a], ln[a], off[b], ln[b]).tolist() == want
     first = g.prefix8(off, ln)
     assert compare_keys(g, off[a], ln[a], off[b], ln[b], first[a], first[b]).tolist() == want
@@ -79,10 +85,5 @@ def test_compare_keys_on_long_shared_prefixes(seed):
         stem = stems[rng.integers(0, len(stems))]
         tail = rng.integers(0, 3, rng.integers(0, 40), dtype=np.uint8).tobytes()     # few values: long ties
         keys.append(stem[:rng.integers(0, len(stem) + 1)] + tail if rng.random() < 0.2 else stem + tail)
-    data = b"".join(keys) + b"\xff" * 64
-    off = np.cumsum([0] + [len(k) for k in keys[:-1]]).astype(np.int64)
-    ln = np.array([len(k) for k in keys], np.int64)
-    g = Gather(data, len(data))
-    a, b = np.arange(len(keys) - 1), np.arange(1, len(keys))
-    want = [(x > y) - (x < y) for x, y in zip(keys[:-1], keys[1:])]
+    g, off, ln, a, b, want = _neighbours(keys, 64)
     assert compare_keys(g, off[a], ln[a], off[b], ln[b]).tolist() == want
