@@ -42,7 +42,7 @@ def _emit(ov: Overlay, bucket: OBucket, writer: BoltWriter, copier: _Copier | No
                 writer.begin_bucket(key, entry.sequence)
                 stream(ov.db, src, writer)
                 writer.end_bucket()
-            elif src.inline and src.node.end - src.node.base <= writer.page_size // 4:
+            elif src.inline and src.node.end - src.node.base <= copier.inline_max:
                 writer.put_bucket_value(key, bytes(ov.db.data[src.node.base - BUCKET_HEADER_SIZE:src.node.end]))
             else:
                 writer.begin_bucket(key, entry.sequence)

@@ -12,7 +12,8 @@ from .replace import report_beside, write_report  # noqa: F401  (their home is r
 
 # problems that do not change what the tree holds: leaked pages, meta txid gaps, revert information
 HARMLESS = {"B040", "B003", "B050"}
-# ... and, for a copy of the live tree, the freelist's faults too (a copy writes a freelist of its own)
+# ... and, for a copy of the live tree, the freelist's faults too (a copy writes a freelist of its own): on an
+# intact tree salvage takes nothing but that tree
 TREE_INTACT = HARMLESS | {"B010", "B011", "B012", "B013", "B014", "B015", "B016"}
 
 

@@ -422,17 +422,14 @@ class _Collector:
         return found
 
 
-# what a sound tree may carry and still be copied in bulk: problems of the metas' agreement, the freelist and
-# leaked pages change nothing the live tree holds, and on an intact tree salvage takes nothing but that tree
-
 # shares of one salvage's progress bar: the check of the source, the copy or the collection, the check of the output
 # (the tolerant path: the walks and the orphan scan, then the writing, then the check of the output)
 _CHECKED, _COLLECTED, _COPIED, _TOTAL = 350, 700, 800, 1000
 
 
 def _copy_sound(db: Database, writer: BoltWriter, pages: int, progress: Progress | None) -> tuple[int, int]:
-    """Copy the live tree of a sound ``db`` (see `_sound`) into ``writer``: runs of leaf elements and inline
-    buckets as they are, as `compact` does. Returns (buckets, pairs) copied."""
+    """Copy the live tree of a sound ``db`` (see `preflight.intact_tree`) into ``writer``: runs of leaf elements and
+    inline buckets as they are, as `compact` does. Returns (buckets, pairs) copied."""
     copier = _Copier(db, writer, progress, pages)
     copier.run()
     return copier.buckets, copier.pairs

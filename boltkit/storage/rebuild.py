@@ -53,9 +53,7 @@ def unordered_tie(ranked: list[State]) -> State | None:
     best = ranked[0]
     ties = [t for t in ranked[1:] if t.misfit == best.misfit]
     for s in ties:
-        if any(t.witnesses_newer_than(s) for t in [best] + ties if t is not s):
-            continue
-        if not (best.witnesses_newer_than(s) or s.witnesses_newer_than(best)):
+        if not s.witnesses_newer_than(best) and not any(t.witnesses_newer_than(s) for t in [best] + ties if t is not s):
             return s
     return None
 

@@ -85,12 +85,7 @@ class BoltWriter:
         """A whole bucket of plain pairs, in strictly increasing key order, at once: the same bytes as
         begin_bucket, a put per pair and end_bucket, but a bucket small enough to be inline (as a BuildKit id
         bucket almost always is) is encoded straight into its parent's entry, without a builder of its own:
-        a prune writes 400k of them."""
-        parent = self.stack[-1][2]
-        if parent.last_key is not None and name <= parent.last_key:
-            raise WriteError(f"bucket {name!r} out of order after {parent.last_key!r}")
-        if not name:
-            raise WriteError("empty bucket name")
+        a prune writes 400k of them. The parent's builder refuses a name out of order, as for any entry."""
         size = PAGE_HEADER_SIZE + sum(ELEMENT_SIZE + len(k) + len(v) for k, v in pairs)
         if size > self.page_size // 4:     # not inline (bbolt's inlineable): pages of its own
             self.begin_bucket(name, sequence)
@@ -105,16 +100,13 @@ class BoltWriter:
             if last is not None and k <= last:
                 raise WriteError(f"keys must be added in strictly increasing order: {k!r} after {last!r}")
             last = k
-        parent.add(name, bucket_value(0, sequence, encode_leaf_pairs([(k, v, 0) for k, v in pairs], 0, None)),
-                   BUCKET_LEAF_FLAG)
+        self.stack[-1][2].add(name, bucket_value(0, sequence, encode_leaf_pairs([(k, v, 0) for k, v in pairs], 0,
+                                                                               None)), BUCKET_LEAF_FLAG)
 
     def put_bucket_value(self, name: bytes, value) -> None:
         """A bucket entry copied as it is: ``value`` is a sound inline bucket's value (header and page) as bbolt
         wrote it, which holds everything the bucket is (as compact copies inline buckets in runs)."""
-        parent = self.stack[-1][2]
-        if not name:
-            raise WriteError("empty bucket name")
-        parent.add(name, value, BUCKET_LEAF_FLAG)
+        self.stack[-1][2].add(name, value, BUCKET_LEAF_FLAG)
 
     def end_bucket(self) -> None:
         if len(self.stack) == 1:
