@@ -27,7 +27,7 @@ _LAYOUTS_PER_LENGTH = 32          # past that, a length's remaining keys are dec
 def link_layouts(u8: np.ndarray, size: int, off: np.ndarray, length: np.ndarray) -> tuple:
     """Of the link keys at the file ranges ``off``, ``length`` (one chunk of the structural pass, its pages
     resident): the offset of the '@' before each one's target (-1: in no layout, or not wholly in the file;
-    ``slow_link`` decides those), the targets' ``string_hashes`` from the rows at hand, and which keys are in a
+    ``slow_link`` decides those), the targets' hashes (``hash_rows``) from the rows at hand, and which keys are in a
     spelled-out layout (C9, ``NOT_CANONICAL``)."""
     at = np.full(off.size, -1, _I64)
     spelled = np.zeros(off.size, bool)

@@ -3,7 +3,7 @@
 A cache.db names its ~200k ids about 1.6M times (bucket names, link targets, index entries). Comparing
 them as Python bytes objects costs a second per million; here every string of one length is copied out
 as the rows of one array in a single gather (a strided view of the file, so no index per byte), hashed a
-word column at a time with two independent 64-bit hashes, and interned by sorting the hashes: each
+word column at a time with two independent 64-bit hashes, and interned in a hash table (Interner): each
 distinct string gets a dense integer code, and the rest of the work is on integers.
 """
 from __future__ import annotations
@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .gather import Gather
 
 _I64 = np.int64
 CHUNK = 1 << 16        # rows copied out at a time: keeps the copies small next to the file
@@ -68,42 +67,6 @@ def byte_strings(u8: np.ndarray, off: np.ndarray, length: np.ndarray) -> list:
     return out
 
 
-def intern(g: Gather, offs: list, lens: list, hashes: list | None = None) -> tuple[list[np.ndarray], Names]:
-    """Give every distinct byte string among the file ranges one code, the same code across all the
-    lists; codes number the distinct strings in the order they first appear in the lists. ``hashes``:
-    the ``string_hashes`` of each list, where the caller has them already.
-
-    The first hash groups the strings, the second confirms each group (a disagreement, never seen, makes
-    us intern through a dict instead)."""
-    off = np.concatenate(offs).astype(_I64) if offs else np.zeros(0, _I64)
-    length = np.concatenate(lens).astype(_I64) if lens else np.zeros(0, _I64)
-    if hashes is None:
-        h1, h2 = string_hashes(g, off, length)
-    else:
-        h1, h2 = (np.concatenate(x) if x else np.zeros(0, np.uint64) for x in zip(*hashes))
-    first, inv = _unique(h1)
-    if (h2 != h2[first][inv]).any():
-        first, inv = _intern_exactly(g, off, length)
-    order = np.argsort(first)           # codes in order of first appearance: sorted runs of bucket keys
-    rep_off, rep_len = off[first], length[first]
-    rank = np.empty(order.size, _I64)
-    rank[order] = np.arange(order.size, dtype=_I64)
-    codes = rank[inv]
-    bounds = np.cumsum([a.size for a in offs])[:-1]
-    return np.split(codes, bounds), Names(g.u8, rep_off[order], rep_len[order])
-
-
-def string_hashes(g: Gather, off: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two independent 64-bit hashes of each string; strings of one length are copied out as rows in one
-    gather."""
-    h1 = np.empty(off.size, np.uint64)
-    h2 = np.empty(off.size, np.uint64)
-    for n, group in by_length(length):
-        for idx in chunks(group):
-            h1[idx], h2[idx] = hash_rows(rows_at(g.u8, off[idx], n))
-    return h1, h2
-
-
 def rows_at(u8: np.ndarray, off: np.ndarray, n: int) -> np.ndarray:
     """The n-byte strings at ``off`` as the rows of a (len(off), n) array."""
     if not n:
@@ -112,7 +75,7 @@ def rows_at(u8: np.ndarray, off: np.ndarray, n: int) -> np.ndarray:
 
 
 def hash_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``string_hashes`` of strings given as the rows of one (m, n) byte array: zero-padded to whole
+    """Two independent 64-bit hashes of strings given as the rows of one (m, n) byte array: zero-padded to whole
     8-byte words and hashed a word column at a time (in place: no temporaries a column)."""
     m, n = rows.shape
     w = -(-n // 8)
@@ -206,7 +169,7 @@ class Interner:
     def add(self, u8: np.ndarray, off: np.ndarray, length: np.ndarray, where: np.ndarray | None = None,
             hashes: tuple | None = None) -> np.ndarray:
         """Provisional codes of the strings at the ranges ``off``, ``length`` of ``u8`` (in bounds), placed at
-        ``where`` (see ``where``; None: not yet). ``hashes``: their ``string_hashes``, where the caller has
+        ``where`` (see ``where``; None: not yet). ``hashes``: their ``hash_rows``, where the caller has
         them."""
         off, length = np.asarray(off, _I64), np.asarray(length, _I64)
         m = off.size
@@ -367,15 +330,3 @@ def by_length(length: np.ndarray):
     order = np.argsort(key, kind="stable")
     lengths, starts = np.unique(key[order], return_index=True)
     return zip(lengths.tolist(), np.split(order, starts[1:]))
-
-
-def _intern_exactly(g: Gather, off, length):
-    seen: dict[bytes, int] = {}
-    first: list[int] = []
-    inv = np.empty(off.size, _I64)
-    for i, (o, n) in enumerate(zip(off.tolist(), length.tolist())):
-        c = seen.setdefault(bytes(g.data[o:o + n]), len(seen))
-        if c == len(first):
-            first.append(i)
-        inv[i] = c
-    return np.array(first, _I64), inv
