@@ -134,3 +134,31 @@ class PreenError(BoltkitError):
 
 class ConfigError(BoltkitError):
     """buildkitd.toml cannot be read or holds a value buildkitd would reject."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP, raised where the command is, like Ctrl-C's KeyboardInterrupt (whose subclass it is,
+    so that every `except Exception` in the library lets it through and every `finally` runs)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_received: list[int] = []      # the signals the command's handlers were given (cli.app), first first
+
+
+def note_signal(signum: int) -> None:
+    _received.append(signum)
+
+
+def forget_signals() -> None:
+    _received.clear()
+
+
+def stop_if_interrupted() -> None:
+    """Raise Interrupted again for a signal already received. Python runs a signal's handler between any two
+    bytecodes, including those of a finalizer or a GC callback, where the exception it raises is printed and
+    dropped: a Ctrl-C that landed there would let a repair go on and swap its file in. A swap asks first."""
+    if _received:
+        raise Interrupted(_received[0])

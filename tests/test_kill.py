@@ -11,6 +11,7 @@ import random
 import signal
 import sys
 import time
+import weakref
 
 import pytest
 from click.testing import CliRunner
@@ -135,7 +136,8 @@ SWAPPED = ["cache.db", "runc-overlayfs/containerdmeta.db", "runc-overlayfs/snaps
 def term_child(args: list[str], when: str, sig: int = signal.SIGTERM) -> int:
     """Run the command in a forked child that sends itself SIGTERM at its first fsync (``when="write"``: the new
     files are being written) or at the rename of its first store over the original (``when="swap"``); returns the
-    exit status (-1: killed by the signal)."""
+    exit status (-1: killed by the signal). ``when="write, dropped"``: at every fsync, with the handler run inside a
+    finalizer, where Python prints and drops the exception it raises."""
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -146,6 +148,10 @@ def term_child(args: list[str], when: str, sig: int = signal.SIGTERM) -> int:
                 real_fsync(fd)
                 if when == "write":
                     os.kill(os.getpid(), sig)
+                elif when == "write, dropped":      # the handler runs inside a finalizer, which drops its exception
+                    doomed = type("Doomed", (), {})()
+                    weakref.finalize(doomed, lambda: os.kill(os.getpid(), sig) or None)
+                    del doomed
 
             def replace(src, dst, **kw):
                 real_replace(src, dst, **kw)
@@ -199,3 +205,14 @@ def test_every_signal_on_a_single_store_repair_exits_8(tmp_path):
         assert not [p.name for p in d.iterdir() if ".boltkit-new" in p.name]
         if when == "swap":
             assert list(d.glob("cache.db.boltkit-*.report.json")) and check_file(str(path)).clean
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_whose_exception_was_dropped_still_stops_the_swap(tmp_path, sig):
+    """Python runs a signal's handler between any two bytecodes, a finalizer's too, and drops what it raises
+    there: the command still exits 8 before it swaps anything in, and leaves no temp behind."""
+    path = _torn(tmp_path)
+    original = path.read_bytes()
+    assert term_child(["salvage", "--in-place", str(path)], "write, dropped", sig) == 8
+    assert path.read_bytes() == original
+    assert not [p.name for p in tmp_path.iterdir() if ".boltkit-new" in p.name or ".bak" in p.name]

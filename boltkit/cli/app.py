@@ -26,7 +26,7 @@ import threading
 import click
 
 from .. import __version__
-from ..errors import BoltkitError, OutputError
+from ..errors import BoltkitError, Interrupted, OutputError, forget_signals, note_signal
 from ..storage import Database
 from .output import quiet_option, warn
 
@@ -79,28 +79,21 @@ def failure(e: BaseException) -> click.ClickException:
     return err
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised where the command is, like Ctrl-C's KeyboardInterrupt (whose subclass it is, so
-    that every `except Exception` in the library lets it through and every `finally` runs)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
 def _exit_on_signals() -> dict:
-    """SIGTERM and SIGHUP end the command like Ctrl-C does, through every `finally`: temp copies (--snapshot) and
+    """SIGINT, SIGTERM and SIGHUP end the command as Interrupted, through every `finally`: temp copies (--snapshot) and
     unfinished new files are removed, never left behind; a swap is never cut halfway (the repair primitive holds
-    signals back while it swaps, `repair.replace.signals_deferred`). Returns the handlers replaced, which the
+    signals back while it swaps, `repair.replace.signals_deferred`, and asks `errors.stop_if_interrupted` before
+    it does, for a signal whose exception Python dropped). Returns the handlers replaced, which the
     command puts back when it ends (a program that runs commands in-process keeps its own signal behaviour)."""
     if threading.current_thread() is not threading.main_thread():
         return {}
 
     def stop(signum, frame):
+        note_signal(signum)         # remembered, in case the exception lands where Python drops it
         raise Interrupted(signum)
     replaced = {}
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(sig) in (signal.SIG_DFL, None):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler, None):
             replaced[sig] = signal.signal(sig, stop)
     if hasattr(signal, "SIGXFSZ") and signal.getsignal(signal.SIGXFSZ) in (signal.SIG_DFL, None):
         # a file size limit (ulimit -f) reached: the write fails with EFBIG and the command exits 8 with its temps
@@ -161,6 +154,8 @@ class BoltkitGroup(click.Group):
         finally:
             for sig, handler in replaced.items():
                 signal.signal(sig, handler)
+            if replaced:
+                forget_signals()
 
 
 @click.group(cls=BoltkitGroup, context_settings={"help_option_names": ["-h", "--help"]})

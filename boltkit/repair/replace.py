@@ -35,7 +35,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from ..errors import BoltkitError, InUse, NotVerified
+from ..errors import BoltkitError, InUse, NotVerified, stop_if_interrupted
 
 TEMP_MARK = ".boltkit-new"
 LOCK_NAME = "buildkitd.lock"
@@ -356,6 +356,7 @@ class Prepared:
     def _commit(self, report, report_path) -> Replaced:
         target, tmp = self.target, self.tmp
         try:
+            stop_if_interrupted()           # a signal received while the file was written: it is not swapped in
             _same_owner(tmp, self.st)
             _fsync_path(tmp)
             if self.check_holders:
