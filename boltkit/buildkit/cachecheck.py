@@ -14,7 +14,7 @@ import numpy as np
 from ..storage.gather import Gather
 from ..check.problems import Problem, Problems, ProblemTable, adder
 from ..storage import Database
-from ..storage.strings import Names, by_length
+from ..storage.strings import Names, by_length, rows_at
 from .cachecolumns import CacheColumns, load_cache_columns
 from .cachedb import NOT_CANONICAL, TOP_BUCKETS, split_result_id
 from .graph import cycles_of_arrays, live_mask, pair_codes, sorted_unique
@@ -168,8 +168,7 @@ def unsplittable_result_ids(names: Names, codes: np.ndarray) -> np.ndarray:
     doubles = np.zeros(codes.size, np.int64)
     for length, idx in by_length(names.length[codes]):
         if length >= 2:
-            rows = np.lib.stride_tricks.as_strided(u8, shape=(u8.size - length + 1, length), strides=(1, 1))
-            colon = rows[names.off[codes[idx]]] == ord(":")
+            colon = rows_at(u8, names.off[codes[idx]], length) == ord(":")
             doubles[idx] = (colon[:, 1:] & colon[:, :-1]).sum(1)
     bad[codes[doubles == 0]] = True
     for x in codes[doubles > 1].tolist():
@@ -191,9 +190,7 @@ def derived_ids(names: Names, codes: np.ndarray) -> np.ndarray:
     out = np.zeros(codes.size, bool)
     is25 = np.flatnonzero(names.length[codes] == 25)
     if is25.size:
-        u8 = names.data
-        rows = np.lib.stride_tricks.as_strided(u8, shape=(u8.size - 24, 25), strides=(1, 1))[names.off[codes[is25]]]
-        out[is25] = _DERIVED[rows].all(1)
+        out[is25] = _DERIVED[rows_at(names.data, names.off[codes[is25]], 25)].all(1)
     return out
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..storage.overlay import Mutation
+from ..storage.strings import rows_at
 from .graph import sorted_unique
 
 _I64 = np.int64
@@ -120,8 +121,7 @@ def _byte_rank(names, codes: np.ndarray) -> tuple[np.ndarray, bool]:
         for m in sorted_unique(length).tolist():
             idx = np.flatnonzero(length == m)
             if m:
-                rows = np.lib.stride_tricks.as_strided(u8, shape=(u8.size - m + 1, m), strides=(1, 1))[off[idx]]
-                fixed[idx] = np.ascontiguousarray(rows).view(f"S{m}").ravel()
+                fixed[idx] = rows_at(u8, off[idx], m).view(f"S{m}").ravel()
         order = np.argsort(fixed, kind="stable")
         ascii = not (fixed.view(np.uint8) >= 0x80).any()
     else:

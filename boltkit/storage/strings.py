@@ -68,10 +68,15 @@ def byte_strings(u8: np.ndarray, off: np.ndarray, length: np.ndarray) -> list:
 
 
 def rows_at(u8: np.ndarray, off: np.ndarray, n: int) -> np.ndarray:
-    """The n-byte strings at ``off`` as the rows of a (len(off), n) array."""
+    """The n-byte strings at ``off`` as the rows of a (len(off), n) array.
+
+    Gathered as n-byte opaque items from a view with an item starting at every byte (as ``Gather`` reads
+    records): one copy per string, two to three times faster than indexing the rows of a (size, n) strided
+    view, which numpy copies a byte at a time."""
     if not n:
         return np.zeros((off.size, 0), np.uint8)
-    return np.lib.stride_tricks.as_strided(u8, shape=(u8.size - n + 1, n), strides=(1, 1))[off]
+    items = np.ndarray((u8.size - n + 1,), np.dtype((np.void, n)), buffer=u8, strides=(1,))
+    return items[off].view(np.uint8).reshape(-1, n)
 
 
 def hash_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
