@@ -323,7 +323,7 @@ def in_go_form(u8: np.ndarray, size: int, key_off, key_len, val_off, val_len) ->
     idx = np.flatnonzero(ok)
     for pair, group in by_length(vl[idx] * (1 << 32) + kl[idx]):
         v_len, k_len = pair >> 32, pair & 0xFFFFFFFF
-        for rows in chunks(idx[group]):
+        for rows in chunks(idx[group], v_len + k_len):
             v = rows_at(u8, val_off[rows], v_len)
             k = rows_at(u8, key_off[rows], k_len)
             c = v_len - fixed - k_len                  # the CreatedAt string's length

@@ -35,7 +35,7 @@ def link_layouts(u8: np.ndarray, size: int, off: np.ndarray, length: np.ndarray)
     h2 = np.zeros(off.size, np.uint64)
     usable = np.flatnonzero((length >= 3) & (off + length <= size))
     for n_len, group in by_length(length[usable]):
-        for idx in chunks(usable[group]):
+        for idx in chunks(usable[group], n_len):
             _match_layouts(rows_at(u8, off[idx], n_len), idx, at, h1, h2, spelled)
     return at, h1, h2, spelled
 

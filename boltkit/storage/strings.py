@@ -14,11 +14,15 @@ import numpy as np
 
 
 _I64 = np.int64
-CHUNK = 1 << 16        # rows copied out at a time: keeps the copies small next to the file
+CHUNK = 1 << 16        # strings copied out at a time: keeps the copies small next to the file
+CHUNK_BYTES = 1 << 20  # bytes of rows worked on at a time: each pass over them stays in the cache, and the
+#                        temporaries of a check over every column (a bool a byte) stay small
 
 
-def chunks(idx: np.ndarray):
-    return (idx[a:a + CHUNK] for a in range(0, idx.size, CHUNK))
+def chunks(idx: np.ndarray, width: int = 0):
+    """``idx`` in slices of CHUNK strings, or, given the rows' ``width`` in bytes, of about CHUNK_BYTES."""
+    step = max(1024, min(CHUNK, CHUNK_BYTES // width)) if width else CHUNK
+    return (idx[a:a + step] for a in range(0, idx.size, step))
 
 
 def string_at(u8: np.ndarray, off, length, i) -> bytes:
@@ -161,7 +165,7 @@ class Interner:
         self._h2 = np.zeros(0, np.uint64)      # by provisional code: the second hash
         self._first = np.zeros(0, _I64)        # by provisional code: the first place it stands at
         self._off = np.zeros(0, _I64)          # by provisional code: where its bytes are in the buffer
-        self._len = np.zeros(0, _I64)
+        self._len = np.zeros(0, np.int32)
         self._buf = bytearray()
         self._exact: dict[bytes, int] = {}     # strings whose first hash another string has
         self.n = 0
@@ -185,7 +189,7 @@ class Interner:
         else:                       # a length at a time: the rows hashed are the bytes kept of new strings
             codes = np.empty(m, _I64)
             for n, group in by_length(length):
-                for idx in chunks(group):
+                for idx in chunks(group, n):
                     rows = rows_at(u8, off[idx], n)
                     codes[idx] = self._codes(u8, off[idx], length[idx], *hash_rows(rows), rows)
         if where is not None:
@@ -300,18 +304,22 @@ class Interner:
         self._buf.extend(bytes(16 - len(self._buf) % 8))
         data = np.frombuffer(self._buf, np.uint8)      # the buffer itself (no copy): it grows no more
         self._buf = bytearray()
-        return rank, Names(data, self._off[order], self._len[order])
+        return rank, Names(data, self._off[order], self._len[order].astype(_I64))
 
     def _grow(self, k: int) -> np.ndarray:
         """k new provisional codes."""
         if self.n + k > self._h2.size:
-            cap = max(self._h2.size * 3 // 2, self.n + k, 1024)
-            self._h1, self._h2 = np.resize(self._h1, cap), np.resize(self._h2, cap)
-            self._off, self._len = np.resize(self._off, cap), np.resize(self._len, cap)
-            first = np.full(cap, _UNPLACED, _I64)
-            first[:self._first.size] = self._first
-            self._first = first
+            # the first growth to the expected count, then by half: each array is made empty and only its used
+            # part copied, so the pages of a capacity never reached are never touched (np.resize fills them)
+            cap = max(self._h2.size * 3 // 2, self.n + k, 1024, self._expect)
+            for name in ("_h1", "_h2", "_first", "_off", "_len"):
+                old = getattr(self, name)
+                new = np.empty(cap, old.dtype)
+                new[:self.n] = old[:self.n]
+                setattr(self, name, new)
         fresh = np.arange(self.n, self.n + k, dtype=_I64)
+        self._h1[fresh] = 0
+        self._first[fresh] = _UNPLACED
         self.n += k
         return fresh
 
