@@ -94,6 +94,7 @@ def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
                                                   (b"_links", c.link_src[i]), c.raw(c.link_key, i)))
     linked = c.link_tgt >= 0
     src, tgt = c.link_src[linked], c.link_tgt[linked]
+    found_cycles = cycles_of_arrays(src, tgt, n)     # now, while the least else is held: its peeling is the peak
     link_rows = np.flatnonzero(linked)
     back = sorted_unique(pair_codes(c.backlink_tgt, c.backlink_src, n))
     order = np.argsort(pair_codes(tgt, src, n))            # sorted needles: searches that walk memory forward
@@ -150,7 +151,7 @@ def check_cache_columns(c: CacheColumns, file: str | None = None) -> Problems:
           lambda k: problem("C14", "derived key that nothing links to: Query can never reach it", key=k))
     del live, outdeg, is_id, is_target, has_results, has_backlinks, backlinked, unreached, targets
 
-    for cyc in cycles_of_arrays(src, tgt, n):
+    for cyc in found_cycles:
         keys = sorted(names.str(k) for k in cyc)
         if len(cyc) == 1:
             add("C15", "self-loop: the key links to itself", key=keys[0], cycle=keys)

@@ -93,7 +93,15 @@ def sorted_unique(x: np.ndarray) -> np.ndarray:
 
 def _csr(key: np.ndarray, val: np.ndarray, n: int):
     order = np.argsort(key)
-    return np.concatenate([[0], np.cumsum(np.bincount(key, minlength=n))]), val[order]
+    starts = np.zeros(n + 1, np.int64 if val.dtype.itemsize >= 8 else val.dtype)   # offsets up to val.size
+    np.cumsum(np.bincount(key, minlength=n), out=starts[1:])
+    return starts, val[order]
+
+
+def _small_codes(n: int, m: int):
+    """The narrowest integer type for codes below ``n`` and counts up to ``m``: the peeling of a fleet-size
+    graph holds a few arrays per link, and in 32 bits they take half the memory."""
+    return np.int32 if max(n, m) < 2**31 - 1 else np.int64
 
 
 def _expand(starts: np.ndarray, vals: np.ndarray, nodes: np.ndarray) -> np.ndarray:
@@ -126,11 +134,14 @@ def cycles_of_arrays(src: np.ndarray, tgt: np.ndarray, n: int) -> list[list[int]
     """``cycles`` over arrays. Keys with no parents left, then keys with no children left, are peeled off a
     wave at a time (they cannot be on a cycle); Tarjan runs on what remains, usually nothing."""
     alive = np.ones(n, bool)
+    small = _small_codes(n, src.size)
     for a, b in ((src, tgt), (tgt, src)):            # sources first, then sinks
         live_edge = alive[a] & alive[b]
-        a_, b_ = a[live_edge], b[live_edge]
+        a_, b_ = a[live_edge].astype(small), b[live_edge].astype(small)
+        del live_edge
+        indeg = np.bincount(b_, minlength=n).astype(small)
         starts, out = _csr(a_, b_, n)
-        indeg = np.bincount(b_, minlength=n)
+        del a_, b_
         frontier = np.flatnonzero(alive & (indeg == 0))
         while frontier.size:
             alive[frontier] = False
