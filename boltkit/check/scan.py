@@ -165,19 +165,20 @@ class TreeScan:
             if ic is not None:
                 inls.append(ic)
         if nodes.pgid.size and not self._keep_pages:   # nodes are in file order, and the pages holding
-            # them are done with (unless a reader of the leaves goes back to their keys); whole 64 KiB windows,
-            # since fault-around mapped the neighbours of the first and last page too (left mapped, they added
-            # up to 100s of MiB over the chunks of a 1 GB file)
+            # them are done with (unless a reader of the leaves goes back to their keys); whole windows, since
+            # the kernel mapped the neighbours of the first and last page too (left mapped, they added up to
+            # 100s of MiB over the chunks of a 1 GB file)
             window = (1 << WINDOW_SHIFT) - 1
             lo, hi = (int(nodes.base.min()) - BUCKET_HEADER_SIZE) & ~window, (int(nodes.end.max()) + window) & ~window
             self.db.source.release(lo, hi)
 
     CHUNK_PAGES = 1 << 13
     CHUNK_ELEMENTS = 1 << 16
-    # at most this many 64 KiB windows of the file a chunk: the kernel maps a whole window around each page
-    # touched (fault-around), so a chunk of sparse pages (one level's pages spread over the file) would hold
-    # 16x its pages in RSS until it is released: 512 windows are 32 MiB, a dense chunk of 8192 4 KiB pages
-    CHUNK_WINDOWS = 1 << 9
+    # at most this many windows of the file a chunk (levels.WINDOW_SHIFT): the kernel maps a whole window
+    # around each page touched (fault-around, or a large folio of the page cache), so a chunk of sparse pages
+    # (one level's pages spread over the file) would hold up to 512x its pages in RSS until it is released:
+    # 16 windows are 32 MiB, a dense chunk of 8192 4 KiB pages
+    CHUNK_WINDOWS = 1 << 4
 
     # -- entering pages ---------------------------------------------------------------------------
 

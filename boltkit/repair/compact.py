@@ -70,8 +70,11 @@ class _Copier:
 
     BATCH = 256   # leaf pages decoded together
 
-    def events(self, bucket):
-        """Runs to copy as they are, and the sub-buckets that need a new root of their own."""
+    def events(self, bucket, held: list):
+        """Runs to copy as they are, and the sub-buckets that need a new root of their own. The leaves read
+        are kept mapped in ``held`` a batch behind (the writer keeps up to a page of runs, which read their
+        bytes when they are flushed: released at once, those pages were refaulted and stayed mapped); the
+        caller releases what is left once the bucket is written."""
         node = bucket.node
         if node.pgid == 0:      # an inline bucket (one too large to stay inline in the destination)
             leaves = Leaves(as_i64([0]), as_i64([node.base]), as_i64([node.end]), as_i64([node.count]))
@@ -83,7 +86,9 @@ class _Copier:
             batch = leaves.take(slice(a, a + self.BATCH))
             yield from self._batch(batch, owner[a:a + self.BATCH])
             if node.pgid:
-                self._release(batch)
+                held.append(batch)
+                if len(held) > 1:
+                    self._release(held.pop(0))
 
     def _release(self, leaves: Leaves) -> None:
         """Drop our mapping of leaves that are copied (their runs written, their sub-buckets done: the caller
@@ -138,20 +143,24 @@ class _Copier:
         writer's current bucket."""
         tree, writer = self.db.tree, self.writer
         root = self.db.root() if start is None else start
-        stack = [(root, self.events(root))]
+        held: list = []
+        stack = [(root, self.events(root, held), held)]
         while stack:
-            bucket, events = stack[-1]
+            bucket, events, held = stack[-1]
             ev = next(events, None)
             if ev is None:
                 stack.pop()
                 if stack:
                     writer.end_bucket()
+                for leaves in held:
+                    self._release(leaves)
             elif isinstance(ev, Run):
                 writer.put_run(ev)
             else:
                 child = tree.child(bucket, ev)
                 writer.begin_bucket(ev.key, child.sequence)
-                stack.append((child, self.events(child)))
+                held = []
+                stack.append((child, self.events(child, held), held))
 
 
 def compact(src: str, dst: str, *, page_size: int | None = None, fill_percent: float = 1.0,
