@@ -21,8 +21,8 @@ from ..schemas import (BRANCH_ELEMENT, BUCKET_HEADER, BUCKET_HEADER_SIZE, BUCKET
                        LEAF_ELEMENT, PAGE_HEADER, PAGE_HEADER_SIZE, PageFlag)
 from ..storage.pages import Pager, pages_in
 from ..storage.gather import Gather, compare_keys
-from ..storage.levels import (I64, NONE, WINDOW_SHIFT, Frontier, Inline, Nodes, as_i64, chunks, expand, rechunk,
-                              spans)
+from ..storage.levels import (I64, NONE, STEP_WINDOWS, WINDOW_SHIFT, Frontier, Inline, Nodes, as_i64, chunks, expand,
+                              rechunk, spans)
 from .problems import Problem
 
 ENTERED, SPANNED = 1, 2     # page reference map: entered as a node / covered by another page's overflow
@@ -176,9 +176,8 @@ class TreeScan:
     CHUNK_ELEMENTS = 1 << 16
     # at most this many windows of the file a chunk (levels.WINDOW_SHIFT): the kernel maps a whole window
     # around each page touched (fault-around, or a large folio of the page cache), so a chunk of sparse pages
-    # (one level's pages spread over the file) would hold up to 512x its pages in RSS until it is released:
-    # 16 windows are 32 MiB, a dense chunk of 8192 4 KiB pages
-    CHUNK_WINDOWS = 1 << 4
+    # (one level's pages spread over the file) would hold up to 512x its pages in RSS until it is released
+    CHUNK_WINDOWS = STEP_WINDOWS
 
     # -- entering pages ---------------------------------------------------------------------------
 

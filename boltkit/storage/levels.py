@@ -129,6 +129,7 @@ def chunks(nodes: Nodes, limit: int):
 # released 64 KiB at a time, the rest of each folio stayed mapped: `compact` of a 1 GB store peaked at 619 MiB
 # after a `cat` of it and at 217 MiB after Go's check had read it). 2 MiB covers both.
 WINDOW_SHIFT = 21
+STEP_WINDOWS = 1 << 4  # windows one step of a pass may touch before it releases them: 32 MiB, 8192 dense 4 KiB pages
 
 
 def spans(off: np.ndarray, limit: int, windows: int) -> Iterator[tuple[int, int]]:
@@ -256,7 +257,7 @@ def _records(g, dtype, off: np.ndarray, release) -> np.ndarray:
     order = np.argsort(off, kind="stable")
     ordered = off[order]
     out = np.empty(off.size, dtype)
-    for a, b in spans(ordered, ordered.size, 1 << 4):
+    for a, b in spans(ordered, ordered.size, STEP_WINDOWS):
         out[order[a:b]] = g.records(dtype, ordered[a:b])
         release_windows(release, ordered[a:b], ordered[a:b] + 16)
     return out
